@@ -1,0 +1,647 @@
+/*
+ * ackbox.c - the handle: opening the store, publish with group commit,
+ * delivery reports served by poll/flush, and the administration calls.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "registry.h"
+
+/* A publisher waiting for its messages to be committed. */
+struct abx_gc_req {
+	struct abx_gc_req *next;
+	abx_fresh **msgs; /* prepared copies */
+	size_t n;
+	size_t bytes;
+	bool done;
+	int rc;
+	char err[256];
+};
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                       */
+/* ------------------------------------------------------------------ */
+
+static int store_open(ackbox *ab, char *errstr, size_t errstr_size)
+{
+	const char *text = ackbox_conf_get(ab->conf, "store.url");
+	const char *sync = ackbox_conf_get(ab->conf, "store.sync");
+	ackbox_sync mode = ACKBOX_SYNC_FULL;
+	ackbox_url url;
+	int rc;
+
+	if (!text) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store.url is required (e.g. sqlite:///var/lib/app/outbox.db)");
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	rc = ackbox_url_parse(text, &url, errstr, errstr_size);
+	if (rc)
+		return rc;
+	ab->store_ops = abx_store_find(url.scheme);
+	if (!ab->store_ops) {
+		rc = abx_scheme_check(1, url.scheme, "store.url", errstr, errstr_size);
+		ackbox_url_fini(&url);
+		return rc;
+	}
+	if (sync && strcmp(sync, "normal") == 0)
+		mode = ACKBOX_SYNC_NORMAL;
+	else if (sync && strcmp(sync, "off") == 0)
+		mode = ACKBOX_SYNC_OFF;
+	ab->store_ctx = calloc(1, ab->store_ops->ctx_size ? ab->store_ops->ctx_size : 1);
+	if (!ab->store_ctx) {
+		ackbox_url_fini(&url);
+		return ACKBOX_ERR_NOMEM;
+	}
+	rc = ab->store_ops->open(ab->store_ctx, &url, ab->conf, mode, errstr, errstr_size);
+	ackbox_url_fini(&url);
+	if (rc) {
+		free(ab->store_ctx);
+		ab->store_ctx = NULL;
+		return rc;
+	}
+	return 0;
+}
+
+int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size)
+{
+	ackbox *ab;
+	int rc;
+
+	if (!out || !conf) {
+		ackbox_errstr_set(errstr, errstr_size, "ackbox_new: NULL argument");
+		return ACKBOX_ERR_INVALID;
+	}
+	*out = NULL;
+	ab = calloc(1, sizeof(*ab));
+	if (!ab)
+		return ACKBOX_ERR_NOMEM;
+	ab->conf = conf;
+	pthread_mutex_init(&ab->store_mtx, NULL);
+	pthread_mutex_init(&ab->gc_mtx, NULL);
+	pthread_cond_init(&ab->gc_cond, NULL);
+	pthread_mutex_init(&ab->rep_mtx, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&ab->rep_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	ab->retry_timeout_ms = abx_conf_int(conf, "retry.timeout");
+	ab->max_attempts = (int)abx_conf_int(conf, "retry.max_attempts");
+	ab->backoff_initial_ms = abx_conf_int(conf, "retry.backoff.initial");
+	ab->backoff_max_ms = abx_conf_int(conf, "retry.backoff.max");
+	ab->max_message_bytes = (size_t)abx_conf_int(conf, "message.max_bytes");
+	ab->store_poll_ms = abx_conf_int(conf, "store.poll_interval");
+	ab->connect_timeout_ms = abx_conf_int(conf, "transport.connect_timeout");
+	ab->fresh_max_msgs = (size_t)abx_conf_int(conf, "queue.buffering.max_messages");
+	ab->fresh_max_bytes = (size_t)abx_conf_int(conf, "queue.buffering.max_bytes");
+
+	rc = store_open(ab, errstr, errstr_size);
+	if (rc)
+		goto fail;
+	{
+		char err[256] = "";
+		/* Crash recovery: whatever a previous process left unconfirmed is due now. */
+		rc = ab->store_ops->recover(ab->store_ctx, ackbox_wall_ms(), err, sizeof(err));
+		if (rc < 0) {
+			ackbox_errstr_set(errstr, errstr_size, "store.url: recovery failed: %s", err);
+			ab->store_ops->close(ab->store_ctx);
+			free(ab->store_ctx);
+			ab->store_ctx = NULL;
+			goto fail;
+		}
+	}
+	if (ackbox_conf_get(conf, "transport.url")) {
+		rc = abx_relay_start(ab, errstr, errstr_size);
+		if (rc) {
+			ab->store_ops->close(ab->store_ctx);
+			free(ab->store_ctx);
+			ab->store_ctx = NULL;
+			goto fail;
+		}
+	}
+	*out = ab;
+	return 0;
+fail:
+	ab->conf = NULL; /* the caller keeps conf on failure */
+	ackbox_destroy(ab);
+	return rc;
+}
+
+void ackbox_destroy(ackbox *ab)
+{
+	abx_report_item *it, *next;
+	if (!ab)
+		return;
+	ab->closing = 1;
+	abx_relay_stop(ab);
+	/* Wait out a group-commit leader still inside the store. */
+	pthread_mutex_lock(&ab->gc_mtx);
+	while (ab->gc_leader_active)
+		pthread_cond_wait(&ab->gc_cond, &ab->gc_mtx);
+	pthread_mutex_unlock(&ab->gc_mtx);
+	if (ab->store_ctx) {
+		ab->store_ops->close(ab->store_ctx);
+		free(ab->store_ctx);
+	}
+	for (it = ab->rep_head; it; it = next) {
+		next = it->next;
+		free(it);
+	}
+	pthread_mutex_destroy(&ab->store_mtx);
+	pthread_mutex_destroy(&ab->gc_mtx);
+	pthread_cond_destroy(&ab->gc_cond);
+	pthread_mutex_destroy(&ab->rep_mtx);
+	pthread_cond_destroy(&ab->rep_cond);
+	ackbox_conf_destroy(ab->conf);
+	free(ab);
+}
+
+/* ------------------------------------------------------------------ */
+/* Publish                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Checks one message and copies it into one allocation. */
+static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errstr,
+                   size_t errstr_size)
+{
+	size_t tl, cl, hl, limit = ab->max_message_bytes, tlimit;
+	abx_fresh *f;
+	char *p;
+
+	if (!m || !m->topic || !*m->topic) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: message has no topic");
+		return ACKBOX_ERR_INVALID;
+	}
+	if (!m->payload && m->payload_len) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: payload is NULL but payload_len is %zu",
+		                  m->payload_len);
+		return ACKBOX_ERR_INVALID;
+	}
+	if ((!m->key && m->key_len) || (!m->headers && m->header_count)) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: NULL key or headers with a length");
+		return ACKBOX_ERR_INVALID;
+	}
+	tlimit = abx_relay_max_message(ab->relay);
+	if (tlimit && tlimit < limit)
+		limit = tlimit;
+	if (m->payload_len > limit) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "publish: payload of %zu bytes exceeds the limit of %zu bytes "
+		                  "(message.max_bytes%s)",
+		                  m->payload_len, limit, limit == tlimit ? " or the transport's" : "");
+		return ACKBOX_ERR_TOO_LARGE;
+	}
+	for (size_t i = 0; i < m->header_count; i++) {
+		if (!m->headers[i].name || !*m->headers[i].name ||
+		    (!m->headers[i].value && m->headers[i].value_len)) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header %zu has no name or a NULL value", i);
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	tl = strlen(m->topic) + 1;
+	cl = m->content_type ? strlen(m->content_type) + 1 : 0;
+	hl = ackbox_headers_encoded_size(m->headers, m->header_count);
+	f = malloc(sizeof(*f) + tl + cl + m->key_len + hl + m->payload_len + 1);
+	if (!f)
+		return ACKBOX_ERR_NOMEM;
+	memset(f, 0, sizeof(*f));
+	p = (char *)(f + 1);
+	ackbox_id_new(&f->id);
+	f->created_ms = ackbox_id_time_ms(&f->id);
+	f->topic = memcpy(p, m->topic, tl);
+	p += tl;
+	if (cl) {
+		f->content_type = memcpy(p, m->content_type, cl);
+		p += cl;
+	}
+	if (m->key_len) {
+		f->key = memcpy(p, m->key, m->key_len);
+		f->key_len = m->key_len;
+		p += m->key_len;
+	}
+	if (hl) {
+		ackbox_headers_encode(m->headers, m->header_count, (uint8_t *)p);
+		f->headers = p;
+		f->headers_len = hl;
+		p += hl;
+	}
+	f->payload = p;
+	if (m->payload_len)
+		memcpy(p, m->payload, m->payload_len);
+	f->payload_len = m->payload_len;
+	*out = f;
+	return 0;
+}
+
+/*
+ * The group-commit leader: writes every queued request in ONE store
+ * transaction (one fsync), then hands the messages to the relay.
+ */
+static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
+{
+	size_t n = 0, bytes = 0, i = 0;
+	ackbox_store_rec *recs;
+	bool handed = false;
+	int64_t now = ackbox_wall_ms(), due;
+	char err[256] = "";
+	int rc;
+
+	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		n += q->n;
+		bytes += q->bytes;
+	}
+	recs = malloc(n * sizeof(*recs));
+	if (!recs) {
+		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			q->rc = ACKBOX_ERR_NOMEM;
+			snprintf(q->err, sizeof(q->err), "publish: out of memory");
+		}
+		return;
+	}
+	/*
+	 * A message the relay will get in memory is inserted with a lease (due
+	 * after retry.timeout) so a store scan does not pick it up twice; one
+	 * the relay has no room for is due now and is claimed from the store.
+	 */
+	if (ab->relay && abx_relay_reserve(ab->relay, n, bytes))
+		handed = true;
+	due = handed ? now + ab->retry_timeout_ms : now;
+	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		for (size_t k = 0; k < q->n; k++, i++) {
+			abx_fresh *f = q->msgs[k];
+			ackbox_store_rec *r = &recs[i];
+			r->id = f->id;
+			r->created_ms = f->created_ms;
+			r->due_ms = due;
+			r->topic = f->topic;
+			r->key = f->key;
+			r->key_len = f->key_len;
+			r->content_type = f->content_type;
+			r->headers = f->headers;
+			r->headers_len = f->headers_len;
+			r->payload = f->payload;
+			r->payload_len = f->payload_len;
+		}
+	}
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->insert(ab->store_ctx, recs, n, err, sizeof(err));
+	pthread_mutex_unlock(&ab->store_mtx);
+	free(recs);
+	if (rc < 0) {
+		if (handed)
+			abx_relay_unreserve(ab->relay, n, bytes);
+		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			q->rc = rc;
+			snprintf(q->err, sizeof(q->err), "publish: %.240s", err);
+		}
+		return;
+	}
+	ABX_CRASH_POINT("after_persist");
+	if (handed) {
+		abx_fresh *head = NULL, *tail = NULL;
+		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			for (size_t k = 0; k < q->n; k++) {
+				abx_fresh *f = q->msgs[k];
+				f->next = NULL;
+				if (tail)
+					tail->next = f;
+				else
+					head = f;
+				tail = f;
+				q->msgs[k] = NULL; /* the relay owns it now */
+			}
+		}
+		abx_relay_push_fresh(ab->relay, head, tail);
+	} else if (ab->relay) {
+		abx_relay_poke(ab->relay);
+	}
+	for (struct abx_gc_req *q = batch; q; q = q->next)
+		q->rc = 0;
+}
+
+int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
+                         char *errstr, size_t errstr_size)
+{
+	struct abx_gc_req req;
+	abx_fresh *one[1];
+	int rc = 0;
+
+	if (!ab || (!msgs && n)) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
+		return ACKBOX_ERR_INVALID;
+	}
+	if (n == 0)
+		return 0;
+	if (ab->closing) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: handle is closing");
+		return ACKBOX_ERR_CLOSED;
+	}
+	memset(&req, 0, sizeof(req));
+	req.msgs = n == 1 ? one : calloc(n, sizeof(*req.msgs));
+	if (!req.msgs)
+		return ACKBOX_ERR_NOMEM;
+	req.n = n;
+	for (size_t i = 0; i < n; i++) {
+		rc = prepare(ab, &msgs[i], &req.msgs[i], errstr, errstr_size);
+		if (rc) {
+			for (size_t k = 0; k < i; k++)
+				abx_fresh_free(req.msgs[k]);
+			if (req.msgs != one)
+				free(req.msgs);
+			return rc;
+		}
+		req.bytes += msgs[i].payload_len;
+		if (ids_out)
+			ids_out[i] = req.msgs[i]->id;
+	}
+
+	/* Group commit: the first waiter becomes the leader and commits
+	 * everything queued meanwhile; the others sleep until it is done. */
+	pthread_mutex_lock(&ab->gc_mtx);
+	if (ab->gc_queue_tail)
+		ab->gc_queue_tail->next = &req;
+	else
+		ab->gc_queue_head = &req;
+	ab->gc_queue_tail = &req;
+	while (!req.done) {
+		if (!ab->gc_leader_active) {
+			struct abx_gc_req *batch = ab->gc_queue_head;
+			ab->gc_queue_head = ab->gc_queue_tail = NULL;
+			ab->gc_leader_active = true;
+			pthread_mutex_unlock(&ab->gc_mtx);
+			commit_batch(ab, batch);
+			pthread_mutex_lock(&ab->gc_mtx);
+			for (struct abx_gc_req *q = batch, *nx; q; q = nx) {
+				nx = q->next;
+				q->next = NULL;
+				q->done = true;
+			}
+			ab->gc_leader_active = false;
+			pthread_cond_broadcast(&ab->gc_cond);
+		} else {
+			pthread_cond_wait(&ab->gc_cond, &ab->gc_mtx);
+		}
+	}
+	pthread_mutex_unlock(&ab->gc_mtx);
+
+	rc = req.rc;
+	if (rc)
+		ackbox_errstr_set(errstr, errstr_size, "%s", req.err);
+	for (size_t i = 0; i < n; i++)
+		abx_fresh_free(req.msgs[i]); /* NULL where the relay took it */
+	if (req.msgs != one)
+		free(req.msgs);
+	return rc;
+}
+
+int ackbox_publish(ackbox *ab, const ackbox_msg *msg, ackbox_id *id_out, char *errstr,
+                   size_t errstr_size)
+{
+	if (!msg) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: NULL message");
+		return ACKBOX_ERR_INVALID;
+	}
+	return ackbox_publish_batch(ab, msg, 1, id_out, errstr, errstr_size);
+}
+
+/* ------------------------------------------------------------------ */
+/* Delivery reports                                                     */
+/* ------------------------------------------------------------------ */
+
+void abx_report_push(ackbox *ab, const ackbox_report *r)
+{
+	size_t tl = strlen(r->topic) + 1, rl = strlen(r->reason) + 1;
+	abx_report_item *it = malloc(sizeof(*it) + tl + rl);
+	if (!it) {
+		abx_log(ab->conf, ACKBOX_LOG_ERROR, "core", "out of memory: a delivery report is lost");
+		return;
+	}
+	it->next = NULL;
+	it->r = *r;
+	memcpy(it->text, r->topic, tl);
+	memcpy(it->text + tl, r->reason, rl);
+	it->r.topic = it->text;
+	it->r.reason = it->text + tl;
+	pthread_mutex_lock(&ab->rep_mtx);
+	if (ab->rep_tail)
+		ab->rep_tail->next = it;
+	else
+		ab->rep_head = it;
+	ab->rep_tail = it;
+	pthread_mutex_unlock(&ab->rep_mtx);
+}
+
+void abx_progress(ackbox *ab)
+{
+	pthread_mutex_lock(&ab->rep_mtx);
+	ab->progress++;
+	pthread_cond_broadcast(&ab->rep_cond);
+	pthread_mutex_unlock(&ab->rep_mtx);
+}
+
+static void abs_deadline(struct timespec *ts, int timeout_ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += timeout_ms / 1000;
+	ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+int ackbox_poll(ackbox *ab, int timeout_ms)
+{
+	abx_report_item *list, *next;
+	int n = 0;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->rep_mtx);
+	if (!ab->rep_head && timeout_ms != 0) {
+		struct timespec dl;
+		abs_deadline(&dl, timeout_ms > 0 ? timeout_ms : 0);
+		while (!ab->rep_head) {
+			if (timeout_ms < 0)
+				pthread_cond_wait(&ab->rep_cond, &ab->rep_mtx);
+			else if (pthread_cond_timedwait(&ab->rep_cond, &ab->rep_mtx, &dl) == ETIMEDOUT)
+				break;
+		}
+	}
+	list = ab->rep_head;
+	ab->rep_head = ab->rep_tail = NULL;
+	pthread_mutex_unlock(&ab->rep_mtx);
+	/* callbacks run with no lock held */
+	for (; list; list = next) {
+		next = list->next;
+		if (ab->conf->report_cb)
+			ab->conf->report_cb(&list->r, ab->conf->report_opaque);
+		free(list);
+		n++;
+	}
+	return n;
+}
+
+int ackbox_flush(ackbox *ab, int timeout_ms)
+{
+	int64_t deadline = timeout_ms < 0 ? INT64_MAX : ackbox_mono_ms() + timeout_ms;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	for (;;) {
+		ackbox_counts c;
+		char err[256];
+		uint64_t seen;
+		int rc;
+
+		pthread_mutex_lock(&ab->rep_mtx);
+		seen = ab->progress;
+		pthread_mutex_unlock(&ab->rep_mtx);
+		ackbox_poll(ab, 0);
+		pthread_mutex_lock(&ab->store_mtx);
+		if (ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, has_pending)) {
+			rc = ab->store_ops->has_pending(ab->store_ctx, err, sizeof(err));
+			c.sending = rc > 0;
+			c.retrying = 0;
+		} else {
+			rc = ab->store_ops->counts(ab->store_ctx, &c, err, sizeof(err));
+		}
+		pthread_mutex_unlock(&ab->store_mtx);
+		if (rc < 0)
+			return rc;
+		if (c.sending + c.retrying == 0) {
+			ackbox_poll(ab, 0);
+			return 0;
+		}
+		int64_t now = ackbox_mono_ms();
+		if (now >= deadline)
+			return ACKBOX_ERR_TIMEOUT;
+		/* sleep until the relay makes progress (or 50 ms, for rows others change) */
+		int64_t wait = deadline - now < 50 ? deadline - now : 50;
+		struct timespec dl;
+		abs_deadline(&dl, (int)wait);
+		pthread_mutex_lock(&ab->rep_mtx);
+		while (ab->progress == seen && !ab->rep_head &&
+		       pthread_cond_timedwait(&ab->rep_cond, &ab->rep_mtx, &dl) != ETIMEDOUT) {
+		}
+		pthread_mutex_unlock(&ab->rep_mtx);
+	}
+}
+
+int ackbox_connected(ackbox *ab)
+{
+	return ab && abx_relay_connected(ab->relay) ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Administration                                                       */
+/* ------------------------------------------------------------------ */
+
+int ackbox_counts_get(ackbox *ab, ackbox_counts *out, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out)
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->counts(ab->store_ctx, out, errstr, errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	return rc;
+}
+
+struct stored_ctx {
+	ackbox_stored_cb cb;
+	void *opaque;
+	int rc;
+};
+
+/* Turns a store row into the public view, decoding its headers. */
+static int stored_cb(const ackbox_store_row *row, void *opaque)
+{
+	struct stored_ctx *c = opaque;
+	ackbox_stored s;
+	ackbox_header *hs = NULL;
+	size_t nh = 0;
+	int stop;
+	memset(&s, 0, sizeof(s));
+	if (ackbox_headers_decode(row->headers, row->headers_len, &hs, &nh) != 0) {
+		hs = NULL; /* shown without headers; the relay fails such a row */
+		nh = 0;
+	}
+	s.id = row->id;
+	s.state = row->state;
+	s.attempts = row->attempts;
+	s.created_ms = row->created_ms;
+	s.updated_ms = row->updated_ms;
+	s.due_ms = row->due_ms;
+	s.topic = row->topic;
+	s.key = row->key;
+	s.key_len = row->key_len;
+	s.content_type = row->content_type;
+	s.headers = hs;
+	s.header_count = nh;
+	s.payload = row->payload;
+	s.payload_len = row->payload_len;
+	s.last_error = row->last_error;
+	s.last_code = row->last_code;
+	stop = c->cb(&s, c->opaque);
+	free(hs);
+	return stop;
+}
+
+int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, void *opaque,
+                char *errstr, size_t errstr_size)
+{
+	struct stored_ctx c = {cb, opaque, 0};
+	int rc;
+	if (!ab || !cb)
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->list(ab->store_ctx, state, limit, stored_cb, &c, errstr, errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	return rc;
+}
+
+int ackbox_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque, char *errstr,
+                size_t errstr_size)
+{
+	struct stored_ctx c = {cb, opaque, 0};
+	int rc;
+	if (!ab || !id || !cb)
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->get(ab->store_ctx, id, stored_cb, &c, errstr, errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	return rc;
+}
+
+int ackbox_requeue(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab || (!ids && n))
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->requeue(ab->store_ctx, n ? ids : NULL, n, ackbox_wall_ms(), errstr,
+	                            errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	if (rc > 0 && ab->relay)
+		abx_relay_poke(ab->relay);
+	return rc;
+}
+
+int ackbox_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->purge(ab->store_ctx, older_than_ms, errstr, errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	return rc;
+}

@@ -1,0 +1,132 @@
+/*
+ * internal.h - declarations shared by the core's files; never installed.
+ * Internal non-static symbols use the abx_ prefix.
+ */
+#ifndef ACKBOX_INTERNAL_H
+#define ACKBOX_INTERNAL_H
+
+#include <ackbox/ackbox.h>
+#include <ackbox/plugin.h>
+#include <ackbox/store.h>
+#include <ackbox/transport.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define ABX_UNUSED(x) ((void)(x))
+
+/* True if an ops table is large enough to hold `slot` and sets it: tables
+ * only grow at the end, so an older plugin's table simply stops earlier. */
+#define ABX_HAS_SLOT(ops, type, slot)                                                              \
+	((ops)->struct_size >= offsetof(type, slot) + sizeof((ops)->slot) && (ops)->slot != NULL)
+
+/* ---- ids ---- */
+
+
+/* ---- configuration ---- */
+struct ackbox_conf {
+	struct abx_kv *kv; /* singly linked, newest first */
+	ackbox_report_cb report_cb;
+	void *report_opaque;
+	ackbox_nack_policy_cb nack_cb;
+	void *nack_opaque;
+	ackbox_log_cb log_cb;
+	void *log_opaque;
+};
+int64_t abx_conf_int(const ackbox_conf *conf, const char *key);
+int abx_conf_bool(const ackbox_conf *conf, const char *key);
+
+/* ---- logging ---- */
+void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *component, const char *fmt,
+             ...) __attribute__((format(printf, 4, 5)));
+void abx_logv(const ackbox_conf *conf, ackbox_log_level lvl, const char *component,
+              const char *fmt, va_list ap);
+
+/* ---- crash points (test-only build switch ACKBOX_CRASH_POINTS) ---- */
+#ifdef ACKBOX_CRASH_POINTS
+void abx_crash_point(const char *name);
+#define ABX_CRASH_POINT(name) abx_crash_point(name)
+#else
+#define ABX_CRASH_POINT(name) ((void)0)
+#endif
+
+/* ---- the relay (relay.c) ---- */
+typedef struct abx_relay abx_relay;
+
+/* A message the publisher hands to the relay after its commit. */
+typedef struct abx_fresh {
+	struct abx_fresh *next;
+	ackbox_id id;
+	int64_t created_ms;
+	char *topic;
+	void *key;
+	size_t key_len;
+	char *content_type;
+	void *headers; /* encoded */
+	size_t headers_len;
+	void *payload;
+	size_t payload_len;
+} abx_fresh;
+
+struct ackbox;
+int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size);
+void abx_relay_stop(struct ackbox *ab);
+/* Tries to reserve room for n fresh messages of total bytes; 1 if reserved. */
+bool abx_relay_reserve(abx_relay *r, size_t n, size_t bytes);
+void abx_relay_unreserve(abx_relay *r, size_t n, size_t bytes);
+/* Hands over a list of committed messages (reserved before). */
+void abx_relay_push_fresh(abx_relay *r, abx_fresh *head, abx_fresh *tail);
+/* Tells the relay the store may hold due rows it has not seen. */
+void abx_relay_poke(abx_relay *r);
+bool abx_relay_connected(abx_relay *r);
+/* The transport's message size limit, 0 if none (or no relay). */
+size_t abx_relay_max_message(abx_relay *r);
+void abx_fresh_free(abx_fresh *f);
+
+/* ---- the handle (ackbox.c) ---- */
+typedef struct abx_report_item {
+	struct abx_report_item *next;
+	ackbox_report r; /* topic and reason point into text[] */
+	char text[];
+} abx_report_item;
+
+struct ackbox {
+	ackbox_conf *conf;
+
+	/* store: every call holds store_mtx */
+	const ackbox_store_ops *store_ops;
+	void *store_ctx;
+	pthread_mutex_t store_mtx;
+
+	/* group commit */
+	pthread_mutex_t gc_mtx;
+	pthread_cond_t gc_cond;
+	struct abx_gc_req *gc_queue_head, *gc_queue_tail;
+	bool gc_leader_active;
+
+	/* delivery reports, queued by the relay, served by poll */
+	pthread_mutex_t rep_mtx;
+	pthread_cond_t rep_cond;
+	abx_report_item *rep_head, *rep_tail;
+	uint64_t progress; /* bumped on every final outcome; flush waits on it */
+
+	/* settings */
+	int64_t retry_timeout_ms;
+	int max_attempts;
+	int64_t backoff_initial_ms, backoff_max_ms;
+	size_t max_message_bytes;
+	int64_t store_poll_ms;
+	int64_t connect_timeout_ms;
+	size_t fresh_max_msgs, fresh_max_bytes;
+
+	abx_relay *relay; /* NULL without transport.url */
+	volatile int closing;
+};
+
+/* Queues a final delivery report (relay thread). */
+void abx_report_push(struct ackbox *ab, const ackbox_report *r);
+/* Wakes flush() waiters without a report (e.g. store poll progress). */
+void abx_progress(struct ackbox *ab);
+
+#endif

@@ -1,0 +1,1297 @@
+/*
+ * relay.c - the one state machine and retry scheduler, shared by every
+ * transport and store: sends what is due, turns transport reports into
+ * state changes, times out silent attempts, reconnects with backoff.
+ *
+ * Everything here runs on the relay thread except the small "inbox" of
+ * fresh messages and transport events, which other threads fill under
+ * their own mutexes and then wake the relay through an eventfd.
+ *
+ * Crash safety: the store is the truth. Memory only caches what is being
+ * sent; every row stays SENDING/RETRYING until the broker confirms, so a
+ * process killed at any point leaves rows that the next open resends.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "registry.h"
+
+/* ------------------------------------------------------------------ */
+/* A small open-addressing map from uint64 keys to pointers.            */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+	uint64_t *keys;
+	void **vals;
+	size_t cap; /* power of two */
+	size_t len;
+} u64map;
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static int map_grow(u64map *m)
+{
+	size_t ncap = m->cap ? m->cap * 2 : 64;
+	uint64_t *nk = calloc(ncap, sizeof(*nk));
+	void **nv = calloc(ncap, sizeof(*nv));
+	if (!nk || !nv) {
+		free(nk);
+		free(nv);
+		return -1;
+	}
+	for (size_t i = 0; i < m->cap; i++) {
+		if (!m->vals[i])
+			continue;
+		size_t j = mix64(m->keys[i]) & (ncap - 1);
+		while (nv[j])
+			j = (j + 1) & (ncap - 1);
+		nk[j] = m->keys[i];
+		nv[j] = m->vals[i];
+	}
+	free(m->keys);
+	free(m->vals);
+	m->keys = nk;
+	m->vals = nv;
+	m->cap = ncap;
+	return 0;
+}
+
+static void *map_get(const u64map *m, uint64_t k)
+{
+	if (!m->cap)
+		return NULL;
+	for (size_t i = mix64(k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+		if (!m->vals[i])
+			return NULL;
+		if (m->keys[i] == k)
+			return m->vals[i];
+	}
+}
+
+static int map_put(u64map *m, uint64_t k, void *v)
+{
+	size_t i;
+	if ((m->len + 1) * 2 > m->cap && map_grow(m) != 0)
+		return -1;
+	for (i = mix64(k) & (m->cap - 1); m->vals[i]; i = (i + 1) & (m->cap - 1))
+		if (m->keys[i] == k)
+			break;
+	if (!m->vals[i])
+		m->len++;
+	m->keys[i] = k;
+	m->vals[i] = v;
+	return 0;
+}
+
+static void map_del(u64map *m, uint64_t k)
+{
+	size_t i, j;
+	if (!m->cap)
+		return;
+	for (i = mix64(k) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+		if (!m->vals[i])
+			return;
+		if (m->keys[i] == k)
+			break;
+	}
+	m->vals[i] = NULL;
+	m->len--;
+	/* backward-shift deletion keeps probe chains intact without tombstones */
+	for (j = (i + 1) & (m->cap - 1); m->vals[j]; j = (j + 1) & (m->cap - 1)) {
+		size_t home = mix64(m->keys[j]) & (m->cap - 1);
+		if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+			m->keys[i] = m->keys[j];
+			m->vals[i] = m->vals[j];
+			m->vals[j] = NULL;
+			i = j;
+		}
+	}
+}
+
+static void map_fini(u64map *m)
+{
+	free(m->keys);
+	free(m->vals);
+	memset(m, 0, sizeof(*m));
+}
+
+/* The id map keys on 64 bits of the id: the 62 random bits folded with the
+ * timestamp. Two live ids colliding there is ~2^-64 per pair. */
+static uint64_t id_key(const ackbox_id *id)
+{
+	uint64_t a, b;
+	memcpy(&a, id->b, 8);
+	memcpy(&b, id->b + 8, 8);
+	return a ^ b;
+}
+
+/* ------------------------------------------------------------------ */
+/* The relay's state                                                    */
+/* ------------------------------------------------------------------ */
+
+enum entry_state {
+	E_READY,    /* in the ready queue, data present */
+	E_INFLIGHT, /* current attempt outstanding, data present */
+	E_WAITING,  /* back in the store until due; only superseded tokens hold it */
+	E_DONE      /* final outcome reached; only superseded tokens hold it */
+};
+
+/* One message the relay holds in memory. */
+typedef struct entry {
+	struct entry *next; /* ready queue */
+	ackbox_id id;
+	char *topic;
+	abx_fresh *data; /* NULL unless READY or INFLIGHT */
+	enum entry_state state;
+	int attempts;       /* persisted count of attempts that reached the broker */
+	int sends;          /* sends by this process */
+	uint64_t cur_token; /* token of the current attempt, 0 if none */
+	int refs;           /* tokens pointing here */
+	uint64_t lease;
+	bool from_fresh;    /* data counts against the publisher's reservation */
+} entry;
+
+/* One attempt outstanding in the transport. */
+typedef struct tok {
+	struct tok *prev, *next; /* send-order FIFO: deadlines are non-decreasing */
+	uint64_t token;
+	entry *e;
+	int64_t deadline;   /* mono ms: timeout, or zombie expiry once superseded */
+	bool superseded;    /* timed out; kept so a late confirm still acks */
+} tok;
+
+typedef struct tx_ev {
+	ackbox_tx_event_kind kind;
+	uint64_t token;
+	int broker_code;
+	int retriable;
+	char *reason;
+} tx_ev;
+
+struct ackbox_tx_host {
+	abx_relay *relay;
+};
+
+struct abx_relay {
+	struct ackbox *ab;
+	const ackbox_transport_ops *ops;
+	void *tx_ctx;
+	ackbox_tx_host host;
+	ackbox_tx_info info;
+	int window;
+	pthread_t thread;
+	bool thread_started;
+	int wake_fd;
+	atomic_int wake_pending;
+	atomic_int stop;
+	atomic_int connected;
+
+	/* inbox: fresh messages from publishers */
+	pthread_mutex_t in_mtx;
+	abx_fresh *fresh_head, *fresh_tail;
+	size_t reserved_msgs, reserved_bytes;
+	bool store_poked;
+
+	/* inbox: transport events, from any thread */
+	pthread_mutex_t ev_mtx;
+	tx_ev *evs, *evs_spare;
+	size_t nevs, cap_evs, cap_spare;
+
+	/* relay-thread only */
+	u64map by_id;  /* id_key -> entry */
+	u64map tokens; /* token -> tok */
+	tok *fifo_head, *fifo_tail;
+	entry *ready_head, *ready_tail;
+	size_t ready_len;
+	uint64_t next_token;
+	bool ever_connected;
+	int connect_failures;
+	int64_t next_connect_at;
+	int64_t next_claim_at;
+	bool store_dirty;
+	uint64_t rng;
+	ackbox_store_change *changes;
+	size_t nchanges, cap_changes;
+	char **change_texts; /* owned last_error strings, parallel to changes */
+	ackbox_report *reports;
+	char **report_texts;
+	size_t nreports, cap_reports;
+	int64_t apply_retry_at;
+	char last_connect_error[256];
+};
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                              */
+/* ------------------------------------------------------------------ */
+
+static uint64_t rng_next(abx_relay *r)
+{
+	/* xorshift64*: jitter only, not security */
+	r->rng ^= r->rng >> 12;
+	r->rng ^= r->rng << 25;
+	r->rng ^= r->rng >> 27;
+	return r->rng * 2685821657736338717ULL;
+}
+
+/* Capped exponential backoff with full jitter (Fluent Bit's scheduler). */
+static int64_t backoff_ms(abx_relay *r, int n, bool full_jitter)
+{
+	int64_t base = r->ab->backoff_initial_ms, cap = r->ab->backoff_max_ms;
+	for (int i = 1; i < n && base < cap; i++)
+		base *= 2;
+	if (base > cap)
+		base = cap;
+	if (base <= 0)
+		return 0;
+	if (full_jitter)
+		return (int64_t)(rng_next(r) % (uint64_t)(base + 1));
+	/* reconnects: at least half the base, so a dead broker is not hammered */
+	return base / 2 + (int64_t)(rng_next(r) % (uint64_t)(base / 2 + 1));
+}
+
+static void relay_wake(abx_relay *r)
+{
+	if (!atomic_exchange(&r->wake_pending, 1)) {
+		uint64_t one = 1;
+		if (write(r->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "eventfd write: %s",
+			        strerror(errno));
+	}
+}
+
+void abx_fresh_free(abx_fresh *f)
+{
+	free(f); /* one allocation holds the struct and every field */
+}
+
+/* Releases the message body; memory for fresh messages is handed back to
+ * the publishers' reservation only here, which bounds RAM while the broker
+ * is down. */
+static void entry_drop_data(abx_relay *r, entry *e)
+{
+	if (!e->data)
+		return;
+	if (e->from_fresh) {
+		abx_relay_unreserve(r, 1, e->data->payload_len);
+		e->from_fresh = false;
+	}
+	abx_fresh_free(e->data);
+	e->data = NULL;
+}
+
+static void entry_free(abx_relay *r, entry *e)
+{
+	map_del(&r->by_id, id_key(&e->id));
+	entry_drop_data(r, e);
+	free(e->topic);
+	free(e);
+}
+
+/* Frees e once nothing refers to it and it is not queued or in flight. */
+static void entry_maybe_free(abx_relay *r, entry *e)
+{
+	if (e->refs == 0 && (e->state == E_WAITING || e->state == E_DONE))
+		entry_free(r, e);
+}
+
+static entry *entry_new(abx_relay *r, abx_fresh *data, int attempts, uint64_t lease)
+{
+	entry *e = calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	e->topic = strdup(data->topic);
+	if (!e->topic || map_put(&r->by_id, id_key(&data->id), e) != 0) {
+		free(e->topic);
+		free(e);
+		return NULL;
+	}
+	e->id = data->id;
+	e->data = data;
+	e->attempts = attempts;
+	e->lease = lease;
+	e->state = E_READY;
+	return e;
+}
+
+static void ready_push_back(abx_relay *r, entry *e)
+{
+	e->next = NULL;
+	e->state = E_READY;
+	if (r->ready_tail)
+		r->ready_tail->next = e;
+	else
+		r->ready_head = e;
+	r->ready_tail = e;
+	r->ready_len++;
+}
+
+static void ready_push_front(abx_relay *r, entry *e)
+{
+	e->state = E_READY;
+	e->next = r->ready_head;
+	r->ready_head = e;
+	if (!r->ready_tail)
+		r->ready_tail = e;
+	r->ready_len++;
+}
+
+static entry *ready_pop(abx_relay *r)
+{
+	entry *e = r->ready_head;
+	if (e) {
+		r->ready_head = e->next;
+		if (!r->ready_head)
+			r->ready_tail = NULL;
+		e->next = NULL;
+		r->ready_len--;
+	}
+	return e;
+}
+
+static void fifo_remove(abx_relay *r, tok *t)
+{
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		r->fifo_head = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	else
+		r->fifo_tail = t->prev;
+	t->prev = t->next = NULL;
+}
+
+static void fifo_append(abx_relay *r, tok *t)
+{
+	t->next = NULL;
+	t->prev = r->fifo_tail;
+	if (r->fifo_tail)
+		r->fifo_tail->next = t;
+	else
+		r->fifo_head = t;
+	r->fifo_tail = t;
+}
+
+/* Forgets a token; drops its reference on the entry. */
+static void tok_drop(abx_relay *r, tok *t)
+{
+	entry *e = t->e;
+	map_del(&r->tokens, t->token);
+	fifo_remove(r, t);
+	if (e->cur_token == t->token)
+		e->cur_token = 0;
+	e->refs--;
+	free(t);
+	entry_maybe_free(r, e);
+}
+
+/* Queues a store change; text (may be NULL) is copied. */
+static void change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, int64_t due_ms,
+                       const char *text, int code)
+{
+	if (r->nchanges == r->cap_changes) {
+		size_t ncap = r->cap_changes ? r->cap_changes * 2 : 256;
+		ackbox_store_change *nc = realloc(r->changes, ncap * sizeof(*nc));
+		char **nt = nc ? realloc(r->change_texts, ncap * sizeof(*nt)) : NULL;
+		if (!nc || !nt) {
+			/* Out of memory: drop the change. The row stays pending in the
+			 * store and is resent later: a duplicate, never a loss. */
+			if (nc)
+				r->changes = nc;
+			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a change");
+			return;
+		}
+		r->changes = nc;
+		r->change_texts = nt;
+		r->cap_changes = ncap;
+	}
+	ackbox_store_change *c = &r->changes[r->nchanges];
+	memset(c, 0, sizeof(*c));
+	c->kind = kind;
+	c->id = e->id;
+	c->attempts = e->attempts;
+	c->due_ms = due_ms;
+	c->last_code = code;
+	c->lease = e->lease;
+	r->change_texts[r->nchanges] = text ? strdup(text) : NULL;
+	c->last_error = r->change_texts[r->nchanges];
+	r->nchanges++;
+}
+
+/* Queues a final report, delivered after the matching change is applied. */
+static void report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcome oc,
+                       int code, int retriable, const char *reason)
+{
+	if (!r->ab->conf->report_cb)
+		return;
+	if (r->nreports == r->cap_reports) {
+		size_t ncap = r->cap_reports ? r->cap_reports * 2 : 256;
+		ackbox_report *nr = realloc(r->reports, ncap * sizeof(*nr));
+		char **nt = nr ? realloc(r->report_texts, ncap * 2 * sizeof(*nt)) : NULL;
+		if (!nr || !nt) {
+			if (nr)
+				r->reports = nr;
+			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
+			return;
+		}
+		r->reports = nr;
+		r->report_texts = nt;
+		r->cap_reports = ncap;
+	}
+	ackbox_report *rep = &r->reports[r->nreports];
+	memset(rep, 0, sizeof(*rep));
+	rep->id = e->id;
+	rep->state = st;
+	rep->attempts = e->attempts;
+	rep->outcome = oc;
+	rep->broker_code = code;
+	rep->retriable = retriable;
+	r->report_texts[2 * r->nreports] = strdup(e->topic);
+	r->report_texts[2 * r->nreports + 1] = strdup(reason ? reason : "");
+	r->nreports++;
+}
+
+/* ------------------------------------------------------------------ */
+/* The state machine                                                    */
+/* ------------------------------------------------------------------ */
+
+static const char *outcome_name(ackbox_outcome oc)
+{
+	switch (oc) {
+	case ACKBOX_OUTCOME_NACK: return "nacked by the broker";
+	case ACKBOX_OUTCOME_UNROUTABLE: return "unroutable (returned by the broker)";
+	case ACKBOX_OUTCOME_TIMEOUT: return "no confirm within retry.timeout";
+	case ACKBOX_OUTCOME_ERROR: return "broker error";
+	case ACKBOX_OUTCOME_IN_DOUBT: return "connection lost before the confirm";
+	default: return "";
+	}
+}
+
+/* The broker confirmed e (through any of its attempts): delete, report once. */
+static void on_acked(abx_relay *r, entry *e)
+{
+	if (e->state == E_DONE)
+		return; /* a second confirm for a message already acked */
+	ABX_CRASH_POINT("after_confirm");
+	change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
+	report_add(r, e, ACKBOX_MSG_ACKED, ACKBOX_OUTCOME_NONE, 0, 0, "");
+	if (e->state == E_READY) {
+		/* queued for a resend: unlink it from the ready queue */
+		entry **pp = &r->ready_head, *prev = NULL;
+		while (*pp && *pp != e) {
+			prev = *pp;
+			pp = &(*pp)->next;
+		}
+		if (*pp) {
+			*pp = e->next;
+			if (r->ready_tail == e)
+				r->ready_tail = prev;
+			r->ready_len--;
+		}
+	}
+	entry_drop_data(r, e);
+	e->state = E_DONE;
+}
+
+/*
+ * An attempt that reached the broker failed. Counts it, asks the nack
+ * policy, and moves e to RETRYING (back to the store with a backoff) or
+ * FAILED, or drops it.
+ */
+static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
+                              const char *why)
+{
+	struct ackbox *ab = r->ab;
+	char reason[512];
+	ackbox_policy pol = ACKBOX_POLICY_DEFAULT;
+
+	e->attempts++;
+	snprintf(reason, sizeof(reason), "%s%s%s", outcome_name(oc), why && *why ? ": " : "",
+	         why ? why : "");
+	if (ab->conf->nack_cb) {
+		ackbox_report rep = {0};
+		rep.id = e->id;
+		rep.topic = e->topic;
+		rep.state = ACKBOX_MSG_RETRYING;
+		rep.attempts = e->attempts;
+		rep.outcome = oc;
+		rep.broker_code = code;
+		rep.retriable = retriable;
+		rep.reason = reason;
+		pol = ab->conf->nack_cb(&rep, ab->conf->nack_opaque);
+	}
+	entry_drop_data(r, e);
+	if (pol == ACKBOX_POLICY_DROP) {
+		change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
+		report_add(r, e, ACKBOX_MSG_DROPPED, oc, code, retriable, reason);
+		e->state = E_DONE;
+	} else if (pol == ACKBOX_POLICY_FAIL || e->attempts >= ab->max_attempts) {
+		char full[600];
+		snprintf(full, sizeof(full), "%s (after %d attempt%s)", reason, e->attempts,
+		         e->attempts == 1 ? "" : "s");
+		change_add(r, ACKBOX_CHANGE_FAIL, e, 0, full, code);
+		report_add(r, e, ACKBOX_MSG_FAILED, oc, code, retriable, full);
+		abx_log(ab->conf, ACKBOX_LOG_WARN, "relay", "message to '%s' FAILED: %s", e->topic,
+		        full);
+		e->state = E_DONE;
+	} else {
+		int64_t delay = backoff_ms(r, e->attempts, true);
+		int64_t due = ackbox_wall_ms() + delay;
+		change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
+		e->state = E_WAITING;
+		if (r->next_claim_at > ackbox_mono_ms() + delay)
+			r->next_claim_at = ackbox_mono_ms() + delay;
+	}
+}
+
+/* The connection is gone: every current attempt is in doubt and is resent
+ * without burning an attempt; superseded tokens die with the channel. */
+static void on_disconnected(abx_relay *r, const char *why)
+{
+	int64_t now = ackbox_mono_ms();
+	tok *t, *next;
+	entry *requeue = NULL, **tail = &requeue;
+	if (atomic_load(&r->connected) || r->fifo_head)
+		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "transport disconnected (%s); %zu unconfirmed message(s) will be resent",
+		        why ? why : "no reason given", r->tokens.len);
+	atomic_store(&r->connected, 0);
+	for (t = r->fifo_head; t; t = next) {
+		entry *e = t->e;
+		next = t->next;
+		if (!t->superseded && e->state == E_INFLIGHT) {
+			e->refs++; /* keep e alive across tok_drop */
+			tok_drop(r, t);
+			e->refs--;
+			e->next = NULL;
+			*tail = e;
+			tail = &e->next;
+		} else {
+			tok_drop(r, t);
+		}
+	}
+	/* resend in the original order, ahead of newer work */
+	if (requeue) {
+		size_t n = 0;
+		entry *last = NULL;
+		for (entry *e = requeue; e; e = e->next) {
+			e->state = E_READY;
+			last = e;
+			n++;
+		}
+		last->next = r->ready_head;
+		if (!r->ready_head)
+			r->ready_tail = last;
+		r->ready_head = requeue;
+		r->ready_len += n;
+	}
+	if (!(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING))
+		r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
+}
+
+static void handle_event(abx_relay *r, const tx_ev *ev)
+{
+	tok *t;
+	entry *e;
+
+	if (ev->kind == ACKBOX_TX_DISCONNECTED) {
+		on_disconnected(r, ev->reason);
+		return;
+	}
+	if (ev->kind == ACKBOX_TX_CONNECTED) {
+		if (!atomic_load(&r->connected))
+			abx_log(r->ab->conf, ACKBOX_LOG_INFO, "relay", "transport connected");
+		atomic_store(&r->connected, 1);
+		r->connect_failures = 0;
+		r->ever_connected = true;
+		return;
+	}
+	t = map_get(&r->tokens, ev->token);
+	if (!t)
+		return; /* unknown, or already decided: the first report wins */
+	e = t->e;
+	if (ev->kind == ACKBOX_TX_ACK) {
+		e->refs++;
+		tok_drop(r, t);
+		e->refs--;
+		on_acked(r, e);
+		entry_maybe_free(r, e);
+		return;
+	}
+	if (t->superseded || e->state != E_INFLIGHT || e->cur_token != t->token) {
+		/* the answer to an attempt we already gave up on: only an ack matters */
+		tok_drop(r, t);
+		return;
+	}
+	e->refs++;
+	tok_drop(r, t);
+	e->refs--;
+	switch (ev->kind) {
+	case ACKBOX_TX_NACK:
+		on_attempt_failed(r, e, ACKBOX_OUTCOME_NACK, ev->broker_code, ev->retriable,
+		                  ev->reason);
+		break;
+	case ACKBOX_TX_UNROUTABLE:
+		on_attempt_failed(r, e, ACKBOX_OUTCOME_UNROUTABLE, ev->broker_code, ev->retriable,
+		                  ev->reason);
+		break;
+	case ACKBOX_TX_ERROR:
+		on_attempt_failed(r, e, ACKBOX_OUTCOME_ERROR, ev->broker_code, ev->retriable,
+		                  ev->reason);
+		break;
+	case ACKBOX_TX_NOT_SENT:
+	case ACKBOX_TX_IN_DOUBT:
+	default:
+		/* never left, or the connection died: resend, attempt not burnt */
+		ready_push_front(r, e);
+		break;
+	}
+	entry_maybe_free(r, e);
+}
+
+/* Attempts whose confirm is overdue count as failed; superseded tokens
+ * that the transport never answered are forgotten after a long grace. */
+static void check_timeouts(abx_relay *r, int64_t now)
+{
+	while (r->fifo_head && r->fifo_head->deadline <= now) {
+		tok *t = r->fifo_head;
+		entry *e = t->e;
+		if (t->superseded) {
+			tok_drop(r, t);
+			continue;
+		}
+		/* keep the token (a late confirm still acks), move it to the back
+		 * with a zombie deadline so the window is not held forever */
+		fifo_remove(r, t);
+		t->superseded = true;
+		t->deadline = now + 10 * r->ab->retry_timeout_ms;
+		fifo_append(r, t);
+		if (e->cur_token == t->token)
+			e->cur_token = 0;
+		if (e->state == E_INFLIGHT) {
+			char why[64];
+			snprintf(why, sizeof(why), "%lld ms", (long long)r->ab->retry_timeout_ms);
+			on_attempt_failed(r, e, ACKBOX_OUTCOME_TIMEOUT, 0, 1, why);
+		}
+	}
+}
+
+/* Copies a claimed row into a fresh-style block. */
+static abx_fresh *fresh_from_row(const ackbox_store_row *row)
+{
+	size_t tl = strlen(row->topic) + 1;
+	size_t cl = row->content_type ? strlen(row->content_type) + 1 : 0;
+	abx_fresh *f = malloc(sizeof(*f) + tl + cl + row->key_len + row->headers_len +
+	                      row->payload_len + 1);
+	char *p;
+	if (!f)
+		return NULL;
+	memset(f, 0, sizeof(*f));
+	p = (char *)(f + 1);
+	f->id = row->id;
+	f->created_ms = row->created_ms;
+	f->topic = memcpy(p, row->topic, tl);
+	p += tl;
+	if (cl) {
+		f->content_type = memcpy(p, row->content_type, cl);
+		p += cl;
+	}
+	if (row->key_len) {
+		f->key = memcpy(p, row->key, row->key_len);
+		f->key_len = row->key_len;
+		p += row->key_len;
+	}
+	if (row->headers_len) {
+		f->headers = memcpy(p, row->headers, row->headers_len);
+		f->headers_len = row->headers_len;
+		p += row->headers_len;
+	}
+	f->payload = p;
+	if (row->payload_len)
+		memcpy(p, row->payload, row->payload_len);
+	f->payload_len = row->payload_len;
+	return f;
+}
+
+static int claim_cb(const ackbox_store_row *row, void *opaque)
+{
+	abx_relay *r = opaque;
+	entry *e = map_get(&r->by_id, id_key(&row->id));
+	abx_fresh *f;
+
+	if (e && memcmp(&e->id, &row->id, sizeof(row->id)) == 0) {
+		if (e->state != E_WAITING)
+			return 0; /* already queued or in flight here */
+		f = fresh_from_row(row);
+		if (!f)
+			return 1;
+		e->data = f;
+		e->attempts = row->attempts;
+		e->lease = row->lease;
+		ready_push_back(r, e);
+		return 0;
+	}
+	f = fresh_from_row(row);
+	if (!f)
+		return 1;
+	e = entry_new(r, f, row->attempts, row->lease);
+	if (!e) {
+		abx_fresh_free(f);
+		return 1;
+	}
+	ready_push_back(r, e);
+	return 0;
+}
+
+static void claim_due(abx_relay *r, int64_t now)
+{
+	struct ackbox *ab = r->ab;
+	char err[256] = "";
+	int n;
+	size_t busy = r->tokens.len + r->ready_len;
+	size_t room = busy < (size_t)r->window ? (size_t)r->window - busy : 0;
+	if (room == 0)
+		return;
+	if (room > 1024)
+		room = 1024;
+	pthread_mutex_lock(&ab->store_mtx);
+	n = ab->store_ops->claim(ab->store_ctx, ackbox_wall_ms(),
+	                         ackbox_wall_ms() + ab->retry_timeout_ms, room, claim_cb, r, err,
+	                         sizeof(err));
+	pthread_mutex_unlock(&ab->store_mtx);
+	if (n < 0) {
+		abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "claiming due messages: %s", err);
+		r->next_claim_at = now + ab->store_poll_ms;
+		return;
+	}
+	/* a full batch means there is probably more right now */
+	r->store_dirty = (size_t)n == room;
+	r->next_claim_at = now + ab->store_poll_ms;
+}
+
+static void send_ready(abx_relay *r, int64_t now)
+{
+	entry *e;
+	while (atomic_load(&r->connected) && (int)r->tokens.len < r->window &&
+	       (e = ready_pop(r)) != NULL) {
+		ackbox_tx_msg m;
+		ackbox_header *hs = NULL;
+		size_t nh = 0;
+		char idstr[ACKBOX_ID_STRLEN];
+		tok *t;
+		int rc;
+
+		if (ackbox_headers_decode(e->data->headers, e->data->headers_len, &hs, &nh) != 0) {
+			/* bytes the store handed back do not parse: fail it for an operator */
+			e->attempts = r->ab->max_attempts - 1;
+			on_attempt_failed(r, e, ACKBOX_OUTCOME_ERROR, 0, 0,
+			                  "stored headers are corrupt");
+			entry_maybe_free(r, e);
+			continue;
+		}
+		t = calloc(1, sizeof(*t));
+		if (!t) {
+			free(hs);
+			ready_push_front(r, e);
+			break;
+		}
+		ackbox_id_format(&e->id, idstr);
+		memset(&m, 0, sizeof(m));
+		m.token = ++r->next_token;
+		m.id = e->id;
+		m.id_str = idstr;
+		m.topic = e->data->topic;
+		m.key = e->data->key;
+		m.key_len = e->data->key_len;
+		m.payload = e->data->payload;
+		m.payload_len = e->data->payload_len;
+		m.content_type = e->data->content_type;
+		m.headers = hs;
+		m.header_count = nh;
+		m.attempt = e->sends + 1;
+		t->token = m.token;
+		t->e = e;
+		t->deadline = now + r->ab->retry_timeout_ms;
+		/* register before send(): a synchronous report must find the token */
+		if (map_put(&r->tokens, t->token, t) != 0) {
+			free(t);
+			free(hs);
+			ready_push_front(r, e);
+			break;
+		}
+		fifo_append(r, t);
+		e->refs++;
+		e->cur_token = t->token;
+		e->state = E_INFLIGHT;
+		rc = r->ops->send(r->tx_ctx, &m);
+		free(hs);
+		if (rc == ACKBOX_TX_SENT) {
+			e->sends++;
+			ABX_CRASH_POINT("after_send");
+			continue;
+		}
+		/* did not leave: undo and wait */
+		e->refs++;
+		tok_drop(r, t);
+		e->refs--;
+		ready_push_front(r, e);
+		if (rc == ACKBOX_TX_NOT_CONNECTED) {
+			atomic_store(&r->connected, 0);
+			if (!(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING))
+				r->next_connect_at =
+				    now + backoff_ms(r, ++r->connect_failures, false);
+		}
+		break;
+	}
+}
+
+/* Applies queued changes in one transaction, then releases their reports. */
+static void apply_changes(abx_relay *r, int64_t now)
+{
+	struct ackbox *ab = r->ab;
+	char err[256] = "";
+	int rc = 0;
+
+	if (r->nchanges) {
+		if (now < r->apply_retry_at)
+			return;
+		pthread_mutex_lock(&ab->store_mtx);
+		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
+		pthread_mutex_unlock(&ab->store_mtx);
+		if (rc < 0) {
+			/* keep them and try again: a report must not precede its change */
+			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
+			        "store rejected %zu state change(s), retrying: %s", r->nchanges, err);
+			r->apply_retry_at = now + 200;
+			return;
+		}
+		for (size_t i = 0; i < r->nchanges; i++)
+			free(r->change_texts[i]);
+		r->nchanges = 0;
+	}
+	for (size_t i = 0; i < r->nreports; i++) {
+		r->reports[i].topic = r->report_texts[2 * i];
+		r->reports[i].reason = r->report_texts[2 * i + 1];
+		if (r->reports[i].topic && r->reports[i].reason)
+			abx_report_push(ab, &r->reports[i]);
+		free(r->report_texts[2 * i]);
+		free(r->report_texts[2 * i + 1]);
+	}
+	if (r->nreports || rc == 0)
+		abx_progress(ab);
+	r->nreports = 0;
+}
+
+static void take_inbox(abx_relay *r)
+{
+	abx_fresh *f, *next;
+	tx_ev *evs;
+	size_t nevs;
+
+	pthread_mutex_lock(&r->in_mtx);
+	f = r->fresh_head;
+	r->fresh_head = r->fresh_tail = NULL;
+	if (r->store_poked) {
+		r->store_dirty = true;
+		r->store_poked = false;
+	}
+	pthread_mutex_unlock(&r->in_mtx);
+	for (; f; f = next) {
+		entry *e;
+		next = f->next;
+		f->next = NULL;
+		e = entry_new(r, f, 0, 0);
+		if (!e) {
+			/* stays in the store with a lease; claimed again when it expires */
+			abx_relay_unreserve(r, 1, f->payload_len);
+			abx_fresh_free(f);
+			continue;
+		}
+		e->from_fresh = true;
+		ready_push_back(r, e);
+	}
+
+	pthread_mutex_lock(&r->ev_mtx);
+	evs = r->evs;
+	nevs = r->nevs;
+	r->evs = r->evs_spare;
+	r->cap_evs ^= r->cap_spare;
+	r->cap_spare ^= r->cap_evs;
+	r->cap_evs ^= r->cap_spare;
+	r->evs_spare = evs;
+	r->nevs = 0;
+	pthread_mutex_unlock(&r->ev_mtx);
+	for (size_t i = 0; i < nevs; i++) {
+		handle_event(r, &evs[i]);
+		free(evs[i].reason);
+	}
+}
+
+static void try_connect(abx_relay *r, int64_t now)
+{
+	char err[256] = "";
+	int rc = r->ops->connect(r->tx_ctx, (int)r->ab->connect_timeout_ms, err, sizeof(err));
+	if (rc == 0) {
+		if (r->connect_failures)
+			abx_log(r->ab->conf, ACKBOX_LOG_INFO, "relay",
+			        "transport reconnected after %d failed attempt(s)", r->connect_failures);
+		atomic_store(&r->connected, 1);
+		r->connect_failures = 0;
+		r->ever_connected = true;
+		r->store_dirty = true;
+		return;
+	}
+	r->connect_failures++;
+	if (r->connect_failures == 1 || strcmp(err, r->last_connect_error) != 0)
+		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_failures,
+		        err);
+	snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
+	r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, r->connect_failures, false);
+	ABX_UNUSED(now);
+}
+
+static void wait_for_work(abx_relay *r, int timeout_ms)
+{
+	if (r->ops->poll && atomic_load(&r->connected)) {
+		if (r->ops->poll(r->tx_ctx, timeout_ms) < 0) {
+			tx_ev ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, NULL};
+			handle_event(r, &ev);
+		}
+		return;
+	}
+	struct pollfd pfd = {r->wake_fd, POLLIN, 0};
+	if (timeout_ms > 0 || timeout_ms < 0)
+		poll(&pfd, 1, timeout_ms);
+}
+
+static void *relay_main(void *arg)
+{
+	abx_relay *r = arg;
+	struct ackbox *ab = r->ab;
+
+	while (!atomic_load(&r->stop)) {
+		int64_t now = ackbox_mono_ms(), wake_at;
+		uint64_t drain;
+		int timeout;
+
+		atomic_store(&r->wake_pending, 0);
+		if (read(r->wake_fd, &drain, sizeof(drain)) < 0 && errno != EAGAIN)
+			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "eventfd read: %s", strerror(errno));
+		take_inbox(r);
+		check_timeouts(r, now);
+		if (!atomic_load(&r->connected) && !(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING) &&
+		    now >= r->next_connect_at) {
+			try_connect(r, now);
+			now = ackbox_mono_ms();
+		}
+		/* Stuck changes pause new work: reports must follow their changes. */
+		if (atomic_load(&r->connected) && r->nchanges == 0 && r->ready_len == 0 &&
+		    (r->store_dirty || now >= r->next_claim_at))
+			claim_due(r, now);
+		send_ready(r, now);
+		apply_changes(r, now);
+
+		/* How long may we sleep? */
+		wake_at = now + 1000;
+		if (r->next_claim_at < wake_at)
+			wake_at = r->next_claim_at;
+		if (r->fifo_head && r->fifo_head->deadline < wake_at)
+			wake_at = r->fifo_head->deadline;
+		if (!atomic_load(&r->connected) &&
+		    !(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING) && r->next_connect_at < wake_at)
+			wake_at = r->next_connect_at;
+		if (r->nchanges && r->apply_retry_at < wake_at)
+			wake_at = r->apply_retry_at;
+		timeout = wake_at > now ? (int)(wake_at - now) : 0;
+		if (atomic_load(&r->connected) &&
+		    ((r->ready_len && (int)r->tokens.len < r->window) ||
+		     (r->store_dirty && r->ready_len == 0)))
+			timeout = 0;
+		wait_for_work(r, timeout);
+	}
+	/* Last acks received still get applied; everything else stays stored. */
+	take_inbox(r);
+	apply_changes(r, ackbox_mono_ms() + 1000000);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* The host side of the transport ABI                                   */
+/* ------------------------------------------------------------------ */
+
+void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
+{
+	abx_relay *r;
+	bool on_relay;
+	if (!host || !ev)
+		return;
+	r = host->relay;
+	on_relay = r->thread_started && pthread_equal(pthread_self(), r->thread);
+	pthread_mutex_lock(&r->ev_mtx);
+	if (r->nevs == r->cap_evs) {
+		size_t ncap = r->cap_evs ? r->cap_evs * 2 : 1024;
+		tx_ev *n = realloc(r->evs, ncap * sizeof(*n));
+		if (!n) {
+			pthread_mutex_unlock(&r->ev_mtx);
+			/* dropping a report only delays: the timeout resends it */
+			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory for a report");
+			return;
+		}
+		r->evs = n;
+		r->cap_evs = ncap;
+	}
+	tx_ev *e = &r->evs[r->nevs++];
+	e->kind = ev->kind;
+	e->token = ev->token;
+	e->broker_code = ev->broker_code;
+	e->retriable = ev->retriable;
+	e->reason = ev->reason ? strdup(ev->reason) : NULL;
+	pthread_mutex_unlock(&r->ev_mtx);
+	if (!on_relay)
+		relay_wake(r);
+}
+
+int ackbox_tx_wake_fd(ackbox_tx_host *host)
+{
+	return host ? host->relay->wake_fd : -1;
+}
+
+void ackbox_tx_log(ackbox_tx_host *host, ackbox_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+	if (!host)
+		return;
+	va_start(ap, fmt);
+	abx_logv(host->relay->ab->conf, level, host->relay->ops->schemes[0], fmt, ap);
+	va_end(ap);
+}
+
+const ackbox_conf *ackbox_tx_conf(ackbox_tx_host *host)
+{
+	return host ? host->relay->ab->conf : NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Life cycle and the publisher's side                                  */
+/* ------------------------------------------------------------------ */
+
+bool abx_relay_reserve(abx_relay *r, size_t n, size_t bytes)
+{
+	bool ok;
+	struct ackbox *ab = r->ab;
+	pthread_mutex_lock(&r->in_mtx);
+	ok = r->reserved_msgs + n <= ab->fresh_max_msgs &&
+	     r->reserved_bytes + bytes <= ab->fresh_max_bytes;
+	if (ok) {
+		r->reserved_msgs += n;
+		r->reserved_bytes += bytes;
+	}
+	pthread_mutex_unlock(&r->in_mtx);
+	return ok;
+}
+
+void abx_relay_unreserve(abx_relay *r, size_t n, size_t bytes)
+{
+	pthread_mutex_lock(&r->in_mtx);
+	r->reserved_msgs = r->reserved_msgs >= n ? r->reserved_msgs - n : 0;
+	r->reserved_bytes = r->reserved_bytes >= bytes ? r->reserved_bytes - bytes : 0;
+	pthread_mutex_unlock(&r->in_mtx);
+}
+
+void abx_relay_push_fresh(abx_relay *r, abx_fresh *head, abx_fresh *tail)
+{
+	pthread_mutex_lock(&r->in_mtx);
+	if (r->fresh_tail)
+		r->fresh_tail->next = head;
+	else
+		r->fresh_head = head;
+	r->fresh_tail = tail;
+	pthread_mutex_unlock(&r->in_mtx);
+	relay_wake(r);
+}
+
+void abx_relay_poke(abx_relay *r)
+{
+	pthread_mutex_lock(&r->in_mtx);
+	r->store_poked = true;
+	pthread_mutex_unlock(&r->in_mtx);
+	relay_wake(r);
+}
+
+bool abx_relay_connected(abx_relay *r)
+{
+	return r && atomic_load(&r->connected);
+}
+
+size_t abx_relay_max_message(abx_relay *r)
+{
+	return r ? r->info.max_message_size : 0;
+}
+
+static void relay_free(abx_relay *r)
+{
+	abx_fresh *f, *next;
+	tok *t, *tn;
+	if (!r)
+		return;
+	for (t = r->fifo_head; t; t = tn) {
+		tn = t->next;
+		free(t);
+	}
+	/* entries: reachable through the id map */
+	for (size_t i = 0; i < r->by_id.cap; i++) {
+		entry *e = r->by_id.vals[i];
+		if (e) {
+			abx_fresh_free(e->data);
+			free(e->topic);
+			free(e);
+		}
+	}
+	map_fini(&r->by_id);
+	map_fini(&r->tokens);
+	for (f = r->fresh_head; f; f = next) {
+		next = f->next;
+		abx_fresh_free(f);
+	}
+	for (size_t i = 0; i < r->nevs; i++)
+		free(r->evs[i].reason);
+	free(r->evs);
+	free(r->evs_spare);
+	for (size_t i = 0; i < r->nchanges; i++)
+		free(r->change_texts[i]);
+	free(r->changes);
+	free(r->change_texts);
+	for (size_t i = 0; i < 2 * r->nreports; i++)
+		free(r->report_texts[i]);
+	free(r->reports);
+	free(r->report_texts);
+	if (r->wake_fd >= 0)
+		close(r->wake_fd);
+	pthread_mutex_destroy(&r->in_mtx);
+	pthread_mutex_destroy(&r->ev_mtx);
+	free(r->tx_ctx);
+	free(r);
+}
+
+int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
+{
+	const char *url_text = ackbox_conf_get(ab->conf, "transport.url");
+	ackbox_url url;
+	abx_relay *r;
+	int rc;
+
+	rc = ackbox_url_parse(url_text, &url, errstr, errstr_size);
+	if (rc)
+		return rc;
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		ackbox_url_fini(&url);
+		return ACKBOX_ERR_NOMEM;
+	}
+	r->ab = ab;
+	r->wake_fd = -1;
+	pthread_mutex_init(&r->in_mtx, NULL);
+	pthread_mutex_init(&r->ev_mtx, NULL);
+	r->host.relay = r;
+	r->rng = (uint64_t)ackbox_mono_ms() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)r;
+	if (!r->rng)
+		r->rng = 1;
+	r->ops = abx_transport_find(url.scheme);
+	if (!r->ops) {
+		rc = abx_scheme_check(0, url.scheme, "transport.url", errstr, errstr_size);
+		goto fail;
+	}
+	r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (r->wake_fd < 0) {
+		ackbox_errstr_set(errstr, errstr_size, "eventfd: %s", strerror(errno));
+		rc = ACKBOX_ERR_INTERNAL;
+		goto fail;
+	}
+	r->tx_ctx = calloc(1, r->ops->ctx_size ? r->ops->ctx_size : 1);
+	if (!r->tx_ctx) {
+		rc = ACKBOX_ERR_NOMEM;
+		goto fail;
+	}
+	rc = r->ops->open(r->tx_ctx, &url, &r->host, &r->info, errstr, errstr_size);
+	if (rc) {
+		free(r->tx_ctx);
+		r->tx_ctx = NULL;
+		goto fail;
+	}
+	ackbox_url_fini(&url);
+	r->window = (int)abx_conf_int(ab->conf, "transport.window");
+	if (r->window <= 0)
+		r->window = r->info.max_inflight > 0 ? r->info.max_inflight : 1000;
+	r->store_dirty = true; /* recovered rows are due */
+	ab->relay = r;
+
+	/* The first connection attempt happens here, on the caller's thread, so
+	 * that transport.require_connect can refuse to start. */
+	{
+		char err[256] = "";
+		rc = r->ops->connect(r->tx_ctx, (int)ab->connect_timeout_ms, err, sizeof(err));
+		if (rc == 0) {
+			atomic_store(&r->connected, 1);
+			r->ever_connected = true;
+		} else if (abx_conf_bool(ab->conf, "transport.require_connect")) {
+			ackbox_errstr_set(errstr, errstr_size, "transport.url: %s", err);
+			r->ops->close(r->tx_ctx);
+			ab->relay = NULL;
+			relay_free(r);
+			return ACKBOX_ERR_TRANSPORT;
+		} else {
+			snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
+			abx_log(ab->conf, ACKBOX_LOG_WARN, "relay",
+			        "broker not reachable yet, messages will be stored and sent when it "
+			        "is: %s",
+			        err);
+			r->connect_failures = 1;
+			r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, 1, false);
+		}
+	}
+	if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
+		ackbox_errstr_set(errstr, errstr_size, "cannot start the relay thread");
+		r->ops->close(r->tx_ctx);
+		ab->relay = NULL;
+		relay_free(r);
+		return ACKBOX_ERR_INTERNAL;
+	}
+	r->thread_started = true;
+	return 0;
+
+fail:
+	ackbox_url_fini(&url);
+	relay_free(r);
+	return rc;
+}
+
+void abx_relay_stop(struct ackbox *ab)
+{
+	abx_relay *r = ab->relay;
+	if (!r)
+		return;
+	atomic_store(&r->stop, 1);
+	relay_wake(r);
+	if (r->thread_started)
+		pthread_join(r->thread, NULL);
+	r->ops->close(r->tx_ctx);
+	ab->relay = NULL;
+	relay_free(r);
+}

@@ -1,0 +1,101 @@
+/*
+ * plugin.h - what transport and store plugins share: the ABI version word,
+ * the declarative configuration property table, parsed URLs and logging.
+ * Read docs/plugins.md first; brokers/loopback/ is the smallest example.
+ */
+#ifndef ACKBOX_PLUGIN_H
+#define ACKBOX_PLUGIN_H
+
+#include <ackbox/ackbox.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * ABI words carry a magic high half so that a table of garbage is rejected,
+ * and a version low half that only grows. A table may be larger than the
+ * core knows (a newer plugin) or smaller (an older one): the core reads a
+ * slot only if struct_size covers it.
+ */
+#define ACKBOX_ABI_MAGIC 0xACB0u
+#define ACKBOX_ABI_WORD(v) ((ACKBOX_ABI_MAGIC << 16) | (uint32_t)(v))
+
+/** Property types of the declarative configuration table. */
+typedef enum ackbox_prop_type {
+	ACKBOX_PROP_STRING = 0,
+	ACKBOX_PROP_INT = 1,      /* decimal integer in [min, max] */
+	ACKBOX_PROP_BOOL = 2,     /* true/false/1/0/yes/no/on/off */
+	ACKBOX_PROP_ENUM = 3,     /* one of the '|'-separated words in `choices` */
+	ACKBOX_PROP_DURATION = 4, /* "250ms", "10s", "5m", "1h" or plain ms, in [min, max] ms */
+	ACKBOX_PROP_URL = 5       /* parsed with ackbox_url_parse */
+} ackbox_prop_type;
+
+/**
+ * One configuration property. Plugins list theirs WITHOUT the "<scheme>."
+ * prefix; the core adds it. A table ends with an entry whose name is NULL.
+ */
+typedef struct ackbox_prop {
+	const char *name;
+	ackbox_prop_type type;
+	const char *def;     /* default as text, NULL for none */
+	int64_t min, max;    /* INT and DURATION bounds */
+	const char *choices; /* ENUM words, "a|b|c" */
+	const char *doc;     /* one sentence for docs and --help */
+} ackbox_prop;
+
+/** Plugin capability: accept any "<scheme>.<name>" key (librdkafka passthrough). */
+#define ACKBOX_PLUGIN_CAP_PASSTHROUGH_KEYS (1u << 0)
+
+/**
+ * A parsed URL: scheme://[user[:password]@]hosts[/path][?query].
+ * Percent-escapes in user, password and path are decoded. `hosts` is kept
+ * as written ("h1:1,h2:2"); host/port are the first entry (port 0 if none).
+ * All strings are NUL-terminated and owned by the url.
+ */
+typedef struct ackbox_url {
+	char *scheme;
+	char *user;     /* NULL if absent */
+	char *password; /* NULL if absent */
+	char *hosts;    /* "" if absent */
+	char *host;     /* "" if absent; IPv6 literal without brackets */
+	int port;       /* 0 if absent */
+	char *path;     /* decoded, includes the leading '/', "" if absent */
+	char *query;    /* raw, without '?', "" if absent */
+} ackbox_url;
+
+/**
+ * Parses text into url. Returns 0 or ACKBOX_ERR_BAD_URL with errstr saying
+ * what is malformed. On success free with ackbox_url_fini().
+ */
+ACKBOX_API int ackbox_url_parse(const char *text, ackbox_url *url, char *errstr,
+                                size_t errstr_size);
+ACKBOX_API void ackbox_url_fini(ackbox_url *url);
+
+/**
+ * Looks up `name` in a URL query ("a=1&b=2"); copies the decoded value into
+ * out. Returns 1 if found, 0 if not.
+ */
+ACKBOX_API int ackbox_url_query_get(const ackbox_url *url, const char *name, char *out,
+                                    size_t out_size);
+
+/** Parses a duration ("250ms", "10s", "5m", "1h", "1500") into ms. */
+ACKBOX_API int ackbox_parse_duration_ms(const char *text, int64_t *out_ms);
+
+/** Parses a boolean as the configuration does. */
+ACKBOX_API int ackbox_parse_bool(const char *text, int *out);
+
+/** Monotonic milliseconds (CLOCK_MONOTONIC). */
+ACKBOX_API int64_t ackbox_mono_ms(void);
+
+/** Wall-clock milliseconds since the Unix epoch. */
+ACKBOX_API int64_t ackbox_wall_ms(void);
+
+/** Writes a formatted line into errstr (NULL-safe, always terminated). */
+ACKBOX_API void ackbox_errstr_set(char *errstr, size_t errstr_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ACKBOX_PLUGIN_H */

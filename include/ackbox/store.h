@@ -1,0 +1,183 @@
+/*
+ * store.h - the store plugin ABI. A store keeps messages durably and answers
+ * "what is due"; the core decides every state change and passes it down.
+ * store/sqlite/ is the reference implementation.
+ */
+#ifndef ACKBOX_STORE_H
+#define ACKBOX_STORE_H
+
+#include <ackbox/plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_WORD(1)
+
+/** Durability of insert(), from the store.sync key. */
+typedef enum ackbox_sync {
+	ACKBOX_SYNC_FULL = 0,   /* fsync before insert returns (default) */
+	ACKBOX_SYNC_NORMAL = 1, /* survives a process crash, not a power loss */
+	ACKBOX_SYNC_OFF = 2     /* no guarantee; for tests and benchmarks */
+} ackbox_sync;
+
+/** A new message for insert(). Pointers valid during the call only. */
+typedef struct ackbox_store_rec {
+	ackbox_id id;
+	int64_t created_ms;  /* wall clock */
+	int64_t due_ms;      /* when a relay may claim it (a lease for the inserter) */
+	const char *topic;
+	const void *key;
+	size_t key_len;
+	const char *content_type;   /* NULL if none */
+	const void *headers;        /* encoded by ackbox_headers_encode, NULL if none */
+	size_t headers_len;
+	const void *payload;
+	size_t payload_len;
+} ackbox_store_rec;
+
+/** A stored row handed back to the core. Valid during the callback only. */
+typedef struct ackbox_store_row {
+	ackbox_id id;
+	ackbox_state state;   /* SENDING, RETRYING or FAILED */
+	int attempts;
+	int64_t created_ms, updated_ms, due_ms;
+	const char *topic;
+	const void *key;
+	size_t key_len;
+	const char *content_type;
+	const void *headers;
+	size_t headers_len;
+	const void *payload;
+	size_t payload_len;
+	const char *last_error;
+	int last_code;
+	uint64_t lease;       /* store-defined fencing token, echoed in changes */
+} ackbox_store_row;
+
+/** Return non-zero to stop the iteration. */
+typedef int (*ackbox_store_row_cb)(const ackbox_store_row *row, void *opaque);
+
+/** A state change decided by the core. */
+typedef enum ackbox_change_kind {
+	ACKBOX_CHANGE_DELETE = 1,  /* acked or dropped */
+	ACKBOX_CHANGE_RETRY = 2,   /* state RETRYING, attempts, due_ms, last_error/code */
+	ACKBOX_CHANGE_FAIL = 3,    /* state FAILED, attempts, last_error/code */
+	ACKBOX_CHANGE_RELEASE = 4  /* due_ms only (a lease given back, state unchanged) */
+} ackbox_change_kind;
+
+typedef struct ackbox_store_change {
+	ackbox_change_kind kind;
+	ackbox_id id;
+	int attempts;
+	int64_t due_ms;
+	const char *last_error; /* may be NULL */
+	int last_code;
+	uint64_t lease;         /* from the claimed row, 0 if not claimed */
+} ackbox_store_change;
+
+/**
+ * The store ops table. Append-only; see transport.h for the versioning rule.
+ *
+ * Threading: the core serialises every call on one instance (it holds the
+ * instance's lock), but calls may come from different threads (publishers
+ * doing a group commit, the relay thread, an admin call). Errors return a
+ * negative ackbox_err (ACKBOX_ERR_STORE_* where one fits) with errstr set.
+ */
+typedef struct ackbox_store_ops {
+	uint32_t abi_version;      /* ACKBOX_STORE_ABI_VERSION */
+	uint32_t struct_size;      /* sizeof(ackbox_store_ops) */
+	const char *scheme;        /* "sqlite" */
+	uint32_t caps;             /* ACKBOX_PLUGIN_CAP_* */
+	size_t ctx_size;           /* zeroed memory the core allocates per instance */
+	const ackbox_prop *props;  /* keys "<scheme>.<name>" */
+	const char *description;
+
+	/** Opens or creates the store; checks the schema. close() is not called on failure. */
+	int (*open)(void *ctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
+	            char *errstr, size_t errstr_size);
+	void (*close)(void *ctx);
+
+	/** Inserts n records in ONE transaction, durable per `sync` before returning. */
+	int (*insert)(void *ctx, const ackbox_store_rec *recs, size_t n, char *errstr,
+	              size_t errstr_size);
+
+	/**
+	 * Claims up to `limit` SENDING/RETRYING rows with due_ms <= now_ms, oldest
+	 * due first, setting their due_ms to lease_until_ms so no other claim
+	 * returns them until then. Calls cb per row; returns the count. Need not
+	 * be durable: a lost lease only makes a row due earlier.
+	 */
+	int (*claim)(void *ctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
+	             ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size);
+
+	/**
+	 * Applies n changes in one transaction. Need not be durable: a lost
+	 * change makes a message be sent again, never lost. A change for a row
+	 * that is gone (or whose lease no longer matches) is skipped.
+	 */
+	int (*apply)(void *ctx, const ackbox_store_change *changes, size_t n, char *errstr,
+	             size_t errstr_size);
+
+	/** Crash recovery at open: SENDING/RETRYING rows whose lease this process may take become due at now_ms. */
+	int (*recover)(void *ctx, int64_t now_ms, char *errstr, size_t errstr_size);
+
+	int (*counts)(void *ctx, ackbox_counts *out, char *errstr, size_t errstr_size);
+
+	/** Rows in id order; state < 0 for all; limit 0 = no limit. Returns the count. */
+	int (*list)(void *ctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
+	            char *errstr, size_t errstr_size);
+
+	/** One row; ACKBOX_ERR_NOT_FOUND if absent. */
+	int (*get)(void *ctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
+	           char *errstr, size_t errstr_size);
+
+	/** FAILED -> RETRYING, attempts 0, due now_ms; ids NULL = all FAILED. Returns the count. */
+	int (*requeue)(void *ctx, const ackbox_id *ids, size_t n, int64_t now_ms, char *errstr,
+	               size_t errstr_size);
+
+	/** Deletes FAILED rows with updated_ms < older_than_ms. Returns the count. */
+	int (*purge)(void *ctx, int64_t older_than_ms, char *errstr, size_t errstr_size);
+
+	/**
+	 * Optional (NULL: the core uses counts()): 1 if any row is SENDING or
+	 * RETRYING, 0 if none. Should be O(1); flush() asks often.
+	 */
+	int (*has_pending)(void *ctx, char *errstr, size_t errstr_size);
+} ackbox_store_ops;
+
+/**
+ * The ops table serving scheme ("sqlite"), or NULL. Lets a test or a
+ * fault-injecting wrapper delegate to a real store, as SQLite's test VFS does.
+ */
+ACKBOX_API const ackbox_store_ops *ackbox_store_lookup(const char *scheme);
+
+/** Registers a third-party store; same rules as ackbox_transport_register(). */
+ACKBOX_API int ackbox_store_register(const ackbox_store_ops *ops, char *errstr,
+                                     size_t errstr_size);
+
+/*
+ * The header wire format stores use for ackbox_store_rec.headers:
+ * u32 count, then per header u32 name_len, name, u32 value_len, value
+ * (little-endian). Names may not contain NUL.
+ */
+
+/** Encoded size of headers, or 0 if there are none. */
+ACKBOX_API size_t ackbox_headers_encoded_size(const ackbox_header *h, size_t n);
+
+/** Encodes into out (of ackbox_headers_encoded_size bytes). */
+ACKBOX_API void ackbox_headers_encode(const ackbox_header *h, size_t n, uint8_t *out);
+
+/**
+ * Decodes bytes read back from a store. On success *out is one allocation
+ * (free() it) holding the array and copies of every name and value, and
+ * *n_out the count. Returns 0 or ACKBOX_ERR_STORE_CORRUPT for bytes that do
+ * not parse. A NULL/empty input gives *out = NULL, *n_out = 0.
+ */
+ACKBOX_API int ackbox_headers_decode(const void *buf, size_t len, ackbox_header **out,
+                                     size_t *n_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ACKBOX_STORE_H */

@@ -1,0 +1,782 @@
+/*
+ * sqlite.c - the default store: one SQLite file in WAL mode. Inserts are
+ * durable per store.sync (synchronous=FULL by default); claims and state
+ * changes commit without fsync, since losing one only causes a resend.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include <ackbox/sqlite.h>
+#include <ackbox/store.h>
+
+#define SCHEMA_NAME "ackbox-outbox"
+#define SCHEMA_VERSION 1
+
+/* The schema. seq keeps insertion order and makes rows cheap to address;
+ * the partial index holds only pending rows, so "what is due" stays cheap
+ * however many FAILED rows pile up, and it covers the status queries. */
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS ackbox_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "INSERT OR IGNORE INTO ackbox_meta VALUES('schema','" SCHEMA_NAME "'),('version','1');"
+    "CREATE TABLE IF NOT EXISTS ackbox_outbox("
+    " seq INTEGER PRIMARY KEY,"
+    " id BLOB NOT NULL UNIQUE,"
+    " state INTEGER NOT NULL DEFAULT 0,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " due_ms INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " topic TEXT NOT NULL,"
+    " msg_key BLOB,"
+    " content_type TEXT,"
+    " headers BLOB,"
+    " payload BLOB NOT NULL,"
+    " last_error TEXT,"
+    " last_code INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_due ON ackbox_outbox(due_ms, created_ms)"
+    " WHERE state < 2;"
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_troubled ON ackbox_outbox(state, seq)"
+    " WHERE state > 0;";
+
+#define ROW_COLS                                                                                   \
+	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
+	"headers, payload, last_error, last_code"
+
+enum {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_INSERT,
+	ST_CLAIM_SEL,
+	ST_CLAIM_UPD,
+	ST_DELETE,
+	ST_RETRY,
+	ST_FAIL,
+	ST_RELEASE,
+	ST_PENDING_ANY,
+	ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_INSERT] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms, updated_ms,"
+                  " topic, msg_key, content_type, headers, payload)"
+                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
+                     " ORDER BY due_ms LIMIT ?2",
+    [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1 WHERE seq = ?2",
+    [ST_DELETE] = "DELETE FROM ackbox_outbox WHERE id = ?1",
+    [ST_RETRY] = "UPDATE ackbox_outbox SET state = 1, attempts = ?2, due_ms = ?3, last_error = ?4,"
+                 " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2",
+    [ST_FAIL] = "UPDATE ackbox_outbox SET state = 2, attempts = ?2, last_error = ?4,"
+                " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2",
+    [ST_RELEASE] = "UPDATE ackbox_outbox SET due_ms = ?3 WHERE id = ?1 AND state < 2",
+    [ST_PENDING_ANY] = "SELECT 1 FROM ackbox_outbox WHERE state < 2 LIMIT 1",
+};
+
+typedef struct sq_ctx {
+	sqlite3 *db;
+	char *path;
+	sqlite3_stmt *st[ST_COUNT];
+	const char *sync_full; /* PRAGMA for durable inserts */
+	int cur_sync;          /* 0 = durable mode set, 1 = relaxed mode set */
+	ackbox_sync sync;
+	int64_t *seqs;
+	size_t cap_seqs;
+} sq_ctx;
+
+static const ackbox_prop sq_props[] = {
+	{"busy_timeout", ACKBOX_PROP_DURATION, "5s", 0, 3600000, NULL,
+	 "How long to wait for another writer's lock before ACKBOX_ERR_STORE_LOCKED."},
+	{NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+/* Maps an SQLite result to an ackbox error and a line naming the file. */
+static int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
+                    size_t errstr_size)
+{
+	int ext = db ? sqlite3_extended_errcode(db) : rc;
+	const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+	int code;
+	const char *hint = "";
+	switch (rc & 0xff) {
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		code = ACKBOX_ERR_STORE_CORRUPT;
+		hint = " (the file is damaged or is not an SQLite database)";
+		break;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		code = ACKBOX_ERR_STORE_LOCKED;
+		hint = " (another process holds the write lock; see sqlite.busy_timeout)";
+		break;
+	case SQLITE_READONLY:
+		code = ACKBOX_ERR_STORE_READONLY;
+		hint = " (the file or its directory is not writable)";
+		break;
+	case SQLITE_FULL:
+		code = ACKBOX_ERR_STORE_FULL;
+		hint = " (disk full)";
+		break;
+	case SQLITE_IOERR:
+		code = ext == SQLITE_IOERR_WRITE || ext == SQLITE_IOERR_FSYNC ? ACKBOX_ERR_STORE
+		                                                               : ACKBOX_ERR_STORE;
+		if (errno == ENOSPC) {
+			code = ACKBOX_ERR_STORE_FULL;
+			hint = " (disk full)";
+		}
+		break;
+	case SQLITE_NOMEM:
+		code = ACKBOX_ERR_NOMEM;
+		break;
+	default:
+		code = ACKBOX_ERR_STORE;
+	}
+	ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': %s failed: %s%s", path, what, msg,
+	                  hint);
+	return code;
+}
+
+static int set_sync(sq_ctx *c, int relaxed)
+{
+	const char *sql;
+	if (c->cur_sync == relaxed)
+		return SQLITE_OK;
+	if (relaxed)
+		sql = c->sync == ACKBOX_SYNC_OFF ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=NORMAL";
+	else
+		sql = c->sync_full;
+	c->cur_sync = relaxed;
+	return sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+}
+
+static int run(sq_ctx *c, int which)
+{
+	sqlite3_stmt *s = c->st[which];
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static int begin(sq_ctx *c, int relaxed)
+{
+	int rc = set_sync(c, relaxed);
+	if (rc != SQLITE_OK)
+		return rc;
+	return run(c, ST_BEGIN);
+}
+
+static int commit(sq_ctx *c)
+{
+	int rc = run(c, ST_COMMIT);
+	if (rc != SQLITE_OK)
+		run(c, ST_ROLLBACK);
+	return rc;
+}
+
+static void rollback(sq_ctx *c)
+{
+	if (!sqlite3_get_autocommit(c->db))
+		run(c, ST_ROLLBACK);
+}
+
+static void sq_close(void *vctx)
+{
+	sq_ctx *c = vctx;
+	for (int i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(c->st[i]);
+	if (c->db)
+		sqlite3_close_v2(c->db);
+	free(c->path);
+	free(c->seqs);
+	memset(c, 0, sizeof(*c));
+}
+
+/* Reads the schema marker; refuses a foreign or newer schema. */
+static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	sqlite3_stmt *s = NULL;
+	int rc, have_meta = 0;
+	char name[64] = "", version[32] = "";
+
+	rc = sqlite3_prepare_v2(c->db,
+	                        "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
+	                        "name='ackbox_meta'",
+	                        -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW)
+		have_meta = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
+	if (!have_meta)
+		return 0;
+	rc = sqlite3_prepare_v2(c->db, "SELECT key, value FROM ackbox_meta", -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "reading ackbox_meta", errstr, errstr_size);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const char *k = (const char *)sqlite3_column_text(s, 0);
+		const char *v = (const char *)sqlite3_column_text(s, 1);
+		if (k && v && strcmp(k, "schema") == 0)
+			snprintf(name, sizeof(name), "%s", v);
+		else if (k && v && strcmp(k, "version") == 0)
+			snprintf(version, sizeof(version), "%s", v);
+	}
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, "reading ackbox_meta", errstr, errstr_size);
+	if (strcmp(name, SCHEMA_NAME) != 0) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': foreign schema '%s' in ackbox_meta (expected '%s')",
+		                  c->path, name, SCHEMA_NAME);
+		return ACKBOX_ERR_STORE_SCHEMA;
+	}
+	if (atoi(version) > SCHEMA_VERSION || atoi(version) < 1) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': schema version %s is not supported by this "
+		                  "ackbox (it understands version %d); upgrade ackbox",
+		                  c->path, version, SCHEMA_VERSION);
+		return ACKBOX_ERR_STORE_SCHEMA;
+	}
+	return 0;
+}
+
+/* sqlite:///abs/path.db or sqlite://relative/path.db */
+static char *url_to_path(const ackbox_url *url)
+{
+	size_t hl = strlen(url->hosts), pl = strlen(url->path);
+	char *p = malloc(hl + pl + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, url->hosts, hl);
+	memcpy(p + hl, url->path, pl + 1);
+	return p;
+}
+
+static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
+                   char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	int rc;
+	int64_t busy_ms = 5000;
+	const char *bt = ackbox_conf_get(conf, "sqlite.busy_timeout");
+	struct stat sb;
+
+	c->path = url_to_path(url);
+	if (!c->path)
+		return ACKBOX_ERR_NOMEM;
+	if (!c->path[0]) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store.url: no file name (use sqlite:///absolute/path.db or "
+		                  "sqlite://relative.db)");
+		sq_close(c);
+		return ACKBOX_ERR_BAD_URL;
+	}
+	if (bt)
+		ackbox_parse_duration_ms(bt, &busy_ms);
+	c->sync = sync;
+	c->sync_full = sync == ACKBOX_SYNC_FULL     ? "PRAGMA synchronous=FULL"
+	               : sync == ACKBOX_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
+	                                            : "PRAGMA synchronous=OFF";
+	c->cur_sync = -1;
+
+	/* A read-only file would otherwise open "successfully" read-only. */
+	if (stat(c->path, &sb) == 0 && access(c->path, W_OK) != 0) {
+		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': file is read-only (%s)",
+		                  c->path, strerror(errno));
+		sq_close(c);
+		return ACKBOX_ERR_STORE_READONLY;
+	}
+	rc = sqlite3_open_v2(c->path, &c->db,
+	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "open", errstr, errstr_size);
+		sq_close(c);
+		return rc;
+	}
+	sqlite3_extended_result_codes(c->db, 0);
+	sqlite3_busy_timeout(c->db, (int)busy_ms);
+	if (sqlite3_db_readonly(c->db, "main") == 1) {
+		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': opened read-only",
+		                  c->path);
+		sq_close(c);
+		return ACKBOX_ERR_STORE_READONLY;
+	}
+	/* The first real read: a corrupt or foreign file fails here. */
+	rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
+		sq_close(c);
+		return rc;
+	}
+	rc = check_schema(c, errstr, errstr_size);
+	if (rc) {
+		sq_close(c);
+		return rc;
+	}
+	rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "creating the schema", errstr, errstr_size);
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+		sq_close(c);
+		return rc;
+	}
+	for (int i = 0; i < ST_COUNT; i++) {
+		rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i],
+		                        NULL);
+		if (rc != SQLITE_OK) {
+			rc = sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+			sq_close(c);
+			return rc;
+		}
+	}
+	return 0;
+}
+
+static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
+                     size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s = c->st[ST_INSERT];
+	int rc = begin(c, 0);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	for (size_t i = 0; i < n; i++) {
+		const ackbox_store_rec *r = &recs[i];
+		sqlite3_bind_blob(s, 1, r->id.b, 16, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, r->due_ms);
+		sqlite3_bind_int64(s, 3, r->created_ms);
+		sqlite3_bind_text(s, 4, r->topic, -1, SQLITE_STATIC);
+		if (r->key_len)
+			sqlite3_bind_blob(s, 5, r->key, (int)r->key_len, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 5);
+		if (r->content_type)
+			sqlite3_bind_text(s, 6, r->content_type, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 6);
+		if (r->headers_len)
+			sqlite3_bind_blob(s, 7, r->headers, (int)r->headers_len, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(s, 7);
+		sqlite3_bind_blob(s, 8, r->payload_len ? r->payload : "", (int)r->payload_len,
+		                  SQLITE_STATIC);
+		rc = sqlite3_step(s);
+		sqlite3_reset(s);
+		if (rc != SQLITE_DONE) {
+			rc = sq_error(c->db, rc, c->path, "insert", errstr, errstr_size);
+			rollback(c);
+			return rc;
+		}
+	}
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return 0;
+}
+
+/* Fills a row from the current result of a ROW_COLS statement. */
+static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
+{
+	memset(row, 0, sizeof(*row));
+	if (sqlite3_column_bytes(s, 1) == 16)
+		memcpy(row->id.b, sqlite3_column_blob(s, 1), 16);
+	row->state = (ackbox_state)sqlite3_column_int(s, 2);
+	row->attempts = sqlite3_column_int(s, 3);
+	row->created_ms = sqlite3_column_int64(s, 4);
+	row->updated_ms = sqlite3_column_int64(s, 5);
+	row->due_ms = sqlite3_column_int64(s, 6);
+	row->topic = (const char *)sqlite3_column_text(s, 7);
+	if (!row->topic)
+		row->topic = "";
+	row->key = sqlite3_column_blob(s, 8);
+	row->key_len = (size_t)sqlite3_column_bytes(s, 8);
+	row->content_type = (const char *)sqlite3_column_text(s, 9);
+	row->headers = sqlite3_column_blob(s, 10);
+	row->headers_len = (size_t)sqlite3_column_bytes(s, 10);
+	row->payload = sqlite3_column_blob(s, 11);
+	row->payload_len = (size_t)sqlite3_column_bytes(s, 11);
+	row->last_error = (const char *)sqlite3_column_text(s, 12);
+	row->last_code = sqlite3_column_int(s, 13);
+	row->lease = (uint64_t)sqlite3_column_int64(s, 0);
+}
+
+static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
+                    ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s = c->st[ST_CLAIM_SEL], *u = c->st[ST_CLAIM_UPD];
+	size_t n = 0;
+	int rc, stop = 0;
+
+	if (limit > c->cap_seqs) {
+		int64_t *ns = realloc(c->seqs, limit * sizeof(*ns));
+		if (!ns)
+			return ACKBOX_ERR_NOMEM;
+		c->seqs = ns;
+		c->cap_seqs = limit;
+	}
+	rc = begin(c, 1);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	sqlite3_bind_int64(s, 1, now_ms);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+	/* Collect first, update after: moving a row in the index being scanned
+	 * could make the scan meet it again. */
+	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		ackbox_store_row row;
+		read_row(s, &row);
+		c->seqs[n++] = (int64_t)row.lease;
+		stop = cb(&row, opaque);
+	}
+	sqlite3_reset(s);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		rc = sq_error(c->db, rc, c->path, "claim", errstr, errstr_size);
+		rollback(c);
+		return rc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_bind_int64(u, 1, lease_until_ms);
+		sqlite3_bind_int64(u, 2, c->seqs[i]);
+		rc = sqlite3_step(u);
+		sqlite3_reset(u);
+		if (rc != SQLITE_DONE) {
+			rc = sq_error(c->db, rc, c->path, "claim update", errstr, errstr_size);
+			rollback(c);
+			return rc;
+		}
+	}
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return (int)n;
+}
+
+static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	int64_t now = ackbox_wall_ms();
+	int rc = begin(c, 1);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_stmt *s;
+		switch (ch[i].kind) {
+		case ACKBOX_CHANGE_DELETE: s = c->st[ST_DELETE]; break;
+		case ACKBOX_CHANGE_RETRY: s = c->st[ST_RETRY]; break;
+		case ACKBOX_CHANGE_FAIL: s = c->st[ST_FAIL]; break;
+		case ACKBOX_CHANGE_RELEASE: s = c->st[ST_RELEASE]; break;
+		default: continue;
+		}
+		sqlite3_bind_blob(s, 1, ch[i].id.b, 16, SQLITE_STATIC);
+		if (ch[i].kind == ACKBOX_CHANGE_RETRY || ch[i].kind == ACKBOX_CHANGE_FAIL) {
+			sqlite3_bind_int(s, 2, ch[i].attempts);
+			sqlite3_bind_text(s, 4, ch[i].last_error, -1, SQLITE_STATIC);
+			sqlite3_bind_int(s, 5, ch[i].last_code);
+			sqlite3_bind_int64(s, 6, now);
+		}
+		if (ch[i].kind == ACKBOX_CHANGE_RETRY || ch[i].kind == ACKBOX_CHANGE_RELEASE)
+			sqlite3_bind_int64(s, 3, ch[i].due_ms);
+		rc = sqlite3_step(s);
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+		if (rc != SQLITE_DONE) {
+			rc = sq_error(c->db, rc, c->path, "state change", errstr, errstr_size);
+			rollback(c);
+			return rc;
+		}
+	}
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return 0;
+}
+
+/* Runs one UPDATE/DELETE with int64 parameters; returns changes or error. */
+static int exec_changes(sq_ctx *c, const char *sql, const int64_t *args, int nargs,
+                        const char *what, char *errstr, size_t errstr_size)
+{
+	sqlite3_stmt *s;
+	int rc = set_sync(c, 0);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(c->db, sql, -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, what, errstr, errstr_size);
+	for (int i = 0; i < nargs; i++)
+		sqlite3_bind_int64(s, i + 1, args[i]);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, what, errstr, errstr_size);
+	return sqlite3_changes(c->db);
+}
+
+static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	int64_t a[1] = {now_ms};
+	int rc = exec_changes(vctx,
+	                      "UPDATE ackbox_outbox SET due_ms = ?1 WHERE state < 2 AND due_ms > ?1",
+	                      a, 1, "recovery", errstr, errstr_size);
+	return rc < 0 ? rc : 0;
+}
+
+static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	int rc;
+	memset(out, 0, sizeof(*out));
+	rc = sqlite3_prepare_v2(c->db,
+	                        "SELECT (SELECT count(*) FROM ackbox_outbox WHERE state < 2),"
+	                        " (SELECT count(*) FROM ackbox_outbox WHERE state = 1),"
+	                        " (SELECT count(*) FROM ackbox_outbox WHERE state = 2),"
+	                        " (SELECT min(created_ms) FROM ackbox_outbox WHERE state < 2)",
+	                        -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "counting", errstr, errstr_size);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		uint64_t pending = (uint64_t)sqlite3_column_int64(s, 0);
+		out->retrying = (uint64_t)sqlite3_column_int64(s, 1);
+		out->sending = pending >= out->retrying ? pending - out->retrying : 0;
+		out->failed = (uint64_t)sqlite3_column_int64(s, 2);
+		out->oldest_pending_ms = sqlite3_column_int64(s, 3);
+	}
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sq_error(c->db, rc, c->path, "counting", errstr, errstr_size);
+	return 0;
+}
+
+static int sq_has_pending(void *vctx, char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	int rc = sqlite3_step(c->st[ST_PENDING_ANY]);
+	sqlite3_reset(c->st[ST_PENDING_ANY]);
+	if (rc == SQLITE_ROW)
+		return 1;
+	if (rc == SQLITE_DONE)
+		return 0;
+	return sq_error(c->db, rc, c->path, "checking for pending rows", errstr, errstr_size);
+}
+
+static int iterate(sq_ctx *c, sqlite3_stmt *s, ackbox_store_row_cb cb, void *opaque,
+                   const char *what, char *errstr, size_t errstr_size)
+{
+	int rc, n = 0, stop = 0;
+	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		ackbox_store_row row;
+		read_row(s, &row);
+		n++;
+		stop = cb(&row, opaque);
+	}
+	sqlite3_finalize(s);
+	if (!stop && rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, what, errstr, errstr_size);
+	return n;
+}
+
+static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
+                   char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	int rc = sqlite3_prepare_v2(c->db,
+	                            state < 0 ? "SELECT " ROW_COLS " FROM ackbox_outbox ORDER BY seq"
+	                                        " LIMIT ?2"
+	                                      : "SELECT " ROW_COLS " FROM ackbox_outbox WHERE "
+	                                        "state = ?1 ORDER BY seq LIMIT ?2",
+	                            -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "list", errstr, errstr_size);
+	sqlite3_bind_int(s, 1, state);
+	sqlite3_bind_int64(s, 2, limit ? (sqlite3_int64)limit : -1);
+	return iterate(c, s, cb, opaque, "list", errstr, errstr_size);
+}
+
+static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
+                  char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	char idstr[ACKBOX_ID_STRLEN];
+	int rc = sqlite3_prepare_v2(c->db, "SELECT " ROW_COLS " FROM ackbox_outbox WHERE id = ?1",
+	                            -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "get", errstr, errstr_size);
+	sqlite3_bind_blob(s, 1, id->b, 16, SQLITE_STATIC);
+	rc = iterate(c, s, cb, opaque, "get", errstr, errstr_size);
+	if (rc == 0) {
+		ackbox_id_format(id, idstr);
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	return rc < 0 ? rc : 0;
+}
+
+static int sq_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms, char *errstr,
+                      size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	int rc, total = 0;
+	if (!ids) {
+		int64_t a[1] = {now_ms};
+		return exec_changes(c,
+		                    "UPDATE ackbox_outbox SET state = 1, attempts = 0, due_ms = ?1,"
+		                    " updated_ms = ?1 WHERE state = 2",
+		                    a, 1, "requeue", errstr, errstr_size);
+	}
+	rc = begin(c, 0);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(c->db,
+		                        "UPDATE ackbox_outbox SET state = 1, attempts = 0, due_ms = ?2,"
+		                        " updated_ms = ?2 WHERE id = ?1 AND state = 2",
+		                        -1, &s, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "requeue", errstr, errstr_size);
+		rollback(c);
+		return rc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_bind_blob(s, 1, ids[i].b, 16, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 2, now_ms);
+		rc = sqlite3_step(s);
+		sqlite3_reset(s);
+		if (rc != SQLITE_DONE) {
+			rc = sq_error(c->db, rc, c->path, "requeue", errstr, errstr_size);
+			sqlite3_finalize(s);
+			rollback(c);
+			return rc;
+		}
+		total += sqlite3_changes(c->db);
+	}
+	sqlite3_finalize(s);
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return total;
+}
+
+static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errstr_size)
+{
+	int64_t a[1] = {older_than_ms};
+	return exec_changes(vctx, "DELETE FROM ackbox_outbox WHERE state = 2 AND updated_ms < ?1", a,
+	                    1, "purge", errstr, errstr_size);
+}
+
+const ackbox_store_ops ackbox_sqlite_store = {
+	.abi_version = ACKBOX_STORE_ABI_VERSION,
+	.struct_size = sizeof(ackbox_store_ops),
+	.scheme = "sqlite",
+	.caps = 0,
+	.ctx_size = sizeof(sq_ctx),
+	.props = sq_props,
+	.description = "SQLite file in WAL mode (default store)",
+	.open = sq_open,
+	.close = sq_close,
+	.insert = sq_insert,
+	.claim = sq_claim,
+	.apply = sq_apply,
+	.recover = sq_recover,
+	.counts = sq_counts,
+	.list = sq_list,
+	.get = sq_get,
+	.requeue = sq_requeue,
+	.purge = sq_purge,
+	.has_pending = sq_has_pending,
+};
+
+/* ------------------------------------------------------------------ */
+/* The transactional entry point                                        */
+/* ------------------------------------------------------------------ */
+
+int ackbox_sqlite_install_schema(sqlite3 *db, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!db)
+		return ACKBOX_ERR_INVALID;
+	rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(db, rc, sqlite3_db_filename(db, "main"), "creating the schema", errstr,
+		                errstr_size);
+	return 0;
+}
+
+int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, char *errstr,
+                          size_t errstr_size)
+{
+	static const char sql[] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
+	                          " updated_ms, topic, msg_key, content_type, headers, payload)"
+	                          " VALUES(?1, 0, 0, ?2, ?2, ?2, ?3, ?4, ?5, ?6, ?7)";
+	const char *path;
+	sqlite3_stmt *s = NULL;
+	ackbox_id id;
+	uint8_t *hbuf = NULL;
+	size_t hl;
+	int rc;
+
+	if (!db || !m || !m->topic || !*m->topic || (!m->payload && m->payload_len) ||
+	    (!m->key && m->key_len) || (!m->headers && m->header_count)) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "ackbox_sqlite_enqueue: NULL db, message or topic, or NULL data "
+		                  "with a length");
+		return ACKBOX_ERR_INVALID;
+	}
+	path = sqlite3_db_filename(db, "main");
+	rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+	if (rc != SQLITE_OK) {
+		/* first use on this database: the outbox table is created inside the
+		 * application's transaction, so it rolls back with it too */
+		rc = ackbox_sqlite_install_schema(db, errstr, errstr_size);
+		if (rc)
+			return rc;
+		rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+		if (rc != SQLITE_OK)
+			return sq_error(db, rc, path, "preparing the outbox insert", errstr,
+			                errstr_size);
+	}
+	hl = ackbox_headers_encoded_size(m->headers, m->header_count);
+	if (hl) {
+		hbuf = malloc(hl);
+		if (!hbuf) {
+			sqlite3_finalize(s);
+			return ACKBOX_ERR_NOMEM;
+		}
+		ackbox_headers_encode(m->headers, m->header_count, hbuf);
+	}
+	ackbox_id_new(&id);
+	sqlite3_bind_blob(s, 1, id.b, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 2, ackbox_wall_ms());
+	sqlite3_bind_text(s, 3, m->topic, -1, SQLITE_STATIC);
+	if (m->key_len)
+		sqlite3_bind_blob(s, 4, m->key, (int)m->key_len, SQLITE_STATIC);
+	if (m->content_type)
+		sqlite3_bind_text(s, 5, m->content_type, -1, SQLITE_STATIC);
+	if (hl)
+		sqlite3_bind_blob(s, 6, hbuf, (int)hl, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 7, m->payload_len ? m->payload : "", (int)m->payload_len, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	free(hbuf);
+	if (rc != SQLITE_DONE)
+		return sq_error(db, rc, path, "outbox insert", errstr, errstr_size);
+	if (id_out)
+		*id_out = id;
+	return 0;
+}

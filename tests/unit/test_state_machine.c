@@ -1,0 +1,447 @@
+/*
+ * test_state_machine.c - the one state machine, driven through the loopback
+ * transport and the SQLite store: ack, nack, lost confirm, max attempts,
+ * late confirm, broker down, disconnect, crash recovery, group commit.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+
+#include <ackbox/store.h>
+
+#include "ackbox_loopback.h"
+
+typedef struct seen {
+	int acked, failed, dropped;
+	ackbox_report last_failed;
+	char last_reason[512];
+	ackbox_id ids[8192];
+	int nids;
+} seen;
+
+static void on_report(const ackbox_report *r, void *opaque)
+{
+	seen *s = opaque;
+	if (r->state == ACKBOX_MSG_ACKED)
+		s->acked++;
+	else if (r->state == ACKBOX_MSG_FAILED) {
+		s->failed++;
+		s->last_failed = *r;
+		snprintf(s->last_reason, sizeof(s->last_reason), "%s", r->reason);
+	} else if (r->state == ACKBOX_MSG_DROPPED)
+		s->dropped++;
+	if (s->nids < 8192)
+		s->ids[s->nids++] = r->id;
+}
+
+static char *dir;
+static char db_url[1200];
+
+static void setup(void)
+{
+	dir = tu_tmpdir("sm");
+	snprintf(db_url, sizeof(db_url), "sqlite://%s/outbox.db", dir);
+}
+
+static void teardown(void)
+{
+	tu_rmrf(dir);
+	free(dir);
+	ackbox_loopback_reset();
+}
+
+/* A handle on the loopback broker `broker`, with quick retries. */
+static ackbox *open_handle(const char *broker, seen *s, const char *k1, const char *v1)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	char url[128], err[512];
+	snprintf(url, sizeof(url), "loopback://%s", broker);
+	TU_SET(c, "store.url", db_url);
+	TU_SET(c, "transport.url", url);
+	TU_SET(c, "retry.timeout", "300ms");
+	TU_SET(c, "retry.backoff.initial", "20ms");
+	TU_SET(c, "retry.backoff.max", "100ms");
+	TU_SET(c, "log.level", "error");
+	if (k1)
+		TU_SET(c, k1, v1);
+	if (s)
+		ackbox_conf_set_report_cb(c, on_report, s);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "ackbox_new: %s", err);
+	return ab;
+}
+
+static ackbox_id publish_one(ackbox *ab, const char *payload)
+{
+	ackbox_msg m = {0};
+	ackbox_id id;
+	char err[256];
+	m.topic = "orders";
+	m.payload = payload;
+	m.payload_len = strlen(payload);
+	cr_assert_eq(ackbox_publish(ab, &m, &id, err, sizeof(err)), 0, "publish: %s", err);
+	return id;
+}
+
+static ackbox_counts counts(ackbox *ab)
+{
+	ackbox_counts c;
+	char err[256];
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	return c;
+}
+
+TestSuite(sm, .init = setup, .fini = teardown);
+
+Test(sm, ack_deletes_and_reports_once_per_message)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("ack", &s, NULL, NULL);
+	ackbox_loopback *lb = ackbox_loopback_get("ack");
+	ackbox_msg m = {0};
+	ackbox_header h = {"trace", "t-1", 3};
+	ackbox_id id;
+	char err[256], buf[64];
+	size_t len = sizeof(buf), nh = 0;
+
+	m.topic = "orders";
+	m.payload = "order-1";
+	m.payload_len = 7;
+	m.headers = &h;
+	m.header_count = 1;
+	m.content_type = "text/plain";
+	cr_assert_eq(ackbox_publish(ab, &m, &id, err, sizeof(err)), 0, "%s", err);
+	for (int i = 2; i <= 200; i++) {
+		char p[32];
+		snprintf(p, sizeof(p), "order-%d", i);
+		publish_one(ab, p);
+	}
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 200);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(ackbox_loopback_distinct(lb), 200);
+	cr_assert_eq(ackbox_loopback_received(lb), 200, "no resend without a fault");
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "acked rows are deleted");
+	/* the first message arrived with its id, payload and header */
+	ackbox_id got;
+	cr_assert_eq(ackbox_loopback_message(lb, 0, &got, NULL, 0, buf, &len, &nh), 0);
+	cr_assert_eq(memcmp(&got, &id, sizeof(id)), 0);
+	cr_assert_eq(len, 7);
+	cr_assert_eq(memcmp(buf, "order-1", 7), 0);
+	cr_assert_eq(nh, 1);
+	/* ids in reports are distinct */
+	for (int i = 1; i < s.nids; i++)
+		cr_assert_neq(memcmp(&s.ids[i], &s.ids[0], sizeof(ackbox_id)), 0);
+	ackbox_destroy(ab);
+}
+
+Test(sm, nack_is_retried_then_acked)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("nack", &s, NULL, NULL);
+	ackbox_loopback *lb = ackbox_loopback_get("nack");
+	ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "sent twice: nacked, then acked");
+	ackbox_destroy(ab);
+}
+
+Test(sm, lost_confirm_is_resent_after_retry_timeout)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("lost", &s, NULL, NULL);
+	ackbox_loopback *lb = ackbox_loopback_get("lost");
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 1, 0);
+	long long t0 = tu_mono_ms();
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_geq(tu_mono_ms() - t0, 300, "resent only after retry.timeout");
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "a duplicate with the same id");
+	ackbox_destroy(ab);
+}
+
+Test(sm, max_attempts_marks_failed_with_reason)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("fail", &s, NULL, NULL);
+	ackbox_loopback *lb = ackbox_loopback_get("fail");
+	ackbox_loopback_set_default(lb, ACKBOX_LB_NACK, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0, "FAILED is final: nothing left in flight");
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(s.acked, 0);
+	cr_assert_eq(s.last_failed.attempts, 3);
+	cr_assert_eq(s.last_failed.broker_code, 406);
+	cr_assert(strstr(s.last_reason, "nack"), "reason: %s", s.last_reason);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 3, "exactly max_attempts sends");
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.failed, 1);
+	cr_assert_eq(c.sending + c.retrying, 0);
+	ackbox_destroy(ab);
+}
+
+Test(sm, unroutable_fails_saying_so)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("unroutable", &s, "retry.max_attempts", "2");
+	ackbox_loopback_set_default(ackbox_loopback_get("unroutable"), ACKBOX_LB_RETURN, 0);
+	publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(s.last_failed.outcome, ACKBOX_OUTCOME_UNROUTABLE);
+	cr_assert(strstr(s.last_reason, "unroutable"), "reason: %s", s.last_reason);
+	cr_assert_eq(s.last_failed.attempts, 2);
+	ackbox_destroy(ab);
+}
+
+Test(sm, late_confirm_of_an_earlier_attempt_acks_once)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("late", &s, "retry.max_attempts", "10");
+	ackbox_loopback *lb = ackbox_loopback_get("late");
+	/* attempt 1 is confirmed after 700 ms (past retry.timeout = 300 ms);
+	 * attempt 2's confirm is lost; so only the late confirm can ack */
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, 700);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_geq(ackbox_loopback_count_id(lb, &id), 2, "it was resent before the late confirm");
+	/* no second report, whatever comes later */
+	cr_assert_eq(ackbox_poll(ab, 400), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+Test(sm, broker_down_burns_no_attempt_and_waits)
+{
+	seen s = {0};
+	ackbox_loopback *lb = ackbox_loopback_get("down");
+	ackbox_loopback_set_up(lb, 0);
+	ackbox *ab = open_handle("down", &s, "retry.max_attempts", "1");
+	for (int i = 0; i < 50; i++)
+		publish_one(ab, "x");
+	cr_assert_eq(ackbox_connected(ab), 0);
+	/* several retry.timeouts pass while down: nothing may fail */
+	cr_assert_eq(ackbox_flush(ab, 1000), ACKBOX_ERR_TIMEOUT);
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.failed, 0);
+	cr_assert_eq(c.sending, 50);
+	cr_assert_eq(ackbox_loopback_received(lb), 0);
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 50);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(ackbox_loopback_distinct(lb), 50);
+	ackbox_destroy(ab);
+}
+
+Test(sm, disconnect_mid_stream_resends_in_doubt_without_burning)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("cut", &s, "retry.max_attempts", "1");
+	ackbox_loopback *lb = ackbox_loopback_get("cut");
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0); /* confirms never come... */
+	for (int i = 0; i < 100; i++)
+		publish_one(ab, "x");
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 100, 5000));
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ackbox_loopback_set_up(lb, 0); /* ...the connection dies first */
+	cr_assert(TU_WAIT_UNTIL(!ackbox_connected(ab), 5000));
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 100);
+	cr_assert_eq(s.failed, 0, "in doubt does not burn the only attempt");
+	cr_assert_eq(ackbox_loopback_distinct(lb), 100);
+	cr_assert_geq(ackbox_loopback_connects(lb), 2);
+	ackbox_destroy(ab);
+}
+
+Test(sm, reopen_recovers_and_resends_what_was_not_acked)
+{
+	seen s = {0};
+	ackbox_loopback *lb = ackbox_loopback_get("crash");
+	/* first life: the broker takes messages but never confirms, and the
+	 * lease is long: only recovery at open can make them due again */
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	ackbox *ab = open_handle("crash", NULL, "retry.timeout", "1h");
+	ackbox_id ids[20];
+	for (int i = 0; i < 20; i++)
+		ids[i] = publish_one(ab, "x");
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 20, 5000));
+	ackbox_destroy(ab);
+
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ab = open_handle("crash", &s, "retry.timeout", "1h");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 20);
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 2, "resent with the same id");
+	ackbox_destroy(ab);
+}
+
+static ackbox_policy drop_policy(const ackbox_report *r, void *opaque)
+{
+	(void)opaque;
+	return r->broker_code == 406 ? ACKBOX_POLICY_DROP : ACKBOX_POLICY_DEFAULT;
+}
+
+Test(sm, nack_policy_can_drop)
+{
+	seen s = {0};
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab;
+	char err[256];
+	TU_SET(c, "store.url", db_url);
+	TU_SET(c, "transport.url", "loopback://policy");
+	ackbox_conf_set_report_cb(c, on_report, &s);
+	ackbox_conf_set_nack_policy(c, drop_policy, NULL);
+	ackbox_loopback_set_default(ackbox_loopback_get("policy"), ACKBOX_LB_NACK, 0);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.dropped, 1);
+	cr_assert_eq(s.failed + s.acked, 0);
+	ackbox_counts k = counts(ab);
+	cr_assert_eq(k.sending + k.retrying + k.failed, 0);
+	ackbox_destroy(ab);
+}
+
+Test(sm, oversized_and_invalid_messages_are_refused)
+{
+	ackbox *ab = open_handle("big", NULL, "message.max_bytes", "1000");
+	ackbox_msg m = {0};
+	char err[256] = "", big[1001];
+	memset(big, 'x', sizeof(big));
+	m.topic = "t";
+	m.payload = big;
+	m.payload_len = sizeof(big);
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE);
+	cr_assert(strstr(err, "1001") && strstr(err, "1000"), "%s", err);
+	m.topic = "";
+	m.payload_len = 1;
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_INVALID);
+	cr_assert(strstr(err, "topic"), "%s", err);
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending, 0, "nothing stored");
+	ackbox_destroy(ab);
+}
+
+/* ---- group commit: a store wrapper that counts commits ---- */
+
+static const ackbox_store_ops *real_sqlite;
+static int insert_calls, insert_rows;
+static pthread_mutex_t count_mtx = PTHREAD_MUTEX_INITIALIZER;
+
+static int counting_insert(void *ctx, const ackbox_store_rec *recs, size_t n, char *e, size_t es)
+{
+	pthread_mutex_lock(&count_mtx);
+	insert_calls++;
+	insert_rows += (int)n;
+	pthread_mutex_unlock(&count_mtx);
+	return real_sqlite->insert(ctx, recs, n, e, es);
+}
+
+static ackbox_store_ops counting_ops;
+static const char *const counting_scheme = "countsqlite";
+
+struct pub_arg {
+	ackbox *ab;
+	int n;
+	int rc;
+};
+
+static void *publisher(void *p)
+{
+	struct pub_arg *a = p;
+	ackbox_msg m = {0};
+	char err[256];
+	m.topic = "orders";
+	m.payload = "0123456789012345678901234567890123456789";
+	m.payload_len = 40;
+	for (int i = 0; i < a->n; i++)
+		if ((a->rc = ackbox_publish(a->ab, &m, NULL, err, sizeof(err))) != 0)
+			break;
+	return NULL;
+}
+
+Test(sm, group_commit_shares_fsyncs_between_threads)
+{
+	seen s = {0};
+	char err[256];
+	enum { THREADS = 8, PER = 250 };
+	pthread_t th[THREADS];
+	struct pub_arg args[THREADS];
+
+	real_sqlite = ackbox_store_lookup("sqlite");
+	counting_ops = *real_sqlite;
+	counting_ops.scheme = counting_scheme;
+	counting_ops.insert = counting_insert;
+	cr_assert_eq(ackbox_store_register(&counting_ops, err, sizeof(err)), 0, "%s", err);
+	snprintf(db_url, sizeof(db_url), "countsqlite://%s/outbox.db", dir);
+
+	ackbox *ab = open_handle("gc", &s, NULL, NULL);
+	for (int i = 0; i < THREADS; i++) {
+		args[i] = (struct pub_arg){ab, PER, 0};
+		pthread_create(&th[i], NULL, publisher, &args[i]);
+	}
+	for (int i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert_eq(args[i].rc, 0);
+	}
+	cr_assert_eq(insert_rows, THREADS * PER);
+	cr_assert_lt(insert_calls, THREADS * PER,
+	             "%d commits for %d publishes: no commit was shared", insert_calls,
+	             THREADS * PER);
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	cr_assert_eq(s.acked, THREADS * PER);
+	cr_assert_eq(ackbox_loopback_distinct(ackbox_loopback_get("gc")), THREADS * PER);
+	cr_log_info("group commit: %d publishes in %d commits", THREADS * PER, insert_calls);
+	ackbox_destroy(ab);
+}
+
+Test(sm, batch_publish_is_all_or_nothing)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("batch", &s, "message.max_bytes", "10");
+	ackbox_msg m[3] = {{0}};
+	ackbox_id ids[3];
+	char err[256];
+	for (int i = 0; i < 3; i++) {
+		m[i].topic = "t";
+		m[i].payload = "12345";
+		m[i].payload_len = 5;
+	}
+	m[2].payload = "123456789012";
+	m[2].payload_len = 12;
+	cr_assert_eq(ackbox_publish_batch(ab, m, 3, ids, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE);
+	cr_assert_eq(counts(ab).sending, 0, "none of the batch is stored");
+	m[2].payload_len = 5;
+	cr_assert_eq(ackbox_publish_batch(ab, m, 3, ids, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 3);
+	ackbox_destroy(ab);
+}
+
+Test(sm, store_only_handle_leaves_rows_for_a_relay)
+{
+	seen s = {0};
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab;
+	char err[256];
+	TU_SET(c, "store.url", db_url);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(counts(ab).sending, 1);
+	ackbox_destroy(ab);
+	ab = open_handle("relay", &s, NULL, NULL);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(ackbox_loopback_count_id(ackbox_loopback_get("relay"), &id), 1);
+	ackbox_destroy(ab);
+}
