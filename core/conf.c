@@ -364,8 +364,10 @@ static const char *type_name(const ackbox_prop *p)
 
 static void dump_one(FILE *f, const char *prefix, const ackbox_prop *p)
 {
-	fprintf(f, "| `%s%s%s` | %s | %s | %s |\n", prefix ? prefix : "", prefix ? "." : "",
-	        p->name, type_name(p), p->def && *p->def ? p->def : "", p->doc ? p->doc : "");
+	fprintf(f, "| `%s%s%s` | ", prefix ? prefix : "", prefix ? "." : "", p->name);
+	for (const char *t = type_name(p); *t; t++) /* '|' would end a Markdown cell */
+		fputs(*t == '|' ? "\\|" : (char[2]){*t, 0}, f);
+	fprintf(f, " | %s | %s |\n", p->def && *p->def ? p->def : "", p->doc ? p->doc : "");
 }
 
 static void dump_plugin(const char *scheme, const ackbox_prop *p, void *opaque)
