@@ -601,8 +601,7 @@ static void on_disconnected(abx_relay *r, const char *why)
 		r->ready_head = requeue;
 		r->ready_len += n;
 	}
-	if (!(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING))
-		r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
+	r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
 }
 
 static void handle_event(abx_relay *r, const tx_ev *ev)
@@ -853,9 +852,7 @@ static void send_ready(abx_relay *r, int64_t now)
 		ready_push_front(r, e);
 		if (rc == ACKBOX_TX_NOT_CONNECTED) {
 			atomic_store(&r->connected, 0);
-			if (!(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING))
-				r->next_connect_at =
-				    now + backoff_ms(r, ++r->connect_failures, false);
+			r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
 		}
 		break;
 	}
@@ -996,8 +993,7 @@ static void *relay_main(void *arg)
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "eventfd read: %s", strerror(errno));
 		take_inbox(r);
 		check_timeouts(r, now);
-		if (!atomic_load(&r->connected) && !(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING) &&
-		    now >= r->next_connect_at) {
+		if (!atomic_load(&r->connected) && now >= r->next_connect_at) {
 			try_connect(r, now);
 			now = ackbox_mono_ms();
 		}
@@ -1014,8 +1010,7 @@ static void *relay_main(void *arg)
 			wake_at = r->next_claim_at;
 		if (r->fifo_head && r->fifo_head->deadline < wake_at)
 			wake_at = r->fifo_head->deadline;
-		if (!atomic_load(&r->connected) &&
-		    !(r->ops->caps & ACKBOX_TX_CAP_SELF_CONNECTING) && r->next_connect_at < wake_at)
+		if (!atomic_load(&r->connected) && r->next_connect_at < wake_at)
 			wake_at = r->next_connect_at;
 		if (r->nchanges && r->apply_retry_at < wake_at)
 			wake_at = r->apply_retry_at;

@@ -93,8 +93,9 @@ typedef struct ackbox_tx_info {
 } ackbox_tx_info;
 
 /** Capabilities. */
-/* The client library reconnects by itself: connect() is called once, and the
- * transport reports CONNECTED/DISCONNECTED as it learns (librdkafka). */
+/* The client library reconnects by itself (librdkafka): connect() only checks
+ * that the cluster answers, and is called again after a backoff while it
+ * does not; the transport may also report CONNECTED/DISCONNECTED as it learns. */
 #define ACKBOX_TX_CAP_SELF_CONNECTING (1u << 8)
 
 /**
