@@ -968,8 +968,13 @@ static void wait_for_work(abx_relay *r, int timeout_ms)
 {
 	if (r->ops->poll && atomic_load(&r->connected)) {
 		if (r->ops->poll(r->tx_ctx, timeout_ms) < 0) {
-			tx_ev ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, NULL};
-			handle_event(r, &ev);
+			/* the transport's own DISCONNECTED report carries the reason */
+			take_inbox(r);
+			if (atomic_load(&r->connected)) {
+				tx_ev ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1,
+				            (char *)"the transport lost its connection"};
+				handle_event(r, &ev);
+			}
 		}
 		return;
 	}

@@ -18,7 +18,8 @@ echo "Starting a private RabbitMQ on 127.0.0.1 (data in $work) ..."
 bash "$fixture" start "$work/rabbit" >/dev/null
 # shellcheck disable=SC1091
 . "$work/rabbit/env"
-echo "RabbitMQ is up at ${AMQP_URL}"
+echo "RabbitMQ is up at ${AMQP_URL}; the operator has declared the durable queue 'orders'."
+amqp-declare-queue --url="${AMQP_URL}" --queue=orders --durable >/dev/null
 echo
 
 # The order service calls back here to stop/start the broker and to fix the
@@ -35,6 +36,5 @@ chmod +x "$work/ctl"
 "$BUILD_DIR/examples/order_service/order_service" --db "$work/orders.db" \
     --transport "${AMQP_URL}" --broker-ctl "$work/ctl"
 echo
-echo "Messages now in the durable queue 'orders':"
-amqp-get --url="${AMQP_URL}" --queue=orders >/dev/null 2>&1 && true
-rabbitmqctl -n "${RABBITMQ_NODENAME}" list_queues name messages 2>/dev/null | grep -E "^(orders|audit)\b" || true
+echo "What RabbitMQ holds now (queue, messages):"
+bash "$fixture" queues "$work/rabbit" | sed 's/^/  /'
