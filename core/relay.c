@@ -1073,6 +1073,11 @@ int ackbox_tx_wake_fd(ackbox_tx_host *host)
 	return host ? host->relay->wake_fd : -1;
 }
 
+int ackbox_tx_stopping(ackbox_tx_host *host)
+{
+	return host ? atomic_load(&host->relay->stop) : 1;
+}
+
 void ackbox_tx_log(ackbox_tx_host *host, ackbox_log_level level, const char *fmt, ...)
 {
 	va_list ap;
@@ -1242,29 +1247,22 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 	r->store_dirty = true; /* recovered rows are due */
 	ab->relay = r;
 
-	/* The first connection attempt happens here, on the caller's thread, so
-	 * that transport.require_connect can refuse to start. */
-	{
+	/* With transport.require_connect the first connection attempt happens
+	 * here, on the caller's thread, so that ackbox_new can refuse to start;
+	 * otherwise the relay thread makes it at once and ackbox_new never waits
+	 * for a broker. */
+	if (abx_conf_bool(ab->conf, "transport.require_connect")) {
 		char err[256] = "";
 		rc = r->ops->connect(r->tx_ctx, (int)ab->connect_timeout_ms, err, sizeof(err));
-		if (rc == 0) {
-			atomic_store(&r->connected, 1);
-			r->ever_connected = true;
-		} else if (abx_conf_bool(ab->conf, "transport.require_connect")) {
+		if (rc != 0) {
 			ackbox_errstr_set(errstr, errstr_size, "transport.url: %s", err);
 			r->ops->close(r->tx_ctx);
 			ab->relay = NULL;
 			relay_free(r);
 			return ACKBOX_ERR_TRANSPORT;
-		} else {
-			snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
-			abx_log(ab->conf, ACKBOX_LOG_WARN, "relay",
-			        "broker not reachable yet, messages will be stored and sent when it "
-			        "is: %s",
-			        err);
-			r->connect_failures = 1;
-			r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, 1, false);
 		}
+		atomic_store(&r->connected, 1);
+		r->ever_connected = true;
 	}
 	if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
 		ackbox_errstr_set(errstr, errstr_size, "cannot start the relay thread");

@@ -58,6 +58,13 @@ ACKBOX_API void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev
  */
 ACKBOX_API int ackbox_tx_wake_fd(ackbox_tx_host *host);
 
+/**
+ * 1 once the handle is shutting down. A connect() that waits in slices (for
+ * a client library that connects by itself) checks it between slices and
+ * gives up, so that ackbox_destroy does not wait for a timeout. Thread-safe.
+ */
+ACKBOX_API int ackbox_tx_stopping(ackbox_tx_host *host);
+
 /** Logs through the application's log callback, component = scheme. */
 ACKBOX_API void ackbox_tx_log(ackbox_tx_host *host, ackbox_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
