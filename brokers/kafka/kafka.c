@@ -1,0 +1,483 @@
+/*
+ * kafka.c - the Kafka transport over librdkafka: an idempotent producer with
+ * acks=all whose delivery reports are the confirms. librdkafka connects,
+ * batches and retries by itself; this file maps its delivery reports onto
+ * the core's events and nothing more.
+ *
+ * Delivery reports are served from librdkafka's main queue by poll() on the
+ * relay thread. The queue signals a pipe when it becomes non-empty, so poll()
+ * sleeps in poll(2) on that pipe and the core's wake fd together.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include <ackbox/transport.h>
+
+typedef struct kafka_ctx {
+	ackbox_tx_host *host;
+	rd_kafka_conf_t *conf; /* template; each producer gets a copy */
+	char *bootstrap;
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *mainq;
+	int pipefd[2]; /* librdkafka writes a byte when its main queue fills */
+	int window;
+	atomic_int fatal;
+	char fatal_reason[512];
+	/* timed out before reaching a broker: why is asked of the cluster in poll() */
+	struct timed_out {
+		uint64_t token;
+		char *topic;
+		char *reason;
+	} *stale;
+	size_t nstale, cap_stale;
+} kafka_ctx;
+
+/*
+ * Keys ackbox documents or sets a default for. Every other kafka.<name> is
+ * passed to librdkafka as <name> unchanged (ACKBOX_PLUGIN_CAP_PASSTHROUGH_KEYS).
+ */
+static const ackbox_prop kafka_props[] = {
+	{"window", ACKBOX_PROP_INT, "10000", 1, 1000000, NULL,
+	 "ackbox's own key, not librdkafka's: messages awaiting a delivery report at once."},
+	{"acks", ACKBOX_PROP_STRING, "all", 0, 0, NULL,
+	 "librdkafka acks: 'all' waits for every in-sync replica (what a confirm means)."},
+	{"enable.idempotence", ACKBOX_PROP_STRING, "true", 0, 0, NULL,
+	 "librdkafka idempotent producer: its own retries neither duplicate nor reorder."},
+	{"message.timeout.ms", ACKBOX_PROP_STRING, NULL, 0, 0, NULL,
+	 "librdkafka delivery timeout. Default: retry.timeout minus 2 s, so librdkafka always "
+	 "reports before the core gives up on an attempt; it must stay below retry.timeout."},
+	{"socket.nagle.disable", ACKBOX_PROP_STRING, "true", 0, 0, NULL,
+	 "librdkafka TCP_NODELAY on the producer's sockets (linger.ms already batches)."},
+	{NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const char *conf(kafka_ctx *c, const char *key)
+{
+	return ackbox_conf_get(ackbox_tx_conf(c->host), key);
+}
+
+/* ---- librdkafka callbacks ---- */
+
+/* Keeps a timed-out message for check_stale(); 0 if out of memory. */
+static int remember(kafka_ctx *c, const rd_kafka_message_t *m, const char *why)
+{
+	if (c->nstale == c->cap_stale) {
+		size_t cap = c->cap_stale ? c->cap_stale * 2 : 64;
+		void *p = realloc(c->stale, cap * sizeof(*c->stale));
+		if (!p)
+			return 0;
+		c->stale = p;
+		c->cap_stale = cap;
+	}
+	c->stale[c->nstale].token = (uint64_t)(uintptr_t)m->_private;
+	c->stale[c->nstale].topic = strdup(rd_kafka_topic_name(m->rkt));
+	c->stale[c->nstale].reason = strdup(why);
+	if (!c->stale[c->nstale].topic || !c->stale[c->nstale].reason) {
+		free(c->stale[c->nstale].topic);
+		free(c->stale[c->nstale].reason);
+		return 0;
+	}
+	c->nstale++;
+	return 1;
+}
+
+/* Empties the timed-out list, reporting what is left as NOT_SENT if asked. */
+static void forget_stale(kafka_ctx *c, int report)
+{
+	for (size_t i = 0; i < c->nstale; i++) {
+		if (report && c->stale[i].topic) {
+			ackbox_tx_event ev = {ACKBOX_TX_NOT_SENT, c->stale[i].token, 0, 1,
+			                      c->stale[i].reason};
+			ackbox_tx_report(c->host, &ev);
+		}
+		free(c->stale[i].topic);
+		free(c->stale[i].reason);
+	}
+	c->nstale = 0;
+}
+
+/* Delivery report: runs on the relay thread, inside rd_kafka_poll(). */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	kafka_ctx *c = opaque;
+	ackbox_tx_event ev = {ACKBOX_TX_ACK, (uint64_t)(uintptr_t)m->_private, 0, 1, NULL};
+	char why[512];
+	(void)rk;
+
+	if (m->err) {
+		rd_kafka_msg_status_t st = rd_kafka_message_status(m);
+		snprintf(why, sizeof(why), "%s: %s", rd_kafka_err2name(m->err),
+		         rd_kafka_message_errstr(m));
+		ev.reason = why;
+		ev.broker_code = m->err;
+		if (m->err > 0) {
+			/* the broker refused it and librdkafka will not retry it */
+			ev.kind = ACKBOX_TX_ERROR;
+		} else if (st == RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED) {
+			ev.kind = ACKBOX_TX_IN_DOUBT;
+		} else if (m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+		           m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+		           m->err == RD_KAFKA_RESP_ERR__INVALID_ARG) {
+			/* the cluster answered, and the answer is no */
+			ev.kind = ACKBOX_TX_ERROR;
+		} else if (m->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && remember(c, m, why)) {
+			/* never sent: an outage, or a topic the cluster refuses?
+			 * librdkafka 2.0 only says "timed out"; poll() asks */
+			return;
+		} else {
+			/* purged, or timed out in the queue: it never reached a broker */
+			ev.kind = ACKBOX_TX_NOT_SENT;
+		}
+	}
+	ackbox_tx_report(c->host, &ev);
+}
+
+/* Errors about the client as a whole: any librdkafka thread. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	kafka_ctx *c = opaque;
+	if (err == RD_KAFKA_RESP_ERR__FATAL) {
+		char buf[400];
+		rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
+		snprintf(c->fatal_reason, sizeof(c->fatal_reason), "fatal producer error %s: %s",
+		         rd_kafka_err2name(orig), buf);
+		atomic_store(&c->fatal, 1);
+		ackbox_tx_log(c->host, ACKBOX_LOG_ERROR, "%s", c->fatal_reason);
+		return;
+	}
+	/* broker connections come and go; librdkafka reconnects by itself */
+	ackbox_tx_log(c->host, err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? ACKBOX_LOG_WARN
+	                                                                   : ACKBOX_LOG_INFO,
+	              "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	kafka_ctx *c = rd_kafka_opaque(rk);
+	/* librdkafka logs a refused connection as an error; to ackbox an
+	 * unreachable broker is a warning: nothing is lost */
+	ackbox_log_level l = level <= 4   ? ACKBOX_LOG_WARN
+	                     : level <= 6 ? ACKBOX_LOG_INFO
+	                                  : ACKBOX_LOG_DEBUG;
+	ackbox_tx_log(c->host, l, "librdkafka %s: %s", fac, buf);
+}
+
+/* ---- the ops ---- */
+
+struct set_ctx {
+	rd_kafka_conf_t *rc;
+	int rc_err;
+	char *errstr;
+	size_t errstr_size;
+};
+
+/* Passes one kafka.<name> key to librdkafka. */
+static void pass_key(const char *key, const char *value, void *opaque)
+{
+	struct set_ctx *s = opaque;
+	const char *name = key + strlen("kafka.");
+	char why[256];
+	rd_kafka_conf_res_t res;
+
+	if (s->rc_err || strcmp(name, "window") == 0)
+		return;
+	if (strcmp(name, "bootstrap.servers") == 0 || strcmp(name, "metadata.broker.list") == 0) {
+		ackbox_errstr_set(s->errstr, s->errstr_size,
+		                  "%s: put the brokers in transport.url (kafka://host:port,host:port)",
+		                  key);
+		s->rc_err = ACKBOX_ERR_BAD_VALUE;
+		return;
+	}
+	res = rd_kafka_conf_set(s->rc, name, value, why, sizeof(why));
+	if (res == RD_KAFKA_CONF_UNKNOWN) {
+		ackbox_errstr_set(s->errstr, s->errstr_size, "%s: librdkafka has no property '%s'",
+		                  key, name);
+		s->rc_err = ACKBOX_ERR_UNKNOWN_KEY;
+	} else if (res != RD_KAFKA_CONF_OK) {
+		ackbox_errstr_set(s->errstr, s->errstr_size, "%s: %s", key, why);
+		s->rc_err = ACKBOX_ERR_BAD_VALUE;
+	}
+}
+
+static int kafka_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                      char *errstr, size_t errstr_size)
+{
+	kafka_ctx *c = vctx;
+	struct set_ctx s = {NULL, 0, errstr, errstr_size};
+	int64_t retry_ms = 10000, msg_timeout_ms;
+	char buf[64];
+	size_t bl = sizeof(buf);
+
+	c->host = host;
+	c->pipefd[0] = c->pipefd[1] = -1;
+	if (!url->hosts[0]) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: kafka:// needs at least one broker (host:port)");
+		return ACKBOX_ERR_BAD_URL;
+	}
+	c->bootstrap = strdup(url->hosts);
+	c->conf = rd_kafka_conf_new();
+	if (!c->bootstrap || !c->conf)
+		return ACKBOX_ERR_NOMEM;
+	s.rc = c->conf;
+	c->window = atoi(conf(c, "kafka.window"));
+
+	/* ackbox's defaults first, then whatever the application set */
+	rd_kafka_conf_set(c->conf, "bootstrap.servers", c->bootstrap, NULL, 0);
+	for (const ackbox_prop *p = kafka_props; p->name; p++) {
+		char key[128];
+		snprintf(key, sizeof(key), "kafka.%s", p->name);
+		if (p->def && strcmp(p->name, "window") != 0)
+			pass_key(key, conf(c, key), &s);
+	}
+	ackbox_parse_duration_ms(conf(c, "retry.timeout"), &retry_ms);
+	msg_timeout_ms = retry_ms - 2000;
+	if (msg_timeout_ms < 1000 && !conf(c, "kafka.message.timeout.ms")) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "retry.timeout: kafka needs at least 3s (librdkafka's "
+		                  "message.timeout.ms = retry.timeout - 2s must be >= 1s)");
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	snprintf(buf, sizeof(buf), "%" PRId64, msg_timeout_ms);
+	pass_key("kafka.message.timeout.ms", buf, &s);
+	ackbox_conf_foreach(ackbox_tx_conf(host), "kafka.", pass_key, &s);
+	if (s.rc_err)
+		return s.rc_err;
+	if (rd_kafka_conf_get(c->conf, "message.timeout.ms", buf, &bl) == RD_KAFKA_CONF_OK &&
+	    atoll(buf) + 1000 > retry_ms) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "kafka.message.timeout.ms: %s must stay at least 1s below "
+		                  "retry.timeout (%" PRId64 " ms), or both would resend",
+		                  buf, retry_ms);
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	bl = sizeof(buf);
+	if (rd_kafka_conf_get(c->conf, "message.max.bytes", buf, &bl) == RD_KAFKA_CONF_OK)
+		info->max_message_size = (size_t)atoll(buf);
+	rd_kafka_conf_set_dr_msg_cb(c->conf, on_delivery);
+	rd_kafka_conf_set_error_cb(c->conf, on_error);
+	rd_kafka_conf_set_log_cb(c->conf, on_log);
+	rd_kafka_conf_set_opaque(c->conf, c);
+	info->max_inflight = c->window;
+	return 0;
+}
+
+/* Serves queued delivery reports. */
+static void serve(kafka_ctx *c)
+{
+	char b[64];
+	while (read(c->pipefd[0], b, sizeof(b)) > 0)
+		;
+	rd_kafka_poll(c->rk, 0);
+}
+
+/*
+ * Drops the producer: what it still holds is purged and reported (NOT_SENT,
+ * or IN_DOUBT if it may have reached a broker), so nothing waits on it.
+ */
+static void drop_producer(kafka_ctx *c)
+{
+	if (!c->rk)
+		return;
+	rd_kafka_purge(c->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	serve(c);
+	forget_stale(c, 1);
+	rd_kafka_queue_destroy(c->mainq);
+	rd_kafka_destroy(c->rk);
+	c->rk = NULL;
+	c->mainq = NULL;
+	close(c->pipefd[0]);
+	close(c->pipefd[1]);
+	c->pipefd[0] = c->pipefd[1] = -1;
+	atomic_store(&c->fatal, 0);
+}
+
+static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_size)
+{
+	kafka_ctx *c = vctx;
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t err;
+	char why[512];
+
+	if (atomic_load(&c->fatal))
+		drop_producer(c);
+	if (!c->rk) {
+		rd_kafka_conf_t *rc = rd_kafka_conf_dup(c->conf);
+		if (pipe2(c->pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
+			rd_kafka_conf_destroy(rc);
+			ackbox_errstr_set(errstr, errstr_size, "kafka: pipe: %s", strerror(errno));
+			return ACKBOX_ERR_TRANSPORT;
+		}
+		c->rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, why, sizeof(why));
+		if (!c->rk) {
+			rd_kafka_conf_destroy(rc);
+			close(c->pipefd[0]);
+			close(c->pipefd[1]);
+			c->pipefd[0] = c->pipefd[1] = -1;
+			ackbox_errstr_set(errstr, errstr_size, "kafka: cannot create a producer: %s",
+			                  why);
+			return ACKBOX_ERR_TRANSPORT;
+		}
+		c->mainq = rd_kafka_queue_get_main(c->rk);
+		rd_kafka_queue_io_event_enable(c->mainq, c->pipefd[1], "1", 1);
+	}
+	/* librdkafka connects by itself; this only asks whether anyone answers,
+	 * in slices so that a shutting-down handle need not wait */
+	for (int waited = 0;;) {
+		int slice = timeout_ms - waited < 250 ? timeout_ms - waited : 250;
+		err = rd_kafka_metadata(c->rk, 0, NULL, &md, slice > 0 ? slice : 1);
+		waited += slice;
+		if (!err || waited >= timeout_ms || ackbox_tx_stopping(c->host))
+			break;
+	}
+	if (err) {
+		ackbox_errstr_set(errstr, errstr_size, "kafka: no broker of %s answered within %d ms: %s",
+		                  c->bootstrap, timeout_ms, rd_kafka_err2str(err));
+		return ACKBOX_ERR_TRANSPORT;
+	}
+	rd_kafka_metadata_destroy(md);
+	return 0;
+}
+
+static int kafka_send(void *vctx, const ackbox_tx_msg *m)
+{
+	kafka_ctx *c = vctx;
+	rd_kafka_headers_t *hs;
+	rd_kafka_resp_err_t err;
+
+	if (!c->rk || atomic_load(&c->fatal))
+		return ACKBOX_TX_NOT_CONNECTED;
+	hs = rd_kafka_headers_new(m->header_count + 2);
+	rd_kafka_header_add(hs, "ackbox-id", -1, m->id_str, (ssize_t)strlen(m->id_str));
+	if (m->content_type)
+		rd_kafka_header_add(hs, "content-type", -1, m->content_type, -1);
+	for (size_t i = 0; i < m->header_count; i++)
+		rd_kafka_header_add(hs, m->headers[i].name, -1, m->headers[i].value,
+		                    (ssize_t)m->headers[i].value_len);
+	err = rd_kafka_producev(c->rk, RD_KAFKA_V_TOPIC(m->topic),
+	                        RD_KAFKA_V_KEY((void *)m->key, m->key_len),
+	                        RD_KAFKA_V_VALUE((void *)m->payload, m->payload_len),
+	                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs),
+	                        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)m->token), RD_KAFKA_V_END);
+	if (!err)
+		return ACKBOX_TX_SENT; /* hs belongs to the message now */
+	rd_kafka_headers_destroy(hs);
+	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		return ACKBOX_TX_BUSY;
+	if (err == RD_KAFKA_RESP_ERR__FATAL)
+		return ACKBOX_TX_NOT_CONNECTED; /* poll() reports it; connect() starts afresh */
+	{
+		/* the message itself is unacceptable: an attempt that failed */
+		char why[256];
+		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s", m->topic,
+		         rd_kafka_err2str(err));
+		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, err, 0, why};
+		ackbox_tx_report(c->host, &ev);
+		return ACKBOX_TX_SENT;
+	}
+}
+
+/*
+ * Messages that timed out without reaching a broker: when the cluster says
+ * their topic is in error (not authorized, unknown with auto-create off) the
+ * attempt failed with that error; otherwise it was an outage and the message
+ * was not sent. One bounded metadata request per topic.
+ */
+static void check_stale(kafka_ctx *c)
+{
+	for (size_t i = 0; i < c->nstale; i++) {
+		struct timed_out *t = &c->stale[i];
+		rd_kafka_resp_err_t terr = RD_KAFKA_RESP_ERR_NO_ERROR;
+		char why[768];
+		if (!t->topic)
+			continue; /* answered with an earlier one of the same topic */
+		rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->rk, t->topic, NULL);
+		const struct rd_kafka_metadata *md = NULL;
+		if (rkt && rd_kafka_metadata(c->rk, 0, rkt, &md, 1000) == 0) {
+			if (md->topic_cnt == 1)
+				terr = md->topics[0].err;
+			rd_kafka_metadata_destroy(md);
+		}
+		if (rkt)
+			rd_kafka_topic_destroy(rkt);
+		for (size_t j = i; j < c->nstale; j++) {
+			struct timed_out *u = &c->stale[j];
+			if (!u->topic || strcmp(u->topic, t->topic) != 0)
+				continue;
+			ackbox_tx_event ev = {ACKBOX_TX_NOT_SENT, u->token, 0, 1, u->reason};
+			if (terr > 0) {
+				snprintf(why, sizeof(why), "%s: topic '%s': %s", rd_kafka_err2name(terr),
+				         u->topic, rd_kafka_err2str(terr));
+				ev = (ackbox_tx_event){ACKBOX_TX_ERROR, u->token, terr, 1, why};
+			}
+			ackbox_tx_report(c->host, &ev);
+			if (j != i) {
+				free(u->topic);
+				u->topic = NULL;
+			}
+		}
+	}
+	forget_stale(c, 0);
+}
+
+static int kafka_poll(void *vctx, int timeout_ms)
+{
+	kafka_ctx *c = vctx;
+	struct pollfd pf[2];
+
+	if (!c->rk)
+		return ACKBOX_ERR_TRANSPORT;
+	serve(c);
+	if (timeout_ms != 0 && !atomic_load(&c->fatal)) {
+		pf[0] = (struct pollfd){ackbox_tx_wake_fd(c->host), POLLIN, 0};
+		pf[1] = (struct pollfd){c->pipefd[0], POLLIN, 0};
+		if (poll(pf, 2, timeout_ms) > 0 && (pf[1].revents & POLLIN))
+			serve(c);
+	}
+	if (c->nstale)
+		check_stale(c);
+	if (atomic_load(&c->fatal)) {
+		/* an idempotent producer that hit a fatal error cannot go on */
+		ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, c->fatal_reason};
+		ackbox_tx_report(c->host, &ev);
+		return ACKBOX_ERR_TRANSPORT;
+	}
+	return 0;
+}
+
+static void kafka_close(void *vctx)
+{
+	kafka_ctx *c = vctx;
+	/* what is unconfirmed stays in the store; the next relay resends it */
+	drop_producer(c);
+	free(c->stale);
+	if (c->conf)
+		rd_kafka_conf_destroy(c->conf);
+	free(c->bootstrap);
+}
+
+static const char *const kafka_schemes[] = {"kafka", NULL};
+
+const ackbox_transport_ops ackbox_kafka_transport = {
+	.abi_version = ACKBOX_TRANSPORT_ABI_VERSION,
+	.struct_size = sizeof(ackbox_transport_ops),
+	.schemes = kafka_schemes,
+	.caps = ACKBOX_TX_CAP_SELF_CONNECTING | ACKBOX_PLUGIN_CAP_PASSTHROUGH_KEYS,
+	.ctx_size = sizeof(kafka_ctx),
+	.props = kafka_props,
+	.description = "Apache Kafka: idempotent producer, acks=all delivery reports, via librdkafka",
+	.open = kafka_open,
+	.connect = kafka_connect,
+	.send = kafka_send,
+	.poll = kafka_poll,
+	.close = kafka_close,
+};
