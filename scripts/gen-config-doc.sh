@@ -19,6 +19,9 @@ cc -Iinclude "$tmp/gen.c" -L"$BUILD_DIR" -lackbox -Wl,-rpath,"$(cd "$BUILD_DIR" 
   echo "\`scripts/gen-config-doc.sh\`. Durations take \`ms\`, \`s\`, \`m\`, \`h\` suffixes (plain numbers are"
   echo "milliseconds). Plugin keys start with the plugin's scheme; a key of a plugin that is not built is"
   echo "refused with ACKBOX_ERR_NOT_BUILT, any other unknown key with ACKBOX_ERR_UNKNOWN_KEY."
+  echo 'Exception: every `kafka.<property>` is passed to librdkafka unchanged and checked by it when the'
+  echo 'handle opens; the `kafka.*` rows below are only the ones ackbox sets a default for'
+  echo '([docs/brokers/kafka.md](brokers/kafka.md)).'
   echo
   "$tmp/gen"
 } > docs/configuration.md
