@@ -870,7 +870,8 @@ static void apply_changes(abx_relay *r, int64_t now)
 			return;
 		pthread_mutex_lock(&ab->store_mtx);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
-		pthread_mutex_unlock(&ab->store_mtx);
+		if (rc < 0)
+			pthread_mutex_unlock(&ab->store_mtx);
 		if (rc < 0) {
 			/* keep them and try again: a report must not precede its change */
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
@@ -878,10 +879,10 @@ static void apply_changes(abx_relay *r, int64_t now)
 			r->apply_retry_at = now + 200;
 			return;
 		}
-		for (size_t i = 0; i < r->nchanges; i++)
-			free(r->change_texts[i]);
-		r->nchanges = 0;
 	}
+	/* Reports are queued before the store lock is released: whoever sees a
+	 * change in the store (ackbox_flush) finds its report already queued.
+	 * Lock order: store_mtx, then rep_mtx. */
 	for (size_t i = 0; i < r->nreports; i++) {
 		r->reports[i].topic = r->report_texts[2 * i];
 		r->reports[i].reason = r->report_texts[2 * i + 1];
@@ -889,6 +890,12 @@ static void apply_changes(abx_relay *r, int64_t now)
 			abx_report_push(ab, &r->reports[i]);
 		free(r->report_texts[2 * i]);
 		free(r->report_texts[2 * i + 1]);
+	}
+	if (r->nchanges) {
+		pthread_mutex_unlock(&ab->store_mtx);
+		for (size_t i = 0; i < r->nchanges; i++)
+			free(r->change_texts[i]);
+		r->nchanges = 0;
 	}
 	if (r->nreports || rc == 0)
 		abx_progress(ab);
@@ -1039,11 +1046,9 @@ static void *relay_main(void *arg)
 void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 {
 	abx_relay *r;
-	bool on_relay;
 	if (!host || !ev)
 		return;
 	r = host->relay;
-	on_relay = r->thread_started && pthread_equal(pthread_self(), r->thread);
 	pthread_mutex_lock(&r->ev_mtx);
 	if (r->nevs == r->cap_evs) {
 		size_t ncap = r->cap_evs ? r->cap_evs * 2 : 1024;
@@ -1064,8 +1069,9 @@ void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 	e->retriable = ev->retriable;
 	e->reason = ev->reason ? strdup(ev->reason) : NULL;
 	pthread_mutex_unlock(&r->ev_mtx);
-	if (!on_relay)
-		relay_wake(r);
+	/* also from the relay thread itself: a transport's poll() that reported
+	 * something and then waits on the wake fd must return at once */
+	relay_wake(r);
 }
 
 int ackbox_tx_wake_fd(ackbox_tx_host *host)
