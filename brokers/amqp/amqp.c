@@ -357,6 +357,13 @@ static int handle_frame(amqp_ctx *c, amqp_frame_t *f)
 		amqp_channel_close_t *m = f->payload.method.decoded;
 		snprintf(why, sizeof(why), "channel closed by broker: %u %.*s", m->reply_code,
 		         (int)m->reply_text.len, (char *)m->reply_text.bytes);
+		/* a channel error is the answer to a publish (404 no such exchange,
+		 * 403 access refused): the unconfirmed publishes failed an attempt,
+		 * so a message that always causes it ends FAILED instead of cycling
+		 * through reconnects. It cannot tell which publish it was: every
+		 * unconfirmed one pays an attempt. */
+		for (uint64_t t = c->base_tag; t < c->next_tag; t++)
+			answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
 		return lost(c, why);
 	}
 	case AMQP_CONNECTION_CLOSE_METHOD: {

@@ -205,6 +205,23 @@ Test(amqp, unroutable_fails_after_max_attempts_saying_so)
 	ackbox_destroy(ab);
 }
 
+/* A publish the broker answers by closing the channel (404: no such
+ * exchange) fails its attempts instead of cycling through reconnects. */
+Test(amqp, missing_exchange_fails_with_404_not_a_reconnect_loop)
+{
+	seen s = {0};
+	ackbox *ab = open_ab(&s, "amqp.exchange", "no-such-exchange");
+	publish_seq(ab, "t_x", 1);
+	publish_seq(ab, "t_x", 2);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 0);
+	cr_assert_eq(s.failed, 2);
+	cr_assert_eq(s.code, 404, "code %d: %s", s.code, s.reason);
+	cr_assert(strstr(s.reason, "NOT_FOUND") && strstr(s.reason, "no-such-exchange"), "%s",
+	          s.reason);
+	ackbox_destroy(ab);
+}
+
 Test(amqp, reject_publish_queue_takes_the_nack_path)
 {
 	seen s = {0};
