@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -62,6 +63,7 @@ typedef enum opt_id {
 	OPT_KEY,
 	OPT_PAYLOAD,
 	OPT_PAYLOAD_FILE,
+	OPT_LEDGER,
 	OPT_UNTIL_EMPTY,
 	OPT_MAX_SECONDS,
 	OPT_JSON,
@@ -92,6 +94,7 @@ static const struct option_def {
 	{"key", OPT_KEY, true, FOR(CMD_PUBLISH)},
 	{"payload", OPT_PAYLOAD, true, FOR(CMD_PUBLISH)},
 	{"payload-file", OPT_PAYLOAD_FILE, true, FOR(CMD_PUBLISH)},
+	{"ledger", OPT_LEDGER, true, FOR(CMD_PUBLISH)},
 	{"until-empty", OPT_UNTIL_EMPTY, false, FOR(CMD_RELAY)},
 	{"max-seconds", OPT_MAX_SECONDS, true, FOR(CMD_RELAY)},
 	{"json", OPT_JSON, false, FOR(CMD_STATUS) | FOR(CMD_LIST) | FOR(CMD_SHOW)},
@@ -145,7 +148,9 @@ static const struct command {
                      "  --size BYTES         generated payload size (default 256)\n"
                      "  --key K              message key (partition / ordering key)\n"
                      "  --payload TEXT       send TEXT as every payload instead\n"
-                     "  --payload-file FILE  send FILE's bytes as every payload (- for stdin)\n"},
+                     "  --payload-file FILE  send FILE's bytes as every payload (- for stdin)\n"
+                     "  --ledger FILE        append \"FIRST LAST\" once each range of sequence\n"
+                     "                       numbers is stored (accepted), for crash tests\n"},
     [CMD_RELAY] = {"relay", cmd_relay, 0,
                    "ackbox relay --store URL --transport URL [--until-empty] [--max-seconds S]",
                    "Delivers every due message in the store (left by a crashed process, written\n"
@@ -834,6 +839,7 @@ static int cmd_publish(cli_args *a)
 	uint64_t count = 1, size = 256, published = 0, seq = 1;
 	char *fixed = NULL, err[512];
 	size_t fixed_len = 0, chunk;
+	int ledger_fd = -1;
 	bool generated = !a->given[OPT_PAYLOAD] && !a->given[OPT_PAYLOAD_FILE];
 	ackbox_conf *conf;
 	ackbox *ab;
@@ -916,6 +922,14 @@ static int cmd_publish(cli_args *a)
 	if (generated)
 		memset(buf, 'x', chunk * (size_t)size);
 
+	if (a->given[OPT_LEDGER]) {
+		ledger_fd = open(a->val[OPT_LEDGER], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (ledger_fd < 0) {
+			say("--ledger '%s': %s", a->val[OPT_LEDGER], strerror(errno));
+			code = EXIT_USAGE;
+			goto done;
+		}
+	}
 	catch_stop_signals();
 	progress_init(&pg, count);
 	start = ackbox_mono_ms();
@@ -940,6 +954,19 @@ static int cmd_publish(cli_args *a)
 			published += n;
 			code = EXIT_STORE;
 			break;
+		}
+		if (ledger_fd >= 0) {
+			/* written before anything else can happen to this range: a
+			 * kill -9 after this line leaves it in the page cache */
+			char line[64];
+			int len = snprintf(line, sizeof(line), "%" PRIu64 " %" PRIu64 "\n", seq,
+			                   seq + n - 1);
+			if (write(ledger_fd, line, (size_t)len) != len) {
+				say("--ledger: write failed: %s", strerror(errno));
+				code = EXIT_STORE;
+				published += n;
+				break;
+			}
 		}
 		published += n;
 		seq += n;
@@ -1017,6 +1044,8 @@ static int cmd_publish(cli_args *a)
 		code = EXIT_SOME_FAILED;
 	}
 done:
+	if (ledger_fd >= 0)
+		close(ledger_fd);
 	ackbox_destroy(ab);
 	free(msgs);
 	free(batch_ids);
