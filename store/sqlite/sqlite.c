@@ -352,7 +352,18 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s = c->st[ST_INSERT];
-	int rc = begin(c, 0);
+	int moved = 0, rc;
+	/* A file deleted or renamed under us would take every later write with
+	 * it when this process ends: refuse instead (one stat per commit). */
+	if (sqlite3_file_control(c->db, "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK &&
+	    moved) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store %s: the file was deleted or moved while open; nothing "
+		                  "more is written to it (restore it or restart with a new store)",
+		                  c->path);
+		return ACKBOX_ERR_STORE;
+	}
+	rc = begin(c, 0);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
 	for (size_t i = 0; i < n; i++) {
