@@ -891,13 +891,15 @@ static void apply_changes(abx_relay *r, int64_t now)
 		free(r->report_texts[2 * i]);
 		free(r->report_texts[2 * i + 1]);
 	}
-	if (r->nchanges) {
+	bool applied = r->nchanges > 0;
+	if (applied) {
 		pthread_mutex_unlock(&ab->store_mtx);
 		for (size_t i = 0; i < r->nchanges; i++)
 			free(r->change_texts[i]);
 		r->nchanges = 0;
 	}
-	if (r->nreports || rc == 0)
+	/* wake ackbox_poll/ackbox_flush only when there is something to see */
+	if (r->nreports || applied)
 		abx_progress(ab);
 	r->nreports = 0;
 }
@@ -1016,9 +1018,13 @@ static void *relay_main(void *arg)
 		send_ready(r, now);
 		apply_changes(r, now);
 
-		/* How long may we sleep? */
+		/* How long may we sleep? A claim deadline counts only when a claim
+		 * could run: connected, no changes waiting, and room in the window
+		 * (an ack that frees room wakes us through the wake fd). */
+		bool can_claim = atomic_load(&r->connected) && r->nchanges == 0 &&
+		                 r->ready_len == 0 && (int)r->tokens.len < r->window;
 		wake_at = now + 1000;
-		if (r->next_claim_at < wake_at)
+		if (can_claim && r->next_claim_at < wake_at)
 			wake_at = r->next_claim_at;
 		if (r->fifo_head && r->fifo_head->deadline < wake_at)
 			wake_at = r->fifo_head->deadline;
@@ -1027,9 +1033,10 @@ static void *relay_main(void *arg)
 		if (r->nchanges && r->apply_retry_at < wake_at)
 			wake_at = r->apply_retry_at;
 		timeout = wake_at > now ? (int)(wake_at - now) : 0;
-		if (atomic_load(&r->connected) &&
-		    ((r->ready_len && (int)r->tokens.len < r->window) ||
-		     (r->store_dirty && r->ready_len == 0)))
+		/* More due rows are waiting and there is room: claim again at once.
+		 * Messages left in the ready queue with room in the window were
+		 * refused BUSY: wait for the transport's I/O, do not spin. */
+		if (can_claim && r->store_dirty)
 			timeout = 0;
 		wait_for_work(r, timeout);
 	}
