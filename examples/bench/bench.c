@@ -1,0 +1,1705 @@
+/*
+ * bench.c - ackbox-bench: what reliability costs. In one run and in
+ * alternating rounds it publishes the same messages (a) RAW, through the same
+ * client library with confirms and the same in-flight window but no store,
+ * and (b) RELIABLE, through ackbox with a SQLite store at full durability,
+ * and prints throughput, latency, CPU time and peak RSS for each.
+ *
+ * Every loop is bounded in count and in time (--max-seconds per round).
+ * Brokers must be on loopback unless --allow-remote is given.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ackbox/ackbox.h>
+
+#ifdef BENCH_WITH_AMQP
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
+#ifdef BENCH_WITH_MQTT
+#include <MQTTAsync.h>
+#endif
+#ifdef BENCH_WITH_KAFKA
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#endif
+
+#define TOPIC "ackbox-bench"
+#define MAX_SETS 64
+
+/* ------------------------------------------------------------------ */
+/* Options and results                                                  */
+/* ------------------------------------------------------------------ */
+
+typedef struct opts {
+	const char *transport; /* as given; "kafka://mock" is replaced by the mock's bootstraps */
+	char url[1024];        /* the URL actually used */
+	char scheme[16];
+	size_t count, size;
+	int window; /* 0: the transport's default */
+	int threads, rounds, max_seconds;
+	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable;
+	const char *store_dir;
+	const char *sets[MAX_SETS];
+	int nsets;
+	int broker_pid;
+	int poll_sleep_us; /* 0: the poll thread blocks in ackbox_poll(ab, 50) */
+	bool count_given, rounds_given;
+} opts;
+
+typedef struct result {
+	const char *mode; /* "raw", "reliable", "store-only", "drain" */
+	int round;
+	bool ok;
+	char err[256];
+	size_t count, acked, failed;
+	double secs;           /* first publish to last ack (or last durable in store-only) */
+	double rate;           /* count / secs */
+	double publish_secs;   /* first publish to last publish call returning */
+	double durable_rate;   /* count / publish_secs (reliable only) */
+	double dur_p50, dur_p99; /* ms, publish -> durable (reliable only; <0: n/a) */
+	double ack_p50, ack_p99; /* ms, publish -> ack */
+	double cpu_user, cpu_sys;
+	double broker_cpu;     /* s, -1 when unknown */
+	long peak_rss_kib;     /* VmHWM during the round */
+} result;
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void fail(result *r, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	if (r->ok || !r->err[0])
+		vsnprintf(r->err, sizeof(r->err), fmt, ap);
+	va_end(ap);
+	r->ok = false;
+}
+
+/* Per-message timestamps of one round, indexed by sequence number. */
+typedef struct times {
+	size_t n;
+	int64_t *pub; /* publish call started */
+	int64_t *dur; /* publish call returned (reliable) */
+	int64_t *ack; /* confirm seen; 0: never */
+} times;
+
+static int times_init(times *t, size_t n)
+{
+	t->n = n;
+	t->pub = calloc(n, sizeof(int64_t));
+	t->dur = calloc(n, sizeof(int64_t));
+	t->ack = calloc(n, sizeof(int64_t));
+	return t->pub && t->dur && t->ack ? 0 : -1;
+}
+
+static void times_fini(times *t)
+{
+	free(t->pub);
+	free(t->dur);
+	free(t->ack);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* p50 and p99 in ms of (to[i] - from[i]) over messages that have both. */
+static void percentiles(const int64_t *from, const int64_t *to, size_t n, double *p50,
+                        double *p99)
+{
+	int64_t *d = malloc((n ? n : 1) * sizeof(*d));
+	size_t k = 0;
+	*p50 = *p99 = -1;
+	if (!d)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (from[i] && to[i])
+			d[k++] = to[i] - from[i];
+	if (k) {
+		qsort(d, k, sizeof(*d), cmp_i64);
+		*p50 = (double)d[(k - 1) * 50 / 100] / 1e6;
+		*p99 = (double)d[(k - 1) * 99 / 100] / 1e6;
+	}
+	free(d);
+}
+
+/* CPU, peak RSS (reset per round through clear_refs) and the broker's CPU. */
+typedef struct usage {
+	struct rusage ru;
+	double broker;
+} usage;
+
+static double broker_cpu_s(int pid)
+{
+	char path[64], buf[2048];
+	FILE *f;
+	unsigned long ut = 0, st = 0;
+	if (pid <= 0)
+		return -1;
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f)) {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	/* fields after the ")" that ends the command name: 3=state ... 14=utime 15=stime */
+	char *p = strrchr(buf, ')');
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return -1;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void usage_begin(usage *u, int broker_pid)
+{
+	FILE *f = fopen("/proc/self/clear_refs", "w");
+	if (f) {
+		fputs("5", f); /* 5: reset the peak RSS (VmHWM) to the current RSS */
+		fclose(f);
+	}
+	getrusage(RUSAGE_SELF, &u->ru);
+	u->broker = broker_cpu_s(broker_pid);
+}
+
+static long vm_hwm_kib(void)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmHWM: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+static double tv_s(struct timeval tv)
+{
+	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static void usage_end(const usage *u, int broker_pid, result *r)
+{
+	struct rusage e;
+	getrusage(RUSAGE_SELF, &e);
+	r->cpu_user = tv_s(e.ru_utime) - tv_s(u->ru.ru_utime);
+	r->cpu_sys = tv_s(e.ru_stime) - tv_s(u->ru.ru_stime);
+	r->peak_rss_kib = vm_hwm_kib();
+	double b = broker_cpu_s(broker_pid);
+	r->broker_cpu = (b >= 0 && u->broker >= 0) ? b - u->broker : -1;
+}
+
+/* Rate, wall time and ack latency from the timestamps. */
+static void finish_times(result *r, const times *t)
+{
+	int64_t first = 0, last_ack = 0, last_dur = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->pub[i] && (!first || t->pub[i] < first))
+			first = t->pub[i];
+		if (t->ack[i] > last_ack)
+			last_ack = t->ack[i];
+		if (t->dur[i] > last_dur)
+			last_dur = t->dur[i];
+	}
+	if (first && last_ack > first) {
+		r->secs = (double)(last_ack - first) / 1e9;
+		r->rate = (double)r->acked / r->secs;
+	}
+	if (first && last_dur > first) {
+		r->publish_secs = (double)(last_dur - first) / 1e9;
+		r->durable_rate = (double)t->n / r->publish_secs;
+	}
+	percentiles(t->pub, t->ack, t->n, &r->ack_p50, &r->ack_p99);
+	percentiles(t->pub, t->dur, t->n, &r->dur_p50, &r->dur_p99);
+}
+
+/* ------------------------------------------------------------------ */
+/* URLs                                                                 */
+/* ------------------------------------------------------------------ */
+
+/* Is every host of "scheme://[user[:pw]@]host[:port][,host:port...][/...]" loopback? */
+static bool url_is_loopback(const char *url)
+{
+	const char *p = strstr(url, "://");
+	if (!p)
+		return false;
+	p += 3;
+	const char *at = strchr(p, '@'), *slash = strchr(p, '/');
+	if (at && (!slash || at < slash))
+		p = at + 1;
+	for (;;) {
+		char host[256];
+		size_t n;
+		if (*p == '[') {
+			n = strcspn(p + 1, "]");
+			snprintf(host, sizeof(host), "%.*s", (int)n, p + 1);
+			p += n + 2;
+		} else {
+			n = strcspn(p, ":,/?");
+			snprintf(host, sizeof(host), "%.*s", (int)n, p);
+			p += n;
+		}
+		if (!(strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
+		      strcmp(host, "::1") == 0))
+			return false;
+		p += strcspn(p, ",/?");
+		if (*p != ',')
+			return true;
+		p++;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* RAW publishers: the client library alone, same window, no store      */
+/* ------------------------------------------------------------------ */
+
+static char *make_payload(size_t size)
+{
+	char *p = malloc(size ? size : 1);
+	if (p)
+		for (size_t i = 0; i < size; i++)
+			p[i] = (char)('a' + i % 26);
+	return p;
+}
+
+#ifdef BENCH_WITH_AMQP
+static const char *amqp_reply_err(amqp_rpc_reply_t r)
+{
+	static char buf[160];
+	if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
+		return amqp_error_string2(r.library_error);
+	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
+		snprintf(buf, sizeof(buf), "server exception (method 0x%08x)", r.reply.id);
+		return buf;
+	}
+	return r.reply_type == AMQP_RESPONSE_NORMAL ? "ok" : "no reply";
+}
+
+/* Connects, opens channel 1 and (optionally) puts it in confirm mode. */
+static amqp_connection_state_t amqp_raw_connect(const char *url, bool confirms, char *err,
+                                                size_t errn)
+{
+	struct amqp_connection_info ci;
+	char *u = strdup(url);
+	amqp_connection_state_t conn = NULL;
+	amqp_socket_t *sock;
+	amqp_rpc_reply_t r;
+	struct timeval tv = {10, 0};
+	int rc;
+
+	if (!u || amqp_parse_url(u, &ci) != AMQP_STATUS_OK) {
+		snprintf(err, errn, "cannot parse %s", url);
+		goto fail;
+	}
+	conn = amqp_new_connection();
+	sock = amqp_tcp_socket_new(conn);
+	if (!sock) {
+		snprintf(err, errn, "amqp_tcp_socket_new failed");
+		goto fail;
+	}
+	rc = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
+	if (rc != AMQP_STATUS_OK) {
+		snprintf(err, errn, "connecting to %s:%d: %s", ci.host, ci.port, amqp_error_string2(rc));
+		goto fail;
+	}
+	amqp_set_rpc_timeout(conn, &tv);
+	r = amqp_login(conn, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
+	               AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		snprintf(err, errn, "login: %s", amqp_reply_err(r));
+		goto fail;
+	}
+	amqp_channel_open(conn, 1);
+	r = amqp_get_rpc_reply(conn);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		snprintf(err, errn, "channel.open: %s", amqp_reply_err(r));
+		goto fail;
+	}
+	if (confirms) {
+		amqp_confirm_select(conn, 1);
+		r = amqp_get_rpc_reply(conn);
+		if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+			snprintf(err, errn, "confirm.select: %s", amqp_reply_err(r));
+			goto fail;
+		}
+	}
+	free(u);
+	return conn;
+fail:
+	if (conn)
+		amqp_destroy_connection(conn);
+	free(u);
+	return NULL;
+}
+
+static void amqp_raw_close(amqp_connection_state_t conn)
+{
+	amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
+	amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+	amqp_destroy_connection(conn);
+}
+
+/*
+ * Declares the durable queue both modes publish to (the default exchange
+ * routes topic "ackbox-bench" to it) and empties it, so every round starts
+ * from the same broker state.
+ */
+static int amqp_prepare_queue(const char *url, char *err, size_t errn)
+{
+	amqp_connection_state_t conn = amqp_raw_connect(url, false, err, errn);
+	amqp_rpc_reply_t r;
+	if (!conn)
+		return -1;
+	amqp_queue_declare(conn, 1, amqp_cstring_bytes(TOPIC), 0, 1, 0, 0, amqp_empty_table);
+	r = amqp_get_rpc_reply(conn);
+	if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+		amqp_queue_purge(conn, 1, amqp_cstring_bytes(TOPIC));
+		r = amqp_get_rpc_reply(conn);
+	}
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		snprintf(err, errn, "declaring/purging queue %s: %s", TOPIC, amqp_reply_err(r));
+		amqp_destroy_connection(conn);
+		return -1;
+	}
+	amqp_raw_close(conn);
+	return 0;
+}
+
+/* Marks tags [from, to] answered (1-based tags = sequence + 1). */
+static void amqp_raw_answer(times *t, uint8_t *done, uint64_t from, uint64_t to, bool ack,
+                            result *r, int64_t now)
+{
+	for (uint64_t tag = from; tag <= to && tag <= t->n; tag++) {
+		size_t i = (size_t)(tag - 1);
+		if (done[i])
+			continue;
+		done[i] = 1;
+		if (ack) {
+			t->ack[i] = now;
+			r->acked++;
+		} else {
+			r->failed++;
+		}
+	}
+}
+
+static void raw_amqp(const opts *o, times *t, result *r, int64_t deadline)
+{
+	char err[256];
+	char *payload = make_payload(o->size);
+	uint8_t *done = calloc(t->n, 1);
+	amqp_connection_state_t conn = NULL;
+	amqp_basic_properties_t p;
+	int window = o->window ? o->window : 1024;
+	uint64_t base = 1; /* lowest tag not yet answered */
+	size_t sent = 0;
+
+	if (!payload || !done) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	if (amqp_prepare_queue(o->url, err, sizeof(err)) != 0 ||
+	    !(conn = amqp_raw_connect(o->url, true, err, sizeof(err)))) {
+		fail(r, "raw amqp: %s", err);
+		goto out;
+	}
+	memset(&p, 0, sizeof(p));
+	/* what ackbox sends too: persistent, with a 36-character message id */
+	p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
+	p.delivery_mode = 2;
+	while (base <= t->n) {
+		int64_t now = now_ns();
+		if (now > deadline) {
+			fail(r, "raw amqp: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
+			     t->n);
+			break;
+		}
+		/* fill the window */
+		while (sent < t->n && sent + 1 - base < (uint64_t)window) {
+			ackbox_id id;
+			char idtext[ACKBOX_ID_STRLEN];
+			ackbox_id_new(&id);
+			ackbox_id_format(&id, idtext);
+			p.message_id = amqp_cstring_bytes(idtext);
+			t->pub[sent] = now_ns();
+			int rc = amqp_basic_publish(conn, 1, amqp_cstring_bytes(""),
+			                            amqp_cstring_bytes(TOPIC), 1, 0, &p,
+			                            (amqp_bytes_t){o->size, payload});
+			if (rc != AMQP_STATUS_OK) {
+				fail(r, "raw amqp: basic.publish: %s", amqp_error_string2(rc));
+				goto out;
+			}
+			sent++;
+			if (sent % 64 == 0)
+				break; /* read confirms now and then while filling */
+		}
+		/* read confirms: wait only when the window is full or all is sent */
+		bool must_wait = sent == t->n || sent + 1 - base >= (uint64_t)window;
+		struct timeval tv = {0, must_wait ? 100000 : 0};
+		for (;;) {
+			amqp_frame_t f;
+			int rc = amqp_simple_wait_frame_noblock(conn, &f, &tv);
+			if (rc == AMQP_STATUS_TIMEOUT)
+				break;
+			if (rc != AMQP_STATUS_OK) {
+				fail(r, "raw amqp: reading confirms: %s", amqp_error_string2(rc));
+				goto out;
+			}
+			tv.tv_usec = 0; /* after the first frame, only what is there already */
+			if (f.frame_type != AMQP_FRAME_METHOD)
+				continue; /* the header/body of a basic.return */
+			now = now_ns();
+			switch (f.payload.method.id) {
+			case AMQP_BASIC_ACK_METHOD: {
+				amqp_basic_ack_t *m = f.payload.method.decoded;
+				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
+				                m->delivery_tag, true, r, now);
+				break;
+			}
+			case AMQP_BASIC_NACK_METHOD: {
+				amqp_basic_nack_t *m = f.payload.method.decoded;
+				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
+				                m->delivery_tag, false, r, now);
+				break;
+			}
+			case AMQP_BASIC_RETURN_METHOD:
+				r->failed++; /* counted again by its ack: the queue must exist */
+				break;
+			case AMQP_CHANNEL_CLOSE_METHOD:
+			case AMQP_CONNECTION_CLOSE_METHOD:
+				fail(r, "raw amqp: the broker closed the channel");
+				goto out;
+			default:
+				break;
+			}
+			while (base <= t->n && done[base - 1])
+				base++;
+		}
+	}
+out:
+	if (conn)
+		amqp_raw_close(conn);
+	free(payload);
+	free(done);
+}
+#endif
+
+#ifdef BENCH_WITH_MQTT
+typedef struct mqtt_raw {
+	pthread_mutex_t mtx;
+	pthread_cond_t cond;
+	int inflight;
+	int connect_state; /* 0 pending, 1 ok, -1 failed */
+	times *t;
+	result *r;
+} mqtt_raw;
+
+static void mqtt_raw_conn_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+	mqtt_raw *m = ctx;
+	(void)d;
+	pthread_mutex_lock(&m->mtx);
+	m->connect_state = 1;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->mtx);
+}
+
+static void mqtt_raw_conn_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+	mqtt_raw *m = ctx;
+	(void)d;
+	pthread_mutex_lock(&m->mtx);
+	m->connect_state = -1;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->mtx);
+}
+
+/* The context of a publish: the shared state and the message's sequence number. */
+typedef struct mqtt_pub {
+	mqtt_raw *m;
+	size_t i;
+} mqtt_pub;
+
+static void mqtt_raw_done(mqtt_pub *p, bool ok)
+{
+	mqtt_raw *m = p->m;
+	int64_t now = now_ns();
+	pthread_mutex_lock(&m->mtx);
+	if (ok) {
+		m->t->ack[p->i] = now;
+		m->r->acked++;
+	} else {
+		m->r->failed++;
+	}
+	m->inflight--;
+	pthread_cond_signal(&m->cond);
+	pthread_mutex_unlock(&m->mtx);
+}
+
+static void mqtt_raw_pub_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+	mqtt_raw_done(ctx, d->reasonCode < 0x80);
+}
+
+static void mqtt_raw_pub_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+	(void)d;
+	mqtt_raw_done(ctx, false);
+}
+
+/* Waits on m->cond until deadline or 100 ms, whichever is first. Locks: m->mtx held. */
+static void mqtt_raw_wait(mqtt_raw *m)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 100000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&m->cond, &m->mtx, &ts);
+}
+
+static void raw_mqtt(const opts *o, times *t, result *r, int64_t deadline)
+{
+	MQTTAsync client = NULL;
+	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
+	mqtt_raw m = {.t = t, .r = r};
+	mqtt_pub *pubs = calloc(t->n, sizeof(*pubs));
+	char *payload = make_payload(o->size);
+	char uri[1100], client_id[64];
+	int window = o->window ? o->window : 100;
+	int rc;
+
+	pthread_mutex_init(&m.mtx, NULL);
+	pthread_cond_init(&m.cond, NULL);
+	if (!pubs || !payload) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	snprintf(uri, sizeof(uri), "tcp://%s", strstr(o->url, "://") + 3);
+	snprintf(client_id, sizeof(client_id), "ackbox-bench-raw-%d", (int)getpid());
+	co.MQTTVersion = MQTTVERSION_5;
+	rc = MQTTAsync_createWithOptions(&client, uri, client_id, MQTTCLIENT_PERSISTENCE_NONE, NULL,
+	                                 &co);
+	if (rc != MQTTASYNC_SUCCESS) {
+		client = NULL;
+		fail(r, "raw mqtt: cannot create a client for %s (%d)", uri, rc);
+		goto out;
+	}
+	c.keepAliveInterval = 30;
+	c.cleanstart = 1;
+	c.maxInflight = window;
+	c.connectTimeout = 10;
+	c.onSuccess5 = mqtt_raw_conn_ok;
+	c.onFailure5 = mqtt_raw_conn_fail;
+	c.context = &m;
+	if ((rc = MQTTAsync_connect(client, &c)) != MQTTASYNC_SUCCESS) {
+		fail(r, "raw mqtt: connect %s: %d", uri, rc);
+		goto out;
+	}
+	pthread_mutex_lock(&m.mtx);
+	while (m.connect_state == 0 && now_ns() < deadline)
+		mqtt_raw_wait(&m);
+	pthread_mutex_unlock(&m.mtx);
+	if (m.connect_state != 1) {
+		fail(r, "raw mqtt: cannot connect to %s", uri);
+		goto out;
+	}
+	for (size_t i = 0; i < t->n; i++) {
+		MQTTAsync_message msg = MQTTAsync_message_initializer;
+		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+		MQTTProperties props = MQTTProperties_initializer;
+		MQTTProperty up;
+		ackbox_id id;
+		char idtext[ACKBOX_ID_STRLEN];
+
+		/* the window: at most `window` publishes awaiting PUBACK */
+		pthread_mutex_lock(&m.mtx);
+		while (m.inflight >= window && now_ns() < deadline)
+			mqtt_raw_wait(&m);
+		if (m.inflight >= window) {
+			pthread_mutex_unlock(&m.mtx);
+			fail(r, "raw mqtt: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
+			     t->n);
+			goto out;
+		}
+		m.inflight++;
+		pthread_mutex_unlock(&m.mtx);
+
+		/* what ackbox sends too: the id as a user property */
+		ackbox_id_new(&id);
+		ackbox_id_format(&id, idtext);
+		memset(&up, 0, sizeof(up));
+		up.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+		up.value.data.data = "ackbox-id";
+		up.value.data.len = 9;
+		up.value.value.data = idtext;
+		up.value.value.len = ACKBOX_ID_STRLEN - 1;
+		MQTTProperties_add(&props, &up);
+		msg.properties = props;
+		msg.payload = payload;
+		msg.payloadlen = (int)o->size;
+		msg.qos = 1;
+		pubs[i].m = &m;
+		pubs[i].i = i;
+		ro.onSuccess5 = mqtt_raw_pub_ok;
+		ro.onFailure5 = mqtt_raw_pub_fail;
+		ro.context = &pubs[i];
+		t->pub[i] = now_ns();
+		for (;;) {
+			rc = MQTTAsync_sendMessage(client, TOPIC, &msg, &ro);
+			if (rc != MQTTASYNC_MAX_MESSAGES_INFLIGHT && rc != MQTTASYNC_MAX_BUFFERED_MESSAGES)
+				break;
+			if (now_ns() > deadline)
+				break;
+			usleep(100); /* paho has not freed the slot of a PUBACK we counted yet */
+		}
+		MQTTProperties_free(&props);
+		if (rc != MQTTASYNC_SUCCESS) {
+			pthread_mutex_lock(&m.mtx);
+			m.inflight--;
+			pthread_mutex_unlock(&m.mtx);
+			fail(r, "raw mqtt: sendMessage: %d", rc);
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&m.mtx);
+	while (m.inflight > 0 && now_ns() < deadline)
+		mqtt_raw_wait(&m);
+	if (m.inflight > 0)
+		fail(r, "raw mqtt: round exceeded --max-seconds (%d unanswered)", m.inflight);
+	pthread_mutex_unlock(&m.mtx);
+out:
+	if (client) {
+		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
+		d.timeout = 1000;
+		MQTTAsync_disconnect(client, &d);
+		usleep(50000);
+		MQTTAsync_destroy(&client); /* waits for paho's threads: no callback runs after */
+	}
+	pthread_cond_destroy(&m.cond);
+	pthread_mutex_destroy(&m.mtx);
+	free(pubs);
+	free(payload);
+}
+#endif
+
+#ifdef BENCH_WITH_KAFKA
+typedef struct kafka_raw {
+	times *t;
+	result *r;
+	size_t inflight;
+} kafka_raw;
+
+static void kafka_raw_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	kafka_raw *k = opaque;
+	size_t i = (size_t)(uintptr_t)m->_private;
+	(void)rk;
+	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		k->t->ack[i] = now_ns();
+		k->r->acked++;
+	} else {
+		k->r->failed++;
+	}
+	k->inflight--;
+}
+
+/* The mock cluster of --transport kafka://mock: 3 brokers in this process. */
+static rd_kafka_t *mock_rk;
+static rd_kafka_mock_cluster_t *mock_mc;
+
+static int kafka_mock_start(opts *o)
+{
+	char err[256];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_set(conf, "log_level", "3", err, sizeof(err));
+	mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (!mock_rk) {
+		fprintf(stderr, "ackbox-bench: %s\n", err);
+		return -1;
+	}
+	mock_mc = rd_kafka_mock_cluster_new(mock_rk, 3);
+	if (!mock_mc) {
+		fprintf(stderr, "ackbox-bench: cannot start librdkafka's mock cluster\n");
+		return -1;
+	}
+	if (rd_kafka_mock_topic_create(mock_mc, TOPIC, 3, 3) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		fprintf(stderr, "ackbox-bench: cannot create topic %s on the mock cluster\n", TOPIC);
+		return -1;
+	}
+	snprintf(o->url, sizeof(o->url), "kafka://%s", rd_kafka_mock_cluster_bootstraps(mock_mc));
+	return 0;
+}
+
+static void kafka_mock_stop(void)
+{
+	if (mock_mc)
+		rd_kafka_mock_cluster_destroy(mock_mc);
+	if (mock_rk)
+		rd_kafka_destroy(mock_rk);
+}
+
+static void raw_kafka(const opts *o, times *t, result *r, int64_t deadline)
+{
+	char err[512];
+	kafka_raw k = {.t = t, .r = r};
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_t *rk = NULL;
+	char *payload = make_payload(o->size);
+	size_t window = o->window ? (size_t)o->window : 10000;
+	/* what ackbox sets (docs/brokers/kafka.md), then the user's kafka.* keys */
+	const char *defaults[][2] = {{"bootstrap.servers", strstr(o->url, "://") + 3},
+	                             {"acks", "all"},
+	                             {"enable.idempotence", "true"},
+	                             {"message.timeout.ms", "8000"},
+	                             {"socket.nagle.disable", "true"},
+	                             {"log_level", "3"}};
+
+	if (!payload) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
+		if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof(err))) {
+			fail(r, "raw kafka: %s", err);
+			goto out;
+		}
+	}
+	for (int i = 0; i < o->nsets; i++) {
+		char key[256];
+		const char *eq = strchr(o->sets[i], '=');
+		if (strncmp(o->sets[i], "kafka.", 6) != 0 || !eq)
+			continue;
+		snprintf(key, sizeof(key), "%.*s", (int)(eq - o->sets[i] - 6), o->sets[i] + 6);
+		if (strcmp(key, "window") == 0)
+			continue;
+		if (rd_kafka_conf_set(conf, key, eq + 1, err, sizeof(err))) {
+			fail(r, "raw kafka: %s", err);
+			goto out;
+		}
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, kafka_raw_dr);
+	rd_kafka_conf_set_opaque(conf, &k);
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (!rk) {
+		fail(r, "raw kafka: %s", err);
+		goto out;
+	}
+	conf = NULL; /* rk owns it */
+	for (size_t i = 0; i < t->n;) {
+		if (now_ns() > deadline) {
+			fail(r, "raw kafka: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
+			     t->n);
+			goto out;
+		}
+		if (k.inflight >= window) {
+			rd_kafka_poll(rk, 1);
+			continue;
+		}
+		ackbox_id id;
+		char idtext[ACKBOX_ID_STRLEN];
+		rd_kafka_headers_t *hs = rd_kafka_headers_new(1);
+		ackbox_id_new(&id);
+		ackbox_id_format(&id, idtext);
+		rd_kafka_header_add(hs, "ackbox-id", -1, idtext, ACKBOX_ID_STRLEN - 1);
+		t->pub[i] = now_ns();
+		rd_kafka_resp_err_t e = rd_kafka_producev(
+		    rk, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_VALUE(payload, o->size),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs),
+		    RD_KAFKA_V_OPAQUE((void *)(uintptr_t)i), RD_KAFKA_V_END);
+		if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+			rd_kafka_headers_destroy(hs);
+			rd_kafka_poll(rk, 1);
+			continue;
+		}
+		if (e) {
+			rd_kafka_headers_destroy(hs);
+			fail(r, "raw kafka: produce: %s", rd_kafka_err2str(e));
+			goto out;
+		}
+		k.inflight++;
+		i++;
+		if (i % 1000 == 0)
+			rd_kafka_poll(rk, 0);
+	}
+	while (k.inflight > 0 && now_ns() < deadline)
+		rd_kafka_poll(rk, 10);
+	if (k.inflight > 0)
+		fail(r, "raw kafka: round exceeded --max-seconds (%zu unanswered)", k.inflight);
+out:
+	if (rk) {
+		rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+		rd_kafka_poll(rk, 0);
+		rd_kafka_destroy(rk);
+	}
+	if (conf)
+		rd_kafka_conf_destroy(conf);
+	free(payload);
+}
+#endif
+
+static void run_raw(const opts *o, times *t, result *r, int64_t deadline)
+{
+	(void)t;
+	(void)deadline;
+#ifdef BENCH_WITH_AMQP
+	if (strcmp(o->scheme, "amqp") == 0) {
+		raw_amqp(o, t, r, deadline);
+		return;
+	}
+#endif
+#ifdef BENCH_WITH_MQTT
+	if (strcmp(o->scheme, "mqtt") == 0) {
+		raw_mqtt(o, t, r, deadline);
+		return;
+	}
+#endif
+#ifdef BENCH_WITH_KAFKA
+	if (strcmp(o->scheme, "kafka") == 0) {
+		raw_kafka(o, t, r, deadline);
+		return;
+	}
+#endif
+	fail(r, "no raw publisher for scheme '%s' in this build", o->scheme);
+}
+
+/* ------------------------------------------------------------------ */
+/* RELIABLE publishing through ackbox                                   */
+/* ------------------------------------------------------------------ */
+
+/* One delivery report as the callback saw it; matched to its message later. */
+typedef struct seen {
+	ackbox_id id;
+	int64_t t;
+	int acked;
+} seen;
+
+typedef struct reliable {
+	const opts *o;
+	ackbox *ab;
+	times *t;
+	result *r;
+	int64_t deadline;
+	ackbox_id *ids; /* by sequence number */
+	seen *reports;  /* written only by the poll thread */
+	size_t nreports, cap, expect;
+	_Atomic bool stop;
+	_Atomic int publish_err;
+	char publish_errstr[256];
+	pthread_mutex_t err_mtx;
+} reliable;
+
+static void on_report(const ackbox_report *rep, void *opaque)
+{
+	reliable *b = opaque;
+	if (b->nreports >= b->cap)
+		return; /* a report for a message of an earlier run (--store-dir reused) */
+	seen *s = &b->reports[b->nreports++];
+	s->id = rep->id;
+	s->t = now_ns();
+	s->acked = rep->state == ACKBOX_MSG_ACKED;
+}
+
+static void *poll_thread(void *arg)
+{
+	reliable *b = arg;
+	while (!b->stop && b->nreports < b->expect && now_ns() < b->deadline) {
+		if (b->o->poll_sleep_us == 0) {
+			ackbox_poll(b->ab, 50);
+		} else if (ackbox_poll(b->ab, 0) == 0) {
+			/* diagnostic: no condition-variable hand-off with the relay */
+			usleep((useconds_t)b->o->poll_sleep_us);
+		}
+	}
+	return NULL;
+}
+
+static void publish_error(reliable *b, int rc, const char *err)
+{
+	pthread_mutex_lock(&b->err_mtx);
+	if (!b->publish_err) {
+		b->publish_err = rc;
+		snprintf(b->publish_errstr, sizeof(b->publish_errstr), "%s", err);
+	}
+	pthread_mutex_unlock(&b->err_mtx);
+}
+
+/* Single thread: ackbox_publish_batch in chunks of min(window, 500). */
+static void publish_batches(reliable *b, const char *payload)
+{
+	size_t chunk = b->o->window > 0 && b->o->window < 500 ? (size_t)b->o->window : 500;
+	ackbox_msg *msgs = calloc(chunk, sizeof(*msgs));
+	char err[256];
+	if (!msgs) {
+		publish_error(b, ACKBOX_ERR_NOMEM, "out of memory");
+		return;
+	}
+	for (size_t k = 0; k < chunk; k++) {
+		msgs[k].topic = TOPIC;
+		msgs[k].payload = payload;
+		msgs[k].payload_len = b->o->size;
+	}
+	for (size_t i = 0; i < b->t->n && !b->publish_err; i += chunk) {
+		size_t n = b->t->n - i < chunk ? b->t->n - i : chunk;
+		if (now_ns() > b->deadline) {
+			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
+			break;
+		}
+		int64_t t0 = now_ns();
+		int rc = ackbox_publish_batch(b->ab, msgs, n, &b->ids[i], err, sizeof(err));
+		int64_t t1 = now_ns();
+		if (rc) {
+			publish_error(b, rc, err);
+			break;
+		}
+		for (size_t k = 0; k < n; k++) {
+			b->t->pub[i + k] = t0;
+			b->t->dur[i + k] = t1;
+		}
+	}
+	free(msgs);
+}
+
+typedef struct worker {
+	reliable *b;
+	const char *payload;
+	size_t from, to;
+	pthread_t th;
+} worker;
+
+/* One of T threads: ackbox_publish per message over [from, to). */
+static void *publish_worker(void *arg)
+{
+	worker *w = arg;
+	reliable *b = w->b;
+	ackbox_msg m = {.topic = TOPIC, .payload = w->payload, .payload_len = b->o->size};
+	char err[256];
+	for (size_t i = w->from; i < w->to && !b->publish_err; i++) {
+		int64_t t0 = now_ns();
+		if (t0 > b->deadline) {
+			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
+			break;
+		}
+		int rc = ackbox_publish(b->ab, &m, &b->ids[i], err, sizeof(err));
+		if (rc) {
+			publish_error(b, rc, err);
+			break;
+		}
+		b->t->pub[i] = t0;
+		b->t->dur[i] = now_ns();
+	}
+	return NULL;
+}
+
+/* id -> sequence number, open addressing; ids are UUIDv7 with random low bytes. */
+typedef struct idmap {
+	uint32_t *slot; /* sequence + 1; 0: empty */
+	size_t mask;
+	const ackbox_id *ids;
+} idmap;
+
+static size_t id_hash(const ackbox_id *id)
+{
+	uint64_t h;
+	memcpy(&h, id->b + 8, sizeof(h));
+	return (size_t)(h * 0x9E3779B97F4A7C15ull >> 17);
+}
+
+static int idmap_build(idmap *m, const ackbox_id *ids, size_t n)
+{
+	size_t cap = 1;
+	while (cap < 2 * n)
+		cap *= 2;
+	m->slot = calloc(cap, sizeof(uint32_t));
+	m->mask = cap - 1;
+	m->ids = ids;
+	if (!m->slot)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		size_t h = id_hash(&ids[i]) & m->mask;
+		while (m->slot[h])
+			h = (h + 1) & m->mask;
+		m->slot[h] = (uint32_t)(i + 1);
+	}
+	return 0;
+}
+
+static long idmap_find(const idmap *m, const ackbox_id *id)
+{
+	size_t h = id_hash(id) & m->mask;
+	while (m->slot[h]) {
+		size_t i = m->slot[h] - 1;
+		if (memcmp(&m->ids[i], id, sizeof(*id)) == 0)
+			return (long)i;
+		h = (h + 1) & m->mask;
+	}
+	return -1;
+}
+
+static void db_remove(const char *dir)
+{
+	const char *suffix[] = {"", "-wal", "-shm", "-journal"};
+	char path[1200];
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(path, sizeof(path), "%s/bench.db%s", dir, suffix[i]);
+		unlink(path);
+	}
+}
+
+static ackbox *open_ackbox(const opts *o, const char *dir, reliable *b, result *r)
+{
+	char err[512], val[1200];
+	ackbox_conf *conf = ackbox_conf_new();
+	ackbox *ab = NULL;
+	if (!conf) {
+		fail(r, "out of memory");
+		return NULL;
+	}
+	snprintf(val, sizeof(val), "sqlite://%s/bench.db", dir);
+	if (ackbox_conf_set(conf, "store.url", val, err, sizeof(err)) ||
+	    ackbox_conf_set(conf, "transport.url", o->url, err, sizeof(err)))
+		goto bad;
+	if (o->window) {
+		snprintf(val, sizeof(val), "%d", o->window);
+		if (ackbox_conf_set(conf, "transport.window", val, err, sizeof(err)))
+			goto bad;
+	}
+	if (strcmp(o->scheme, "amqp") == 0 &&
+	    ackbox_conf_set(conf, "amqp.declare_queue", "true", err, sizeof(err)))
+		goto bad;
+	for (int i = 0; i < o->nsets; i++) {
+		char key[256];
+		const char *eq = strchr(o->sets[i], '=');
+		snprintf(key, sizeof(key), "%.*s", (int)(eq - o->sets[i]), o->sets[i]);
+		if (ackbox_conf_set(conf, key, eq + 1, err, sizeof(err)))
+			goto bad;
+	}
+	ackbox_conf_set_report_cb(conf, on_report, b);
+	if (ackbox_new(&ab, conf, err, sizeof(err)) != 0)
+		goto bad;
+	return ab;
+bad:
+	fail(r, "ackbox: %s", err);
+	ackbox_conf_destroy(conf);
+	return NULL;
+}
+
+/*
+ * One reliable round. store_only: the broker is expected to be unreachable;
+ * only the publish calls are timed and nothing waits for confirms.
+ */
+static void run_reliable(const opts *o, const char *dir, times *t, result *r, int64_t deadline,
+                         bool store_only)
+{
+	reliable b = {.o = o, .t = t, .r = r, .deadline = deadline, .cap = t->n, .expect = t->n};
+	char *payload = make_payload(o->size);
+	pthread_t poller;
+	bool polling = false;
+	idmap map = {0};
+	char err[256];
+
+	pthread_mutex_init(&b.err_mtx, NULL);
+	b.ids = calloc(t->n, sizeof(*b.ids));
+	b.reports = calloc(t->n, sizeof(*b.reports));
+	if (!payload || !b.ids || !b.reports) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	if (!o->store_dir || !o->drain)
+		db_remove(dir);
+#ifdef BENCH_WITH_AMQP
+	if (strcmp(o->scheme, "amqp") == 0 && !store_only &&
+	    amqp_prepare_queue(o->url, err, sizeof(err)) != 0) {
+		fail(r, "amqp: %s", err);
+		goto out;
+	}
+#endif
+	if (!(b.ab = open_ackbox(o, dir, &b, r)))
+		goto out;
+	if (!store_only) {
+		/* start the clock connected, as the raw publisher does */
+		while (!ackbox_connected(b.ab) && now_ns() < deadline)
+			usleep(1000);
+		if (!ackbox_connected(b.ab)) {
+			fail(r, "ackbox did not connect to %s", o->url);
+			goto out;
+		}
+		if (pthread_create(&poller, NULL, poll_thread, &b) == 0)
+			polling = true;
+	}
+	if (o->threads <= 1) {
+		publish_batches(&b, payload);
+	} else {
+		worker *w = calloc((size_t)o->threads, sizeof(*w));
+		int started = 0;
+		if (!w) {
+			fail(r, "out of memory");
+			goto out;
+		}
+		for (int k = 0; k < o->threads; k++) {
+			w[k].b = &b;
+			w[k].payload = payload;
+			w[k].from = t->n * (size_t)k / (size_t)o->threads;
+			w[k].to = t->n * (size_t)(k + 1) / (size_t)o->threads;
+			if (pthread_create(&w[k].th, NULL, publish_worker, &w[k]) != 0)
+				break;
+			started++;
+		}
+		for (int k = 0; k < started; k++)
+			pthread_join(w[k].th, NULL);
+		free(w);
+		if (started < o->threads)
+			publish_error(&b, ACKBOX_ERR_INTERNAL, "cannot start publisher threads");
+	}
+	if (b.publish_err) {
+		fail(r, "publish: %s (%s)", ackbox_strerror(b.publish_err), b.publish_errstr);
+		b.stop = true;
+	}
+	if (polling) {
+		pthread_join(poller, NULL);
+		polling = false;
+	}
+	if (store_only) {
+		ackbox_counts c;
+		if (ackbox_counts_get(b.ab, &c, err, sizeof(err)) != 0)
+			fail(r, "counts: %s", err);
+		else if (c.sending + c.retrying < t->n)
+			fail(r, "only %" PRIu64 " of %zu messages are in the store",
+			     c.sending + c.retrying, t->n);
+		r->acked = b.nreports; /* should stay 0: the broker is unreachable */
+	} else {
+		if (idmap_build(&map, b.ids, t->n) != 0) {
+			fail(r, "out of memory");
+			goto out;
+		}
+		for (size_t k = 0; k < b.nreports; k++) {
+			long i = idmap_find(&map, &b.reports[k].id);
+			if (i < 0)
+				continue;
+			if (b.reports[k].acked) {
+				t->ack[i] = b.reports[k].t;
+				r->acked++;
+			} else {
+				r->failed++;
+			}
+		}
+		if (r->acked + r->failed < t->n && r->ok)
+			fail(r, "round exceeded --max-seconds (%zu of %zu reported)",
+			     r->acked + r->failed, t->n);
+	}
+out:
+	if (polling) {
+		b.stop = true;
+		pthread_join(poller, NULL);
+	}
+	if (b.ab)
+		ackbox_destroy(b.ab);
+	free(map.slot);
+	free(b.ids);
+	free(b.reports);
+	free(payload);
+	pthread_mutex_destroy(&b.err_mtx);
+}
+
+/*
+ * --drain: opens an existing store (left by --store-only) with a reachable
+ * broker and times how long the backlog takes to be confirmed.
+ */
+static void run_drain(const opts *o, const char *dir, result *r, int64_t deadline)
+{
+	ackbox_counts c;
+	char err[256];
+	reliable b = {.o = o, .r = r, .deadline = deadline};
+	int64_t t0, t_last = 0;
+	if (!(b.ab = open_ackbox(o, dir, &b, r)))
+		return;
+	if (ackbox_counts_get(b.ab, &c, err, sizeof(err)) != 0) {
+		fail(r, "counts: %s", err);
+		goto out;
+	}
+	r->count = c.sending + c.retrying;
+	b.cap = b.expect = r->count;
+	b.reports = calloc(r->count ? r->count : 1, sizeof(*b.reports));
+	if (!b.reports) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	t0 = now_ns();
+	while (b.nreports < b.expect && now_ns() < deadline)
+		ackbox_poll(b.ab, 50);
+	for (size_t k = 0; k < b.nreports; k++) {
+		if (b.reports[k].acked)
+			r->acked++;
+		else
+			r->failed++;
+		if (b.reports[k].t > t_last)
+			t_last = b.reports[k].t;
+	}
+	if (t_last > t0) {
+		r->secs = (double)(t_last - t0) / 1e9;
+		r->rate = (double)r->acked / r->secs;
+	}
+	if (r->acked + r->failed < r->count)
+		fail(r, "drain exceeded --max-seconds (%zu of %zu reported)", r->acked + r->failed,
+		     r->count);
+out:
+	ackbox_destroy(b.ab);
+	free(b.reports);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                               */
+/* ------------------------------------------------------------------ */
+
+static void fmt_ms(char *buf, size_t n, double v)
+{
+	if (v < 0)
+		snprintf(buf, n, "-");
+	else
+		snprintf(buf, n, "%.2f", v);
+}
+
+static void print_row(const result *r)
+{
+	char a[32], b[32], c[32], d[32], dr[32], bc[32];
+	fmt_ms(a, sizeof(a), r->dur_p50);
+	fmt_ms(b, sizeof(b), r->dur_p99);
+	fmt_ms(c, sizeof(c), r->ack_p50);
+	fmt_ms(d, sizeof(d), r->ack_p99);
+	if (r->durable_rate > 0)
+		snprintf(dr, sizeof(dr), "%.0f", r->durable_rate);
+	else
+		snprintf(dr, sizeof(dr), "-");
+	if (r->broker_cpu >= 0)
+		snprintf(bc, sizeof(bc), "%.2f", r->broker_cpu);
+	else
+		snprintf(bc, sizeof(bc), "-");
+	printf("%-5d %-10s %9.0f %10s %8s %8s %8s %8s %7zu %6zu %6.2f %6.2f %6s %8.1f%s%s\n",
+	       r->round, r->mode, r->rate, dr, a, b, c, d, r->acked, r->failed, r->cpu_user,
+	       r->cpu_sys, bc, (double)r->peak_rss_kib / 1024.0, r->ok ? "" : "  ERROR: ",
+	       r->ok ? "" : r->err);
+}
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			printf("\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			printf("\\u%04x", *s);
+		else
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+static void json_num(const char *name, double v, bool comma)
+{
+	printf("\"%s\":", name);
+	if (v < 0)
+		printf("null");
+	else
+		printf("%.3f", v);
+	if (comma)
+		putchar(',');
+}
+
+static void print_json_result(const result *r)
+{
+	printf("{\"round\":%d,\"mode\":", r->round);
+	json_str(r->mode);
+	printf(",\"ok\":%s,\"count\":%zu,\"acked\":%zu,\"failed\":%zu,", r->ok ? "true" : "false",
+	       r->count, r->acked, r->failed);
+	json_num("secs", r->secs, true);
+	json_num("msgs_per_s", r->rate, true);
+	json_num("publish_secs", r->publish_secs, true);
+	json_num("durable_msgs_per_s", r->durable_rate, true);
+	json_num("durable_p50_ms", r->dur_p50, true);
+	json_num("durable_p99_ms", r->dur_p99, true);
+	json_num("ack_p50_ms", r->ack_p50, true);
+	json_num("ack_p99_ms", r->ack_p99, true);
+	json_num("cpu_user_s", r->cpu_user, true);
+	json_num("cpu_sys_s", r->cpu_sys, true);
+	json_num("broker_cpu_s", r->broker_cpu, true);
+	printf("\"peak_rss_kib\":%ld,\"error\":", r->peak_rss_kib);
+	json_str(r->err);
+	putchar('}');
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The median over rounds of one mode's figure (rate when durable is false). */
+static double median_of(const result *res, int n, const char *mode, bool durable)
+{
+	double v[256];
+	int k = 0;
+	for (int i = 0; i < n && k < 256; i++)
+		if (strcmp(res[i].mode, mode) == 0 && res[i].ok)
+			v[k++] = durable ? res[i].durable_rate : res[i].rate;
+	if (!k)
+		return -1;
+	qsort(v, (size_t)k, sizeof(double), cmp_dbl);
+	return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+/* ------------------------------------------------------------------ */
+/* main                                                                 */
+/* ------------------------------------------------------------------ */
+
+static void usage_text(FILE *f)
+{
+	fprintf(f,
+	        "usage: ackbox-bench --transport URL [options]\n"
+	        "  --transport URL     amqp://..., mqtt://..., kafka://host:port or kafka://mock\n"
+	        "                      (librdkafka's mock cluster, 3 brokers, in this process)\n"
+	        "  --count N           messages per round (default 100000; --smoke 2000)\n"
+	        "  --size BYTES        payload size (default 256)\n"
+	        "  --window W          in-flight window for both modes (default: the transport's)\n"
+	        "  --threads T         reliable mode: T threads calling ackbox_publish (default 1:\n"
+	        "                      one thread calling ackbox_publish_batch in chunks of\n"
+	        "                      min(W, 500))\n"
+	        "  --rounds R          raw/reliable pairs, order alternating (default 3; --smoke 1)\n"
+	        "  --set KEY=VALUE     passed to ackbox_conf_set (repeatable); kafka.* keys also\n"
+	        "                      configure the raw Kafka producer\n"
+	        "  --store-dir DIR     where the SQLite store lives (default: a temporary directory,\n"
+	        "                      removed at exit); files in DIR are kept after the run\n"
+	        "  --store-only        broker unreachable: time only the publish calls (durable\n"
+	        "                      msg/s, p50/p99 publish->durable, RSS); no raw mode\n"
+	        "  --drain             open --store-dir's store and time until its backlog is acked\n"
+	        "  --raw-only, --reliable-only   run one mode\n"
+	        "  --broker-pid PID    also report the broker process's CPU time per round\n"
+	        "  --poll-sleep-us N   diagnostic: the report thread calls ackbox_poll(ab, 0) and\n"
+	        "                      sleeps N us when nothing came (default: ackbox_poll(ab, 50))\n"
+	        "  --max-seconds S     abort a round that takes longer (default 120)\n"
+	        "  --allow-remote      allow brokers that are not on loopback\n"
+	        "  --json              one JSON object instead of the table\n"
+	        "  --smoke             small run; exit 0 only if every figure is complete and sane\n");
+}
+
+static int parse_size(const char *s, size_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end || end == s)
+		return -1;
+	*out = (size_t)v;
+	return 0;
+}
+
+static bool in_range(size_t n, unsigned long long lo, unsigned long long hi)
+{
+	return (unsigned long long)n >= lo && (unsigned long long)n <= hi;
+}
+
+static int parse_args(int argc, char **argv, opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->count = 100000;
+	o->size = 256;
+	o->threads = 1;
+	o->rounds = 3;
+	o->max_seconds = 120;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		size_t n;
+#define NEED()                                                                                     \
+	do {                                                                                       \
+		if (!v) {                                                                          \
+			fprintf(stderr, "ackbox-bench: %s needs a value\n", a);                     \
+			return -1;                                                                 \
+		}                                                                                  \
+		i++;                                                                               \
+	} while (0)
+#define NUM(dst, lo, hi)                                                                           \
+	do {                                                                                       \
+		NEED();                                                                            \
+		if (parse_size(v, &n) || !in_range(n, lo, hi)) {                                   \
+			fprintf(stderr, "ackbox-bench: %s %s: expected %llu..%llu\n", a, v,          \
+			        (unsigned long long)(lo), (unsigned long long)(hi));                 \
+			return -1;                                                                 \
+		}                                                                                  \
+		dst = n;                                                                           \
+	} while (0)
+		if (strcmp(a, "--transport") == 0) {
+			NEED();
+			o->transport = v;
+		} else if (strcmp(a, "--count") == 0) {
+			NUM(o->count, 1, 100000000);
+			o->count_given = true;
+		} else if (strcmp(a, "--size") == 0) {
+			NUM(o->size, 0, 1048576);
+		} else if (strcmp(a, "--window") == 0) {
+			NUM(o->window, 1, 1000000);
+		} else if (strcmp(a, "--threads") == 0) {
+			NUM(o->threads, 1, 256);
+		} else if (strcmp(a, "--rounds") == 0) {
+			NUM(o->rounds, 1, 100);
+			o->rounds_given = true;
+		} else if (strcmp(a, "--max-seconds") == 0) {
+			NUM(o->max_seconds, 1, 86400);
+		} else if (strcmp(a, "--broker-pid") == 0) {
+			NUM(o->broker_pid, 1, 1 << 30);
+		} else if (strcmp(a, "--poll-sleep-us") == 0) {
+			NUM(o->poll_sleep_us, 0, 1000000);
+		} else if (strcmp(a, "--set") == 0) {
+			NEED();
+			if (!strchr(v, '=') || o->nsets >= MAX_SETS) {
+				fprintf(stderr, "ackbox-bench: --set %s: expected KEY=VALUE\n", v);
+				return -1;
+			}
+			o->sets[o->nsets++] = v;
+		} else if (strcmp(a, "--store-dir") == 0) {
+			NEED();
+			o->store_dir = v;
+		} else if (strcmp(a, "--json") == 0) {
+			o->json = true;
+		} else if (strcmp(a, "--smoke") == 0) {
+			o->smoke = true;
+		} else if (strcmp(a, "--store-only") == 0) {
+			o->store_only = true;
+		} else if (strcmp(a, "--drain") == 0) {
+			o->drain = true;
+		} else if (strcmp(a, "--raw-only") == 0) {
+			o->no_reliable = true;
+		} else if (strcmp(a, "--reliable-only") == 0) {
+			o->no_raw = true;
+		} else if (strcmp(a, "--allow-remote") == 0) {
+			o->allow_remote = true;
+		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage_text(stdout);
+			exit(0);
+		} else {
+			fprintf(stderr, "ackbox-bench: unknown option %s\n", a);
+			usage_text(stderr);
+			return -1;
+		}
+#undef NUM
+#undef NEED
+	}
+	if (!o->transport) {
+		usage_text(stderr);
+		return -1;
+	}
+	if (o->drain && !o->store_dir) {
+		fprintf(stderr, "ackbox-bench: --drain needs --store-dir\n");
+		return -1;
+	}
+	if (o->smoke) {
+		if (!o->count_given)
+			o->count = 2000;
+		if (!o->rounds_given)
+			o->rounds = 1;
+		if (o->max_seconds > 25)
+			o->max_seconds = 25;
+	}
+	if (o->store_only || o->drain)
+		o->no_raw = true;
+	if (o->no_raw && o->no_reliable) {
+		fprintf(stderr, "ackbox-bench: --raw-only and --reliable-only exclude each other\n");
+		return -1;
+	}
+	const char *sep = strstr(o->transport, "://");
+	if (!sep || sep - o->transport >= (long)sizeof(o->scheme)) {
+		fprintf(stderr, "ackbox-bench: --transport %s: expected scheme://...\n", o->transport);
+		return -1;
+	}
+	snprintf(o->scheme, sizeof(o->scheme), "%.*s", (int)(sep - o->transport), o->transport);
+	snprintf(o->url, sizeof(o->url), "%s", o->transport);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	opts o;
+	char tmpl[] = "/tmp/ackbox-bench-XXXXXX";
+	const char *dir;
+	result *res;
+	int nres = 0, maxres;
+	bool ok = true;
+
+	if (parse_args(argc, argv, &o) != 0)
+		return 2;
+	if (strcmp(o.transport, "kafka://mock") == 0) {
+#ifdef BENCH_WITH_KAFKA
+		if (kafka_mock_start(&o) != 0)
+			return 1;
+#else
+		fprintf(stderr, "ackbox-bench: built without Kafka\n");
+		return 2;
+#endif
+	}
+	if (!o.allow_remote && !url_is_loopback(o.url)) {
+		fprintf(stderr, "ackbox-bench: %s is not a loopback address (--allow-remote)\n",
+		        o.url);
+		return 2;
+	}
+	if (o.store_dir) {
+		mkdir(o.store_dir, 0755);
+		dir = o.store_dir;
+	} else if (!(dir = mkdtemp(tmpl))) {
+		fprintf(stderr, "ackbox-bench: mkdtemp: %s\n", strerror(errno));
+		return 1;
+	}
+	maxres = o.rounds * 2;
+	res = calloc((size_t)maxres, sizeof(*res));
+	if (!res)
+		return 1;
+
+	if (!o.json && o.drain) {
+		printf("ackbox-bench %s: %s, draining the backlog of %s/bench.db\n", ackbox_version(),
+		       o.url, dir);
+	} else if (!o.json) {
+		printf("ackbox-bench %s: %s, %zu msgs x %zu B, window %d%s, %d thread(s)%s, %d "
+		       "round(s)\n",
+		       ackbox_version(), o.url, o.count, o.size, o.window,
+		       o.window ? "" : " (transport default)", o.threads,
+		       o.threads > 1 ? " (ackbox_publish)" : " (ackbox_publish_batch)", o.rounds);
+	}
+	if (!o.json) {
+		printf("%-5s %-10s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s\n", "round",
+		       "mode", "msgs/s", "durable/s", "dur p50", "dur p99", "ack p50", "ack p99",
+		       "acked", "failed", "usr s", "sys s", "brk s", "RSS MiB");
+		fflush(stdout);
+	}
+	for (int round = 1; round <= o.rounds; round++) {
+		/* alternate the order so neither mode always runs on a warmer broker */
+		for (int k = 0; k < 2; k++) {
+			bool raw = (round % 2 == 1) == (k == 0);
+			if ((raw && o.no_raw) || (!raw && o.no_reliable))
+				continue;
+			result *r = &res[nres++];
+			times t;
+			usage u;
+			int64_t deadline = now_ns() + (int64_t)o.max_seconds * 1000000000;
+			r->round = round;
+			r->ok = true;
+			r->count = o.count;
+			r->mode = raw ? "raw" : o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
+			r->dur_p50 = r->dur_p99 = r->ack_p50 = r->ack_p99 = -1;
+			if (times_init(&t, o.count) != 0) {
+				fail(r, "out of memory");
+				times_fini(&t);
+				continue;
+			}
+			usage_begin(&u, o.broker_pid);
+			if (raw)
+				run_raw(&o, &t, r, deadline);
+			else if (o.drain)
+				run_drain(&o, dir, r, deadline);
+			else
+				run_reliable(&o, dir, &t, r, deadline, o.store_only);
+			usage_end(&u, o.broker_pid, r);
+			if (!o.drain)
+				finish_times(r, &t);
+			if (o.store_only) {
+				r->secs = r->publish_secs;
+				r->rate = r->durable_rate;
+			}
+			times_fini(&t);
+			if (!o.json) {
+				print_row(r);
+				fflush(stdout);
+			}
+		}
+	}
+
+	/* summary and sanity */
+	double raw = median_of(res, nres, "raw", false);
+	const char *rmode = o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
+	double rel = median_of(res, nres, rmode, false);
+	double durable = median_of(res, nres, rmode, true);
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	for (int i = 0; i < nres; i++) {
+		const result *r = &res[i];
+		bool sane = r->ok && r->rate > 0;
+		if (strcmp(r->mode, "store-only") == 0)
+			sane = sane && r->durable_rate > 0 && r->dur_p99 >= 0;
+		else if (strcmp(r->mode, "drain") == 0)
+			sane = sane && r->acked == r->count && r->failed == 0;
+		else
+			sane = sane && r->acked == r->count && r->failed == 0 && r->ack_p99 >= 0;
+		if (strcmp(r->mode, "reliable") == 0)
+			sane = sane && r->durable_rate > 0 && r->dur_p99 >= 0;
+		if (!sane)
+			ok = false;
+	}
+	if (nres == 0)
+		ok = false;
+	if (o.json) {
+		printf("{\"version\":");
+		json_str(ackbox_version());
+		printf(",\"transport\":");
+		json_str(o.url);
+		printf(",\"scheme\":");
+		json_str(o.scheme);
+		printf(",\"count\":%zu,\"size\":%zu,\"window\":%d,\"threads\":%d,\"rounds\":%d,"
+		       "\"results\":[",
+		       o.count, o.size, o.window, o.threads, o.rounds);
+		for (int i = 0; i < nres; i++) {
+			if (i)
+				putchar(',');
+			print_json_result(&res[i]);
+		}
+		printf("],\"median\":{");
+		json_num("raw_msgs_per_s", raw, true);
+		json_num("reliable_msgs_per_s", rel, true);
+		json_num("reliable_durable_msgs_per_s", durable, true);
+		json_num("ratio", raw > 0 && rel > 0 ? rel / raw : -1, false);
+		printf("},\"max_rss_kib\":%ld,\"ok\":%s}\n", ru.ru_maxrss, ok ? "true" : "false");
+	} else {
+		printf("median: raw %.0f msg/s, %s %.0f msg/s (durable %.0f msg/s)", raw > 0 ? raw : 0,
+		       rmode, rel > 0 ? rel : 0, durable > 0 ? durable : 0);
+		if (raw > 0 && rel > 0)
+			printf(", ratio %.2f", rel / raw);
+		printf("; process peak RSS %.1f MiB; %s\n", (double)ru.ru_maxrss / 1024.0,
+		       ok ? "ok" : "FAILED");
+	}
+	if (!o.store_dir) {
+		db_remove(dir);
+		rmdir(dir);
+	}
+#ifdef BENCH_WITH_KAFKA
+	kafka_mock_stop();
+#endif
+	free(res);
+	if (o.smoke && !ok)
+		fprintf(stderr, "ackbox-bench: smoke check failed\n");
+	return ok ? 0 : 1;
+}
