@@ -115,8 +115,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 
 	if (m->err) {
 		rd_kafka_msg_status_t st = rd_kafka_message_status(m);
+		/* not rd_kafka_message_errstr(): for a delivery report it may point
+		 * into the payload, which is not NUL-terminated */
 		snprintf(why, sizeof(why), "%s: %s", rd_kafka_err2name(m->err),
-		         rd_kafka_message_errstr(m));
+		         rd_kafka_err2str(m->err));
 		ev.reason = why;
 		ev.broker_code = m->err;
 		if (m->err > 0) {
@@ -208,10 +210,28 @@ static void pass_key(const char *key, const char *value, void *opaque)
 	}
 }
 
+static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size);
+
+/* close() is not called when open fails: free what was made here. */
 static int kafka_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                       char *errstr, size_t errstr_size)
 {
 	kafka_ctx *c = vctx;
+	int rc = open_(c, url, host, info, errstr, errstr_size);
+	if (rc) {
+		if (c->conf)
+			rd_kafka_conf_destroy(c->conf);
+		free(c->bootstrap);
+		c->conf = NULL;
+		c->bootstrap = NULL;
+	}
+	return rc;
+}
+
+static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size)
+{
 	struct set_ctx s = {NULL, 0, errstr, errstr_size};
 	int64_t retry_ms = 10000, msg_timeout_ms;
 	char buf[64];

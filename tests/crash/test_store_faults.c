@@ -63,7 +63,10 @@ static int open_handle(const char *broker, seen *s, ackbox **ab, char *err, size
 	TU_SET(c, "log.level", "error");
 	if (s)
 		ackbox_conf_set_report_cb(c, on_report, s);
-	return ackbox_new(ab, c, err, errn);
+	int rc = ackbox_new(ab, c, err, errn);
+	if (rc)
+		ackbox_conf_destroy(c); /* on failure the caller keeps conf */
+	return rc;
 }
 
 static int publish(ackbox *ab, size_t size, char *err, size_t errn)
@@ -236,6 +239,7 @@ Test(faults, locked_by_another_process_fails_clearly_then_recovers)
 			cr_assert_eq(rc, ACKBOX_ERR_STORE_LOCKED, "rc %d: %s", rc, err);
 			ackbox_destroy(ab);
 		} else {
+			ackbox_conf_destroy(c);
 			cr_assert_eq(rc, ACKBOX_ERR_STORE_LOCKED, "rc %d: %s", rc, err);
 		}
 		cr_assert(strstr(err, "locked") || strstr(err, "busy"), "%s", err);

@@ -279,21 +279,25 @@ Test(kafka, bad_kafka_keys_are_refused_naming_the_key)
 	ackbox_conf *c = make_conf(&s);
 	TU_SET(c, "kafka.no.such.property", "1");
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_UNKNOWN_KEY);
+	ackbox_conf_destroy(c); /* on failure the caller keeps conf */
 	cr_assert(strstr(err, "kafka.no.such.property"), "%s", err);
 
 	c = make_conf(&s);
 	TU_SET(c, "kafka.acks", "maybe");
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE);
+	ackbox_conf_destroy(c);
 	cr_assert(strstr(err, "kafka.acks"), "%s", err);
 
 	c = make_conf(&s);
 	TU_SET(c, "kafka.message.timeout.ms", "4000");
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE);
+	ackbox_conf_destroy(c);
 	cr_assert(strstr(err, "retry.timeout"), "%s", err);
 
 	c = make_conf(&s);
 	TU_SET(c, "transport.url", "kafka://");
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_URL, "%s", err);
+	ackbox_conf_destroy(c);
 }
 
 Test(kafka, unreachable_cluster_keeps_every_message)
