@@ -735,6 +735,9 @@ static int claim_cb(const ackbox_store_row *row, void *opaque)
 	abx_fresh *f;
 
 	if (e && memcmp(&e->id, &row->id, sizeof(row->id)) == 0) {
+		/* the claim renewed our lease: later changes must carry the new
+		 * one, or a fencing store skips them and the row is sent again */
+		e->lease = row->lease;
 		if (e->state != E_WAITING)
 			return 0; /* already queued or in flight here */
 		f = fresh_from_row(row);

@@ -176,6 +176,15 @@ void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *componen
 	va_end(ap);
 }
 
+void ackbox_store_log(const ackbox_conf *conf, ackbox_log_level level, const char *component,
+                      const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	abx_logv(conf, level, component, fmt, ap);
+	va_end(ap);
+}
+
 #ifdef ACKBOX_CRASH_POINTS
 /*
  * Test-only: when ACKBOX_CRASH_AT names this point, die here as kill -9

@@ -147,6 +147,14 @@ typedef struct ackbox_store_ops {
 } ackbox_store_ops;
 
 /**
+ * Logs through the application's log callback (component = the store's
+ * scheme), honouring log.level. conf is the one open() received. Thread-safe.
+ */
+ACKBOX_API void ackbox_store_log(const ackbox_conf *conf, ackbox_log_level level,
+                                 const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/**
  * The ops table serving scheme ("sqlite"), or NULL. Lets a test or a
  * fault-injecting wrapper delegate to a real store, as SQLite's test VFS does.
  */

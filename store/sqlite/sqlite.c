@@ -39,7 +39,8 @@ static const char schema_sql[] =
     " headers BLOB,"
     " payload BLOB NOT NULL,"
     " last_error TEXT,"
-    " last_code INTEGER NOT NULL DEFAULT 0);"
+    " last_code INTEGER NOT NULL DEFAULT 0,"
+    " lease INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_due ON ackbox_outbox(due_ms, created_ms)"
     " WHERE state < 2;"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_troubled ON ackbox_outbox(state, seq)"
@@ -47,7 +48,7 @@ static const char schema_sql[] =
 
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
-	"headers, payload, last_error, last_code"
+	"headers, payload, last_error, last_code, lease"
 
 enum {
 	ST_BEGIN,
@@ -73,13 +74,16 @@ static const char *const stmt_sql[ST_COUNT] = {
                   " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
     [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
                      " ORDER BY due_ms LIMIT ?2",
-    [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1 WHERE seq = ?2",
-    [ST_DELETE] = "DELETE FROM ackbox_outbox WHERE id = ?1",
+    /* every claim takes a new lease; a change carrying an older one is from
+     * an owner whose lease ran out (another relay has the row): skipped */
+    [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1, lease = lease + 1 WHERE seq = ?2",
+    [ST_DELETE] = "DELETE FROM ackbox_outbox WHERE id = ?1 AND lease = ?7",
     [ST_RETRY] = "UPDATE ackbox_outbox SET state = 1, attempts = ?2, due_ms = ?3, last_error = ?4,"
-                 " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2",
+                 " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2 AND lease = ?7",
     [ST_FAIL] = "UPDATE ackbox_outbox SET state = 2, attempts = ?2, last_error = ?4,"
-                " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2",
-    [ST_RELEASE] = "UPDATE ackbox_outbox SET due_ms = ?3 WHERE id = ?1 AND state < 2",
+                " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2 AND lease = ?7",
+    [ST_RELEASE] = "UPDATE ackbox_outbox SET due_ms = ?3 WHERE id = ?1 AND state < 2"
+                   " AND lease = ?7",
     [ST_PENDING_ANY] = "SELECT 1 FROM ackbox_outbox WHERE state < 2 LIMIT 1",
 };
 
@@ -423,7 +427,7 @@ static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
 	row->payload_len = (size_t)sqlite3_column_bytes(s, 11);
 	row->last_error = (const char *)sqlite3_column_text(s, 12);
 	row->last_code = sqlite3_column_int(s, 13);
-	row->lease = (uint64_t)sqlite3_column_int64(s, 0);
+	row->lease = (uint64_t)sqlite3_column_int64(s, 14);
 }
 
 static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
@@ -451,7 +455,8 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
 		ackbox_store_row row;
 		read_row(s, &row);
-		c->seqs[n++] = (int64_t)row.lease;
+		row.lease++; /* the lease this claim takes (the UPDATE below) */
+		c->seqs[n++] = sqlite3_column_int64(s, 0);
 		stop = cb(&row, opaque);
 	}
 	sqlite3_reset(s);
@@ -495,6 +500,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		default: continue;
 		}
 		sqlite3_bind_blob(s, 1, ch[i].id.b, 16, SQLITE_STATIC);
+		sqlite3_bind_int64(s, 7, (sqlite3_int64)ch[i].lease);
 		if (ch[i].kind == ACKBOX_CHANGE_RETRY || ch[i].kind == ACKBOX_CHANGE_FAIL) {
 			sqlite3_bind_int(s, 2, ch[i].attempts);
 			sqlite3_bind_text(s, 4, ch[i].last_error, -1, SQLITE_STATIC);
