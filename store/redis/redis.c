@@ -1,0 +1,1321 @@
+/*
+ * redis.c - the Redis store (redis://): a hash per message and sorted sets
+ * that answer "what is due" in O(log n); every change is one Lua script, so
+ * it is atomic. Durable only when the server fsyncs its AOF on every write
+ * (appendonly yes, appendfsync always), which open checks. docs/stores/redis.md
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <hiredis/hiredis.h>
+
+#include <ackbox/store.h>
+
+
+#define SCHEMA_NAME "ackbox-outbox"
+#define SCHEMA_VERSION 1
+#define PAGE 64        /* rows per list page */
+#define SWEEP 1000     /* ids per recover/requeue/purge script call */
+
+/*
+ * The layout, every key under the hash tag {P} (P = ?prefix=, default
+ * "ackbox") so that one outbox lives in one cluster slot:
+ *
+ *   {P}:meta      hash: schema, version
+ *   {P}:m:<id>    hash per message: state attempts created updated due topic
+ *                 key ct headers payload last_error last_code lease
+ *   {P}:due       zset of SENDING/RETRYING ids by due_ms    (claim, recover, has_pending)
+ *   {P}:created   zset of SENDING/RETRYING ids by created_ms (oldest pending)
+ *   {P}:s0 :s1 :s2  zsets, score 0, of ids per state: lexicographic = id order
+ *                 (list by state; counts by ZCARD)
+ *   {P}:all       zset, score 0, of every id (list all)
+ *   {P}:failed    zset of FAILED ids by updated_ms (purge by age)
+ *
+ * Ids are the canonical text form: time-ordered, so lexicographic order is
+ * id order. The lease is a per-message counter that every claim increments;
+ * a change whose lease differs from the stored one is skipped (fencing).
+ */
+enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_COUNT };
+static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",
+                                                "s1",   "s2",  "all",     "failed"};
+
+/* The fields of a row, in the order every script and HMGET returns them. */
+enum { F_STATE, F_ATTEMPTS, F_CREATED, F_UPDATED, F_DUE, F_TOPIC, F_KEY, F_CT, F_HEADERS,
+       F_PAYLOAD, F_LAST_ERROR, F_LAST_CODE, F_LEASE, F_COUNT };
+static const char *const field_name[F_COUNT] = {
+    "state", "attempts", "created", "updated", "due", "topic", "key",
+    "ct",    "headers",  "payload", "last_error", "last_code", "lease"};
+
+#define LUA_PRELUDE                                                                                \
+	"local MP = ARGV[1]\n"                                                                     \
+	"local K_DUE, K_CREATED, K_ALL, K_FAILED = KEYS[2], KEYS[3], KEYS[7], KEYS[8]\n"          \
+	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
+	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
+	"'payload','last_error','last_code','lease'}\n"
+
+/* Creates the meta hash, or reads it; refuses keys of another type. */
+static const char lua_open[] =
+    "local t = redis.call('TYPE', KEYS[1])['ok']\n"
+    "if t == 'hash' then\n"
+    "  local m = redis.call('HMGET', KEYS[1], 'schema', 'version')\n"
+    "  return {m[1] or '', m[2] or ''}\n"
+    "elseif t ~= 'none' then return {'!type', KEYS[1], t} end\n"
+    "for i = 2, #KEYS do\n"
+    "  local u = redis.call('TYPE', KEYS[i])['ok']\n"
+    "  if u ~= 'none' then return {'!type', KEYS[i], u} end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'schema', ARGV[2], 'version', ARGV[3])\n"
+    "return {ARGV[2], ARGV[3]}\n";
+
+/* ARGV: MP, n, then per record: id created due topic flags key ct headers payload.
+ * Checks every id first, so a batch is stored whole or not at all. */
+static const char lua_insert[] = LUA_PRELUDE
+    "local n = tonumber(ARGV[2])\n"
+    "local seen = {}\n"
+    "for i = 0, n - 1 do\n"
+    "  local id = ARGV[3 + i * 9]\n"
+    "  if seen[id] or redis.call('EXISTS', MP .. id) == 1 then\n"
+    "    return redis.error_reply('DUPLICATE message ' .. id .. ' is already stored')\n"
+    "  end\n"
+    "  seen[id] = true\n"
+    "end\n"
+    "for i = 0, n - 1 do\n"
+    "  local b = 3 + i * 9\n"
+    "  local id, created, due, flags = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]\n"
+    "  local h = {'state', '0', 'attempts', '0', 'created', created, 'updated', created,\n"
+    "             'due', due, 'topic', ARGV[b + 3], 'payload', ARGV[b + 8],\n"
+    "             'last_code', '0', 'lease', '0'}\n"
+    "  if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = ARGV[b + 5] end\n"
+    "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
+    "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
+    "  redis.call('HSET', MP .. id, unpack(h))\n"
+    "  redis.call('ZADD', K_DUE, due, id)\n"
+    "  redis.call('ZADD', K_CREATED, created, id)\n"
+    "  redis.call('ZADD', SK(0), 0, id)\n"
+    "  redis.call('ZADD', K_ALL, 0, id)\n"
+    "end\n"
+    "return n\n";
+
+/* ARGV: MP, now, lease_until, limit. Returns id, fields, id, fields, ... */
+static const char lua_claim[] = LUA_PRELUDE
+    "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', ARGV[2],\n"
+    "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
+    "local out = {}\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local k = MP .. id\n"
+    "  if redis.call('EXISTS', k) == 1 then\n"
+    "    redis.call('HINCRBY', k, 'lease', 1)\n"
+    "    redis.call('HSET', k, 'due', ARGV[3])\n"
+    "    redis.call('ZADD', K_DUE, ARGV[3], id)\n"
+    "    out[#out + 1] = id\n"
+    "    out[#out + 1] = redis.call('HMGET', k, unpack(F))\n"
+    "  else\n"
+    "    redis.call('ZREM', K_DUE, id)\n"
+    "    redis.call('ZREM', K_CREATED, id)\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* ARGV: MP, now, n, then per change: kind id lease attempts due has_error error code.
+ * A change applies only if the row exists and carries the same lease. */
+static const char lua_apply[] = LUA_PRELUDE
+    "local now, n, done = ARGV[2], tonumber(ARGV[3]), 0\n"
+    "for i = 0, n - 1 do\n"
+    "  local b = 4 + i * 8\n"
+    "  local kind, id = ARGV[b], ARGV[b + 1]\n"
+    "  local k = MP .. id\n"
+    "  local cur = redis.call('HMGET', k, 'state', 'lease')\n"
+    "  local st = cur[1]\n"
+    "  if st and cur[2] == ARGV[b + 2] then\n"
+    "    if kind == '1' then\n"
+    "      redis.call('DEL', k)\n"
+    "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "      redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
+    "      redis.call('ZREM', K_FAILED, id)\n"
+    "      done = done + 1\n"
+    "    elseif st ~= '2' and (kind == '2' or kind == '3') then\n"
+    "      local to = (kind == '2') and '1' or '2'\n"
+    "      redis.call('HSET', k, 'state', to, 'attempts', ARGV[b + 3], 'last_code', ARGV[b + 7],\n"
+    "                 'updated', now)\n"
+    "      if ARGV[b + 5] == '1' then redis.call('HSET', k, 'last_error', ARGV[b + 6])\n"
+    "      else redis.call('HDEL', k, 'last_error') end\n"
+    "      if st ~= to then redis.call('ZREM', SK(st), id); redis.call('ZADD', SK(to), 0, id) end\n"
+    "      if kind == '2' then\n"
+    "        redis.call('HSET', k, 'due', ARGV[b + 4])\n"
+    "        redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
+    "      else\n"
+    "        redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "        redis.call('ZADD', K_FAILED, now, id)\n"
+    "      end\n"
+    "      done = done + 1\n"
+    "    elseif st ~= '2' and kind == '4' then\n"
+    "      redis.call('HSET', k, 'due', ARGV[b + 4])\n"
+    "      redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
+    "      done = done + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return done\n";
+
+/* ARGV: MP, now, max. Leased rows (due later than now) become due now. */
+static const char lua_recover[] = LUA_PRELUDE
+    "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '(' .. ARGV[2], '+inf',\n"
+    "                       'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "for _, id in ipairs(ids) do\n"
+    "  redis.call('HSET', MP .. id, 'due', ARGV[2])\n"
+    "  redis.call('ZADD', K_DUE, ARGV[2], id)\n"
+    "end\n"
+    "return #ids\n";
+
+/* A consistent snapshot: sending, retrying, failed, oldest created (or nil). */
+static const char lua_counts[] = LUA_PRELUDE
+    "local o = redis.call('ZRANGE', K_CREATED, 0, 0, 'WITHSCORES')\n"
+    "return {redis.call('ZCARD', SK(0)), redis.call('ZCARD', SK(1)), redis.call('ZCARD', SK(2)),\n"
+    "        o[2] or false}\n";
+
+/* ARGV: MP, set ('0','1','2' or 'all'), start ('-' or '(id'), count. Returns id, fields, ... */
+static const char lua_page[] = LUA_PRELUDE
+    "local key = (ARGV[2] == 'all') and K_ALL or SK(ARGV[2])\n"
+    "local ids = redis.call('ZRANGEBYLEX', key, ARGV[3], '+', 'LIMIT', 0, tonumber(ARGV[4]))\n"
+    "local out = {}\n"
+    "for _, id in ipairs(ids) do\n"
+    "  out[#out + 1] = id\n"
+    "  out[#out + 1] = redis.call('HMGET', MP .. id, unpack(F))\n"
+    "end\n"
+    "return out\n";
+
+/* ARGV: MP, now, mode ('ids' or 'all'), max, ids... Returns {requeued, looked at}. */
+static const char lua_requeue[] = LUA_PRELUDE
+    "local ids = {}\n"
+    "if ARGV[3] == 'all' then ids = redis.call('ZRANGE', SK(2), 0, tonumber(ARGV[4]) - 1)\n"
+    "else for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end end\n"
+    "local n = 0\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local k = MP .. id\n"
+    "  local cur = redis.call('HMGET', k, 'state', 'created')\n"
+    "  if cur[1] == '2' then\n"
+    "    redis.call('HSET', k, 'state', '1', 'attempts', '0', 'due', ARGV[2], 'updated', ARGV[2])\n"
+    "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_FAILED, id)\n"
+    "    redis.call('ZADD', SK(1), 0, id)\n"
+    "    redis.call('ZADD', K_DUE, ARGV[2], id)\n"
+    "    redis.call('ZADD', K_CREATED, cur[2], id)\n"
+    "    n = n + 1\n"
+    "  elseif ARGV[3] == 'all' then\n"
+    "    redis.call('ZREM', SK(2), id)\n"
+    "  end\n"
+    "end\n"
+    "return {n, #ids}\n";
+
+/* ARGV: MP, older_than, max. Returns {deleted, looked at}. */
+static const char lua_purge[] = LUA_PRELUDE
+    "local ids = redis.call('ZRANGEBYSCORE', K_FAILED, '-inf', '(' .. ARGV[2],\n"
+    "                       'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "local n = 0\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local k = MP .. id\n"
+    "  redis.call('ZREM', K_FAILED, id)\n"
+    "  if redis.call('HGET', k, 'state') == '2' then\n"
+    "    redis.call('DEL', k)\n"
+    "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_ALL, id)\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return {n, #ids}\n";
+
+enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
+       SC_PURGE, SC_COUNT };
+static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert, lua_claim,
+                                              lua_apply,  lua_recover, lua_counts,
+                                              lua_page,   lua_requeue, lua_purge};
+
+typedef struct rd_ctx {
+	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
+	char *host;
+	int port;
+	int db;
+	char *user;             /* NULL: AUTH with the password only */
+	char *password;         /* NULL: no AUTH */
+	char *keys[K_COUNT];    /* "{P}:due", ... */
+	char *msg_prefix;       /* "{P}:m:" */
+	char where[512];        /* "redis 127.0.0.1:6379/0 prefix 'ackbox'" for messages */
+	struct timeval connect_tv, cmd_tv;
+	int64_t cmd_ms;
+	char sha[SC_COUNT][41];
+	const ackbox_conf *conf; /* for logging; outlives the store (the handle owns it) */
+} rd_ctx;
+
+static const ackbox_prop rd_props[] = {
+	{"connect_timeout", ACKBOX_PROP_DURATION, "5s", 1, 600000, NULL,
+	 "How long to wait for the TCP connection, AUTH and SELECT when (re)connecting."},
+	{"timeout", ACKBOX_PROP_DURATION, "30s", 1, 3600000, NULL,
+	 "How long to wait for one reply; then the call fails and the connection is dropped."},
+	{"require_fsync", ACKBOX_PROP_BOOL, "false", 0, 0, NULL,
+	 "Refuse to open unless the server has appendonly yes and appendfsync always "
+	 "(read with CONFIG GET)."},
+	{NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+/* ------------------------------------------------------------------ */
+/* Argument vectors                                                     */
+/* ------------------------------------------------------------------ */
+
+/* An argv for redisCommandArgv. Numbers are formatted into slots sized up
+ * front, so their pointers stay valid until the command is sent. */
+typedef struct args {
+	const char **v;
+	size_t *len;
+	size_t n, cap;
+	char (*num)[24];
+	size_t nnum, capnum;
+} args;
+
+static int args_init(args *a, size_t cap, size_t capnum)
+{
+	memset(a, 0, sizeof(*a));
+	a->v = malloc(cap * sizeof(*a->v));
+	a->len = malloc(cap * sizeof(*a->len));
+	a->num = malloc((capnum ? capnum : 1) * sizeof(*a->num));
+	a->cap = cap;
+	a->capnum = capnum;
+	if (!a->v || !a->len || !a->num) {
+		free(a->v);
+		free(a->len);
+		free(a->num);
+		return ACKBOX_ERR_NOMEM;
+	}
+	return 0;
+}
+
+static void args_fini(args *a)
+{
+	free(a->v);
+	free(a->len);
+	free(a->num);
+}
+
+static void args_bin(args *a, const void *p, size_t len)
+{
+	/* sized by the caller: overflowing is a bug, not a runtime condition */
+	if (a->n >= a->cap)
+		abort();
+	a->v[a->n] = len ? p : "";
+	a->len[a->n++] = len;
+}
+
+static void args_str(args *a, const char *s)
+{
+	args_bin(a, s, strlen(s));
+}
+
+static void args_i64(args *a, int64_t x)
+{
+	if (a->nnum >= a->capnum)
+		abort();
+	snprintf(a->num[a->nnum], sizeof(a->num[0]), "%" PRId64, x);
+	args_str(a, a->num[a->nnum++]);
+}
+
+static void args_u64(args *a, uint64_t x)
+{
+	if (a->nnum >= a->capnum)
+		abort();
+	snprintf(a->num[a->nnum], sizeof(a->num[0]), "%" PRIu64, x);
+	args_str(a, a->num[a->nnum++]);
+}
+
+/* EVALSHA <sha> 8 <keys> <MP>: the head every script call starts with. */
+static void args_script(rd_ctx *c, args *a, int which)
+{
+	args_str(a, "EVALSHA");
+	args_str(a, c->sha[which]);
+	args_str(a, "8");
+	for (int k = 0; k < K_COUNT; k++)
+		args_str(a, c->keys[k]);
+	args_str(a, c->msg_prefix);
+}
+#define SCRIPT_HEAD (3 + K_COUNT + 1)
+
+/* ------------------------------------------------------------------ */
+/* Connection and errors                                                */
+/* ------------------------------------------------------------------ */
+
+static int starts(const char *s, const char *p)
+{
+	return s && strncmp(s, p, strlen(p)) == 0;
+}
+
+/* A connection-level failure: the context is unusable afterwards, so it is
+ * dropped and the next call reconnects. */
+static int io_error(rd_ctx *c, const char *what, char *errstr, size_t errstr_size)
+{
+	const char *msg = c->rc ? c->rc->errstr : "not connected";
+	if (c->rc && c->rc->err == REDIS_ERR_IO &&
+	    (strstr(msg, "temporarily unavailable") || strstr(msg, "timed out")))
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: %s failed: no reply within %" PRId64 " ms (redis.timeout); "
+		                  "the connection was dropped",
+		                  c->where, what, c->cmd_ms);
+	else
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: %s failed: connection lost (%s); it may or may not have been "
+		                  "applied",
+		                  c->where, what, msg);
+	if (c->rc) {
+		redisFree(c->rc);
+		c->rc = NULL;
+	}
+	return ACKBOX_ERR_STORE;
+}
+
+/* An error reply from the server, mapped to an ackbox code with a hint. */
+static int reply_error(rd_ctx *c, const redisReply *r, const char *what, char *errstr,
+                       size_t errstr_size)
+{
+	const char *m = r->str ? r->str : "";
+	const char *hint = "";
+	int code = ACKBOX_ERR_STORE;
+	if (starts(m, "OOM")) {
+		code = ACKBOX_ERR_STORE_FULL;
+		hint = " (redis reached maxmemory: give it more memory; ackbox needs "
+		       "maxmemory-policy noeviction)";
+	} else if (starts(m, "MISCONF") && strstr(m, "No space")) {
+		code = ACKBOX_ERR_STORE_FULL;
+		hint = " (the redis server's disk is full)";
+	} else if (starts(m, "MISCONF")) {
+		hint = " (redis cannot write its persistence files: check its disk and log)";
+	} else if (starts(m, "READONLY")) {
+		code = ACKBOX_ERR_STORE_READONLY;
+		hint = " (this server is a read-only replica: point store.url at the primary)";
+	} else if (starts(m, "WRONGTYPE")) {
+		code = ACKBOX_ERR_STORE_SCHEMA;
+		hint = " (a key under this prefix is not ackbox's: choose another ?prefix=)";
+	} else if (starts(m, "NOAUTH") || starts(m, "WRONGPASS")) {
+		hint = " (give user:password or :password in store.url)";
+	} else if (starts(m, "NOPERM")) {
+		hint = " (the ACL user needs EVAL, EVALSHA, SCRIPT, CONFIG GET and the hash and "
+		       "sorted-set commands on the keys of this prefix)";
+	} else if (starts(m, "LOADING")) {
+		hint = " (redis is still loading its data after a restart)";
+	} else if (starts(m, "BUSY")) {
+		hint = " (a long-running script blocks the server)";
+	}
+	ackbox_errstr_set(errstr, errstr_size, "%s: %s failed: %s%s", c->where, what, m, hint);
+	return code;
+}
+
+/* Runs one command; on success *out is a non-error reply the caller frees. */
+static int command(rd_ctx *c, args *a, const char *what, redisReply **out, char *errstr,
+                   size_t errstr_size)
+{
+	redisReply *r = redisCommandArgv(c->rc, (int)a->n, a->v, a->len);
+	*out = NULL;
+	if (!r)
+		return io_error(c, what, errstr, errstr_size);
+	if (r->type == REDIS_REPLY_ERROR) {
+		int rc = reply_error(c, r, what, errstr, errstr_size);
+		freeReplyObject(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
+}
+
+/* EVALSHA, and EVAL once if the server forgot the script (a restart or
+ * SCRIPT FLUSH): the script is then cached again. a starts with args_script. */
+static int run_script(rd_ctx *c, args *a, int which, const char *what, redisReply **out,
+                      char *errstr, size_t errstr_size)
+{
+	redisReply *r = redisCommandArgv(c->rc, (int)a->n, a->v, a->len);
+	*out = NULL;
+	if (r && r->type == REDIS_REPLY_ERROR && starts(r->str, "NOSCRIPT")) {
+		freeReplyObject(r);
+		a->v[0] = "EVAL";
+		a->len[0] = 4;
+		a->v[1] = scripts[which];
+		a->len[1] = strlen(scripts[which]);
+		r = redisCommandArgv(c->rc, (int)a->n, a->v, a->len);
+	}
+	if (!r)
+		return io_error(c, what, errstr, errstr_size);
+	if (r->type == REDIS_REPLY_ERROR) {
+		int rc = reply_error(c, r, what, errstr, errstr_size);
+		freeReplyObject(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
+}
+
+/* A simple command from NUL-terminated words. */
+static int simple(rd_ctx *c, const char *what, redisReply **out, char *errstr,
+                  size_t errstr_size, int argc, const char **argv)
+{
+	args a;
+	int rc = args_init(&a, (size_t)argc, 0);
+	if (rc)
+		return rc;
+	for (int i = 0; i < argc; i++)
+		args_str(&a, argv[i]);
+	rc = command(c, &a, what, out, errstr, errstr_size);
+	args_fini(&a);
+	return rc;
+}
+
+static int connect_now(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	redisReply *r;
+	int rc;
+	c->rc = redisConnectWithTimeout(c->host, c->port, c->connect_tv);
+	if (!c->rc)
+		return ACKBOX_ERR_NOMEM;
+	if (c->rc->err) {
+		ackbox_errstr_set(errstr, errstr_size, "cannot connect to redis at %s:%d: %s", c->host,
+		                  c->port, c->rc->errstr);
+		redisFree(c->rc);
+		c->rc = NULL;
+		return ACKBOX_ERR_STORE;
+	}
+	redisSetTimeout(c->rc, c->connect_tv);
+	redisEnableKeepAlive(c->rc);
+	if (c->password) {
+		const char *av[3] = {"AUTH", c->user ? c->user : c->password, c->password};
+		rc = simple(c, "AUTH", &r, errstr, errstr_size, c->user ? 3 : 2, av);
+		if (rc)
+			goto fail;
+		freeReplyObject(r);
+	}
+	if (c->db) {
+		char db[16];
+		const char *av[2] = {"SELECT", db};
+		snprintf(db, sizeof(db), "%d", c->db);
+		rc = simple(c, "SELECT", &r, errstr, errstr_size, 2, av);
+		if (rc)
+			goto fail;
+		freeReplyObject(r);
+	}
+	redisSetTimeout(c->rc, c->cmd_tv);
+	return 0;
+fail:
+	/* connected but not usable: the next call must not take it as ready */
+	if (c->rc) {
+		redisFree(c->rc);
+		c->rc = NULL;
+	}
+	return rc;
+}
+
+/*
+ * Makes sure there is a usable connection: reconnects after an error, and
+ * when the server closed the socket while we were idle (a restart). Nothing
+ * is unsolicited in RESP2, so a readable idle socket means EOF or an error.
+ * One attempt per call: retrying is the core's business.
+ */
+static int ready(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	if (c->rc) {
+		struct pollfd p = {.fd = c->rc->fd, .events = POLLIN};
+		if (c->rc->err || poll(&p, 1, 0) != 0) {
+			redisFree(c->rc);
+			c->rc = NULL;
+		}
+	}
+	return c->rc ? 0 : connect_now(c, errstr, errstr_size);
+}
+
+/* ------------------------------------------------------------------ */
+/* Rows                                                                 */
+/* ------------------------------------------------------------------ */
+
+static int64_t num(const redisReply *r)
+{
+	if (!r)
+		return 0;
+	if (r->type == REDIS_REPLY_INTEGER)
+		return r->integer;
+	if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+		return strtoll(r->str, NULL, 10);
+	return 0;
+}
+
+static int is_str(const redisReply *r)
+{
+	return r && r->type == REDIS_REPLY_STRING;
+}
+
+/* Fills row from an id and its HMGET fields. 1 if the row is gone, 0 if
+ * filled, ACKBOX_ERR_STORE_CORRUPT (errstr set) for bytes it cannot trust. */
+static int read_row(rd_ctx *c, const redisReply *idr, const redisReply *f, ackbox_store_row *row,
+                    char *errstr, size_t errstr_size)
+{
+	const redisReply *const *e;
+	memset(row, 0, sizeof(*row));
+	if (!is_str(idr) || !f || f->type != REDIS_REPLY_ARRAY || f->elements != F_COUNT) {
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply shape for a row",
+		                  c->where);
+		return ACKBOX_ERR_STORE_CORRUPT;
+	}
+	e = (const redisReply *const *)f->element;
+	if (!is_str(e[F_STATE]))
+		return 1;
+	if (ackbox_id_parse(idr->str, &row->id) != 0 || e[F_STATE]->len != 1 ||
+	    e[F_STATE]->str[0] < '0' || e[F_STATE]->str[0] > '2' || !is_str(e[F_TOPIC])) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: message '%.64s' is damaged (state '%.8s'): not written by "
+		                  "ackbox?",
+		                  c->where, idr->str, e[F_STATE]->str);
+		return ACKBOX_ERR_STORE_CORRUPT;
+	}
+	row->state = (ackbox_state)(e[F_STATE]->str[0] - '0');
+	row->attempts = (int)num(e[F_ATTEMPTS]);
+	row->created_ms = num(e[F_CREATED]);
+	row->updated_ms = num(e[F_UPDATED]);
+	row->due_ms = num(e[F_DUE]);
+	row->topic = e[F_TOPIC]->str;
+	if (is_str(e[F_KEY]) && e[F_KEY]->len) {
+		row->key = e[F_KEY]->str;
+		row->key_len = e[F_KEY]->len;
+	}
+	row->content_type = is_str(e[F_CT]) ? e[F_CT]->str : NULL;
+	if (is_str(e[F_HEADERS]) && e[F_HEADERS]->len) {
+		row->headers = e[F_HEADERS]->str;
+		row->headers_len = e[F_HEADERS]->len;
+	}
+	if (is_str(e[F_PAYLOAD])) {
+		row->payload = e[F_PAYLOAD]->str;
+		row->payload_len = e[F_PAYLOAD]->len;
+	} else {
+		row->payload = "";
+	}
+	row->last_error = is_str(e[F_LAST_ERROR]) ? e[F_LAST_ERROR]->str : NULL;
+	row->last_code = (int)num(e[F_LAST_CODE]);
+	row->lease = is_str(e[F_LEASE]) ? strtoull(e[F_LEASE]->str, NULL, 10) : 0;
+	return 0;
+}
+
+/* Walks an "id, fields, id, fields" reply. Returns rows passed to cb, or an
+ * error; *consumed is the number of pairs looked at, *stop whether cb asked
+ * to stop. A damaged row fails the walk, unless skip_damaged: then it is
+ * logged and skipped, so that one bad hash cannot stop every claim. */
+static int walk_rows(rd_ctx *c, const redisReply *r, ackbox_store_row_cb cb, void *opaque,
+                     int skip_damaged, size_t *consumed, int *stop, char *errstr,
+                     size_t errstr_size)
+{
+	int n = 0;
+	size_t i;
+	*consumed = 0;
+	*stop = 0;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply to a row query", c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	for (i = 0; i < r->elements; i += 2) {
+		ackbox_store_row row;
+		char why[256];
+		int rc = read_row(c, r->element[i], r->element[i + 1], &row,
+		                  skip_damaged ? why : errstr, skip_damaged ? sizeof(why) : errstr_size);
+		if (rc < 0 && skip_damaged) {
+			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis", "claim skips a row: %s", why);
+			continue;
+		}
+		if (rc < 0)
+			return rc;
+		if (rc == 1)
+			continue;
+		n++;
+		if (cb(&row, opaque)) {
+			*stop = 1;
+			i += 2;
+			break;
+		}
+	}
+	*consumed = i / 2;
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                       */
+/* ------------------------------------------------------------------ */
+
+static void rd_close(void *vctx)
+{
+	rd_ctx *c = vctx;
+	if (c->rc)
+		redisFree(c->rc);
+	free(c->host);
+	free(c->user);
+	free(c->password);
+	for (int k = 0; k < K_COUNT; k++)
+		free(c->keys[k]);
+	free(c->msg_prefix);
+	memset(c, 0, sizeof(*c));
+}
+
+static void set_tv(struct timeval *tv, int64_t ms)
+{
+	tv->tv_sec = (time_t)(ms / 1000);
+	tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
+}
+
+static int64_t conf_ms(const ackbox_conf *conf, const char *key, int64_t def)
+{
+	const char *v = ackbox_conf_get(conf, key);
+	int64_t ms = def;
+	if (v && ackbox_parse_duration_ms(v, &ms) != 0)
+		ms = def;
+	return ms;
+}
+
+/* redis://[user:password@]host[:port][/db][?prefix=NAME] */
+static int parse_url(rd_ctx *c, const ackbox_url *url, char *errstr, size_t errstr_size)
+{
+	char prefix[256] = "ackbox";
+	const char *q;
+
+	for (q = url->query; *q;) {
+		size_t kl = strcspn(q, "=&");
+		if (!(kl == 6 && strncmp(q, "prefix", 6) == 0)) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "store.url: unknown parameter '%.*s' (redis:// knows prefix)",
+			                  (int)kl, q);
+			return ACKBOX_ERR_BAD_URL;
+		}
+		q += strcspn(q, "&");
+		if (*q)
+			q++;
+	}
+	if (ackbox_url_query_get(url, "prefix", prefix, sizeof(prefix)) &&
+	    (!prefix[0] || strlen(prefix) > 100 ||
+	     prefix[strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                           "0123456789_.:-")] != '\0')) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store.url: prefix '%s' must be 1 to 100 of A-Z a-z 0-9 _ . : -",
+		                  prefix);
+		return ACKBOX_ERR_BAD_URL;
+	}
+	if (strchr(url->hosts, ',')) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store.url: one redis server only (got '%s'); ackbox does not speak "
+		                  "the cluster or sentinel protocols",
+		                  url->hosts);
+		return ACKBOX_ERR_BAD_URL;
+	}
+	c->db = 0;
+	if (url->path[0] && strcmp(url->path, "/") != 0) {
+		char *end;
+		long db = strtol(url->path + 1, &end, 10);
+		if (*end || end == url->path + 1 || db < 0 || db > 1000000) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "store.url: the path must be a database number (/0, /1, ...), "
+			                  "not '%s'",
+			                  url->path);
+			return ACKBOX_ERR_BAD_URL;
+		}
+		c->db = (int)db;
+	}
+	if (url->user && !url->password) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store.url: write redis://user:password@host or "
+		                  "redis://:password@host");
+		return ACKBOX_ERR_BAD_URL;
+	}
+	c->host = strdup(url->host[0] ? url->host : "127.0.0.1");
+	c->port = url->port ? url->port : 6379;
+	c->user = url->user && url->user[0] ? strdup(url->user) : NULL;
+	c->password = url->password ? strdup(url->password) : NULL;
+	if (!c->host || (url->password && !c->password) ||
+	    (url->user && url->user[0] && !c->user))
+		return ACKBOX_ERR_NOMEM;
+	for (int k = 0; k < K_COUNT; k++) {
+		if (asprintf(&c->keys[k], "{%s}:%s", prefix, key_suffix[k]) < 0) {
+			c->keys[k] = NULL;
+			return ACKBOX_ERR_NOMEM;
+		}
+	}
+	if (asprintf(&c->msg_prefix, "{%s}:m:", prefix) < 0) {
+		c->msg_prefix = NULL;
+		return ACKBOX_ERR_NOMEM;
+	}
+	snprintf(c->where, sizeof(c->where), "redis %s:%d/%d prefix '%s'", c->host, c->port, c->db,
+	         prefix);
+	return 0;
+}
+
+/* The value of CONFIG GET name into out; 0, or an error (errstr set). */
+static int config_get(rd_ctx *c, const char *name, char *out, size_t out_size, char *errstr,
+                      size_t errstr_size)
+{
+	const char *av[3] = {"CONFIG", "GET", name};
+	redisReply *r;
+	int rc = simple(c, "CONFIG GET", &r, errstr, errstr_size, 3, av);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !is_str(r->element[1])) {
+		ackbox_errstr_set(errstr, errstr_size, "%s: CONFIG GET %s: no such setting", c->where,
+		                  name);
+		freeReplyObject(r);
+		return ACKBOX_ERR_STORE;
+	}
+	snprintf(out, out_size, "%s", r->element[1]->str);
+	freeReplyObject(r);
+	return 0;
+}
+
+/*
+ * An acknowledged insert is only as durable as the server's AOF policy.
+ * Reads appendonly and appendfsync; warns (or, with redis.require_fsync,
+ * refuses) when they do not give what store.sync promises.
+ */
+static int check_durability(rd_ctx *c, const ackbox_conf *conf, ackbox_sync sync, char *errstr,
+                            size_t errstr_size)
+{
+	char aof[32] = "", fsync_policy[32] = "", err[512] = "";
+	const char *req = ackbox_conf_get(conf, "redis.require_fsync");
+	int require = 0, rc;
+	const char *meaning;
+
+	if (req)
+		ackbox_parse_bool(req, &require);
+	rc = config_get(c, "appendonly", aof, sizeof(aof), err, sizeof(err));
+	if (rc == 0)
+		rc = config_get(c, "appendfsync", fsync_policy, sizeof(fsync_policy), err, sizeof(err));
+	if (rc) {
+		if (!c->rc || require) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "%s; redis.require_fsync=true needs CONFIG GET to check "
+			                  "appendonly and appendfsync",
+			                  err);
+			return rc;
+		}
+		ackbox_store_log(conf, ACKBOX_LOG_WARN, "redis",
+		        "cannot check the durability of %s (%s): make sure it runs with appendonly "
+		        "yes and appendfsync always, or acknowledged publishes can be lost",
+		        c->where, err);
+		return 0;
+	}
+	if (strcmp(aof, "yes") == 0 && strcmp(fsync_policy, "always") == 0)
+		return 0;
+	if (strcmp(aof, "yes") != 0)
+		meaning = "publishes are acknowledged before they are written to any file, so a "
+		          "crash or restart of redis loses every message since its last RDB "
+		          "snapshot";
+	else if (strcmp(fsync_policy, "everysec") == 0)
+		meaning = "publishes are acknowledged before they are fsync'd, so a crash of the "
+		          "redis host (power loss, kernel panic) can lose about the last second of "
+		          "acknowledged publishes";
+	else
+		meaning = "publishes are acknowledged before they are fsync'd and the OS flushes "
+		          "when it likes, so a crash of the redis host can lose tens of seconds of "
+		          "acknowledged publishes";
+	if (require) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s has appendonly %s and appendfsync %s: %s; refusing to open "
+		                  "because redis.require_fsync=true (set appendonly yes and "
+		                  "appendfsync always on the server)",
+		                  c->where, aof, fsync_policy, meaning);
+		return ACKBOX_ERR_STORE;
+	}
+	/* store.sync=normal promises less than a power-loss guarantee: an AOF
+	 * with everysec keeps it; store.sync=off promises nothing. */
+	if (sync == ACKBOX_SYNC_FULL || (sync == ACKBOX_SYNC_NORMAL && strcmp(aof, "yes") != 0))
+		ackbox_store_log(conf, ACKBOX_LOG_WARN, "redis",
+		        "%s has appendonly %s and appendfsync %s: %s. Set appendonly yes and "
+		        "appendfsync always on the server, or redis.require_fsync=true to refuse "
+		        "such a server",
+		        c->where, aof, fsync_policy, meaning);
+	return 0;
+}
+
+static int load_scripts(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	for (int i = 0; i < SC_COUNT; i++) {
+		const char *av[3] = {"SCRIPT", "LOAD", scripts[i]};
+		redisReply *r;
+		int rc = simple(c, "SCRIPT LOAD", &r, errstr, errstr_size, 3, av);
+		if (rc)
+			return rc;
+		if (!is_str(r) || r->len != 40) {
+			ackbox_errstr_set(errstr, errstr_size, "%s: SCRIPT LOAD: unexpected reply",
+			                  c->where);
+			freeReplyObject(r);
+			return ACKBOX_ERR_STORE;
+		}
+		memcpy(c->sha[i], r->str, 41);
+		freeReplyObject(r);
+	}
+	return 0;
+}
+
+/* Creates or checks {P}:meta; refuses a foreign layout or a newer version. */
+static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	args a;
+	redisReply *r;
+	char ver[8];
+	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
+	if (rc)
+		return rc;
+	args_script(c, &a, SC_OPEN);
+	args_str(&a, SCHEMA_NAME);
+	snprintf(ver, sizeof(ver), "%d", SCHEMA_VERSION);
+	args_str(&a, ver);
+	rc = run_script(c, &a, SC_OPEN, "checking the schema", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || !is_str(r->element[0]) ||
+	    !is_str(r->element[1])) {
+		rc = ACKBOX_ERR_STORE;
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply checking the schema",
+		                  c->where);
+	} else if (strcmp(r->element[0]->str, "!type") == 0) {
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: key '%s' already holds a %s that ackbox did not write; choose "
+		                  "another ?prefix=",
+		                  c->where, r->element[1]->str,
+		                  r->elements > 2 && is_str(r->element[2]) ? r->element[2]->str : "?");
+	} else if (strcmp(r->element[0]->str, SCHEMA_NAME) != 0) {
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+		ackbox_errstr_set(errstr, errstr_size, "%s: foreign schema '%s' in %s (expected '%s')",
+		                  c->where, r->element[0]->str, c->keys[K_META], SCHEMA_NAME);
+	} else if (atoi(r->element[1]->str) < 1 || atoi(r->element[1]->str) > SCHEMA_VERSION) {
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: schema version %s is not supported by this ackbox (it "
+		                  "understands version %d); upgrade ackbox",
+		                  c->where, r->element[1]->str, SCHEMA_VERSION);
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
+                   char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	int rc = parse_url(c, url, errstr, errstr_size);
+	c->conf = conf;
+	if (rc == 0) {
+		int64_t cto = conf_ms(conf, "redis.connect_timeout", 5000);
+		c->cmd_ms = conf_ms(conf, "redis.timeout", 30000);
+		set_tv(&c->connect_tv, cto);
+		set_tv(&c->cmd_tv, c->cmd_ms);
+		rc = connect_now(c, errstr, errstr_size);
+	}
+	if (rc == 0)
+		rc = check_durability(c, conf, sync, errstr, errstr_size);
+	if (rc == 0)
+		rc = load_scripts(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = check_schema(c, errstr, errstr_size);
+	if (rc)
+		rd_close(c);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* The operations                                                       */
+/* ------------------------------------------------------------------ */
+
+static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
+                     size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char (*ids)[ACKBOX_ID_STRLEN];
+	char(*flags)[4];
+	args a;
+	redisReply *r;
+	int rc;
+
+	if (n == 0)
+		return 0;
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	ids = malloc(n * sizeof(*ids));
+	flags = malloc(n * sizeof(*flags));
+	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 1 + 9 * n, 1 + 2 * n) != 0) {
+		free(ids);
+		free(flags);
+		return ACKBOX_ERR_NOMEM;
+	}
+	args_script(c, &a, SC_INSERT);
+	args_u64(&a, n);
+	for (size_t i = 0; i < n; i++) {
+		const ackbox_store_rec *w = &recs[i];
+		ackbox_id_format(&w->id, ids[i]);
+		flags[i][0] = w->key_len ? '1' : '0';
+		flags[i][1] = w->content_type ? '1' : '0';
+		flags[i][2] = w->headers_len ? '1' : '0';
+		flags[i][3] = '\0';
+		args_str(&a, ids[i]);
+		args_i64(&a, w->created_ms);
+		args_i64(&a, w->due_ms);
+		args_str(&a, w->topic);
+		args_str(&a, flags[i]);
+		args_bin(&a, w->key, w->key_len);
+		args_str(&a, w->content_type ? w->content_type : "");
+		args_bin(&a, w->headers, w->headers_len);
+		args_bin(&a, w->payload, w->payload_len);
+	}
+	rc = run_script(c, &a, SC_INSERT, "insert", &r, errstr, errstr_size);
+	args_fini(&a);
+	free(ids);
+	free(flags);
+	if (rc)
+		return rc;
+	freeReplyObject(r);
+	return 0;
+}
+
+static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char (*ids)[ACKBOX_ID_STRLEN];
+	args a;
+	redisReply *r;
+	int rc;
+
+	if (n == 0)
+		return 0;
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	ids = malloc(n * sizeof(*ids));
+	if (!ids || args_init(&a, SCRIPT_HEAD + 2 + 8 * n, 2 + 5 * n) != 0) {
+		free(ids);
+		return ACKBOX_ERR_NOMEM;
+	}
+	args_script(c, &a, SC_APPLY);
+	args_i64(&a, ackbox_wall_ms());
+	args_u64(&a, n);
+	for (size_t i = 0; i < n; i++) {
+		ackbox_id_format(&ch[i].id, ids[i]);
+		args_i64(&a, ch[i].kind);
+		args_str(&a, ids[i]);
+		args_u64(&a, ch[i].lease);
+		args_i64(&a, ch[i].attempts);
+		args_i64(&a, ch[i].due_ms);
+		args_str(&a, ch[i].last_error ? "1" : "0");
+		args_str(&a, ch[i].last_error ? ch[i].last_error : "");
+		args_i64(&a, ch[i].last_code);
+	}
+	rc = run_script(c, &a, SC_APPLY, "state change", &r, errstr, errstr_size);
+	args_fini(&a);
+	free(ids);
+	if (rc)
+		return rc;
+	freeReplyObject(r);
+	return 0;
+}
+
+/* Rows a claim leased but the callback did not take are given back. */
+static void release_rest(rd_ctx *c, const redisReply *r, size_t from, int64_t now_ms)
+{
+	size_t n = r->elements / 2 - from, k = 0;
+	ackbox_store_change *ch = calloc(n ? n : 1, sizeof(*ch));
+	char err[256];
+	if (!ch)
+		return; /* the lease runs out by itself */
+	for (size_t i = from; i < r->elements / 2; i++) {
+		ackbox_store_row row;
+		if (read_row(c, r->element[2 * i], r->element[2 * i + 1], &row, err, sizeof(err)) != 0)
+			continue;
+		ch[k].kind = ACKBOX_CHANGE_RELEASE;
+		ch[k].id = row.id;
+		ch[k].due_ms = now_ms;
+		ch[k].lease = row.lease;
+		k++;
+	}
+	rd_apply(c, ch, k, err, sizeof(err));
+	free(ch);
+}
+
+static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
+                    ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	args a;
+	redisReply *r;
+	size_t consumed = 0;
+	int rc, stop = 0;
+
+	if (limit == 0)
+		return 0;
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD + 3, 3) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_CLAIM);
+	args_i64(&a, now_ms);
+	args_i64(&a, lease_until_ms);
+	args_u64(&a, limit);
+	rc = run_script(c, &a, SC_CLAIM, "claim", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	rc = walk_rows(c, r, cb, opaque, 1, &consumed, &stop, errstr, errstr_size);
+	if (rc >= 0 && consumed < r->elements / 2)
+		release_rest(c, r, consumed, now_ms);
+	freeReplyObject(r);
+	return rc;
+}
+
+/* Runs a sweeping script (recover, requeue all, purge) until a call looks at
+ * fewer than SWEEP ids, so that no single script blocks the server for long. */
+static int sweep(rd_ctx *c, int which, const char *what, int64_t arg, const char *mode,
+                 char *errstr, size_t errstr_size)
+{
+	int64_t total = 0;
+	for (;;) {
+		args a;
+		redisReply *r;
+		int64_t done, seen;
+		int rc = args_init(&a, SCRIPT_HEAD + 3, 2);
+		if (rc)
+			return rc;
+		args_script(c, &a, which);
+		args_i64(&a, arg);
+		if (mode)
+			args_str(&a, mode);
+		args_u64(&a, SWEEP);
+		rc = run_script(c, &a, which, what, &r, errstr, errstr_size);
+		args_fini(&a);
+		if (rc)
+			return rc;
+		if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+			done = num(r->element[0]);
+			seen = num(r->element[1]);
+		} else {
+			done = seen = num(r);
+		}
+		freeReplyObject(r);
+		total += done;
+		if (seen < SWEEP)
+			break;
+	}
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+static int rd_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	int rc = ready(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = sweep(c, SC_RECOVER, "recovery", now_ms, NULL, errstr, errstr_size);
+	return rc < 0 ? rc : 0;
+}
+
+static int rd_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	args a;
+	redisReply *r;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD, 0) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_COUNTS);
+	rc = run_script(c, &a, SC_COUNTS, "counting", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+		freeReplyObject(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply counting", c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	out->sending = (uint64_t)num(r->element[0]);
+	out->retrying = (uint64_t)num(r->element[1]);
+	out->failed = (uint64_t)num(r->element[2]);
+	/* a sorted-set score: a double, exact for millisecond times */
+	out->oldest_pending_ms = is_str(r->element[3]) ? (int64_t)strtod(r->element[3]->str, NULL)
+	                                               : 0;
+	freeReplyObject(r);
+	return 0;
+}
+
+static int rd_has_pending(void *vctx, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	redisReply *r;
+	const char *av[2] = {"ZCARD", c->keys[K_DUE]};
+	int rc = ready(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = simple(c, "checking for pending rows", &r, errstr, errstr_size, 2, av);
+	if (rc)
+		return rc;
+	rc = num(r) > 0;
+	freeReplyObject(r);
+	return rc;
+}
+
+static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
+                   char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char set[4], start[ACKBOX_ID_STRLEN + 2] = "-";
+	int total = 0, rc;
+
+	if (state > ACKBOX_MSG_FAILED)
+		return 0;
+	snprintf(set, sizeof(set), "%d", state < 0 ? 0 : state);
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	/* Page by id (ZRANGEBYLEX from the last id seen): rows deleted meanwhile
+	 * do not shift the pages. */
+	for (;;) {
+		args a;
+		redisReply *r;
+		size_t want = PAGE, consumed = 0, got;
+		int stop = 0;
+		if (limit && limit - (size_t)total < want)
+			want = limit - (size_t)total;
+		if (args_init(&a, SCRIPT_HEAD + 3, 1) != 0)
+			return ACKBOX_ERR_NOMEM;
+		args_script(c, &a, SC_PAGE);
+		args_str(&a, state < 0 ? "all" : set);
+		args_str(&a, start);
+		args_u64(&a, want);
+		rc = run_script(c, &a, SC_PAGE, "list", &r, errstr, errstr_size);
+		args_fini(&a);
+		if (rc)
+			return rc;
+		rc = walk_rows(c, r, cb, opaque, 0, &consumed, &stop, errstr, errstr_size);
+		got = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
+		if (rc >= 0 && got)
+			snprintf(start, sizeof(start), "(%s", r->element[2 * (got - 1)]->str);
+		freeReplyObject(r);
+		if (rc < 0)
+			return rc;
+		total += rc;
+		if (stop || got < want || (limit && (size_t)total >= limit))
+			break;
+	}
+	return total;
+}
+
+static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
+                  char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char idstr[ACKBOX_ID_STRLEN], *key = NULL;
+	redisReply *r, idr;
+	ackbox_store_row row;
+	args a;
+	int rc;
+
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	ackbox_id_format(id, idstr);
+	if (asprintf(&key, "%s%s", c->msg_prefix, idstr) < 0)
+		return ACKBOX_ERR_NOMEM;
+	if (args_init(&a, 2 + F_COUNT, 0) != 0) {
+		free(key);
+		return ACKBOX_ERR_NOMEM;
+	}
+	args_str(&a, "HMGET");
+	args_str(&a, key);
+	for (int f = 0; f < F_COUNT; f++)
+		args_str(&a, field_name[f]);
+	rc = command(c, &a, "get", &r, errstr, errstr_size);
+	args_fini(&a);
+	free(key);
+	if (rc)
+		return rc;
+	memset(&idr, 0, sizeof(idr));
+	idr.type = REDIS_REPLY_STRING;
+	idr.str = idstr;
+	idr.len = strlen(idstr);
+	rc = read_row(c, &idr, r, &row, errstr, errstr_size);
+	if (rc == 0)
+		cb(&row, opaque);
+	freeReplyObject(r);
+	if (rc == 1) {
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in %s", idstr, c->where);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	return rc;
+}
+
+static int rd_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms, char *errstr,
+                      size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char (*idstr)[ACKBOX_ID_STRLEN];
+	args a;
+	redisReply *r;
+	int rc = ready(c, errstr, errstr_size);
+
+	if (rc)
+		return rc;
+	if (!ids)
+		return sweep(c, SC_REQUEUE, "requeue", now_ms, "all", errstr, errstr_size);
+	if (n == 0)
+		return 0;
+	idstr = malloc(n * sizeof(*idstr));
+	if (!idstr || args_init(&a, SCRIPT_HEAD + 3 + n, 2) != 0) {
+		free(idstr);
+		return ACKBOX_ERR_NOMEM;
+	}
+	args_script(c, &a, SC_REQUEUE);
+	args_i64(&a, now_ms);
+	args_str(&a, "ids");
+	args_u64(&a, n);
+	for (size_t i = 0; i < n; i++) {
+		ackbox_id_format(&ids[i], idstr[i]);
+		args_str(&a, idstr[i]);
+	}
+	rc = run_script(c, &a, SC_REQUEUE, "requeue", &r, errstr, errstr_size);
+	args_fini(&a);
+	free(idstr);
+	if (rc)
+		return rc;
+	rc = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? (int)num(r->element[0]) : 0;
+	freeReplyObject(r);
+	return rc;
+}
+
+static int rd_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	int rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	return sweep(c, SC_PURGE, "purge", older_than_ms, NULL, errstr, errstr_size);
+}
+
+const ackbox_store_ops ackbox_redis_store = {
+	.abi_version = ACKBOX_STORE_ABI_VERSION,
+	.struct_size = sizeof(ackbox_store_ops),
+	.scheme = "redis",
+	.caps = 0,
+	.ctx_size = sizeof(rd_ctx),
+	.props = rd_props,
+	.description = "Redis via hiredis; durable with appendonly yes + appendfsync always",
+	.open = rd_open,
+	.close = rd_close,
+	.insert = rd_insert,
+	.claim = rd_claim,
+	.apply = rd_apply,
+	.recover = rd_recover,
+	.counts = rd_counts,
+	.list = rd_list,
+	.get = rd_get,
+	.requeue = rd_requeue,
+	.purge = rd_purge,
+	.has_pending = rd_has_pending,
+};

@@ -1,0 +1,1382 @@
+/*
+ * store_conformance.c - the contract every store keeps, checked through its
+ * ops table and through the public API with the loopback transport. The
+ * store comes from $ACKBOX_CONFORMANCE_URL, a template expanded per test so
+ * that each test starts from an empty store (docs/stores/conformance.md).
+ */
+#include "testutil.h"
+
+#include <stddef.h>
+
+#include <ackbox/store.h>
+
+#include "ackbox_loopback.h"
+
+/* ------------------------------------------------------------------ */
+/* The store under test: URL template, extra keys, sync mode            */
+/* ------------------------------------------------------------------ */
+
+static char *tmpdir;     /* what {dir} expands to; removed after the test */
+static char url[4096];   /* the template expanded for this test */
+static char scheme[64];  /* of url, for messages */
+
+/* Appends s to out (bounded), failing the test if it does not fit. */
+static void append(char *out, size_t outsz, size_t *len, const char *s, size_t n)
+{
+	cr_assert_lt(*len + n, outsz, "ACKBOX_CONFORMANCE_URL expands to more than %zu bytes",
+	             outsz - 1);
+	memcpy(out + *len, s, n);
+	*len += n;
+	out[*len] = '\0';
+}
+
+/*
+ * Expands {dir} (a fresh empty directory), {unique} (a token no other test
+ * uses: [a-z0-9_], starts with a letter, at most 30 characters),
+ * {fixture:NAME:KEY} (KEY from the fixture's env file) and {env:NAME}.
+ */
+static void expand_template(const char *tmpl, char *out, size_t outsz)
+{
+	size_t len = 0;
+	int isolated = 0;
+	char unique[40];
+
+	snprintf(unique, sizeof(unique), "ackc_%llx_%x", (unsigned long long)ackbox_wall_ms(),
+	         (unsigned)getpid());
+	out[0] = '\0';
+	for (const char *p = tmpl; *p;) {
+		const char *close;
+		char name[256];
+		size_t nl;
+		if (*p != '{') {
+			append(out, outsz, &len, p, 1);
+			p++;
+			continue;
+		}
+		close = strchr(p, '}');
+		cr_assert(close != NULL, "ACKBOX_CONFORMANCE_URL: unterminated '{' in '%s'", tmpl);
+		nl = (size_t)(close - p - 1);
+		cr_assert_lt(nl, sizeof(name), "ACKBOX_CONFORMANCE_URL: placeholder too long");
+		memcpy(name, p + 1, nl);
+		name[nl] = '\0';
+		if (strcmp(name, "dir") == 0) {
+			if (!tmpdir)
+				tmpdir = tu_tmpdir("conformance");
+			append(out, outsz, &len, tmpdir, strlen(tmpdir));
+			isolated = 1;
+		} else if (strcmp(name, "unique") == 0) {
+			append(out, outsz, &len, unique, strlen(unique));
+			isolated = 1;
+		} else if (strncmp(name, "fixture:", 8) == 0) {
+			char *colon = strchr(name + 8, ':');
+			const char *v;
+			cr_assert(colon != NULL, "ACKBOX_CONFORMANCE_URL: write {fixture:NAME:KEY}");
+			*colon = '\0';
+			v = tu_fixture(name + 8, colon + 1);
+			append(out, outsz, &len, v, strlen(v));
+		} else if (strncmp(name, "env:", 4) == 0) {
+			const char *v = getenv(name + 4);
+			cr_assert(v != NULL, "ACKBOX_CONFORMANCE_URL: environment variable %s is not set",
+			          name + 4);
+			append(out, outsz, &len, v, strlen(v));
+		} else {
+			cr_assert_fail("ACKBOX_CONFORMANCE_URL: unknown placeholder {%s} (known: {dir}, "
+			               "{unique}, {fixture:NAME:KEY}, {env:NAME})",
+			               name);
+		}
+		p = close + 1;
+	}
+	cr_assert(isolated,
+	          "ACKBOX_CONFORMANCE_URL '%s' has neither {dir} nor {unique}: every test needs a "
+	          "store of its own",
+	          tmpl);
+}
+
+/* Applies $ACKBOX_CONFORMANCE_CONF ("key=value key=value") to conf. */
+static void apply_extra_conf(ackbox_conf *conf)
+{
+	const char *extra = getenv("ACKBOX_CONFORMANCE_CONF");
+	char buf[2048], *save = NULL;
+	if (!extra || !*extra)
+		return;
+	snprintf(buf, sizeof(buf), "%s", extra);
+	for (char *kv = strtok_r(buf, " ", &save); kv; kv = strtok_r(NULL, " ", &save)) {
+		char *eq = strchr(kv, '=');
+		cr_assert(eq != NULL, "ACKBOX_CONFORMANCE_CONF: '%s' is not key=value", kv);
+		*eq = '\0';
+		TU_SET(conf, kv, eq + 1);
+	}
+}
+
+static ackbox_sync sync_mode(const ackbox_conf *conf)
+{
+	const char *s = ackbox_conf_get(conf, "store.sync");
+	if (s && strcmp(s, "normal") == 0)
+		return ACKBOX_SYNC_NORMAL;
+	if (s && strcmp(s, "off") == 0)
+		return ACKBOX_SYNC_OFF;
+	return ACKBOX_SYNC_FULL;
+}
+
+static void setup(void)
+{
+	const char *tmpl = getenv("ACKBOX_CONFORMANCE_URL");
+	cr_assert(tmpl != NULL && *tmpl,
+	          "ACKBOX_CONFORMANCE_URL is not set: run through ctest, or see "
+	          "docs/stores/conformance.md");
+	expand_template(tmpl, url, sizeof(url));
+	snprintf(scheme, sizeof(scheme), "%.*s", (int)strcspn(url, ":"), url);
+}
+
+static void teardown(void)
+{
+	if (tmpdir) {
+		tu_rmrf(tmpdir);
+		free(tmpdir);
+		tmpdir = NULL;
+	}
+	ackbox_loopback_reset();
+}
+
+/* ------------------------------------------------------------------ */
+/* The ops table, driven directly                                       */
+/* ------------------------------------------------------------------ */
+
+typedef struct store {
+	const ackbox_store_ops *ops;
+	void *ctx;
+	ackbox_conf *conf;
+} store;
+
+static store S;
+
+static void st_open(store *s)
+{
+	ackbox_url u;
+	char err[512] = "";
+	int rc;
+	cr_assert_eq(ackbox_url_parse(url, &u, err, sizeof(err)), 0, "%s", err);
+	s->ops = ackbox_store_lookup(u.scheme);
+	cr_assert(s->ops != NULL, "no store serves scheme '%s' in this build", u.scheme);
+	cr_assert_eq(s->ops->abi_version, ACKBOX_STORE_ABI_VERSION);
+	cr_assert_geq(s->ops->struct_size, offsetof(ackbox_store_ops, purge) + sizeof(void *),
+	              "the store's table lacks required slots");
+	s->conf = ackbox_conf_new();
+	apply_extra_conf(s->conf);
+	s->ctx = calloc(1, s->ops->ctx_size ? s->ops->ctx_size : 1);
+	rc = s->ops->open(s->ctx, &u, s->conf, sync_mode(s->conf), err, sizeof(err));
+	ackbox_url_fini(&u);
+	cr_assert_eq(rc, 0, "open %s: %s (%s)", url, err, ackbox_strerror(rc));
+}
+
+static void st_close(store *s)
+{
+	s->ops->close(s->ctx);
+	free(s->ctx);
+	ackbox_conf_destroy(s->conf);
+	s->ctx = NULL;
+	s->conf = NULL;
+}
+
+static int has_pending_slot(const store *s)
+{
+	return s->ops->struct_size >= offsetof(ackbox_store_ops, has_pending) + sizeof(void *) &&
+	       s->ops->has_pending != NULL;
+}
+
+/* A deep copy of a row, so tests can look at it after the callback. */
+typedef struct crow {
+	ackbox_id id;
+	ackbox_state state;
+	int attempts;
+	int64_t created_ms, updated_ms, due_ms;
+	char *topic;
+	uint8_t *key;
+	size_t key_len;
+	char *content_type;
+	uint8_t *headers;
+	size_t headers_len;
+	uint8_t *payload;
+	size_t payload_len;
+	char *last_error;
+	int last_code;
+	uint64_t lease;
+} crow;
+
+typedef struct crows {
+	crow *v;
+	size_t n, cap;
+	size_t stop_after; /* 0: never stop */
+} crows;
+
+static void *dupbytes(const void *p, size_t n)
+{
+	uint8_t *d = malloc(n + 1);
+	cr_assert(d != NULL);
+	if (n)
+		memcpy(d, p, n);
+	d[n] = 0;
+	return d;
+}
+
+static int collect(const ackbox_store_row *r, void *opaque)
+{
+	crows *c = opaque;
+	crow *w;
+	if (c->n == c->cap) {
+		c->cap = c->cap ? c->cap * 2 : 16;
+		c->v = realloc(c->v, c->cap * sizeof(*c->v));
+		cr_assert(c->v != NULL);
+	}
+	w = &c->v[c->n++];
+	memset(w, 0, sizeof(*w));
+	w->id = r->id;
+	w->state = r->state;
+	w->attempts = r->attempts;
+	w->created_ms = r->created_ms;
+	w->updated_ms = r->updated_ms;
+	w->due_ms = r->due_ms;
+	cr_assert(r->topic != NULL, "a row without a topic");
+	w->topic = strdup(r->topic);
+	w->key = r->key_len ? dupbytes(r->key, r->key_len) : NULL;
+	w->key_len = r->key_len;
+	w->content_type = r->content_type ? strdup(r->content_type) : NULL;
+	w->headers = r->headers_len ? dupbytes(r->headers, r->headers_len) : NULL;
+	w->headers_len = r->headers_len;
+	cr_assert(r->payload_len == 0 || r->payload != NULL);
+	w->payload = dupbytes(r->payload, r->payload_len);
+	w->payload_len = r->payload_len;
+	w->last_error = r->last_error ? strdup(r->last_error) : NULL;
+	w->last_code = r->last_code;
+	w->lease = r->lease;
+	return c->stop_after && c->n >= c->stop_after;
+}
+
+static void crows_free(crows *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		free(c->v[i].topic);
+		free(c->v[i].key);
+		free(c->v[i].content_type);
+		free(c->v[i].headers);
+		free(c->v[i].payload);
+		free(c->v[i].last_error);
+	}
+	free(c->v);
+	memset(c, 0, sizeof(*c));
+}
+
+static int id_eq(const ackbox_id *a, const ackbox_id *b)
+{
+	return memcmp(a, b, sizeof(*a)) == 0;
+}
+
+static const char *idstr(const ackbox_id *id)
+{
+	static char buf[4][ACKBOX_ID_STRLEN];
+	static int k;
+	k = (k + 1) % 4;
+	ackbox_id_format(id, buf[k]);
+	return buf[k];
+}
+
+/* Wrappers that fail the test with the store's errstr. */
+static void s_insert(const ackbox_store_rec *recs, size_t n)
+{
+	char err[512] = "";
+	int rc = S.ops->insert(S.ctx, recs, n, err, sizeof(err));
+	cr_assert_eq(rc, 0, "insert of %zu: %s (%s)", n, err, ackbox_strerror(rc));
+}
+
+static int s_claim(int64_t now, int64_t until, size_t limit, crows *out)
+{
+	char err[512] = "";
+	crows tmp = {0};
+	size_t before = out ? out->n : 0;
+	int rc = S.ops->claim(S.ctx, now, until, limit, collect, out ? out : &tmp, err, sizeof(err));
+	cr_assert_geq(rc, 0, "claim: %s (%s)", err, ackbox_strerror(rc));
+	cr_assert_eq((size_t)rc, out ? out->n - before : tmp.n,
+	             "claim returns the number of rows handed over");
+	cr_assert_leq((size_t)rc, limit, "claim respects the limit");
+	crows_free(&tmp);
+	return rc;
+}
+
+static void s_apply(const ackbox_store_change *ch, size_t n)
+{
+	char err[512] = "";
+	int rc = S.ops->apply(S.ctx, ch, n, err, sizeof(err));
+	cr_assert_eq(rc, 0, "apply of %zu change(s): %s (%s)", n, err, ackbox_strerror(rc));
+}
+
+static ackbox_counts s_counts(void)
+{
+	ackbox_counts c;
+	char err[512] = "";
+	int rc = S.ops->counts(S.ctx, &c, err, sizeof(err));
+	cr_assert_eq(rc, 0, "counts: %s (%s)", err, ackbox_strerror(rc));
+	return c;
+}
+
+static int s_list(int state, size_t limit, crows *out)
+{
+	char err[512] = "";
+	int rc = S.ops->list(S.ctx, state, limit, collect, out, err, sizeof(err));
+	cr_assert_geq(rc, 0, "list: %s (%s)", err, ackbox_strerror(rc));
+	return rc;
+}
+
+/* The row id, or a failed test if it is absent. */
+static crow s_get(const ackbox_id *id, crows *keep)
+{
+	char err[512] = "";
+	int rc = S.ops->get(S.ctx, id, collect, keep, err, sizeof(err));
+	cr_assert_eq(rc, 0, "get %s: %s (%s)", idstr(id), err, ackbox_strerror(rc));
+	cr_assert_geq(keep->n, 1, "get called back no row");
+	return keep->v[keep->n - 1];
+}
+
+static int s_exists(const ackbox_id *id)
+{
+	char err[512] = "";
+	crows c = {0};
+	int rc = S.ops->get(S.ctx, id, collect, &c, err, sizeof(err));
+	crows_free(&c);
+	cr_assert(rc == 0 || rc == ACKBOX_ERR_NOT_FOUND, "get %s: %s (%s)", idstr(id), err,
+	          ackbox_strerror(rc));
+	return rc == 0;
+}
+
+static int s_has_pending(void)
+{
+	char err[512] = "";
+	int rc = S.ops->has_pending(S.ctx, err, sizeof(err));
+	cr_assert_geq(rc, 0, "has_pending: %s (%s)", err, ackbox_strerror(rc));
+	cr_assert(rc == 0 || rc == 1, "has_pending returns 0 or 1, not %d", rc);
+	return rc;
+}
+
+/* A plain record: small payload naming its index. Strings are static per index. */
+static ackbox_id ids[64];
+static char payloads[64][32];
+
+static ackbox_store_rec rec(int i, int64_t created, int64_t due)
+{
+	ackbox_store_rec r;
+	memset(&r, 0, sizeof(r));
+	ackbox_id_new(&ids[i]);
+	snprintf(payloads[i], sizeof(payloads[i]), "payload-%d", i);
+	r.id = ids[i];
+	r.created_ms = created;
+	r.due_ms = due;
+	r.topic = "orders";
+	r.payload = payloads[i];
+	r.payload_len = strlen(payloads[i]);
+	return r;
+}
+
+/* Inserts n plain rows in one transaction: ids[0..n-1], all due at `due`. */
+static void insert_plain(int n, int64_t created, int64_t due)
+{
+	ackbox_store_rec recs[64];
+	cr_assert_leq(n, 64);
+	for (int i = 0; i < n; i++)
+		recs[i] = rec(i, created + i, due);
+	s_insert(recs, (size_t)n);
+}
+
+static ackbox_store_change change(ackbox_change_kind kind, const ackbox_id *id, uint64_t lease)
+{
+	ackbox_store_change c;
+	memset(&c, 0, sizeof(c));
+	c.kind = kind;
+	c.id = *id;
+	c.lease = lease;
+	return c;
+}
+
+/* The lease a claim handed out for id, from the rows it returned. */
+static uint64_t lease_of(const crows *c, const ackbox_id *id)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (id_eq(&c->v[i].id, id))
+			return c->v[i].lease;
+	cr_assert_fail("claim did not return %s", idstr(id));
+	return 0;
+}
+
+static void store_setup(void)
+{
+	ackbox_counts c;
+	setup();
+	st_open(&S);
+	c = s_counts();
+	cr_assert(c.sending == 0 && c.retrying == 0 && c.failed == 0,
+	          "the store at %s is not empty at the start of the test: the URL template does "
+	          "not isolate tests",
+	          url);
+}
+
+static void store_teardown(void)
+{
+	if (S.ctx)
+		st_close(&S);
+	teardown();
+}
+
+TestSuite(store, .init = store_setup, .fini = store_teardown, .timeout = 120);
+
+/* Criterion does not run .fini after a skip: clean up first (idempotent). */
+#define SKIP(...)                                                                                  \
+	do {                                                                                       \
+		store_teardown();                                                                  \
+		cr_skip_test(__VA_ARGS__);                                                         \
+	} while (0)
+
+Test(store, insert_batch_in_one_transaction_then_counts)
+{
+	enum { N = 250 };
+	static ackbox_store_rec recs[N];
+	static ackbox_id many[N];
+	static char texts[N][24];
+	int64_t base = ackbox_wall_ms();
+	crows all = {0};
+
+	for (int i = 0; i < N; i++) {
+		memset(&recs[i], 0, sizeof(recs[i]));
+		ackbox_id_new(&many[i]);
+		snprintf(texts[i], sizeof(texts[i]), "m%d", i);
+		recs[i].id = many[i];
+		recs[i].created_ms = base - 1000 + i;
+		recs[i].due_ms = base;
+		recs[i].topic = "orders";
+		recs[i].payload = texts[i];
+		recs[i].payload_len = strlen(texts[i]);
+	}
+	s_insert(recs, N);
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.sending, N);
+	cr_assert_eq(c.retrying, 0);
+	cr_assert_eq(c.failed, 0);
+	cr_assert_eq(c.oldest_pending_ms, base - 1000, "oldest_pending_ms is the oldest created_ms");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 1);
+	cr_assert_eq(s_list(-1, 0, &all), N);
+	for (int i = 0; i < N; i++) {
+		cr_assert(id_eq(&all.v[i].id, &many[i]), "row %d out of id order", i);
+		cr_assert_eq(all.v[i].state, ACKBOX_MSG_SENDING);
+		cr_assert_eq(all.v[i].attempts, 0);
+		cr_assert_eq(all.v[i].created_ms, base - 1000 + i);
+		cr_assert_eq(all.v[i].due_ms, base);
+	}
+	crows_free(&all);
+}
+
+Test(store, insert_is_all_or_nothing)
+{
+	char err[512] = "";
+	ackbox_store_rec recs[2];
+	int64_t now = ackbox_wall_ms();
+	int rc;
+
+	insert_plain(1, now, now);
+	recs[0] = rec(1, now, now);
+	recs[1] = rec(2, now, now);
+	recs[1].id = ids[0]; /* already stored: this batch cannot commit */
+	rc = S.ops->insert(S.ctx, recs, 2, err, sizeof(err));
+	cr_assert_lt(rc, 0, "a batch holding a stored id must fail as a whole");
+	cr_assert(err[0], "the failed insert says why");
+	cr_assert_eq(s_counts().sending, 1);
+	cr_assert_not(s_exists(&ids[1]), "nothing of the failed batch was stored");
+}
+
+Test(store, claim_returns_due_rows_oldest_due_first_up_to_limit)
+{
+	int64_t now = ackbox_wall_ms();
+	const int64_t due[6] = {now + 5000, now - 100, now - 300, now, now - 200, now + 1};
+	ackbox_store_rec recs[6];
+	crows a = {0}, b = {0};
+
+	for (int i = 0; i < 6; i++)
+		recs[i] = rec(i, now - 1000, due[i]);
+	s_insert(recs, 6);
+	cr_assert_eq(s_claim(now, now + 60000, 2, &a), 2);
+	cr_assert(id_eq(&a.v[0].id, &ids[2]) && id_eq(&a.v[1].id, &ids[4]),
+	          "the two oldest-due rows come first: got %s, %s", idstr(&a.v[0].id),
+	          idstr(&a.v[1].id));
+	cr_assert_eq(a.v[0].state, ACKBOX_MSG_SENDING);
+	cr_assert_eq(a.v[0].payload_len, strlen(payloads[2]));
+	cr_assert_eq(memcmp(a.v[0].payload, payloads[2], a.v[0].payload_len), 0);
+	cr_assert_str_eq(a.v[0].topic, "orders");
+	cr_assert_eq(s_claim(now, now + 60000, 10, &b), 2, "rows due later than now stay");
+	cr_assert(id_eq(&b.v[0].id, &ids[1]) && id_eq(&b.v[1].id, &ids[3]),
+	          "then the next due, in due order");
+	cr_assert_eq(s_claim(now, now + 60000, 10, NULL), 0, "everything due is leased now");
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, claim_lease_hides_rows_until_it_runs_out)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+
+	insert_plain(3, now - 10, now);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &a), 3);
+	for (size_t i = 0; i < a.n; i++)
+		cr_assert_neq(a.v[i].lease, 0, "a claimed row carries a non-zero lease");
+	cr_assert_eq(s_claim(now, now + 1000, 10, NULL), 0, "leased: no second claimer");
+	cr_assert_eq(s_claim(now + 999, now + 2000, 10, NULL), 0, "still leased 1 ms before");
+	cr_assert_eq(s_claim(now + 1000, now + 2000, 10, NULL), 3, "due again when the lease ends");
+	cr_assert_eq(s_claim(now + 1500, now + 3000, 10, NULL), 0, "and leased again");
+	crows_free(&a);
+}
+
+Test(store, apply_delete_removes_the_row)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+	ackbox_store_change ch;
+
+	insert_plain(2, now, now);
+	s_claim(now, now + 1000, 10, &a);
+	ch = change(ACKBOX_CHANGE_DELETE, &ids[0], lease_of(&a, &ids[0]));
+	s_apply(&ch, 1);
+	cr_assert_not(s_exists(&ids[0]));
+	cr_assert(s_exists(&ids[1]));
+	cr_assert_eq(s_counts().sending, 1);
+	crows_free(&a);
+}
+
+Test(store, apply_retry_sets_attempts_due_and_reason)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, g = {0}, b = {0};
+	ackbox_store_change ch;
+	crow r;
+
+	insert_plain(1, now - 5, now);
+	s_claim(now, now + 1000, 10, &a);
+	ch = change(ACKBOX_CHANGE_RETRY, &ids[0], lease_of(&a, &ids[0]));
+	ch.attempts = 2;
+	ch.due_ms = now + 500;
+	ch.last_error = "nack: rejected by the broker";
+	ch.last_code = 406;
+	int64_t before = ackbox_wall_ms();
+	s_apply(&ch, 1);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(r.attempts, 2);
+	cr_assert_eq(r.due_ms, now + 500);
+	cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "nack: rejected by the broker");
+	cr_assert_eq(r.last_code, 406);
+	cr_assert_geq(r.updated_ms, before - 1000, "updated_ms is the time of the change");
+	cr_assert_eq(r.created_ms, now - 5, "created_ms never changes");
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.retrying, 1);
+	cr_assert_eq(c.sending, 0);
+	cr_assert_eq(s_claim(now + 499, now + 2000, 10, NULL), 0, "not due before due_ms");
+	cr_assert_eq(s_claim(now + 500, now + 2000, 10, &b), 1, "due at due_ms");
+	cr_assert_eq(b.v[0].state, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(b.v[0].attempts, 2);
+	crows_free(&a);
+	crows_free(&b);
+	crows_free(&g);
+}
+
+Test(store, apply_fail_is_final)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, g = {0};
+	ackbox_store_change ch;
+	crow r;
+
+	insert_plain(1, now, now);
+	s_claim(now, now + 1000, 10, &a);
+	ch = change(ACKBOX_CHANGE_FAIL, &ids[0], lease_of(&a, &ids[0]));
+	ch.attempts = 3;
+	ch.last_error = "max attempts reached: nack";
+	ch.last_code = 406;
+	s_apply(&ch, 1);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED);
+	cr_assert_eq(r.attempts, 3);
+	cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "max attempts reached: nack");
+	cr_assert_eq(r.last_code, 406);
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.failed, 1);
+	cr_assert_eq(c.sending + c.retrying, 0);
+	cr_assert_eq(c.oldest_pending_ms, 0, "no pending row: oldest_pending_ms is 0");
+	cr_assert_eq(s_claim(now + 86400000, now + 86500000, 10, NULL), 0, "a FAILED row is never due");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0);
+	/* the core never retries or releases a FAILED row; a store ignores such a change */
+	ackbox_store_change late[2] = {change(ACKBOX_CHANGE_RETRY, &ids[0], r.lease),
+	                               change(ACKBOX_CHANGE_RELEASE, &ids[0], r.lease)};
+	late[0].attempts = 4;
+	late[0].due_ms = now;
+	late[1].due_ms = now;
+	s_apply(late, 2);
+	crows_free(&g);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED, "FAILED stays FAILED until an operator requeues");
+	cr_assert_eq(r.attempts, 3);
+	crows_free(&a);
+	crows_free(&g);
+}
+
+Test(store, apply_release_gives_the_lease_back)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, b = {0};
+	ackbox_store_change ch;
+
+	insert_plain(1, now, now);
+	s_claim(now, now + 600000, 10, &a);
+	cr_assert_eq(s_claim(now, now + 600000, 10, NULL), 0);
+	ch = change(ACKBOX_CHANGE_RELEASE, &ids[0], lease_of(&a, &ids[0]));
+	ch.due_ms = now;
+	s_apply(&ch, 1);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &b), 1, "released: due again at once");
+	cr_assert_eq(b.v[0].state, ACKBOX_MSG_SENDING, "a release keeps the state");
+	cr_assert_eq(b.v[0].attempts, 0, "and the attempts");
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, apply_skips_missing_rows_and_applies_the_rest)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, g = {0};
+	ackbox_id ghost;
+	ackbox_store_change ch[4];
+
+	insert_plain(2, now, now);
+	s_claim(now, now + 1000, 10, &a);
+	ackbox_id_new(&ghost);
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ghost, 1);
+	ch[1] = change(ACKBOX_CHANGE_RETRY, &ids[0], lease_of(&a, &ids[0]));
+	ch[1].attempts = 1;
+	ch[1].due_ms = now + 100;
+	ch[1].last_error = "timeout";
+	ch[2] = change(ACKBOX_CHANGE_FAIL, &ghost, 1);
+	ch[2].attempts = 1;
+	ch[3] = change(ACKBOX_CHANGE_DELETE, &ids[1], lease_of(&a, &ids[1]));
+	s_apply(ch, 4);
+	cr_assert_eq(s_get(&ids[0], &g).state, ACKBOX_MSG_RETRYING);
+	cr_assert_not(s_exists(&ids[1]));
+	cr_assert_not(s_exists(&ghost), "a change for a missing row creates nothing");
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.retrying + c.sending + c.failed, 1);
+	crows_free(&a);
+	crows_free(&g);
+}
+
+Test(store, unclaimed_rows_take_changes_with_lease_zero)
+{
+	/* A fresh message goes from publish to the relay in memory: its
+	 * changes carry lease 0 and must apply while nobody claimed the row. */
+	int64_t now = ackbox_wall_ms();
+	crows g = {0};
+	ackbox_store_change ch;
+
+	insert_plain(2, now, now + 300000);
+	ch = change(ACKBOX_CHANGE_RETRY, &ids[0], 0);
+	ch.attempts = 1;
+	ch.due_ms = now + 20;
+	ch.last_error = "no confirm within retry.timeout";
+	s_apply(&ch, 1);
+	cr_assert_eq(s_get(&ids[0], &g).state, ACKBOX_MSG_RETRYING);
+	ch = change(ACKBOX_CHANGE_DELETE, &ids[1], 0);
+	s_apply(&ch, 1);
+	cr_assert_not(s_exists(&ids[1]));
+	crows_free(&g);
+}
+
+Test(store, a_stale_lease_is_fenced_off)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, b = {0}, g = {0}, f = {0};
+	uint64_t l1, l2;
+	crow r;
+
+	insert_plain(2, now, now);
+	s_claim(now, now + 100, 10, &a);
+	s_claim(now + 100, now + 200, 10, &b); /* the first lease ran out: a second owner */
+	l1 = lease_of(&a, &ids[0]);
+	l2 = lease_of(&b, &ids[0]);
+	if (l1 == l2) {
+		crows_free(&a);
+		crows_free(&b);
+		SKIP("store '%s' hands out the same lease on every claim (%llu): it does not fence "
+		     "stale owners, which only a store shared by several relays needs",
+		     scheme, (unsigned long long)l1);
+	}
+	ackbox_store_change stale[4] = {
+	    change(ACKBOX_CHANGE_DELETE, &ids[0], l1), change(ACKBOX_CHANGE_RETRY, &ids[0], l1),
+	    change(ACKBOX_CHANGE_FAIL, &ids[0], l1), change(ACKBOX_CHANGE_RELEASE, &ids[0], l1)};
+	stale[1].attempts = 1;
+	stale[1].due_ms = now;
+	stale[2].attempts = 9;
+	stale[3].due_ms = now;
+	s_apply(stale, 4);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_SENDING, "changes under a stale lease are skipped");
+	cr_assert_eq(r.attempts, 0);
+	cr_assert_eq(r.lease, l2);
+	cr_assert_eq(s_claim(now + 150, now + 300, 10, NULL), 0, "the stale release was skipped");
+	/* lease 0 means "never claimed": once a claim took the row it is stale too */
+	ackbox_store_change zero = change(ACKBOX_CHANGE_DELETE, &ids[1], 0);
+	s_apply(&zero, 1);
+	cr_assert(s_exists(&ids[1]), "a lease-0 change after a claim is fenced off");
+	/* the current owner's change applies */
+	ackbox_store_change cur = change(ACKBOX_CHANGE_FAIL, &ids[0], l2);
+	cur.attempts = 1;
+	cur.last_error = "nack";
+	s_apply(&cur, 1);
+	r = s_get(&ids[0], &f);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED);
+	crows_free(&a);
+	crows_free(&b);
+	crows_free(&g);
+	crows_free(&f);
+}
+
+Test(store, recover_makes_sending_and_retrying_due)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, b = {0};
+	ackbox_store_change ch[2];
+	char err[512] = "";
+
+	/* 0: fresh, leased to its inserter; 1: retrying later; 2: failed; 3: due already */
+	ackbox_store_rec recs[4] = {rec(0, now - 4, now + 600000), rec(1, now - 3, now - 3),
+	                            rec(2, now - 2, now - 2), rec(3, now - 1, now - 5)};
+	s_insert(recs, 4);
+	s_claim(now, now + 600000, 2, &a); /* ids 3 and 1 (oldest due first) */
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[1], lease_of(&a, &ids[1]));
+	ch[0].attempts = 1;
+	ch[0].due_ms = now + 600000;
+	ch[0].last_error = "nack";
+	s_claim(now, now + 600000, 1, &a); /* id 2 */
+	ch[1] = change(ACKBOX_CHANGE_FAIL, &ids[2], lease_of(&a, &ids[2]));
+	ch[1].attempts = 3;
+	s_apply(ch, 2);
+	cr_assert_eq(s_claim(now, now + 1000, 10, NULL), 0, "everything is leased or failed");
+	cr_assert_eq(S.ops->recover(S.ctx, now, err, sizeof(err)), 0, "recover: %s", err);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &b), 3, "recovery makes SENDING and RETRYING due");
+	for (size_t i = 0; i < b.n; i++) {
+		cr_assert_not(id_eq(&b.v[i].id, &ids[2]), "a FAILED row stays put");
+		if (id_eq(&b.v[i].id, &ids[1])) {
+			cr_assert_eq(b.v[i].state, ACKBOX_MSG_RETRYING);
+			cr_assert_eq(b.v[i].attempts, 1, "recovery keeps the attempts");
+		}
+	}
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, counts_and_oldest_pending)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+	ackbox_store_change ch;
+	ackbox_store_rec recs[3] = {rec(0, now - 3000, now), rec(1, now - 2000, now),
+	                            rec(2, now - 1000, now)};
+	ackbox_counts c;
+
+	s_insert(recs, 3);
+	c = s_counts();
+	cr_assert(c.sending == 3 && c.retrying == 0 && c.failed == 0);
+	cr_assert_eq(c.oldest_pending_ms, now - 3000);
+	s_claim(now, now + 1000, 10, &a);
+	ch = change(ACKBOX_CHANGE_FAIL, &ids[0], lease_of(&a, &ids[0]));
+	ch.attempts = 3;
+	s_apply(&ch, 1);
+	c = s_counts();
+	cr_assert_eq(c.failed, 1);
+	cr_assert_eq(c.sending, 2);
+	cr_assert_eq(c.oldest_pending_ms, now - 2000, "a FAILED row is not pending");
+	ch = change(ACKBOX_CHANGE_RETRY, &ids[1], lease_of(&a, &ids[1]));
+	ch.attempts = 1;
+	ch.due_ms = now + 100;
+	s_apply(&ch, 1);
+	c = s_counts();
+	cr_assert(c.sending == 1 && c.retrying == 1 && c.failed == 1, "%llu/%llu/%llu",
+	          (unsigned long long)c.sending, (unsigned long long)c.retrying,
+	          (unsigned long long)c.failed);
+	cr_assert_eq(c.oldest_pending_ms, now - 2000, "a RETRYING row is pending");
+	ackbox_store_change del[2] = {change(ACKBOX_CHANGE_DELETE, &ids[1], lease_of(&a, &ids[1])),
+	                              change(ACKBOX_CHANGE_DELETE, &ids[2], lease_of(&a, &ids[2]))};
+	s_apply(del, 2);
+	c = s_counts();
+	cr_assert(c.sending == 0 && c.retrying == 0 && c.failed == 1);
+	cr_assert_eq(c.oldest_pending_ms, 0);
+	crows_free(&a);
+}
+
+Test(store, list_by_state_in_id_order_with_limit)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, l = {0};
+	ackbox_store_change ch[5];
+	const int failed[3] = {1, 4, 7}, retrying[2] = {2, 5}, sending[5] = {0, 3, 6, 8, 9};
+	char err[512] = "";
+
+	insert_plain(10, now, now);
+	s_claim(now, now + 1000, 10, &a);
+	for (int i = 0; i < 3; i++) {
+		ch[i] = change(ACKBOX_CHANGE_FAIL, &ids[failed[i]], lease_of(&a, &ids[failed[i]]));
+		ch[i].attempts = 3;
+	}
+	for (int i = 0; i < 2; i++) {
+		ch[3 + i] = change(ACKBOX_CHANGE_RETRY, &ids[retrying[i]],
+		                   lease_of(&a, &ids[retrying[i]]));
+		ch[3 + i].attempts = 1;
+		ch[3 + i].due_ms = now + 1000;
+	}
+	s_apply(ch, 5);
+
+	cr_assert_eq(s_list(-1, 0, &l), 10);
+	for (int i = 0; i < 10; i++)
+		cr_assert(id_eq(&l.v[i].id, &ids[i]), "list(all): row %d out of id order", i);
+	crows_free(&l);
+	cr_assert_eq(s_list(ACKBOX_MSG_SENDING, 0, &l), 5);
+	for (int i = 0; i < 5; i++) {
+		cr_assert(id_eq(&l.v[i].id, &ids[sending[i]]), "list(sending): row %d", i);
+		cr_assert_eq(l.v[i].state, ACKBOX_MSG_SENDING);
+	}
+	crows_free(&l);
+	cr_assert_eq(s_list(ACKBOX_MSG_SENDING, 2, &l), 2, "limit");
+	cr_assert(id_eq(&l.v[0].id, &ids[0]) && id_eq(&l.v[1].id, &ids[3]), "the first two by id");
+	crows_free(&l);
+	cr_assert_eq(s_list(ACKBOX_MSG_FAILED, 0, &l), 3);
+	for (int i = 0; i < 3; i++) {
+		cr_assert(id_eq(&l.v[i].id, &ids[failed[i]]), "list(failed): row %d", i);
+		cr_assert_eq(l.v[i].state, ACKBOX_MSG_FAILED);
+		cr_assert_eq(l.v[i].attempts, 3);
+	}
+	crows_free(&l);
+	cr_assert_eq(s_list(ACKBOX_MSG_RETRYING, 1, &l), 1);
+	cr_assert(id_eq(&l.v[0].id, &ids[2]));
+	crows_free(&l);
+	cr_assert_eq(s_list(-1, 4, &l), 4);
+	cr_assert(id_eq(&l.v[3].id, &ids[3]));
+	crows_free(&l);
+	/* a callback that says stop is not called again */
+	l.stop_after = 1;
+	int rc = S.ops->list(S.ctx, -1, 0, collect, &l, err, sizeof(err));
+	cr_assert_geq(rc, 0, "list: %s", err);
+	cr_assert_eq(l.n, 1, "the iteration stops when the callback returns non-zero");
+	crows_free(&l);
+	crows_free(&a);
+}
+
+Test(store, get_returns_the_row_or_not_found)
+{
+	int64_t now = ackbox_wall_ms();
+	crows g = {0};
+	ackbox_id ghost;
+	char err[512] = "";
+	crow r;
+
+	insert_plain(3, now - 7, now + 42);
+	r = s_get(&ids[1], &g);
+	cr_assert_eq(g.n, 1, "get calls back exactly once");
+	cr_assert(id_eq(&r.id, &ids[1]));
+	cr_assert_eq(r.state, ACKBOX_MSG_SENDING);
+	cr_assert_eq(r.attempts, 0);
+	cr_assert_eq(r.created_ms, now - 7 + 1);
+	cr_assert_eq(r.due_ms, now + 42);
+	cr_assert_str_eq(r.topic, "orders");
+	cr_assert_eq(r.payload_len, strlen(payloads[1]));
+	cr_assert_eq(memcmp(r.payload, payloads[1], r.payload_len), 0);
+	cr_assert_null(r.last_error, "a fresh row has no last_error");
+	cr_assert_eq(r.last_code, 0);
+	cr_assert_null(r.content_type, "no content type given: NULL");
+	cr_assert_eq(r.key_len, 0);
+	cr_assert_eq(r.headers_len, 0);
+	crows_free(&g);
+	ackbox_id_new(&ghost);
+	int rc = S.ops->get(S.ctx, &ghost, collect, &g, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_NOT_FOUND, "missing id: rc %d (%s)", rc, err);
+	cr_assert_eq(g.n, 0, "no callback for a missing row");
+	cr_assert(err[0], "NOT_FOUND comes with an errstr");
+}
+
+/* Marks ids[0..n-1] FAILED (claimed first) with the given attempts. */
+static void fail_rows(int from, int n, int64_t now)
+{
+	crows a = {0};
+	ackbox_store_change ch[64];
+	s_claim(now, now + 1000, 64, &a);
+	for (int i = 0; i < n; i++) {
+		ch[i] = change(ACKBOX_CHANGE_FAIL, &ids[from + i], lease_of(&a, &ids[from + i]));
+		ch[i].attempts = 3;
+		ch[i].last_error = "nack";
+		ch[i].last_code = 406;
+	}
+	s_apply(ch, (size_t)n);
+	crows_free(&a);
+}
+
+Test(store, requeue_by_ids_and_all_failed)
+{
+	int64_t now = ackbox_wall_ms();
+	crows g = {0};
+	char err[512] = "";
+	ackbox_store_rec recs[5];
+	crow r;
+	int rc;
+
+	for (int i = 0; i < 5; i++)
+		recs[i] = rec(i, now, i < 4 ? now : now + 600000);
+	s_insert(recs, 5);
+	fail_rows(0, 4, now); /* 0..3 FAILED, 4 pending (not due) */
+	ackbox_id pick[2] = {ids[0], ids[4]};
+	rc = S.ops->requeue(S.ctx, pick, 2, now + 10, err, sizeof(err));
+	cr_assert_eq(rc, 1, "only a FAILED row is requeued (rc %d: %s)", rc, err);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(r.attempts, 0, "requeue resets the attempts");
+	cr_assert_eq(r.due_ms, now + 10, "and makes it due now");
+	crows_free(&g);
+	r = s_get(&ids[4], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_SENDING, "a pending row is left alone");
+	crows_free(&g);
+	rc = S.ops->requeue(S.ctx, NULL, 0, now + 20, err, sizeof(err));
+	cr_assert_eq(rc, 3, "ids NULL requeues every FAILED row (rc %d: %s)", rc, err);
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.failed, 0);
+	cr_assert_eq(c.retrying, 4);
+	cr_assert_eq(c.sending, 1);
+	for (int i = 1; i < 4; i++) {
+		r = s_get(&ids[i], &g);
+		cr_assert_eq(r.state, ACKBOX_MSG_RETRYING);
+		cr_assert_eq(r.attempts, 0);
+		crows_free(&g);
+	}
+	cr_assert_eq(s_claim(now + 20, now + 1000, 10, NULL), 4, "requeued rows are due");
+	rc = S.ops->requeue(S.ctx, NULL, 0, now + 30, err, sizeof(err));
+	cr_assert_eq(rc, 0, "nothing left to requeue");
+}
+
+Test(store, purge_deletes_failed_rows_older_than)
+{
+	int64_t now = ackbox_wall_ms(), mid;
+	char err[512] = "";
+	struct timespec ts = {0, 30 * 1000 * 1000};
+	int rc;
+
+	insert_plain(3, now, now);
+	fail_rows(0, 1, now);
+	nanosleep(&ts, NULL);
+	mid = ackbox_wall_ms();
+	nanosleep(&ts, NULL);
+	fail_rows(1, 1, now + 2000); /* row 1 was leased by the first claim */
+	rc = S.ops->purge(S.ctx, now - 60000, err, sizeof(err));
+	cr_assert_eq(rc, 0, "nothing that old (rc %d: %s)", rc, err);
+	rc = S.ops->purge(S.ctx, mid, err, sizeof(err));
+	cr_assert_eq(rc, 1, "only the row failed before `mid` (rc %d: %s)", rc, err);
+	cr_assert_not(s_exists(&ids[0]));
+	cr_assert(s_exists(&ids[1]));
+	rc = S.ops->purge(S.ctx, INT64_MAX, err, sizeof(err));
+	cr_assert_eq(rc, 1, "INT64_MAX purges every FAILED row (rc %d: %s)", rc, err);
+	cr_assert(s_exists(&ids[2]), "a pending row is never purged");
+	ackbox_counts c = s_counts();
+	cr_assert_eq(c.failed, 0);
+	cr_assert_eq(c.sending, 1);
+}
+
+Test(store, has_pending_follows_the_pending_rows)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+	char err[512] = "";
+	ackbox_store_change ch;
+
+	if (!has_pending_slot(&S))
+		SKIP("store '%s' has no has_pending (optional): the core uses counts", scheme);
+	cr_assert_eq(s_has_pending(), 0, "empty store");
+	insert_plain(1, now, now + 600000);
+	cr_assert_eq(s_has_pending(), 1, "a leased row is pending too");
+	s_claim(now + 600000, now + 700000, 10, &a);
+	ch = change(ACKBOX_CHANGE_FAIL, &ids[0], lease_of(&a, &ids[0]));
+	ch.attempts = 3;
+	s_apply(&ch, 1);
+	cr_assert_eq(s_has_pending(), 0, "FAILED is not pending");
+	cr_assert_eq(S.ops->requeue(S.ctx, NULL, 0, now, err, sizeof(err)), 1, "%s", err);
+	cr_assert_eq(s_has_pending(), 1, "requeued");
+	crows_free(&a);
+	s_claim(now, now + 1000, 10, &a);
+	ch = change(ACKBOX_CHANGE_DELETE, &ids[0], lease_of(&a, &ids[0]));
+	s_apply(&ch, 1);
+	cr_assert_eq(s_has_pending(), 0, "deleted");
+	crows_free(&a);
+}
+
+/* ------------------------------------------------------------------ */
+/* Bytes in, the same bytes out                                         */
+/* ------------------------------------------------------------------ */
+
+#define BIG (1024 * 1024)
+
+typedef struct sample {
+	ackbox_store_rec rec;
+	uint8_t *payload;
+	uint8_t *headers;
+} sample;
+
+static ackbox_header hdrs[3];
+static uint8_t hdr_bin[32];
+
+/* Three records that cover the awkward cases: every byte value with NULs in
+ * payload, key and header values; 1 MiB; and an empty payload with nothing else. */
+static void make_samples(sample s[3], int64_t now)
+{
+	uint32_t x = 2463534242u;
+	size_t hl;
+	memset(s, 0, 3 * sizeof(*s));
+	for (int i = 0; i < 32; i++)
+		hdr_bin[i] = (uint8_t)i;
+	hdrs[0] = (ackbox_header){"trace", "t\0-1", 4};
+	hdrs[1] = (ackbox_header){"bin", hdr_bin, sizeof(hdr_bin)};
+	hdrs[2] = (ackbox_header){"empty", "", 0};
+
+	s[0].payload = malloc(512);
+	for (int i = 0; i < 512; i++)
+		s[0].payload[i] = (uint8_t)(i & 0xff);
+	hl = ackbox_headers_encoded_size(hdrs, 3);
+	s[0].headers = malloc(hl);
+	ackbox_headers_encode(hdrs, 3, s[0].headers);
+	ackbox_id_new(&s[0].rec.id);
+	s[0].rec.created_ms = now - 3;
+	s[0].rec.due_ms = now;
+	s[0].rec.topic = "orders/\xc3\xa9t\xc3\xa9/\xe2\x82\xac";
+	s[0].rec.key = "k\0e\0y\xff";
+	s[0].rec.key_len = 6;
+	s[0].rec.content_type = "application/octet-stream; charset=binary";
+	s[0].rec.headers = s[0].headers;
+	s[0].rec.headers_len = hl;
+	s[0].rec.payload = s[0].payload;
+	s[0].rec.payload_len = 512;
+
+	s[1].payload = malloc(BIG);
+	for (size_t i = 0; i < BIG; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		s[1].payload[i] = (uint8_t)x;
+	}
+	s[1].payload[0] = 0;
+	s[1].payload[BIG - 1] = 0;
+	ackbox_id_new(&s[1].rec.id);
+	s[1].rec.created_ms = now - 2;
+	s[1].rec.due_ms = now;
+	s[1].rec.topic = "big";
+	s[1].rec.payload = s[1].payload;
+	s[1].rec.payload_len = BIG;
+
+	ackbox_id_new(&s[2].rec.id);
+	s[2].rec.created_ms = now - 1;
+	s[2].rec.due_ms = now;
+	s[2].rec.topic = "empty";
+	s[2].rec.payload = NULL;
+	s[2].rec.payload_len = 0;
+}
+
+static void free_samples(sample s[3])
+{
+	for (int i = 0; i < 3; i++) {
+		free(s[i].payload);
+		free(s[i].headers);
+	}
+}
+
+/* The row holds exactly what the record said. */
+static void check_row(const crow *r, const ackbox_store_rec *w, const char *via)
+{
+	cr_assert(id_eq(&r->id, &w->id), "%s: id", via);
+	cr_assert_str_eq(r->topic, w->topic, "%s: topic", via);
+	cr_assert_eq(r->created_ms, w->created_ms, "%s: created_ms", via);
+	cr_assert_eq(r->key_len, w->key_len, "%s: key length %zu, not %zu", via, r->key_len,
+	             w->key_len);
+	if (w->key_len)
+		cr_assert_eq(memcmp(r->key, w->key, w->key_len), 0, "%s: key bytes", via);
+	if (w->content_type)
+		cr_assert_str_eq(r->content_type ? r->content_type : "(null)", w->content_type,
+		                 "%s: content type", via);
+	else
+		cr_assert_null(r->content_type, "%s: no content type given: NULL", via);
+	cr_assert_eq(r->headers_len, w->headers_len, "%s: headers length", via);
+	if (w->headers_len) {
+		ackbox_header *h = NULL;
+		size_t nh = 0;
+		cr_assert_eq(memcmp(r->headers, w->headers, w->headers_len), 0, "%s: headers", via);
+		cr_assert_eq(ackbox_headers_decode(r->headers, r->headers_len, &h, &nh), 0);
+		cr_assert_eq(nh, 3);
+		cr_assert_eq(h[0].value_len, 4);
+		cr_assert_eq(memcmp(h[0].value, "t\0-1", 4), 0);
+		cr_assert_eq(h[1].value_len, 32);
+		cr_assert_eq(memcmp(h[1].value, hdr_bin, 32), 0);
+		cr_assert_eq(h[2].value_len, 0);
+		free(h);
+	}
+	cr_assert_eq(r->payload_len, w->payload_len, "%s: payload length %zu, not %zu", via,
+	             r->payload_len, w->payload_len);
+	if (w->payload_len)
+		cr_assert_eq(memcmp(r->payload, w->payload, w->payload_len), 0, "%s: payload bytes",
+		             via);
+}
+
+static const crow *find_row(const crows *c, const ackbox_id *id)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (id_eq(&c->v[i].id, id))
+			return &c->v[i];
+	return NULL;
+}
+
+Test(store, bytes_round_trip_exactly)
+{
+	int64_t now = ackbox_wall_ms();
+	sample s[3];
+	ackbox_store_rec recs[3];
+	crows g = {0}, l = {0}, c = {0};
+
+	make_samples(s, now);
+	for (int i = 0; i < 3; i++)
+		recs[i] = s[i].rec;
+	s_insert(recs, 3);
+	for (int i = 0; i < 3; i++) {
+		s_get(&recs[i].id, &g);
+		check_row(&g.v[g.n - 1], &recs[i], "get");
+	}
+	cr_assert_eq(s_list(-1, 0, &l), 3);
+	for (int i = 0; i < 3; i++)
+		check_row(&l.v[i], &recs[i], "list");
+	cr_assert_eq(s_claim(now, now + 1000, 10, &c), 3);
+	for (int i = 0; i < 3; i++) {
+		const crow *r = find_row(&c, &recs[i].id);
+		cr_assert(r != NULL, "claim returned every row");
+		check_row(r, &recs[i], "claim");
+	}
+	crows_free(&g);
+	crows_free(&l);
+	crows_free(&c);
+	free_samples(s);
+}
+
+Test(store, reopen_keeps_everything)
+{
+	int64_t now = ackbox_wall_ms();
+	sample s[3];
+	ackbox_store_rec recs[6];
+	crows a = {0}, before = {0}, after = {0};
+	ackbox_store_change ch[2];
+	ackbox_counts c0, c1;
+
+	make_samples(s, now);
+	for (int i = 0; i < 3; i++)
+		recs[i] = s[i].rec;
+	recs[3] = rec(3, now, now);
+	recs[4] = rec(4, now, now);
+	recs[5] = rec(5, now, now + 600000); /* leased to its inserter */
+	s_insert(recs, 6);
+	s_claim(now, now + 60000, 2, &a);
+	s_claim(now, now + 60000, 10, &a);
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[3], lease_of(&a, &ids[3]));
+	ch[0].attempts = 2;
+	ch[0].due_ms = now + 777;
+	ch[0].last_error = "broker said: \"no\"";
+	ch[0].last_code = 312;
+	ch[1] = change(ACKBOX_CHANGE_FAIL, &ids[4], lease_of(&a, &ids[4]));
+	ch[1].attempts = 5;
+	ch[1].last_error = "max attempts";
+	ch[1].last_code = 500;
+	s_apply(ch, 2);
+	c0 = s_counts();
+	s_list(-1, 0, &before);
+	st_close(&S);
+
+	st_open(&S);
+	c1 = s_counts();
+	cr_assert_eq(c1.sending, c0.sending);
+	cr_assert_eq(c1.retrying, c0.retrying);
+	cr_assert_eq(c1.failed, c0.failed);
+	cr_assert_eq(c1.oldest_pending_ms, c0.oldest_pending_ms);
+	cr_assert_eq(s_list(-1, 0, &after), 6);
+	cr_assert_eq(before.n, 6);
+	for (int i = 0; i < 6; i++) {
+		const crow *b = &before.v[i], *r = &after.v[i];
+		cr_assert(id_eq(&b->id, &r->id), "row %d: id order kept", i);
+		cr_assert_eq(r->state, b->state, "row %d: state", i);
+		cr_assert_eq(r->attempts, b->attempts, "row %d: attempts", i);
+		cr_assert_eq(r->created_ms, b->created_ms, "row %d: created_ms", i);
+		cr_assert_eq(r->updated_ms, b->updated_ms, "row %d: updated_ms", i);
+		cr_assert_eq(r->due_ms, b->due_ms, "row %d: due_ms", i);
+		cr_assert_eq(r->last_code, b->last_code, "row %d: last_code", i);
+		cr_assert_str_eq(r->last_error ? r->last_error : "(null)",
+		                 b->last_error ? b->last_error : "(null)", "row %d: last_error", i);
+	}
+	for (int i = 0; i < 6; i++)
+		check_row(find_row(&after, &recs[i].id), &recs[i], "after reopen");
+	const crow *r3 = find_row(&after, &ids[3]), *r4 = find_row(&after, &ids[4]);
+	cr_assert_eq(r3->state, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(r3->due_ms, now + 777);
+	cr_assert_str_eq(r3->last_error, "broker said: \"no\"");
+	cr_assert_eq(r3->last_code, 312);
+	cr_assert_eq(r4->state, ACKBOX_MSG_FAILED);
+	cr_assert_eq(r4->attempts, 5);
+	crows_free(&a);
+	crows_free(&before);
+	crows_free(&after);
+	free_samples(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* Through the public API, with the loopback transport                  */
+/* ------------------------------------------------------------------ */
+
+static int acked;
+
+static void on_report(const ackbox_report *r, void *opaque)
+{
+	(void)opaque;
+	if (r->state == ACKBOX_MSG_ACKED)
+		__atomic_add_fetch(&acked, 1, __ATOMIC_RELAXED);
+}
+
+static ackbox *api_open(const char *broker)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	char lb[128], err[512] = "";
+	int rc;
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "log.level", "error");
+	if (broker) {
+		snprintf(lb, sizeof(lb), "loopback://%s", broker);
+		TU_SET(c, "transport.url", lb);
+		TU_SET(c, "retry.timeout", "2s");
+		TU_SET(c, "retry.backoff.initial", "20ms");
+		TU_SET(c, "retry.backoff.max", "100ms");
+		TU_SET(c, "store.poll_interval", "50ms");
+		ackbox_conf_set_report_cb(c, on_report, NULL);
+	}
+	apply_extra_conf(c);
+	rc = ackbox_new(&ab, c, err, sizeof(err));
+	if (rc)
+		ackbox_conf_destroy(c);
+	cr_assert_eq(rc, 0, "ackbox_new with store.url=%s: %s (%s)", url, err, ackbox_strerror(rc));
+	return ab;
+}
+
+static ackbox_counts api_counts(ackbox *ab)
+{
+	ackbox_counts c;
+	char err[512] = "";
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	return c;
+}
+
+static int count_cb(const ackbox_stored *m, void *opaque)
+{
+	(void)m;
+	(*(int *)opaque)++;
+	return 0;
+}
+
+/* 1000 messages: 500 one by one, 500 in batches of 100; payload "msg-<i>". */
+static void publish_1000(ackbox *ab)
+{
+	static char texts[1000][16];
+	ackbox_msg m[100];
+	ackbox_header h = {"seq", "x", 1};
+	char err[512] = "";
+	for (int i = 0; i < 1000; i++)
+		snprintf(texts[i], sizeof(texts[i]), "msg-%d", i);
+	for (int i = 0; i < 500; i++) {
+		ackbox_msg one = {0};
+		one.topic = "orders";
+		one.payload = texts[i];
+		one.payload_len = strlen(texts[i]);
+		one.headers = &h;
+		one.header_count = 1;
+		cr_assert_eq(ackbox_publish(ab, &one, NULL, err, sizeof(err)), 0, "publish %d: %s",
+		             i, err);
+	}
+	for (int b = 0; b < 5; b++) {
+		for (int k = 0; k < 100; k++) {
+			int i = 500 + b * 100 + k;
+			memset(&m[k], 0, sizeof(m[k]));
+			m[k].topic = "orders";
+			m[k].key = "k";
+			m[k].key_len = 1;
+			m[k].payload = texts[i];
+			m[k].payload_len = strlen(texts[i]);
+		}
+		cr_assert_eq(ackbox_publish_batch(ab, m, 100, NULL, err, sizeof(err)), 0,
+		             "publish_batch: %s", err);
+	}
+}
+
+TestSuite(api, .init = setup, .fini = teardown, .timeout = 240);
+
+Test(api, publish_1000_confirmed_leaves_no_row)
+{
+	ackbox *ab = api_open("confirming");
+	ackbox_loopback *lb = ackbox_loopback_get("confirming");
+	char err[512] = "";
+	int listed = 0;
+
+	publish_1000(ab);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0, "every message confirmed within 60 s");
+	cr_assert_eq(acked, 1000, "one ACKED report per message");
+	cr_assert_eq(ackbox_loopback_distinct(lb), 1000);
+	ackbox_counts c = api_counts(ab);
+	cr_assert(c.sending == 0 && c.retrying == 0 && c.failed == 0, "rows left: %llu/%llu/%llu",
+	          (unsigned long long)c.sending, (unsigned long long)c.retrying,
+	          (unsigned long long)c.failed);
+	cr_assert_eq(ackbox_list(ab, -1, 0, count_cb, &listed, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(listed, 0, "an acked message leaves no row");
+	ackbox_destroy(ab);
+}
+
+Test(api, broker_down_keeps_1000_for_the_next_handle)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("down");
+	ackbox *ab;
+	char err[512] = "", payload[64];
+	int listed = 0;
+	size_t len;
+	ackbox_id id;
+
+	ackbox_loopback_set_up(lb, 0);
+	ab = api_open("down");
+	publish_1000(ab);
+	cr_assert_eq(ackbox_loopback_received(lb), 0);
+	ackbox_destroy(ab);
+
+	/* an admin handle (no transport) sees all of them */
+	ab = api_open(NULL);
+	ackbox_counts c = api_counts(ab);
+	cr_assert_eq(c.sending + c.retrying, 1000, "every unconfirmed message survives destroy");
+	cr_assert_eq(c.failed, 0, "an outage burns no attempt");
+	cr_assert_eq(ackbox_list(ab, -1, 0, count_cb, &listed, err, sizeof(err)), 1000, "%s", err);
+	cr_assert_eq(listed, 1000);
+	ackbox_destroy(ab);
+
+	ackbox_loopback_set_up(lb, 1);
+	ab = api_open("down");
+	cr_assert_eq(ackbox_flush(ab, 60000), 0, "a new handle delivers them");
+	cr_assert_eq(ackbox_loopback_distinct(lb), 1000);
+	cr_assert_eq(acked, 1000);
+	c = api_counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0);
+	/* what arrived is what was published */
+	len = sizeof(payload);
+	cr_assert_eq(ackbox_loopback_message(lb, 0, &id, NULL, 0, payload, &len, NULL), 0);
+	cr_assert(len >= 5 && memcmp(payload, "msg-", 4) == 0, "payload '%.*s'", (int)len, payload);
+	ackbox_destroy(ab);
+}
