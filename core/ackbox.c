@@ -514,9 +514,11 @@ int ackbox_flush(ackbox *ab, int timeout_ms)
 			rc = ab->store_ops->counts(ab->store_ctx, &c, err, sizeof(err));
 		}
 		pthread_mutex_unlock(&ab->store_mtx);
-		if (rc < 0)
+		/* a store error may pass (a database restarting): keep asking until
+		 * the deadline, then say what the store said */
+		if (rc < 0 && ackbox_mono_ms() >= deadline)
 			return rc;
-		if (c.sending + c.retrying == 0) {
+		if (rc >= 0 && c.sending + c.retrying == 0) {
 			ackbox_poll(ab, 0);
 			return 0;
 		}

@@ -223,6 +223,8 @@ struct abx_relay {
 	bool ever_connected;
 	int connect_failures;
 	int64_t next_connect_at;
+	char last_claim_error[256];
+	int64_t next_claim_log_at;
 	int64_t next_claim_at;
 	bool store_dirty;
 	uint64_t rng;
@@ -778,10 +780,17 @@ static void claim_due(abx_relay *r, int64_t now)
 	                         sizeof(err));
 	pthread_mutex_unlock(&ab->store_mtx);
 	if (n < 0) {
-		abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "claiming due messages: %s", err);
+		/* a store outage (a database restart) repeats every poll interval:
+		 * log a new error at once, the same one at most every 10 s */
+		if (strcmp(err, r->last_claim_error) != 0 || now >= r->next_claim_log_at) {
+			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "claiming due messages: %s", err);
+			snprintf(r->last_claim_error, sizeof(r->last_claim_error), "%s", err);
+			r->next_claim_log_at = now + 10000;
+		}
 		r->next_claim_at = now + ab->store_poll_ms;
 		return;
 	}
+	r->last_claim_error[0] = '\0';
 	/* a full batch means there is probably more right now */
 	r->store_dirty = (size_t)n == room;
 	r->next_claim_at = now + ab->store_poll_ms;

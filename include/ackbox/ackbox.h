@@ -250,7 +250,9 @@ typedef struct ackbox ackbox;
 
 /**
  * Opens the store, recovers what a previous process left (every SENDING or
- * RETRYING message becomes due now) and, if transport.url is set, starts the
+ * RETRYING message this process may take becomes due now: with a store
+ * shared by several relays, only rows whose lease ran out) and, if
+ * transport.url is set, starts the
  * relay thread that sends due messages. Without transport.url the handle can
  * still publish (rows wait for a relay) and administer the store.
  *
@@ -299,7 +301,9 @@ ACKBOX_API int ackbox_poll(ackbox *ab, int timeout_ms);
 /**
  * Waits until nothing in the store is SENDING or RETRYING (every message is
  * acked or failed), serving delivery reports meanwhile. Returns 0, or
- * ACKBOX_ERR_TIMEOUT after timeout_ms (-1: no limit).
+ * ACKBOX_ERR_TIMEOUT after timeout_ms (-1: no limit). A store error is
+ * retried until the deadline (a database may be restarting) and returned
+ * if it is still there then.
  */
 ACKBOX_API int ackbox_flush(ackbox *ab, int timeout_ms);
 
