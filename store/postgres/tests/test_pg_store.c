@@ -19,7 +19,7 @@
 
 static char pg_url[512];   /* the fixture's server, no schema */
 static char schema[64];    /* a schema of this test's own */
-static char store_url[700];
+static char store_url[1200];
 
 static void setup(void)
 {
