@@ -184,6 +184,11 @@ typedef struct tx_ev {
 	char *reason;
 } tx_ev;
 
+/* Store changes (deletes after confirms) are applied once APPLY_BATCH are
+ * queued or the oldest has waited APPLY_DELAY_MS, whichever comes first. */
+#define APPLY_BATCH 512
+#define APPLY_DELAY_MS 2
+
 struct ackbox_tx_host {
 	abx_relay *relay;
 };
@@ -235,6 +240,8 @@ struct abx_relay {
 	char **report_texts;
 	size_t nreports, cap_reports;
 	int64_t apply_retry_at;
+	int64_t first_change_at; /* when the oldest queued change was queued */
+	bool apply_stuck;        /* the store refused the last apply */
 	char last_connect_error[256];
 };
 
@@ -423,6 +430,8 @@ static void change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, in
 		r->change_texts = nt;
 		r->cap_changes = ncap;
 	}
+	if (r->nchanges == 0)
+		r->first_change_at = ackbox_mono_ms();
 	ackbox_store_change *c = &r->changes[r->nchanges];
 	memset(c, 0, sizeof(*c));
 	c->kind = kind;
@@ -769,7 +778,7 @@ static void claim_due(abx_relay *r, int64_t now)
 	char err[256] = "";
 	int n;
 	size_t busy = r->tokens.len + r->ready_len;
-	size_t room = busy < (size_t)r->window ? (size_t)r->window - busy : 0;
+	size_t room = busy < 2 * (size_t)r->window ? 2 * (size_t)r->window - busy : 0;
 	if (room == 0)
 		return;
 	if (room > 1024)
@@ -880,10 +889,16 @@ static void apply_changes(abx_relay *r, int64_t now)
 	if (r->nchanges) {
 		if (now < r->apply_retry_at)
 			return;
+		/* Confirms trickle in one by one with a small window: gather them
+		 * for a moment, so that one store transaction deletes many rows and
+		 * the relay spends its time sending (reports wait with them). */
+		if (r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS)
+			return;
 		pthread_mutex_lock(&ab->store_mtx);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
 		if (rc < 0)
 			pthread_mutex_unlock(&ab->store_mtx);
+		r->apply_stuck = rc < 0;
 		if (rc < 0) {
 			/* keep them and try again: a report must not precede its change */
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
@@ -1023,18 +1038,22 @@ static void *relay_main(void *arg)
 			try_connect(r, now);
 			now = ackbox_mono_ms();
 		}
-		/* Stuck changes pause new work: reports must follow their changes. */
-		if (atomic_load(&r->connected) && r->nchanges == 0 && r->ready_len == 0 &&
-		    (r->store_dirty || now >= r->next_claim_at))
+		/* Changes the store refuses pause new work (reports must follow
+		 * their changes); otherwise claims keep up to a window of claimed
+		 * rows ready behind the window in flight, so the pipe stays full. */
+		bool claim_ok = atomic_load(&r->connected) && !r->apply_stuck &&
+		                r->ready_len < (size_t)r->window &&
+		                r->tokens.len + r->ready_len < 2 * (size_t)r->window;
+		if (claim_ok && (r->store_dirty || now >= r->next_claim_at))
 			claim_due(r, now);
 		send_ready(r, now);
 		apply_changes(r, now);
 
 		/* How long may we sleep? A claim deadline counts only when a claim
-		 * could run: connected, no changes waiting, and room in the window
-		 * (an ack that frees room wakes us through the wake fd). */
-		bool can_claim = atomic_load(&r->connected) && r->nchanges == 0 &&
-		                 r->ready_len == 0 && (int)r->tokens.len < r->window;
+		 * could run (an ack that frees room wakes us through the wake fd). */
+		bool can_claim = atomic_load(&r->connected) && !r->apply_stuck &&
+		                 r->ready_len < (size_t)r->window &&
+		                 r->tokens.len + r->ready_len < 2 * (size_t)r->window;
 		wake_at = now + 1000;
 		if (can_claim && r->next_claim_at < wake_at)
 			wake_at = r->next_claim_at;
@@ -1042,8 +1061,13 @@ static void *relay_main(void *arg)
 			wake_at = r->fifo_head->deadline;
 		if (!atomic_load(&r->connected) && r->next_connect_at < wake_at)
 			wake_at = r->next_connect_at;
-		if (r->nchanges && r->apply_retry_at < wake_at)
-			wake_at = r->apply_retry_at;
+		if (r->nchanges) {
+			int64_t at = r->first_change_at + APPLY_DELAY_MS;
+			if (r->apply_retry_at > at)
+				at = r->apply_retry_at;
+			if (at < wake_at)
+				wake_at = at;
+		}
 		timeout = wake_at > now ? (int)(wake_at - now) : 0;
 		/* More due rows are waiting and there is room: claim again at once.
 		 * Messages left in the ready queue with room in the window were

@@ -47,8 +47,8 @@ static const ackbox_prop mqtt_props[] = {
 	 "reason codes (an ACL denial looks like success)."},
 	{"keepalive", ACKBOX_PROP_DURATION, "30s", 1000, 3600000, NULL, "MQTT keepalive interval."},
 	{"window", ACKBOX_PROP_INT, "100", 1, 65535, NULL,
-	 "Unconfirmed publishes at once; passed to paho as maxInflight (measured: ~54k msg/s at "
-	 "100 with mosquitto)."},
+	 "Unconfirmed publishes at once; paho's maxInflight is set to twice this (measured with "
+	 "mosquitto on 2 cores: ~17k msg/s at 100, as fast as paho alone)."},
 	{"cafile", ACKBOX_PROP_STRING, NULL, 0, 0, NULL, "mqtts: CA certificate file (PEM)."},
 	{"verify", ACKBOX_PROP_BOOL, "true", 0, 0, NULL,
 	 "mqtts: verify the broker's certificate."},
@@ -264,7 +264,11 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 	}
 	MQTTAsync_setCallbacks(c->client, c, on_lost, on_message, NULL);
 	opts->keepAliveInterval = c->keepalive_s;
-	opts->maxInflight = c->window;
+	/* paho calls onSuccess before it takes the publish off its in-flight
+	 * count: a publish sent from that moment would find paho "full" and wait
+	 * in its queue for the send thread's next round. Our own window is the
+	 * bound; paho's is set wider so it never queues what we hand it. */
+	opts->maxInflight = c->window * 2 < 65535 ? c->window * 2 : 65535;
 	opts->connectTimeout = timeout_ms / 1000 > 0 ? timeout_ms / 1000 : 1;
 	opts->automaticReconnect = 0; /* the core reconnects, with its backoff */
 	opts->context = c;

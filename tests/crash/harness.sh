@@ -193,6 +193,13 @@ for i in $(seq 1 "$trials"); do
     kill -9 "$pub" 2>/dev/null || true
     wait "$pub" 2>/dev/null || true
     log "trial $i: publish killed after ${delay}s with $(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger") accepted"
+    if [ ! -e "$work/outbox-$i.db" ]; then
+      # killed before it created its store: then it cannot have accepted anything
+      [ ! -s "$ledger" ] || fail "trial $i: a ledger but no store file"
+      log "trial $i: killed before the store existed; nothing accepted, nothing to deliver"
+      totals_trials=$((totals_trials + 1))
+      continue
+    fi
     rc=0
     "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
