@@ -67,6 +67,8 @@ static int id_cmp(const void *a, const void *b)
 	return memcmp(a, b, sizeof(ackbox_id));
 }
 
+static size_t no_id; /* messages read without an ackbox-id (MQTT 3.1.1) */
+
 /* Comes back and reads everything queued, until 2 s pass with nothing. */
 static void sub_collect(const char *client_id, got *g)
 {
@@ -87,7 +89,15 @@ static void sub_collect(const char *client_id, got *g)
 			    memcmp(q->value.data.data, "ackbox-id", 9) == 0)
 				p = q;
 		}
-		cr_assert(p != NULL, "ackbox-id user property missing");
+		if (!p) {
+			/* 3.1.1 has no properties: only the payload arrives */
+			no_id++;
+			if (m->payloadlen < 4 || memcmp(m->payload, "seq:", 4) != 0)
+				g->bad_payload++;
+			MQTTClient_freeMessage(&m);
+			MQTTClient_free(topic);
+			continue;
+		}
 		char text[ACKBOX_ID_STRLEN] = "";
 		cr_assert_eq(p->value.value.len, 36);
 		memcpy(text, p->value.value.data, 36);
@@ -394,4 +404,45 @@ Test(mqtt, acl_denied_topic_fails_saying_so)
 	cr_assert(strstr(s.reason, "Not authorized") || strstr(s.reason, "not authorized"), "%s",
 	          s.reason);
 	ackbox_destroy(ab);
+}
+
+Test(mqtt, qos2_confirms_with_pubcomp)
+{
+	enum { M = 300 };
+	seen s = {0};
+	got g = {0};
+	no_id = 0;
+	sub_subscribe_and_leave("sub-q2", "t/q2");
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), "mqtt.qos", "2");
+	for (int i = 0; i < M; i++)
+		ids[i] = publish_seq(ab, "t/q2", i + 1);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	cr_assert_eq(s.acked, M);
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	sub_collect("sub-q2", &g);
+	assert_all_there(&g, ids, M);
+	cr_assert_eq(no_id, 0u);
+	free(g.ids);
+}
+
+/* MQTT 3.1.1: the payload arrives, the id (a v5 user property) does not. */
+Test(mqtt, mqtt311_delivers_payloads_without_the_id)
+{
+	enum { M = 300 };
+	seen s = {0};
+	got g = {0};
+	no_id = 0;
+	sub_subscribe_and_leave("sub-311", "t/311");
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), "mqtt.version", "3.1.1");
+	for (int i = 0; i < M; i++)
+		publish_seq(ab, "t/311", i + 1);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	cr_assert_eq(s.acked, M);
+	ackbox_destroy(ab);
+	sub_collect("sub-311", &g);
+	cr_assert_eq(no_id, (size_t)M, "every message read, none with an id");
+	cr_assert_eq(g.n, 0u);
+	cr_assert_eq(g.bad_payload, 0u);
+	free(g.ids);
 }
