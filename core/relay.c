@@ -880,7 +880,7 @@ static void send_ready(abx_relay *r, int64_t now)
 }
 
 /* Applies queued changes in one transaction, then releases their reports. */
-static void apply_changes(abx_relay *r, int64_t now)
+static void apply_changes(abx_relay *r, int64_t now, bool force)
 {
 	struct ackbox *ab = r->ab;
 	char err[256] = "";
@@ -892,7 +892,7 @@ static void apply_changes(abx_relay *r, int64_t now)
 		/* Confirms trickle in one by one with a small window: gather them
 		 * for a moment, so that one store transaction deletes many rows and
 		 * the relay spends its time sending (reports wait with them). */
-		if (r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS)
+		if (!force && r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS)
 			return;
 		pthread_mutex_lock(&ab->store_mtx);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
@@ -1044,10 +1044,16 @@ static void *relay_main(void *arg)
 		bool claim_ok = atomic_load(&r->connected) && !r->apply_stuck &&
 		                r->ready_len < (size_t)r->window &&
 		                r->tokens.len + r->ready_len < 2 * (size_t)r->window;
-		if (claim_ok && (r->store_dirty || now >= r->next_claim_at))
-			claim_due(r, now);
+		if (claim_ok && (r->store_dirty || now >= r->next_claim_at)) {
+			/* A claim must see every change made so far: a row acked here
+			 * whose delete is still queued would otherwise come back (its
+			 * lease may have run out) and be sent and reported again. */
+			apply_changes(r, now, true);
+			if (r->nchanges == 0)
+				claim_due(r, now);
+		}
 		send_ready(r, now);
-		apply_changes(r, now);
+		apply_changes(r, now, false);
 
 		/* How long may we sleep? A claim deadline counts only when a claim
 		 * could run (an ack that frees room wakes us through the wake fd). */
@@ -1078,7 +1084,7 @@ static void *relay_main(void *arg)
 	}
 	/* Last acks received still get applied; everything else stays stored. */
 	take_inbox(r);
-	apply_changes(r, ackbox_mono_ms() + 1000000);
+	apply_changes(r, ackbox_mono_ms() + 1000000, true);
 	return NULL;
 }
 

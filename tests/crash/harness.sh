@@ -75,8 +75,9 @@ consumer_collect() { # topic ledger_expanded
   amqp)
     local count
     count=$(bash "$fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" | awk -v q="$t" '$1==q {print $2}')
-    [ -n "$count" ] || fail "queue $t does not exist"
-    [ "$count" -gt 0 ] || return 0
+    # no queue: nothing was ever sent (the relay declares it on the first
+    # send); every ledger number then counts as lost below
+    [ -n "$count" ] && [ "$count" -gt 0 ] || return 0
     timeout 300 amqp-consume --url="$AMQP_URL" -q "$t" -c "$count" cat | fold -w "$size" | awk '{print $1}'
     ;;
   mqtt)
