@@ -45,8 +45,10 @@ static const ackbox_prop core_props[] = {
 	 "An attempt with no confirm after this long counts as failed and is resent."},
 	{"retry.max_attempts", ACKBOX_PROP_INT, "3", 1, 1000000, NULL,
 	 "Attempts that reached the broker before a message is marked FAILED."},
-	{"retry.backoff.initial", ACKBOX_PROP_DURATION, "200ms", 0, MS_DAY, NULL,
-	 "Backoff before the first resend; doubles per attempt, with full jitter."},
+	{"retry.backoff.initial", ACKBOX_PROP_DURATION, "1s", 0, MS_DAY, NULL,
+	 "Backoff before the first resend; doubles per attempt; each wait is between half and all "
+	 "of it. Keeps a just-restarted broker (RabbitMQ recovering its queues, say) from failing "
+	 "messages in a burst of quick attempts."},
 	{"retry.backoff.max", ACKBOX_PROP_DURATION, "30s", 0, MS_DAY, NULL,
 	 "Cap of the resend and reconnect backoff."},
 	{"message.max_bytes", ACKBOX_PROP_INT, "1048576", 1, 512LL * 1024 * 1024, NULL,

@@ -259,7 +259,10 @@ static uint64_t rng_next(abx_relay *r)
 }
 
 /* Capped exponential backoff with full jitter (Fluent Bit's scheduler). */
-static int64_t backoff_ms(abx_relay *r, int n, bool full_jitter)
+/* Capped exponential backoff with "equal jitter": between half and all of
+ * the base, so a dead or just-restarted broker is not hammered and cannot
+ * fail a message in a burst of quick attempts. */
+static int64_t backoff_ms(abx_relay *r, int n)
 {
 	int64_t base = r->ab->backoff_initial_ms, cap = r->ab->backoff_max_ms;
 	for (int i = 1; i < n && base < cap; i++)
@@ -268,9 +271,6 @@ static int64_t backoff_ms(abx_relay *r, int n, bool full_jitter)
 		base = cap;
 	if (base <= 0)
 		return 0;
-	if (full_jitter)
-		return (int64_t)(rng_next(r) % (uint64_t)(base + 1));
-	/* reconnects: at least half the base, so a dead broker is not hammered */
 	return base / 2 + (int64_t)(rng_next(r) % (uint64_t)(base / 2 + 1));
 }
 
@@ -562,7 +562,7 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		        full);
 		e->state = E_DONE;
 	} else {
-		int64_t delay = backoff_ms(r, e->attempts, true);
+		int64_t delay = backoff_ms(r, e->attempts);
 		int64_t due = ackbox_wall_ms() + delay;
 		change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
 		e->state = E_WAITING;
@@ -612,7 +612,7 @@ static void on_disconnected(abx_relay *r, const char *why)
 		r->ready_head = requeue;
 		r->ready_len += n;
 	}
-	r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
+	r->next_connect_at = now + backoff_ms(r, ++r->connect_failures);
 }
 
 static void handle_event(abx_relay *r, const tx_ev *ev)
@@ -873,7 +873,7 @@ static void send_ready(abx_relay *r, int64_t now)
 		ready_push_front(r, e);
 		if (rc == ACKBOX_TX_NOT_CONNECTED) {
 			atomic_store(&r->connected, 0);
-			r->next_connect_at = now + backoff_ms(r, ++r->connect_failures, false);
+			r->next_connect_at = now + backoff_ms(r, ++r->connect_failures);
 		}
 		break;
 	}
@@ -996,7 +996,7 @@ static void try_connect(abx_relay *r, int64_t now)
 		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_failures,
 		        err);
 	snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
-	r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, r->connect_failures, false);
+	r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, r->connect_failures);
 	ABX_UNUSED(now);
 }
 
