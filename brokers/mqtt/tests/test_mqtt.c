@@ -113,7 +113,8 @@ static void sub_collect(const char *client_id, got *g)
 	}
 	MQTTClient_disconnect5(cl, 1000, MQTTREASONCODE_SUCCESS, NULL);
 	MQTTClient_destroy(&cl);
-	qsort(g->ids, g->n, sizeof(*g->ids), id_cmp);
+	if (g->n)
+		qsort(g->ids, g->n, sizeof(*g->ids), id_cmp);
 }
 
 static size_t distinct(const got *g)
