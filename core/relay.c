@@ -1019,6 +1019,17 @@ static void wait_for_work(abx_relay *r, int timeout_ms)
 		poll(&pfd, 1, timeout_ms);
 }
 
+/*
+ * Changes the store refuses pause new work (reports must follow their
+ * changes); otherwise claims keep up to a window of claimed rows ready
+ * behind the window in flight, so the broker always has work.
+ */
+static bool claim_could_run(const abx_relay *r)
+{
+	return atomic_load(&r->connected) && !r->apply_stuck && r->ready_len < (size_t)r->window &&
+	       r->tokens.len + r->ready_len < 2 * (size_t)r->window;
+}
+
 static void *relay_main(void *arg)
 {
 	abx_relay *r = arg;
@@ -1038,13 +1049,7 @@ static void *relay_main(void *arg)
 			try_connect(r, now);
 			now = ackbox_mono_ms();
 		}
-		/* Changes the store refuses pause new work (reports must follow
-		 * their changes); otherwise claims keep up to a window of claimed
-		 * rows ready behind the window in flight, so the pipe stays full. */
-		bool claim_ok = atomic_load(&r->connected) && !r->apply_stuck &&
-		                r->ready_len < (size_t)r->window &&
-		                r->tokens.len + r->ready_len < 2 * (size_t)r->window;
-		if (claim_ok && (r->store_dirty || now >= r->next_claim_at)) {
+		if (claim_could_run(r) && (r->store_dirty || now >= r->next_claim_at)) {
 			/* A claim must see every change made so far: a row acked here
 			 * whose delete is still queued would otherwise come back (its
 			 * lease may have run out) and be sent and reported again. */
@@ -1057,9 +1062,7 @@ static void *relay_main(void *arg)
 
 		/* How long may we sleep? A claim deadline counts only when a claim
 		 * could run (an ack that frees room wakes us through the wake fd). */
-		bool can_claim = atomic_load(&r->connected) && !r->apply_stuck &&
-		                 r->ready_len < (size_t)r->window &&
-		                 r->tokens.len + r->ready_len < 2 * (size_t)r->window;
+		bool can_claim = claim_could_run(r);
 		wake_at = now + 1000;
 		if (can_claim && r->next_claim_at < wake_at)
 			wake_at = r->next_claim_at;
