@@ -15,6 +15,24 @@ static pthread_mutex_t id_mtx = PTHREAD_MUTEX_INITIALIZER;
 static int64_t id_last_ms;
 static uint32_t id_counter;
 
+/* Random bytes come from a pool refilled 4 KiB at a time: one getrandom()
+ * per id cost a system call per message. A child of fork() must not reuse
+ * its parent's pool (same ms, same counter, same bytes: the same id), so
+ * the pool is emptied in the child. */
+static uint8_t id_pool[4096];
+static size_t id_pool_left;
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+
+static void id_forget_pool(void)
+{
+	id_pool_left = 0;
+}
+
+static void id_init(void)
+{
+	pthread_atfork(NULL, NULL, id_forget_pool);
+}
+
 static void fill_random(uint8_t *p, size_t n)
 {
 	while (n > 0) {
@@ -32,8 +50,14 @@ void ackbox_id_new(ackbox_id *out)
 	int64_t ms;
 	uint32_t ctr;
 
-	fill_random(rnd, sizeof(rnd));
+	pthread_once(&id_once, id_init);
 	pthread_mutex_lock(&id_mtx);
+	if (id_pool_left < sizeof(rnd)) {
+		fill_random(id_pool, sizeof(id_pool));
+		id_pool_left = sizeof(id_pool);
+	}
+	memcpy(rnd, id_pool + sizeof(id_pool) - id_pool_left, sizeof(rnd));
+	id_pool_left -= sizeof(rnd);
 	ms = ackbox_wall_ms();
 	if (ms <= id_last_ms) {
 		/* Same millisecond (or the clock stepped back): count on from the
