@@ -417,26 +417,29 @@ int ackbox_publish(ackbox *ab, const ackbox_msg *msg, ackbox_id *id_out, char *e
 /* Delivery reports                                                     */
 /* ------------------------------------------------------------------ */
 
-void abx_report_push(ackbox *ab, const ackbox_report *r)
+abx_report_item *abx_report_new(const ackbox_report *r)
 {
 	size_t tl = strlen(r->topic) + 1, rl = strlen(r->reason) + 1;
 	abx_report_item *it = malloc(sizeof(*it) + tl + rl);
-	if (!it) {
-		abx_log(ab->conf, ACKBOX_LOG_ERROR, "core", "out of memory: a delivery report is lost");
-		return;
-	}
+	if (!it)
+		return NULL;
 	it->next = NULL;
 	it->r = *r;
 	memcpy(it->text, r->topic, tl);
 	memcpy(it->text + tl, r->reason, rl);
 	it->r.topic = it->text;
 	it->r.reason = it->text + tl;
+	return it;
+}
+
+void abx_report_push_list(ackbox *ab, abx_report_item *head, abx_report_item *tail)
+{
 	pthread_mutex_lock(&ab->rep_mtx);
 	if (ab->rep_tail)
-		ab->rep_tail->next = it;
+		ab->rep_tail->next = head;
 	else
-		ab->rep_head = it;
-	ab->rep_tail = it;
+		ab->rep_head = head;
+	ab->rep_tail = tail;
 	pthread_mutex_unlock(&ab->rep_mtx);
 }
 

@@ -124,8 +124,10 @@ struct ackbox {
 	volatile int closing;
 };
 
-/* Queues a final delivery report (relay thread). */
-void abx_report_push(struct ackbox *ab, const ackbox_report *r);
+/* A report item holding copies of r's texts; NULL if out of memory. */
+abx_report_item *abx_report_new(const ackbox_report *r);
+/* Queues final delivery reports, head..tail linked by next (relay thread). */
+void abx_report_push_list(struct ackbox *ab, abx_report_item *head, abx_report_item *tail);
 /* Wakes flush() waiters without a report (e.g. store poll progress). */
 void abx_progress(struct ackbox *ab);
 

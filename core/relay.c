@@ -236,9 +236,10 @@ struct abx_relay {
 	ackbox_store_change *changes;
 	size_t nchanges, cap_changes;
 	char **change_texts; /* owned last_error strings, parallel to changes */
-	ackbox_report *reports;
-	char **report_texts;
-	size_t nreports, cap_reports;
+	abx_report_item *rep_head, *rep_tail; /* released after their changes */
+	size_t nreports;
+	int64_t next_fail_log_at; /* FAILED lines are rate-limited with a report callback */
+	unsigned failed_unlogged;
 	int64_t apply_retry_at;
 	int64_t first_change_at; /* when the oldest queued change was queued */
 	bool apply_stuck;        /* the store refused the last apply */
@@ -308,8 +309,7 @@ static void entry_free(abx_relay *r, entry *e)
 {
 	map_del(&r->by_id, id_key(&e->id));
 	entry_drop_data(r, e);
-	free(e->topic);
-	free(e);
+	free(e); /* the topic lives in the same allocation */
 }
 
 /* Frees e once nothing refers to it and it is not queued or in flight. */
@@ -321,12 +321,12 @@ static void entry_maybe_free(abx_relay *r, entry *e)
 
 static entry *entry_new(abx_relay *r, abx_fresh *data, int attempts, uint64_t lease)
 {
-	entry *e = calloc(1, sizeof(*e));
+	size_t tl = strlen(data->topic) + 1;
+	entry *e = calloc(1, sizeof(*e) + tl);
 	if (!e)
 		return NULL;
-	e->topic = strdup(data->topic);
-	if (!e->topic || map_put(&r->by_id, id_key(&data->id), e) != 0) {
-		free(e->topic);
+	e->topic = memcpy(e + 1, data->topic, tl);
+	if (map_put(&r->by_id, id_key(&data->id), e) != 0) {
 		free(e);
 		return NULL;
 	}
@@ -449,32 +449,29 @@ static void change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, in
 static void report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcome oc,
                        int code, int retriable, const char *reason)
 {
+	ackbox_report rep;
+	abx_report_item *it;
 	if (!r->ab->conf->report_cb)
 		return;
-	if (r->nreports == r->cap_reports) {
-		size_t ncap = r->cap_reports ? r->cap_reports * 2 : 256;
-		ackbox_report *nr = realloc(r->reports, ncap * sizeof(*nr));
-		char **nt = nr ? realloc(r->report_texts, ncap * 2 * sizeof(*nt)) : NULL;
-		if (!nr || !nt) {
-			if (nr)
-				r->reports = nr;
-			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
-			return;
-		}
-		r->reports = nr;
-		r->report_texts = nt;
-		r->cap_reports = ncap;
+	memset(&rep, 0, sizeof(rep));
+	rep.id = e->id;
+	rep.topic = e->topic;
+	rep.state = st;
+	rep.attempts = e->attempts;
+	rep.outcome = oc;
+	rep.broker_code = code;
+	rep.retriable = retriable;
+	rep.reason = reason ? reason : "";
+	it = abx_report_new(&rep);
+	if (!it) {
+		abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
+		return;
 	}
-	ackbox_report *rep = &r->reports[r->nreports];
-	memset(rep, 0, sizeof(*rep));
-	rep->id = e->id;
-	rep->state = st;
-	rep->attempts = e->attempts;
-	rep->outcome = oc;
-	rep->broker_code = code;
-	rep->retriable = retriable;
-	r->report_texts[2 * r->nreports] = strdup(e->topic);
-	r->report_texts[2 * r->nreports + 1] = strdup(reason ? reason : "");
+	if (r->rep_tail)
+		r->rep_tail->next = it;
+	else
+		r->rep_head = it;
+	r->rep_tail = it;
 	r->nreports++;
 }
 
@@ -521,6 +518,31 @@ static void on_acked(abx_relay *r, entry *e)
 }
 
 /*
+ * Without a report callback the log is the only place a FAILED message
+ * shows, so each gets a line. With one, the application hears of every
+ * message; the log gets at most one line per 10 s, counting the rest, so a
+ * broker refusing a burst does not flood it.
+ */
+static void log_failed(abx_relay *r, const entry *e, const char *why)
+{
+	struct ackbox *ab = r->ab;
+	int64_t now = ackbox_mono_ms();
+	if (ab->conf->report_cb && now < r->next_fail_log_at) {
+		r->failed_unlogged++;
+		return;
+	}
+	if (r->failed_unlogged)
+		abx_log(ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "message to '%s' FAILED: %s (and %u more since the last such line)", e->topic,
+		        why, r->failed_unlogged);
+	else
+		abx_log(ab->conf, ACKBOX_LOG_WARN, "relay", "message to '%s' FAILED: %s", e->topic,
+		        why);
+	r->failed_unlogged = 0;
+	r->next_fail_log_at = now + 10000;
+}
+
+/*
  * An attempt that reached the broker failed. Counts it, asks the nack
  * policy, and moves e to RETRYING (back to the store with a backoff) or
  * FAILED, or drops it.
@@ -558,8 +580,7 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		         e->attempts == 1 ? "" : "s");
 		change_add(r, ACKBOX_CHANGE_FAIL, e, 0, full, code);
 		report_add(r, e, ACKBOX_MSG_FAILED, oc, code, retriable, full);
-		abx_log(ab->conf, ACKBOX_LOG_WARN, "relay", "message to '%s' FAILED: %s", e->topic,
-		        full);
+		log_failed(r, e, full);
 		e->state = E_DONE;
 	} else {
 		int64_t delay = backoff_ms(r, e->attempts);
@@ -910,14 +931,9 @@ static void apply_changes(abx_relay *r, int64_t now, bool force)
 	/* Reports are queued before the store lock is released: whoever sees a
 	 * change in the store (ackbox_flush) finds its report already queued.
 	 * Lock order: store_mtx, then rep_mtx. */
-	for (size_t i = 0; i < r->nreports; i++) {
-		r->reports[i].topic = r->report_texts[2 * i];
-		r->reports[i].reason = r->report_texts[2 * i + 1];
-		if (r->reports[i].topic && r->reports[i].reason)
-			abx_report_push(ab, &r->reports[i]);
-		free(r->report_texts[2 * i]);
-		free(r->report_texts[2 * i + 1]);
-	}
+	if (r->rep_head)
+		abx_report_push_list(ab, r->rep_head, r->rep_tail);
+	r->rep_head = r->rep_tail = NULL;
 	bool applied = r->nchanges > 0;
 	if (applied) {
 		pthread_mutex_unlock(&ab->store_mtx);
@@ -1223,7 +1239,6 @@ static void relay_free(abx_relay *r)
 		entry *e = r->by_id.vals[i];
 		if (e) {
 			abx_fresh_free(e->data);
-			free(e->topic);
 			free(e);
 		}
 	}
@@ -1241,10 +1256,10 @@ static void relay_free(abx_relay *r)
 		free(r->change_texts[i]);
 	free(r->changes);
 	free(r->change_texts);
-	for (size_t i = 0; i < 2 * r->nreports; i++)
-		free(r->report_texts[i]);
-	free(r->reports);
-	free(r->report_texts);
+	for (abx_report_item *it = r->rep_head, *nx; it; it = nx) {
+		nx = it->next;
+		free(it);
+	}
 	if (r->wake_fd >= 0)
 		close(r->wake_fd);
 	pthread_mutex_destroy(&r->in_mtx);
