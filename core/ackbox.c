@@ -295,6 +295,12 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	pthread_mutex_lock(&ab->store_mtx);
 	rc = ab->store_ops->insert(ab->store_ctx, recs, n, err, sizeof(err));
 	pthread_mutex_unlock(&ab->store_mtx);
+	/* The flush to disk runs without the lock, so the relay's deletes go
+	 * on meanwhile. Only one leader runs at a time: never two syncs. If it
+	 * fails, the rows may still be sent later; a publish that returned an
+	 * error may thus be delivered (a duplicate if retried), never lost. */
+	if (rc >= 0 && ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, sync))
+		rc = ab->store_ops->sync(ab->store_ctx, err, sizeof(err));
 	free(recs);
 	if (rc < 0) {
 		if (handed)

@@ -144,6 +144,16 @@ typedef struct ackbox_store_ops {
 	 * RETRYING, 0 if none. Should be O(1); flush() asks often.
 	 */
 	int (*has_pending)(void *ctx, char *errstr, size_t errstr_size);
+
+	/**
+	 * Optional (NULL: insert() is durable by itself). With it, insert()
+	 * need only commit, and sync() makes every insert that returned before
+	 * it durable per `sync`; the core calls it after each insert and only
+	 * then reports the messages stored. It is called WITHOUT the instance's
+	 * lock, so the relay's claims and changes run while the disk flushes;
+	 * it is never called concurrently with itself or with insert().
+	 */
+	int (*sync)(void *ctx, char *errstr, size_t errstr_size);
 } ackbox_store_ops;
 
 /**
