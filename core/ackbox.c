@@ -106,9 +106,11 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	rc = store_open(ab, errstr, errstr_size);
 	if (rc)
 		goto fail;
-	{
+	if (ackbox_conf_get(conf, "transport.url")) {
 		char err[256] = "";
-		/* Crash recovery: whatever a previous process left unconfirmed is due now. */
+		/* Crash recovery: whatever a previous process left unconfirmed is
+		 * due now. Only a handle that will send needs it; an admin handle
+		 * (ackbox status) must not make a running relay's rows due. */
 		rc = ab->store_ops->recover(ab->store_ctx, ackbox_wall_ms(), err, sizeof(err));
 		if (rc < 0) {
 			ackbox_errstr_set(errstr, errstr_size, "store.url: recovery failed: %s", err);

@@ -249,12 +249,13 @@ ACKBOX_API void ackbox_conf_dump_properties(void *out);
 typedef struct ackbox ackbox;
 
 /**
- * Opens the store, recovers what a previous process left (every SENDING or
- * RETRYING message this process may take becomes due now: with a store
- * shared by several relays, only rows whose lease ran out) and, if
- * transport.url is set, starts the
- * relay thread that sends due messages. Without transport.url the handle can
- * still publish (rows wait for a relay) and administer the store.
+ * Opens the store and, if transport.url is set, recovers what a previous
+ * process left (every SENDING or RETRYING message this process may take
+ * becomes due now: with a store shared by several relays, only rows whose
+ * lease ran out) and starts the relay thread that sends due messages.
+ * Without transport.url the handle can still publish (rows wait for a
+ * relay) and administer the store, and it writes nothing at open: an
+ * existing SQLite store is only read until a call changes something.
  *
  * An unreachable broker is not an error unless transport.require_connect is
  * true: messages are stored and sent when the broker comes back.

@@ -324,7 +324,7 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 		                  c->path, version, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	return 0;
+	return 1;
 }
 
 /* sqlite:///abs/path.db or sqlite://relative/path.db */
@@ -397,14 +397,17 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		return rc;
 	}
 	rc = check_schema(c, errstr, errstr_size);
-	if (rc) {
+	if (rc < 0) {
 		sq_close(c);
 		return rc;
 	}
-	rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-	if (rc == SQLITE_OK)
+	/* Only a new file is written at open: `ackbox status` on a store a
+	 * service is using must not wait for, or block, its writes. */
+	if (rc == 1)
+		rc = SQLITE_OK;
+	else if ((rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK)
 		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
-	if (rc == SQLITE_OK)
+	if (rc == SQLITE_OK && !sqlite3_get_autocommit(c->db))
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		rc = sq_error(c->db, rc, c->path, "creating the schema", errstr, errstr_size);

@@ -25,6 +25,13 @@ static inline long long tu_mono_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static inline long long tu_wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /*
  * Reads KEY from the env file a broker fixture wrote
  * ($ACKBOX_FIXTURE_DIR/<fixture>/env). A missing fixture is a failed test,

@@ -180,6 +180,50 @@ Test(sqlite, locked_by_another_writer_fails_clearly_then_recovers)
 	ackbox_destroy(ab);
 }
 
+static int min_due(const ackbox_stored *m, void *opaque)
+{
+	int64_t *min = opaque;
+	if (*min == 0 || m->due_ms < *min)
+		*min = m->due_ms;
+	return 0;
+}
+
+/* `ackbox status` next to a running service: the admin handle must not wait
+ * for the service's write lock, nor make the rows it has in flight due. */
+Test(sqlite, admin_handle_neither_writes_nor_waits_for_the_writer)
+{
+	ackbox *svc, *admin;
+	ackbox_counts c;
+	sqlite3 *other;
+	int64_t due = 0;
+	char err[512] = "";
+	ackbox_conf *conf = ackbox_conf_new();
+	ackbox_loopback *lb = ackbox_loopback_get("admin-ro");
+
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 5, 0); /* in flight until the lease runs out */
+	TU_SET(conf, "store.url", db_url);
+	TU_SET(conf, "transport.url", "loopback://admin-ro");
+	TU_SET(conf, "retry.timeout", "60s");
+	TU_SET(conf, "log.level", "error");
+	cr_assert_eq(ackbox_new(&svc, conf, err, sizeof(err)), 0, "%s", err);
+	publish_n(svc, 5);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 5, 5000), "5 sent");
+
+	/* a writer holds the lock, as the service does inside a commit */
+	cr_assert_eq(sqlite3_open(path, &other), SQLITE_OK);
+	cr_assert_eq(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	cr_assert_eq(open_store(&admin, NULL, err, sizeof(err)), 0, "admin open: %s", err);
+	cr_assert_eq(ackbox_counts_get(admin, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending, 5);
+	cr_assert_eq(ackbox_list(admin, -1, 0, min_due, &due, err, sizeof(err)), 5, "%s", err);
+	cr_assert_gt(due, tu_wall_ms() + 30000, "the in-flight leases are intact (due %lld)",
+	             (long long)due);
+	ackbox_destroy(admin);
+	cr_assert_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(other);
+	ackbox_destroy(svc);
+}
+
 Test(sqlite, missing_directory_is_a_clear_error)
 {
 	ackbox *ab;
