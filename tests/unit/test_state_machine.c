@@ -1,7 +1,8 @@
 /*
  * test_state_machine.c - the one state machine, driven through the loopback
  * transport and the SQLite store: ack, nack, lost confirm, max attempts,
- * late confirm, broker down, disconnect, crash recovery, group commit.
+ * late confirm and late nack, broker down, disconnect, crash recovery,
+ * group commit.
  */
 #include "testutil.h"
 
@@ -16,6 +17,7 @@ typedef struct seen {
 	ackbox_report last_failed;
 	char last_reason[512];
 	ackbox_id ids[8192];
+	ackbox_state states[8192]; /* the state of the report ids[i] came with */
 	int nids;
 } seen;
 
@@ -30,8 +32,20 @@ static void on_report(const ackbox_report *r, void *opaque)
 		snprintf(s->last_reason, sizeof(s->last_reason), "%s", r->reason);
 	} else if (r->state == ACKBOX_MSG_DROPPED)
 		s->dropped++;
-	if (s->nids < 8192)
+	if (s->nids < 8192) {
+		s->states[s->nids] = r->state;
 		s->ids[s->nids++] = r->id;
+	}
+}
+
+/* How many reports in state st came for id. */
+static int reports_for(const seen *s, const ackbox_id *id, ackbox_state st)
+{
+	int n = 0;
+	for (int i = 0; i < s->nids; i++)
+		if (s->states[i] == st && memcmp(&s->ids[i], id, sizeof(*id)) == 0)
+			n++;
+	return n;
 }
 
 static char *dir;
@@ -50,8 +64,9 @@ static void teardown(void)
 	ackbox_loopback_reset();
 }
 
-/* A handle on the loopback broker `broker`, with quick retries. */
-static ackbox *open_handle(const char *broker, seen *s, const char *k1, const char *v1)
+/* A handle on the loopback broker `broker`, with quick retries and the
+ * extra keys kv (key, value, ..., NULL). */
+static ackbox *open_handle_kv(const char *broker, seen *s, const char *const *kv)
 {
 	ackbox_conf *c = ackbox_conf_new();
 	ackbox *ab = NULL;
@@ -63,12 +78,18 @@ static ackbox *open_handle(const char *broker, seen *s, const char *k1, const ch
 	TU_SET(c, "retry.backoff.initial", "20ms");
 	TU_SET(c, "retry.backoff.max", "100ms");
 	TU_SET(c, "log.level", "error");
-	if (k1)
-		TU_SET(c, k1, v1);
+	for (; kv && kv[0]; kv += 2)
+		TU_SET(c, kv[0], kv[1]);
 	if (s)
 		ackbox_conf_set_report_cb(c, on_report, s);
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "ackbox_new: %s", err);
 	return ab;
+}
+
+static ackbox *open_handle(const char *broker, seen *s, const char *k1, const char *v1)
+{
+	const char *kv[] = {k1, v1, NULL};
+	return open_handle_kv(broker, s, kv);
 }
 
 static ackbox_id publish_one(ackbox *ab, const char *payload)
@@ -215,6 +236,167 @@ Test(sm, late_confirm_of_an_earlier_attempt_acks_once)
 	/* no second report, whatever comes later */
 	cr_assert_eq(ackbox_poll(ab, 400), 0);
 	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+/* ---- late answers after a resend: one report per message, whatever comes ---- */
+
+/*
+ * Timing of the tests below. The first answer comes LATE_MS after the
+ * send, past retry.timeout, so the core gives up on that attempt and
+ * resends (backoff 10-20 ms here) well before the late answer is due.
+ * An answer scheduled AFTER_LATE_MS after a send made once an attempt has
+ * timed out comes at least 100 ms after that attempt's late answer.
+ */
+#define LATE_TIMEOUT "300ms"
+#define LATE_TIMEOUT_MS 300
+#define LATE_MS 450
+#define AFTER_LATE_MS (LATE_MS - LATE_TIMEOUT_MS + 100)
+
+/*
+ * A handle for these tests. A timed-out row is resent by a claim once its
+ * backoff has passed; the relay claims when the earliest backoff it set
+ * ends, then only every store.poll_interval (200 ms by default), so rows
+ * whose jittered backoff ends a moment later, or a row the claim misses by
+ * a millisecond of wall against monotonic clock, would be resent only
+ * after their late answer. A 10 ms poll keeps every resend ahead of it.
+ */
+static ackbox *open_late(const char *broker, seen *s, const char *max_attempts)
+{
+	const char *kv[] = {"retry.timeout", LATE_TIMEOUT, "store.poll_interval", "10ms",
+	                    "retry.max_attempts", max_attempts, NULL};
+	return open_handle_kv(broker, s, kv);
+}
+
+/*
+ * Serves reports until the late answers are in, without sleeping: publishes
+ * a sentinel whose confirm is scheduled AFTER_LATE_MS from now, so after the
+ * late answer of every attempt that has timed out by now and after every
+ * answer already scheduled with at most that delay (a resend of the
+ * sentinel, should it time out, is never confirmed), and flushes until it
+ * is acked. The loopback answers in time order and the relay handles
+ * answers and releases reports in that order: once the sentinel's report is
+ * served, every report an earlier answer caused has been served too.
+ */
+static void serve_until_answered(ackbox *ab, ackbox_loopback *lb, seen *s)
+{
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, AFTER_LATE_MS);
+	ackbox_id id = publish_one(ab, "sentinel");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0, "the sentinel is acked");
+	cr_assert_eq(reports_for(s, &id, ACKBOX_MSG_ACKED), 1);
+}
+
+Test(sm, late_confirm_after_the_resend_was_acked_reports_once)
+{
+	seen s = {0};
+	ackbox *ab = open_late("late-after", &s, "3");
+	ackbox_loopback *lb = ackbox_loopback_get("late-after");
+	/* attempt 1 is confirmed late; the resend is confirmed at once */
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, LATE_MS);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the resend");
+	/* now the late confirm of attempt 1 comes in */
+	serve_until_answered(ab, lb, &s);
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "the late confirm adds no report");
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "the late confirm causes no resend");
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
+	ackbox_destroy(ab);
+}
+
+Test(sm, late_confirm_before_the_resend_is_acked_reports_once)
+{
+	seen s = {0};
+	ackbox *ab = open_late("late-before", &s, "3");
+	ackbox_loopback *lb = ackbox_loopback_get("late-before");
+	/* attempt 1 is confirmed late, while the resend is still in flight:
+	 * the resend's own confirm comes after the late one */
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, LATE_MS);
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, AFTER_LATE_MS);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the late confirm");
+	/* now the resend's own confirm comes in */
+	serve_until_answered(ab, lb, &s);
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "the second confirm adds no report");
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "no third send");
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
+	ackbox_destroy(ab);
+}
+
+Test(sm, late_confirms_of_many_messages_report_each_once)
+{
+	enum { N = 200, LATE = 50 };
+	seen s = {0};
+	ackbox *ab = open_late("late-many", &s, "3");
+	ackbox_loopback *lb = ackbox_loopback_get("late-many");
+	ackbox_msg m[N];
+	ackbox_id ids[N];
+	char err[256];
+	int twice = 0;
+
+	/* the first LATE sends are confirmed late, everything else at once */
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, LATE, LATE_MS);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < N; i++) {
+		m[i].topic = "orders";
+		m[i].payload = "x";
+		m[i].payload_len = 1;
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, N, ids, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	serve_until_answered(ab, lb, &s);
+	for (int i = 0; i < N; i++) {
+		size_t sent = ackbox_loopback_count_id(lb, &ids[i]);
+		cr_assert(sent == 1 || sent == 2, "message %d sent %zu times", i, sent);
+		twice += sent == 2;
+		cr_assert_eq(reports_for(&s, &ids[i], ACKBOX_MSG_ACKED), 1,
+		             "message %d (sent %zu times) reported acked once", i, sent);
+	}
+	cr_assert_eq(twice, LATE, "%d messages resent, not the %d confirmed late", twice, LATE);
+	cr_assert_eq(s.acked, N + 1, "N messages and the sentinel");
+	cr_assert_eq(s.failed + s.dropped, 0);
+	cr_assert_eq(s.nids, N + 1, "no other report");
+	cr_assert_eq(ackbox_loopback_distinct(lb), N + 1);
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
+	ackbox_destroy(ab);
+}
+
+Test(sm, late_nack_after_the_resend_was_acked_changes_nothing)
+{
+	seen s = {0};
+	/* two attempts: the timeout burns one, so a late nack taken for a
+	 * current attempt would burn the last and fail the message */
+	ackbox *ab = open_late("late-nack", &s, "2");
+	ackbox_loopback *lb = ackbox_loopback_get("late-nack");
+	ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, LATE_MS);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the resend");
+	/* now the late nack of attempt 1 comes in */
+	serve_until_answered(ab, lb, &s);
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_FAILED), 0, "the late nack fails nothing");
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1);
+	cr_assert_eq(s.failed + s.dropped, 0);
+	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "the late nack causes no resend");
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
 	ackbox_destroy(ab);
 }
 
