@@ -27,6 +27,8 @@
 #include <ackbox/sqlite.h>
 #include <ackbox/store.h>
 
+#include "sqlite_int.h"
+
 #define SCHEMA_NAME "ackbox-outbox"
 #define SCHEMA_VERSION 1
 
@@ -55,27 +57,22 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_due ON ackbox_outbox(due_ms, created_ms)"
     " WHERE state < 2;"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_troubled ON ackbox_outbox(state, seq)"
-    " WHERE state > 0;";
+    " WHERE state > 0;"
+    /* packed batches (packed.c): many messages in one row while in memory */
+    "CREATE TABLE IF NOT EXISTS ackbox_batch("
+    " bseq INTEGER PRIMARY KEY,"
+    " due_ms INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " n INTEGER NOT NULL,"
+    " data BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS ackbox_batch_due ON ackbox_batch(due_ms);"
+    "CREATE TABLE IF NOT EXISTS ackbox_batch_out(bseq INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " PRIMARY KEY(bseq, idx)) WITHOUT ROWID;";
 
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
 	"headers, payload, last_error, last_code, lease"
 
-enum {
-	ST_BEGIN,
-	ST_COMMIT,
-	ST_ROLLBACK,
-	ST_INSERT,
-	ST_CLAIM_SEL,
-	ST_CLAIM_UPD,
-	ST_DELETE,
-	ST_RETRY,
-	ST_FAIL,
-	ST_RELEASE,
-	ST_PENDING_ANY,
-	ST_DELETE_MANY,
-	ST_COUNT
-};
 
 /* Acks come in bursts: one DELETE statement for this many rows costs less
  * than as many single ones (fewer statement runs and index seeks). */
@@ -102,32 +99,23 @@ static const char *const stmt_sql[ST_COUNT] = {
                 " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2 AND lease = ?7",
     [ST_RELEASE] = "UPDATE ackbox_outbox SET due_ms = ?3 WHERE id = ?1 AND state < 2"
                    " AND lease = ?7",
-    [ST_PENDING_ANY] = "SELECT 1 FROM ackbox_outbox WHERE state < 2 LIMIT 1",
+    [ST_PENDING_ANY] = "SELECT 1 WHERE EXISTS(SELECT 1 FROM ackbox_outbox WHERE state < 2)"
+                       " OR EXISTS(SELECT 1 FROM ackbox_batch)",
     [ST_DELETE_MANY] = "DELETE FROM ackbox_outbox WHERE lease = ?1 AND id IN (" Q64 ")",
 };
-
-typedef struct sq_ctx {
-	sqlite3 *db;
-	char *path;
-	sqlite3_stmt *st[ST_COUNT];
-	const char *sync_full; /* PRAGMA for durable inserts */
-	int cur_sync;          /* 0 = durable mode set, 1 = relaxed mode set */
-	ackbox_sync sync;
-	int64_t *seqs;
-	size_t cap_seqs;
-	int wal_fd;      /* our descriptor of <path>-wal for sync(), -1 if none */
-	ino_t wal_ino;
-	int need_sync;   /* an insert committed without fsync since the last sync() */
-} sq_ctx;
 
 static const ackbox_prop sq_props[] = {
 	{"busy_timeout", ACKBOX_PROP_DURATION, "5s", 0, 3600000, NULL,
 	 "How long to wait for another writer's lock before ACKBOX_ERR_STORE_LOCKED."},
+	{"secure_delete", ACKBOX_PROP_ENUM, "fast", 0, 0, "on|fast|off",
+	 "Whether deleted messages' bytes are overwritten (SQLite's PRAGMA secure_delete). "
+	 "'on' (Debian's build default) writes every freed page again and halves the "
+	 "throughput of acks; 'fast' zeroes them where that costs no extra I/O."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* Maps an SQLite result to an ackbox error and a line naming the file. */
-static int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
-                    size_t errstr_size)
+int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
+             size_t errstr_size)
 {
 	int ext = db ? sqlite3_extended_errcode(db) : rc;
 	const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
@@ -219,6 +207,7 @@ static void sq_close(void *vctx)
 	sq_ctx *c = vctx;
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(c->st[i]);
+	sq_pack_close(c);
 	if (c->db)
 		sqlite3_close_v2(c->db);
 	if (c->wal_fd >= 0)
@@ -280,18 +269,21 @@ static int wal_check(sq_ctx *c)
 static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = NULL;
-	int rc, have_meta = 0;
+	int rc, have_meta = 0, have_batch = 0;
 	char name[64] = "", version[32] = "";
 
 	rc = sqlite3_prepare_v2(c->db,
-	                        "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
-	                        "name='ackbox_meta'",
+	                        "SELECT (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
+	                        " name='ackbox_meta'), (SELECT count(*) FROM sqlite_master WHERE"
+	                        " type='table' AND name='ackbox_batch_out')",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
 	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW)
+	if (rc == SQLITE_ROW) {
 		have_meta = sqlite3_column_int(s, 0);
+		have_batch = sqlite3_column_int(s, 1);
+	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
@@ -324,7 +316,7 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 		                  c->path, version, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	return 1;
+	return have_batch; /* a file from before packed batches gets their tables */
 }
 
 /* sqlite:///abs/path.db or sqlite://relative/path.db */
@@ -396,6 +388,12 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		sq_close(c);
 		return rc;
 	}
+	{
+		const char *sd = ackbox_conf_get(conf, "sqlite.secure_delete");
+		char sql[64];
+		snprintf(sql, sizeof(sql), "PRAGMA secure_delete=%s", sd ? sd : "fast");
+		sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	}
 	rc = check_schema(c, errstr, errstr_size);
 	if (rc < 0) {
 		sq_close(c);
@@ -424,6 +422,11 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 			return rc;
 		}
 	}
+	rc = sq_pack_open(c, errstr, errstr_size);
+	if (rc) {
+		sq_close(c);
+		return rc;
+	}
 	return 0;
 }
 
@@ -432,7 +435,7 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s = c->st[ST_INSERT];
-	int moved = 0, split, rc;
+	int moved = 0, split, packed, rc;
 	/* A file deleted or renamed under us would take every later write with
 	 * it when this process ends: refuse instead (one stat per commit). */
 	if (sqlite3_file_control(c->db, "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK &&
@@ -448,7 +451,13 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	rc = begin(c, split);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
-	for (size_t i = 0; i < n; i++) {
+	packed = sq_pack_insert(c, recs, n, ackbox_wall_ms(), errstr, errstr_size);
+	if (packed < 0) {
+		sq_pack_inserted(c, 0);
+		rollback(c);
+		return packed;
+	}
+	for (size_t i = 0; i < n && !packed; i++) {
 		const ackbox_store_rec *r = &recs[i];
 		sqlite3_bind_blob(s, 1, r->id.b, 16, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 2, r->due_ms);
@@ -477,6 +486,7 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		}
 	}
 	rc = commit(c);
+	sq_pack_inserted(c, rc == SQLITE_OK);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
 	if (split)
@@ -544,6 +554,12 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	/* packed batches whose lease ran out become rows the SELECT finds */
+	rc = sq_pack_unpack_due(c, now_ms, errstr, errstr_size);
+	if (rc < 0) {
+		rollback(c);
+		return rc;
+	}
 	sqlite3_bind_int64(s, 1, now_ms);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
 	/* Collect first, update after: moving a row in the index being scanned
@@ -583,15 +599,36 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 {
 	sq_ctx *c = vctx;
 	int64_t now = ackbox_wall_ms();
+	uint8_t *done = NULL;
 	int rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	/* Changes for packed members first, in order; a member that moves out
+	 * (a retry) is a row by the time a later change for it comes below. */
+	if (c->nslots) {
+		done = calloc(n, 1);
+		if (!done) {
+			rollback(c);
+			return ACKBOX_ERR_NOMEM;
+		}
+		for (size_t i = 0; i < n; i++) {
+			rc = sq_pack_change(c, &ch[i], now, errstr, errstr_size);
+			if (rc < 0) {
+				free(done);
+				rollback(c);
+				return rc;
+			}
+			done[i] = (uint8_t)rc;
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
 		sqlite3_stmt *s;
 		size_t run = 0;
+		if (done && done[i])
+			continue;
 		/* DELETE_MANY deletes of one lease in a row go in one statement */
 		while (i + run < n && run < DELETE_MANY && ch[i + run].kind == ACKBOX_CHANGE_DELETE &&
-		       ch[i + run].lease == ch[i].lease)
+		       ch[i + run].lease == ch[i].lease && !(done && done[i + run]))
 			run++;
 		if (run == DELETE_MANY) {
 			s = c->st[ST_DELETE_MANY];
@@ -602,6 +639,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 			sqlite3_reset(s);
 			if (rc != SQLITE_DONE) {
 				rc = sq_error(c->db, rc, c->path, "state change", errstr, errstr_size);
+				free(done);
 				rollback(c);
 				return rc;
 			}
@@ -630,10 +668,12 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		sqlite3_clear_bindings(s);
 		if (rc != SQLITE_DONE) {
 			rc = sq_error(c->db, rc, c->path, "state change", errstr, errstr_size);
+			free(done);
 			rollback(c);
 			return rc;
 		}
 	}
+	free(done);
 	rc = commit(c);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
@@ -665,6 +705,9 @@ static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_si
 	int rc = exec_changes(vctx,
 	                      "UPDATE ackbox_outbox SET due_ms = ?1 WHERE state < 2 AND due_ms > ?1",
 	                      a, 1, "recovery", errstr, errstr_size);
+	if (rc >= 0) /* the first claim unpacks them */
+		rc = exec_changes(vctx, "UPDATE ackbox_batch SET due_ms = ?1 WHERE due_ms > ?1", a, 1,
+		                  "recovery", errstr, errstr_size);
 	return rc < 0 ? rc : 0;
 }
 
@@ -693,6 +736,16 @@ static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
 		return sq_error(c->db, rc, c->path, "counting", errstr, errstr_size);
+	{
+		uint64_t packed = 0;
+		int64_t oldest = 0;
+		rc = sq_pack_counts(c, &packed, &oldest, errstr, errstr_size);
+		if (rc)
+			return rc;
+		out->sending += packed;
+		if (packed && oldest && (!out->oldest_pending_ms || oldest < out->oldest_pending_ms))
+			out->oldest_pending_ms = oldest;
+	}
 	return 0;
 }
 
@@ -724,22 +777,78 @@ static int iterate(sq_ctx *c, sqlite3_stmt *s, ackbox_store_row_cb cb, void *opa
 	return n;
 }
 
+typedef struct list_merge {
+	const sq_rowset *packed;
+	size_t next, limit, emitted;
+	ackbox_store_row_cb cb;
+	void *opaque;
+	int stop;
+} list_merge;
+
+/* Emits packed rows whose id sorts before `before` (all if NULL). */
+static void merge_packed(list_merge *m, const ackbox_id *before)
+{
+	while (!m->stop && m->next < m->packed->n && (!m->limit || m->emitted < m->limit) &&
+	       (!before || memcmp(m->packed->rows[m->next].id.b, before->b, 16) < 0)) {
+		m->emitted++;
+		m->stop = m->cb(&m->packed->rows[m->next++], m->opaque);
+	}
+}
+
+static int merge_cb(const ackbox_store_row *row, void *opaque)
+{
+	list_merge *m = opaque;
+	merge_packed(m, &row->id);
+	if (m->stop || (m->limit && m->emitted >= m->limit))
+		return 1;
+	m->emitted++;
+	m->stop = m->cb(row, m->opaque);
+	return m->stop || (m->limit && m->emitted >= m->limit);
+}
+
 static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
                    char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s;
-	int rc = sqlite3_prepare_v2(c->db,
-	                            state < 0 ? "SELECT " ROW_COLS " FROM ackbox_outbox ORDER BY seq"
-	                                        " LIMIT ?2"
-	                                      : "SELECT " ROW_COLS " FROM ackbox_outbox WHERE "
-	                                        "state = ?1 ORDER BY seq LIMIT ?2",
-	                            -1, &s, NULL);
-	if (rc != SQLITE_OK)
+	sq_rowset packed = {0};
+	list_merge m = {0};
+	int rc;
+
+	/* packed members are SENDING; they are merged in by id */
+	if (state < 0 || state == ACKBOX_MSG_SENDING) {
+		rc = sq_pack_collect(c, &packed, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
+	rc = sqlite3_prepare_v2(c->db,
+	                        state < 0 ? "SELECT " ROW_COLS " FROM ackbox_outbox ORDER BY seq"
+	                                    " LIMIT ?2"
+	                                  : "SELECT " ROW_COLS " FROM ackbox_outbox WHERE "
+	                                    "state = ?1 ORDER BY seq LIMIT ?2",
+	                        -1, &s, NULL);
+	if (rc != SQLITE_OK) {
+		sq_rowset_free(&packed);
 		return sq_error(c->db, rc, c->path, "list", errstr, errstr_size);
+	}
 	sqlite3_bind_int(s, 1, state);
 	sqlite3_bind_int64(s, 2, limit ? (sqlite3_int64)limit : -1);
-	return iterate(c, s, cb, opaque, "list", errstr, errstr_size);
+	if (!packed.n) {
+		rc = iterate(c, s, cb, opaque, "list", errstr, errstr_size);
+		sq_rowset_free(&packed);
+		return rc;
+	}
+	m.packed = &packed;
+	m.limit = limit;
+	m.cb = cb;
+	m.opaque = opaque;
+	rc = iterate(c, s, merge_cb, &m, "list", errstr, errstr_size);
+	if (rc >= 0) {
+		merge_packed(&m, NULL);
+		rc = (int)m.emitted;
+	}
+	sq_rowset_free(&packed);
+	return rc;
 }
 
 static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
@@ -754,6 +863,20 @@ static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 		return sq_error(c->db, rc, c->path, "get", errstr, errstr_size);
 	sqlite3_bind_blob(s, 1, id->b, 16, SQLITE_STATIC);
 	rc = iterate(c, s, cb, opaque, "get", errstr, errstr_size);
+	if (rc == 0) {
+		sq_rowset packed;
+		rc = sq_pack_collect(c, &packed, errstr, errstr_size);
+		if (rc)
+			return rc;
+		for (size_t i = 0; i < packed.n; i++) {
+			if (memcmp(packed.rows[i].id.b, id->b, 16) == 0) {
+				cb(&packed.rows[i], opaque);
+				rc = 1;
+				break;
+			}
+		}
+		sq_rowset_free(&packed);
+	}
 	if (rc == 0) {
 		ackbox_id_format(id, idstr);
 		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);

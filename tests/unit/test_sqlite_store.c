@@ -297,3 +297,169 @@ Test(sqlite, transactional_entry_commits_and_rolls_back_with_the_app)
 	ackbox_destroy(ab);
 	sqlite3_close(app);
 }
+
+/* ------------------------------------------------------------------ */
+/* Packed batches: a publish batch the relay holds in memory is one row  */
+/* ------------------------------------------------------------------ */
+
+static int64_t table_rows(const char *table)
+{
+	sqlite3 *db;
+	sqlite3_stmt *s;
+	char sql[128];
+	int64_t n = -1;
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+	cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	sqlite3_busy_timeout(db, 2000);
+	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return n;
+}
+
+static ackbox *open_packed(const char *broker, const char *max_attempts)
+{
+	ackbox *ab;
+	char err[512] = "", url[64];
+	ackbox_conf *c = ackbox_conf_new();
+	snprintf(url, sizeof(url), "loopback://%s", broker);
+	TU_SET(c, "store.url", db_url);
+	TU_SET(c, "transport.url", url);
+	TU_SET(c, "retry.timeout", "60s");
+	TU_SET(c, "retry.max_attempts", max_attempts);
+	TU_SET(c, "log.level", "error");
+	ackbox_conf_set_report_cb(c, on_report, NULL);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	return ab;
+}
+
+static void publish_batch_n(ackbox *ab, int n, ackbox_id *ids)
+{
+	ackbox_msg m[64];
+	char err[256];
+	cr_assert(n <= 64);
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < n; i++) {
+		m[i].topic = "orders";
+		m[i].content_type = i % 2 ? "text/plain" : NULL;
+		m[i].payload = "packed payload";
+		m[i].payload_len = 14;
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, (size_t)n, ids, err, sizeof(err)), 0, "%s", err);
+}
+
+typedef struct listed {
+	int n, sending, sorted;
+	ackbox_id last;
+	char payload[32];
+} listed;
+
+static int on_listed(const ackbox_stored *m, void *opaque)
+{
+	listed *l = opaque;
+	if (l->n && memcmp(&l->last, &m->id, sizeof(m->id)) >= 0)
+		l->sorted = 0;
+	l->last = m->id;
+	l->n++;
+	l->sending += m->state == ACKBOX_MSG_SENDING;
+	snprintf(l->payload, sizeof(l->payload), "%.*s", (int)m->payload_len,
+	         (const char *)m->payload);
+	return 0;
+}
+
+Test(sqlite, packed_batch_is_one_row_listed_member_by_member_and_goes_when_acked)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("packed");
+	ackbox_id ids[40];
+	ackbox_counts c;
+	listed l = {.sorted = 1};
+	char err[512] = "";
+	ackbox *ab;
+
+	acked = 0;
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 40, 0); /* held in flight */
+	ab = open_packed("packed", "3");
+	publish_batch_n(ab, 40, ids);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 40, 5000));
+	cr_assert_eq(table_rows("ackbox_batch"), 1, "one packed row");
+	cr_assert_eq(table_rows("ackbox_outbox"), 0, "no row per message");
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending, 40);
+	cr_assert_eq(ackbox_list(ab, -1, 0, on_listed, &l, err, sizeof(err)), 40, "%s", err);
+	cr_assert_eq(l.sending, 40);
+	cr_assert(l.sorted, "listed in id order");
+	cr_assert_str_eq(l.payload, "packed payload");
+	memset(&l, 0, sizeof(l));
+	cr_assert_eq(ackbox_show(ab, &ids[17], on_listed, &l, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(memcmp(&l.last, &ids[17], sizeof(ids[17])), 0);
+	memset(&l, 0, sizeof(l));
+	cr_assert_eq(ackbox_list(ab, -1, 7, on_listed, &l, err, sizeof(err)), 7, "limit holds");
+	ackbox_destroy(ab);
+
+	/* the next process finds all 40 (nothing was acked) and sends them */
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ab = open_packed("packed", "3");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(acked, 40, "every member acked once");
+	for (int i = 0; i < 40; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 2, "member %d sent again", i);
+	cr_assert_eq(table_rows("ackbox_batch"), 0, "the packed row is gone");
+	cr_assert_eq(pending(ab), 0);
+	ackbox_destroy(ab);
+}
+
+Test(sqlite, packed_member_that_fails_moves_out_and_the_rest_is_acked)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("packed-fail");
+	ackbox_id ids[10];
+	ackbox_counts c;
+	listed l = {.sorted = 1};
+	char err[512] = "";
+	ackbox *ab;
+
+	acked = 0;
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 3, 0);
+	ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, 0); /* the 4th: FAILED at once */
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ab = open_packed("packed-fail", "1");
+	publish_batch_n(ab, 10, ids);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(acked, 9);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.failed, 1);
+	cr_assert_eq(c.sending + c.retrying, 0);
+	cr_assert_eq(ackbox_list(ab, ACKBOX_MSG_FAILED, 0, on_listed, &l, err, sizeof(err)), 1,
+	             "%s", err);
+	cr_assert_eq(memcmp(&l.last, &ids[3], sizeof(ids[3])), 0, "the nacked member");
+	cr_assert_str_eq(l.payload, "packed payload", "its bytes moved out with it");
+	cr_assert_eq(table_rows("ackbox_batch"), 0);
+	cr_assert_eq(table_rows("ackbox_batch_out"), 0);
+	ackbox_destroy(ab);
+}
+
+Test(sqlite, packed_batch_partly_acked_at_close_leaves_only_the_rest)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("packed-close");
+	ackbox_id ids[30];
+	ackbox *ab;
+
+	acked = 0;
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 12, 0);
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 18, 0);
+	ab = open_packed("packed-close", "3");
+	publish_batch_n(ab, 30, ids);
+	cr_assert(TU_WAIT_UNTIL((ackbox_poll(ab, 0), acked == 12), 5000), "12 acked (%d)", acked);
+	ackbox_destroy(ab);
+	cr_assert_eq(table_rows("ackbox_batch"), 0, "written out at close");
+	cr_assert_eq(table_rows("ackbox_outbox"), 18, "only the unacked members remain");
+
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ab = open_packed("packed-close", "3");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(acked, 30);
+	for (int i = 0; i < 30; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), i < 12 ? 1 : 2, "member %d", i);
+	cr_assert_eq(pending(ab), 0);
+	ackbox_destroy(ab);
+}

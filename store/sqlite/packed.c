@@ -1,0 +1,845 @@
+/*
+ * packed.c - packed batches for the SQLite store.
+ *
+ * A publish batch whose messages the relay got in memory (their rows are
+ * leased to this process: due_ms in the future) is written as ONE row of
+ * ackbox_batch holding every message, instead of a row per message: one
+ * B-tree insert instead of three per message, and no delete per ack. Acks
+ * are counted in memory; the batch row is deleted when its last member is
+ * final. A member that needs a state of its own (retry, fail, release)
+ * moves out into an ackbox_outbox row, noted in ackbox_batch_out so that it
+ * is never brought back.
+ *
+ * A batch whose lease ran out (its process died, or the broker was away for
+ * longer than retry.timeout) is unpacked into ackbox_outbox rows, due now,
+ * by the next claim of any process. Members acked in memory by a process
+ * that died before the batch row was deleted are sent again: duplicates,
+ * never a loss. Only this process's memory knows which members are acked,
+ * so another process's counts see them as pending until the row goes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlite_int.h"
+
+#define PACK_MIN 4                 /* fewer messages are written as rows */
+#define PACK_MAX_BYTES (16u << 20) /* larger batches too: one blob stays modest */
+#define MEMBER_HDR 44              /* id, created_ms, five lengths */
+#define NO_LEN 0xffffffffu         /* content_type NULL */
+
+struct sq_batch {
+	sq_batch *prev, *next;
+	int64_t bseq;
+	uint32_t n;     /* members */
+	uint32_t live;  /* members not yet acked or moved out */
+	uint32_t acked; /* members acked in memory (the row still counts them) */
+	uint8_t gone[]; /* a bit per member: acked or moved out */
+};
+
+struct sq_slot {
+	ackbox_id id;
+	sq_batch *b; /* NULL: empty slot */
+	uint32_t idx;
+};
+
+static const char *const pk_sql[PK_COUNT] = {
+    [PK_INSERT] = "INSERT INTO ackbox_batch(due_ms, created_ms, n, data) VALUES(?1, ?2, ?3, ?4)",
+    [PK_DELETE] = "DELETE FROM ackbox_batch WHERE bseq = ?1",
+    [PK_DELETE_OUT] = "DELETE FROM ackbox_batch_out WHERE bseq = ?1",
+    [PK_DATA] = "SELECT data, due_ms FROM ackbox_batch WHERE bseq = ?1",
+    [PK_OUT_ADD] = "INSERT OR IGNORE INTO ackbox_batch_out(bseq, idx) VALUES(?1, ?2)",
+    [PK_OUT_OF] = "SELECT idx FROM ackbox_batch_out WHERE bseq = ?1",
+    /* OR IGNORE: a member that moved out before keeps its own row */
+    [PK_ROW_ADD] = "INSERT OR IGNORE INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
+                   " updated_ms, topic, msg_key, content_type, headers, payload, last_error,"
+                   " last_code) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    [PK_DUE] = "SELECT bseq, n, data FROM ackbox_batch WHERE due_ms <= ?1",
+    [PK_ALL] = "SELECT bseq, n, data, due_ms FROM ackbox_batch ORDER BY bseq",
+};
+
+/* ------------------------------------------------------------------ */
+/* Encoding: per member, id, created_ms and five little-endian lengths  */
+/* (topic, key, content_type or NO_LEN, headers, payload), then bytes.  */
+/* ------------------------------------------------------------------ */
+
+static uint8_t *put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+static uint8_t *put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static size_t member_size(const ackbox_store_rec *r)
+{
+	return MEMBER_HDR + strlen(r->topic) + r->key_len +
+	       (r->content_type ? strlen(r->content_type) : 0) + r->headers_len + r->payload_len;
+}
+
+static uint8_t *member_put(uint8_t *p, const ackbox_store_rec *r)
+{
+	size_t tl = strlen(r->topic), cl = r->content_type ? strlen(r->content_type) : 0;
+	memcpy(p, r->id.b, 16);
+	p = put64(p + 16, (uint64_t)r->created_ms);
+	p = put32(p, (uint32_t)tl);
+	p = put32(p, (uint32_t)r->key_len);
+	p = put32(p, r->content_type ? (uint32_t)cl : NO_LEN);
+	p = put32(p, (uint32_t)r->headers_len);
+	p = put32(p, (uint32_t)r->payload_len);
+	memcpy(p, r->topic, tl);
+	p += tl;
+	if (r->key_len)
+		memcpy(p, r->key, r->key_len);
+	p += r->key_len;
+	if (cl)
+		memcpy(p, r->content_type, cl);
+	p += cl;
+	if (r->headers_len)
+		memcpy(p, r->headers, r->headers_len);
+	p += r->headers_len;
+	if (r->payload_len)
+		memcpy(p, r->payload, r->payload_len);
+	return p + r->payload_len;
+}
+
+/*
+ * Decodes the member at *off of a blob into row (pointing into the blob;
+ * strings are not terminated there, so topic and content_type are copied
+ * into tbuf, which must hold `left` + 2 bytes; *tused says how many it
+ * took). Returns 0, or -1 if the bytes do not parse.
+ */
+static int member_get(const uint8_t *blob, size_t len, size_t *off, ackbox_store_row *row,
+                      char *tbuf, size_t *tused)
+{
+	const uint8_t *p = blob + *off;
+	size_t left = len - *off;
+	uint32_t tl, kl, cl, hl, pl;
+	uint64_t need;
+
+	if (left < MEMBER_HDR)
+		return -1;
+	memset(row, 0, sizeof(*row));
+	memcpy(row->id.b, p, 16);
+	row->created_ms = (int64_t)get64(p + 16);
+	tl = get32(p + 24);
+	kl = get32(p + 28);
+	cl = get32(p + 32);
+	hl = get32(p + 36);
+	pl = get32(p + 40);
+	need = (uint64_t)MEMBER_HDR + tl + kl + (cl == NO_LEN ? 0 : cl) + hl + pl;
+	if (need > left)
+		return -1;
+	p += MEMBER_HDR;
+	memcpy(tbuf, p, tl);
+	tbuf[tl] = '\0';
+	row->topic = tbuf;
+	p += tl;
+	row->key = kl ? p : NULL;
+	row->key_len = kl;
+	p += kl;
+	if (cl != NO_LEN) {
+		memcpy(tbuf + tl + 1, p, cl);
+		tbuf[tl + 1 + cl] = '\0';
+		row->content_type = tbuf + tl + 1;
+		p += cl;
+	}
+	row->headers = hl ? p : NULL;
+	row->headers_len = hl;
+	p += hl;
+	row->payload = p;
+	row->payload_len = pl;
+	row->state = ACKBOX_MSG_SENDING;
+	row->updated_ms = row->created_ms;
+	*off += (size_t)need;
+	*tused = tl + 1 + (cl == NO_LEN ? 0 : (size_t)cl + 1);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* The id map (open addressing, linear probing, backward-shift delete)  */
+/* ------------------------------------------------------------------ */
+
+static size_t id_hash(const ackbox_id *id)
+{
+	uint64_t h = get64(id->b + 8) ^ get64(id->b);
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (size_t)h;
+}
+
+static sq_slot *map_find(sq_ctx *c, const ackbox_id *id)
+{
+	size_t mask = c->cap_slots - 1;
+	if (!c->nslots)
+		return NULL;
+	for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+		sq_slot *s = &c->slots[i];
+		if (!s->b)
+			return NULL;
+		if (memcmp(s->id.b, id->b, 16) == 0)
+			return s;
+	}
+}
+
+static void map_put(sq_ctx *c, const ackbox_id *id, sq_batch *b, uint32_t idx)
+{
+	size_t mask = c->cap_slots - 1;
+	size_t i = id_hash(id) & mask;
+	while (c->slots[i].b)
+		i = (i + 1) & mask;
+	c->slots[i].id = *id;
+	c->slots[i].b = b;
+	c->slots[i].idx = idx;
+	c->nslots++;
+}
+
+/* Makes room for `more` entries at a load of at most one half. */
+static int map_reserve(sq_ctx *c, size_t more)
+{
+	size_t cap = c->cap_slots ? c->cap_slots : 64, old = c->cap_slots;
+	sq_slot *olds = c->slots;
+	while (2 * (c->nslots + more) > cap)
+		cap *= 2;
+	if (cap == old)
+		return 0;
+	c->slots = calloc(cap, sizeof(*c->slots));
+	if (!c->slots) {
+		c->slots = olds;
+		return -1;
+	}
+	c->cap_slots = cap;
+	c->nslots = 0;
+	for (size_t i = 0; i < old; i++)
+		if (olds[i].b)
+			map_put(c, &olds[i].id, olds[i].b, olds[i].idx);
+	free(olds);
+	return 0;
+}
+
+static void map_del(sq_ctx *c, sq_slot *s)
+{
+	size_t mask = c->cap_slots - 1, i = (size_t)(s - c->slots), j = i;
+	c->slots[i].b = NULL;
+	c->nslots--;
+	/* shift back the entries of the run after i that belong before it */
+	for (;;) {
+		size_t home;
+		j = (j + 1) & mask;
+		if (!c->slots[j].b)
+			return;
+		home = id_hash(&c->slots[j].id) & mask;
+		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+			c->slots[i] = c->slots[j];
+			c->slots[j].b = NULL;
+			i = j;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Batches in memory                                                    */
+/* ------------------------------------------------------------------ */
+
+static void set_bit(sq_batch *b, uint32_t i)
+{
+	b->gone[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+static sq_batch *batch_find(sq_ctx *c, int64_t bseq)
+{
+	for (sq_batch *b = c->batches; b; b = b->next)
+		if (b->bseq == bseq)
+			return b;
+	return NULL;
+}
+
+static void batch_unlink(sq_ctx *c, sq_batch *b)
+{
+	if (b->prev)
+		b->prev->next = b->next;
+	else
+		c->batches = b->next;
+	if (b->next)
+		b->next->prev = b->prev;
+	free(b);
+}
+
+static int step_done(sq_ctx *c, sqlite3_stmt *s, const char *what, char *errstr,
+                     size_t errstr_size)
+{
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, what, errstr, errstr_size);
+	return 0;
+}
+
+/* Deletes the batch row (and its moved-out notes). */
+static int batch_row_delete(sq_ctx *c, int64_t bseq, char *errstr, size_t errstr_size)
+{
+	int rc;
+	sqlite3_bind_int64(c->pk[PK_DELETE], 1, bseq);
+	rc = step_done(c, c->pk[PK_DELETE], "deleting a packed batch", errstr, errstr_size);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(c->pk[PK_DELETE_OUT], 1, bseq);
+	return step_done(c, c->pk[PK_DELETE_OUT], "deleting a packed batch", errstr, errstr_size);
+}
+
+int sq_pack_open(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	for (int i = 0; i < PK_COUNT; i++) {
+		int rc = sqlite3_prepare_v3(c->db, pk_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->pk[i],
+		                            NULL);
+		if (rc != SQLITE_OK)
+			return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+	}
+	return 0;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Insert                                                               */
+/* ------------------------------------------------------------------ */
+
+int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t now_ms,
+                   char *errstr, size_t errstr_size)
+{
+	size_t bytes = 0;
+	uint8_t *blob, *p;
+	sq_batch *b;
+	int rc;
+
+	if (n < PACK_MIN || n > UINT32_MAX)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (recs[i].due_ms <= now_ms || recs[i].due_ms != recs[0].due_ms)
+			return 0; /* due now: a claim must find it, as a row */
+		bytes += member_size(&recs[i]);
+		if (bytes > PACK_MAX_BYTES)
+			return 0;
+	}
+	/* everything that could fail after the commit is allocated now */
+	b = calloc(1, sizeof(*b) + (n + 7) / 8);
+	blob = malloc(bytes);
+	if (!b || !blob || map_reserve(c, n) != 0) {
+		free(b);
+		free(blob);
+		return 0; /* rows need less memory at once */
+	}
+	p = blob;
+	for (size_t i = 0; i < n; i++)
+		p = member_put(p, &recs[i]);
+	sqlite3_bind_int64(c->pk[PK_INSERT], 1, recs[0].due_ms);
+	sqlite3_bind_int64(c->pk[PK_INSERT], 2, recs[0].created_ms);
+	sqlite3_bind_int64(c->pk[PK_INSERT], 3, (sqlite3_int64)n);
+	sqlite3_bind_blob(c->pk[PK_INSERT], 4, blob, (int)bytes, SQLITE_STATIC);
+	rc = step_done(c, c->pk[PK_INSERT], "insert", errstr, errstr_size);
+	free(blob);
+	if (rc) {
+		free(b);
+		return rc;
+	}
+	b->bseq = sqlite3_last_insert_rowid(c->db);
+	b->n = b->live = (uint32_t)n;
+	/* the ids go into the map once the transaction commits; keep them */
+	free(c->fresh);
+	c->fresh = b;
+	for (size_t i = 0; i < n; i++)
+		map_put(c, &recs[i].id, b, (uint32_t)i);
+	return 1;
+}
+
+void sq_pack_inserted(sq_ctx *c, int committed)
+{
+	sq_batch *b = c->fresh;
+	if (!b)
+		return;
+	c->fresh = NULL;
+	if (committed) {
+		b->next = c->batches;
+		if (c->batches)
+			c->batches->prev = b;
+		c->batches = b;
+		return;
+	}
+	/* rolled back: forget its members */
+	for (size_t i = 0; i < c->cap_slots; i++)
+		if (c->slots[i].b == b)
+			map_del(c, &c->slots[i--]);
+	free(b);
+}
+
+/* ------------------------------------------------------------------ */
+/* Changes                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Reads batch bseq's blob into a buffer of the caller's. */
+static int batch_blob(sq_ctx *c, int64_t bseq, uint8_t **out, size_t *len, int64_t *due_ms,
+                      char *errstr, size_t errstr_size)
+{
+	sqlite3_stmt *s = c->pk[PK_DATA];
+	int rc;
+	*out = NULL;
+	sqlite3_bind_int64(s, 1, bseq);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*due_ms = sqlite3_column_int64(s, 1);
+		*len = (size_t)sqlite3_column_bytes(s, 0);
+		*out = malloc(*len ? *len : 1);
+		if (*out && *len)
+			memcpy(*out, sqlite3_column_blob(s, 0), *len);
+	}
+	sqlite3_reset(s);
+	if (rc != SQLITE_ROW) {
+		if (rc == SQLITE_DONE) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "sqlite store '%s': packed batch %lld is gone", c->path,
+			                  (long long)bseq);
+			return ACKBOX_ERR_STORE_CORRUPT;
+		}
+		return sq_error(c->db, rc, c->path, "reading a packed batch", errstr, errstr_size);
+	}
+	return *out ? 0 : ACKBOX_ERR_NOMEM;
+}
+
+static int corrupt(sq_ctx *c, int64_t bseq, char *errstr, size_t errstr_size)
+{
+	ackbox_errstr_set(errstr, errstr_size,
+	                  "sqlite store '%s': packed batch %lld does not parse (damaged file?)",
+	                  c->path, (long long)bseq);
+	return ACKBOX_ERR_STORE_CORRUPT;
+}
+
+/* Writes a member as an ackbox_outbox row with the given state. */
+static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts, int64_t due,
+                   int64_t now_ms, const char *err, int code, char *errstr, size_t errstr_size)
+{
+	sqlite3_stmt *s = c->pk[PK_ROW_ADD];
+	sqlite3_bind_blob(s, 1, m->id.b, 16, SQLITE_STATIC);
+	sqlite3_bind_int(s, 2, state);
+	sqlite3_bind_int(s, 3, attempts);
+	sqlite3_bind_int64(s, 4, due);
+	sqlite3_bind_int64(s, 5, m->created_ms);
+	sqlite3_bind_int64(s, 6, now_ms);
+	sqlite3_bind_text(s, 7, m->topic, -1, SQLITE_STATIC);
+	if (m->key_len)
+		sqlite3_bind_blob(s, 8, m->key, (int)m->key_len, SQLITE_STATIC);
+	if (m->content_type)
+		sqlite3_bind_text(s, 9, m->content_type, -1, SQLITE_STATIC);
+	if (m->headers_len)
+		sqlite3_bind_blob(s, 10, m->headers, (int)m->headers_len, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 11, m->payload_len ? m->payload : (const void *)"",
+	                  (int)m->payload_len, SQLITE_STATIC);
+	if (err)
+		sqlite3_bind_text(s, 12, err, -1, SQLITE_STATIC);
+	sqlite3_bind_int(s, 13, code);
+	return step_done(c, s, "moving a packed message out", errstr, errstr_size);
+}
+
+/* Moves member idx of b out into its own row, in the state ch asks for. */
+static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_change *ch,
+                    int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	uint8_t *blob = NULL;
+	size_t len = 0, off = 0;
+	char *tbuf = NULL;
+	ackbox_store_row m;
+	size_t tused;
+	int64_t due;
+	int rc = batch_blob(c, b->bseq, &blob, &len, &due, errstr, errstr_size);
+	if (rc)
+		return rc;
+	tbuf = malloc(len + 2);
+	if (!tbuf) {
+		free(blob);
+		return ACKBOX_ERR_NOMEM;
+	}
+	for (uint32_t i = 0; i <= idx; i++) {
+		if (member_get(blob, len, &off, &m, tbuf, &tused) != 0) {
+			free(tbuf);
+			free(blob);
+			return corrupt(c, b->bseq, errstr, errstr_size);
+		}
+	}
+	switch (ch->kind) {
+	case ACKBOX_CHANGE_RETRY:
+		rc = row_add(c, &m, ACKBOX_MSG_RETRYING, ch->attempts, ch->due_ms, now_ms,
+		             ch->last_error, ch->last_code, errstr, errstr_size);
+		break;
+	case ACKBOX_CHANGE_FAIL:
+		rc = row_add(c, &m, ACKBOX_MSG_FAILED, ch->attempts, now_ms, now_ms, ch->last_error,
+		             ch->last_code, errstr, errstr_size);
+		break;
+	default: /* RELEASE: still SENDING, due when the core says */
+		rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, ch->due_ms, now_ms, NULL, 0, errstr,
+		             errstr_size);
+	}
+	free(tbuf);
+	free(blob);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(c->pk[PK_OUT_ADD], 1, b->bseq);
+	sqlite3_bind_int(c->pk[PK_OUT_ADD], 2, (int)idx);
+	return step_done(c, c->pk[PK_OUT_ADD], "moving a packed message out", errstr, errstr_size);
+}
+
+int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                   size_t errstr_size)
+{
+	sq_slot *s = map_find(c, &ch->id);
+	sq_batch *b;
+	uint32_t idx;
+	int rc;
+
+	if (!s)
+		return 0;
+	b = s->b;
+	idx = s->idx;
+	if (ch->kind != ACKBOX_CHANGE_DELETE) {
+		rc = move_out(c, b, idx, ch, now_ms, errstr, errstr_size);
+		if (rc)
+			return rc;
+	} else {
+		b->acked++;
+	}
+	/*
+	 * Memory moves ahead of the transaction: if it rolls back, the core
+	 * applies the change again and finds no member, and the batch row
+	 * stays until its lease runs out and a claim unpacks it (a duplicate).
+	 */
+	set_bit(b, idx);
+	map_del(c, s);
+	if (--b->live == 0) {
+		rc = batch_row_delete(c, b->bseq, errstr, errstr_size);
+		batch_unlink(c, b);
+		if (rc)
+			return rc;
+	}
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Unpacking, counting, listing                                         */
+/* ------------------------------------------------------------------ */
+
+/* Marks in `out` (n/8 bytes, zeroed) the members of bseq that moved out. */
+static int moved_out(sq_ctx *c, int64_t bseq, uint8_t *out, uint32_t n, char *errstr,
+                     size_t errstr_size)
+{
+	sqlite3_stmt *s = c->pk[PK_OUT_OF];
+	int rc;
+	sqlite3_bind_int64(s, 1, bseq);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		int64_t i = sqlite3_column_int64(s, 0);
+		if (i >= 0 && i < n)
+			out[i / 8] |= (uint8_t)(1u << (i % 8));
+	}
+	sqlite3_reset(s);
+	if (rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, "reading a packed batch", errstr, errstr_size);
+	return 0;
+}
+
+typedef struct pk_raw {
+	int64_t bseq, due_ms;
+	uint32_t n;
+	uint8_t *blob;
+	size_t len;
+} pk_raw;
+
+/* Copies the batch rows a statement returns (bseq, n, data[, due_ms]). */
+static int read_batches(sq_ctx *c, sqlite3_stmt *s, pk_raw **out, size_t *nout, char *errstr,
+                        size_t errstr_size)
+{
+	pk_raw *v = NULL;
+	size_t nv = 0, cap = 0;
+	int rc;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		pk_raw *r;
+		if (nv == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			pk_raw *nvv = realloc(v, ncap * sizeof(*v));
+			if (!nvv)
+				break;
+			v = nvv;
+			cap = ncap;
+		}
+		r = &v[nv];
+		r->bseq = sqlite3_column_int64(s, 0);
+		r->n = (uint32_t)sqlite3_column_int64(s, 1);
+		r->len = (size_t)sqlite3_column_bytes(s, 2);
+		r->due_ms = sqlite3_column_count(s) > 3 ? sqlite3_column_int64(s, 3) : 0;
+		r->blob = malloc(r->len ? r->len : 1);
+		if (!r->blob)
+			break;
+		if (r->len)
+			memcpy(r->blob, sqlite3_column_blob(s, 2), r->len);
+		nv++;
+	}
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_DONE) {
+		for (size_t i = 0; i < nv; i++)
+			free(v[i].blob);
+		free(v);
+		if (rc == SQLITE_ROW)
+			return ACKBOX_ERR_NOMEM;
+		return sq_error(c->db, rc, c->path, "reading packed batches", errstr, errstr_size);
+	}
+	*out = v;
+	*nout = nv;
+	return 0;
+}
+
+static void free_batches(pk_raw *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].blob);
+	free(v);
+}
+
+/* Which members of a stored batch are not final: not moved out, and not
+ * acked by this process. skip gets a bit per member that is. */
+static int final_members(sq_ctx *c, const pk_raw *r, uint8_t *skip, char *errstr,
+                         size_t errstr_size)
+{
+	sq_batch *mine = batch_find(c, r->bseq);
+	memset(skip, 0, (r->n + 7) / 8);
+	if (mine && mine->n == r->n)
+		memcpy(skip, mine->gone, (r->n + 7) / 8);
+	return moved_out(c, r->bseq, skip, r->n, errstr, errstr_size);
+}
+
+int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	pk_raw *v = NULL;
+	size_t nv = 0;
+	int rc, rows = 0;
+
+	sqlite3_bind_int64(c->pk[PK_DUE], 1, now_ms);
+	rc = read_batches(c, c->pk[PK_DUE], &v, &nv, errstr, errstr_size);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < nv && rc == 0; i++) {
+		pk_raw *r = &v[i];
+		uint8_t *skip = calloc(1, (r->n + 7) / 8 + 1);
+		char *tbuf = malloc(r->len + 2);
+		sq_batch *mine = batch_find(c, r->bseq);
+		size_t off = 0;
+		if (!skip || !tbuf)
+			rc = ACKBOX_ERR_NOMEM;
+		if (rc == 0)
+			rc = final_members(c, r, skip, errstr, errstr_size);
+		for (uint32_t k = 0; k < r->n && rc == 0; k++) {
+			ackbox_store_row m;
+			size_t tused;
+			if (member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
+				rc = corrupt(c, r->bseq, errstr, errstr_size);
+				break;
+			}
+			if (skip[k / 8] >> (k % 8) & 1)
+				continue;
+			rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, now_ms, now_ms, NULL, 0, errstr,
+			             errstr_size);
+			rows++;
+		}
+		if (rc == 0)
+			rc = batch_row_delete(c, r->bseq, errstr, errstr_size);
+		if (rc == 0 && mine) {
+			/* its live members are rows now: changes go there */
+			for (size_t k = 0; k < c->cap_slots; k++)
+				if (c->slots[k].b == mine)
+					map_del(c, &c->slots[k--]);
+			batch_unlink(c, mine);
+		}
+		free(skip);
+		free(tbuf);
+	}
+	free_batches(v, nv);
+	return rc ? rc : rows;
+}
+
+int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
+                   size_t errstr_size)
+{
+	sqlite3_stmt *s;
+	uint64_t acked = 0;
+	int rc = sqlite3_prepare_v2(c->db,
+	                            "SELECT (SELECT coalesce(sum(n), 0) FROM ackbox_batch),"
+	                            " (SELECT count(*) FROM ackbox_batch_out),"
+	                            " (SELECT min(created_ms) FROM ackbox_batch)",
+	                            -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "counting", errstr, errstr_size);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		uint64_t n = (uint64_t)sqlite3_column_int64(s, 0);
+		uint64_t out = (uint64_t)sqlite3_column_int64(s, 1);
+		for (sq_batch *b = c->batches; b; b = b->next)
+			acked += b->acked;
+		*pending = n >= out + acked ? n - out - acked : 0;
+		*oldest_ms = sqlite3_column_int64(s, 2);
+	}
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sq_error(c->db, rc, c->path, "counting", errstr, errstr_size);
+	return 0;
+}
+
+static int row_cmp(const void *a, const void *b)
+{
+	return memcmp(((const ackbox_store_row *)a)->id.b, ((const ackbox_store_row *)b)->id.b, 16);
+}
+
+void sq_rowset_free(sq_rowset *rs)
+{
+	for (size_t i = 0; i < rs->nbufs; i++)
+		free(rs->bufs[i]);
+	free(rs->bufs);
+	free(rs->rows);
+	memset(rs, 0, sizeof(*rs));
+}
+
+int sq_pack_collect(sq_ctx *c, sq_rowset *out, char *errstr, size_t errstr_size)
+{
+	pk_raw *v = NULL;
+	size_t nv = 0, cap = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = read_batches(c, c->pk[PK_ALL], &v, &nv, errstr, errstr_size);
+	if (rc)
+		return rc;
+	out->bufs = calloc(2 * nv + 1, sizeof(*out->bufs));
+	if (!out->bufs) {
+		free_batches(v, nv);
+		return ACKBOX_ERR_NOMEM;
+	}
+	for (size_t i = 0; i < nv && rc == 0; i++) {
+		pk_raw *r = &v[i];
+		uint8_t *skip = calloc(1, (r->n + 7) / 8 + 1);
+		char *tbuf = malloc(2 * r->len + 2 * (size_t)r->n + 2);
+		size_t off = 0, toff = 0;
+		if (!skip || !tbuf) {
+			free(skip);
+			free(tbuf);
+			rc = ACKBOX_ERR_NOMEM;
+			break;
+		}
+		/* the rows keep pointing into the blob and the strings */
+		out->bufs[out->nbufs++] = r->blob;
+		out->bufs[out->nbufs++] = tbuf;
+		r->blob = NULL;
+		rc = final_members(c, r, skip, errstr, errstr_size);
+		for (uint32_t k = 0; k < r->n && rc == 0; k++) {
+			ackbox_store_row m;
+			size_t tused;
+			if (member_get(out->bufs[out->nbufs - 2], r->len, &off, &m, tbuf + toff,
+			               &tused) != 0) {
+				rc = corrupt(c, r->bseq, errstr, errstr_size);
+				break;
+			}
+			toff += tused;
+			if (skip[k / 8] >> (k % 8) & 1)
+				continue;
+			if (out->n == cap) {
+				size_t ncap = cap ? 2 * cap : 64;
+				ackbox_store_row *nr = realloc(out->rows, ncap * sizeof(*nr));
+				if (!nr) {
+					rc = ACKBOX_ERR_NOMEM;
+					break;
+				}
+				out->rows = nr;
+				cap = ncap;
+			}
+			m.due_ms = r->due_ms;
+			out->rows[out->n++] = m;
+		}
+		free(skip);
+	}
+	free_batches(v, nv);
+	if (rc) {
+		sq_rowset_free(out);
+		return rc;
+	}
+	if (out->n)
+		qsort(out->rows, out->n, sizeof(*out->rows), row_cmp);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Close                                                                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * At a clean close, a batch with members acked in memory is turned into
+ * rows of its other members, so the next process does not send the acked
+ * ones again. Best effort: if it fails, they are duplicates.
+ */
+static void write_out_acked(sq_ctx *c)
+{
+	char err[256];
+	int rc = SQLITE_OK;
+	if (!c->pk[PK_COUNT - 1] || !c->batches ||
+	    sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return;
+	for (sq_batch *b = c->batches; b && rc == SQLITE_OK; b = b->next) {
+		uint8_t *blob = NULL;
+		char *tbuf = NULL;
+		size_t len = 0, off = 0, tused;
+		int64_t due = 0;
+		if (!b->acked)
+			continue;
+		rc = batch_blob(c, b->bseq, &blob, &len, &due, err, sizeof(err));
+		tbuf = rc ? NULL : malloc(len + 2);
+		if (!tbuf)
+			rc = SQLITE_ERROR;
+		for (uint32_t k = 0; k < b->n && rc == 0; k++) {
+			ackbox_store_row m;
+			if (member_get(blob, len, &off, &m, tbuf, &tused) != 0)
+				rc = SQLITE_ERROR;
+			else if (!(b->gone[k / 8] >> (k % 8) & 1))
+				rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, due, m.created_ms, NULL, 0, err,
+				             sizeof(err));
+		}
+		if (rc == 0)
+			rc = batch_row_delete(c, b->bseq, err, sizeof(err));
+		free(tbuf);
+		free(blob);
+	}
+	sqlite3_exec(c->db, rc == SQLITE_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+}
+
+void sq_pack_close(sq_ctx *c)
+{
+	if (c->db)
+		write_out_acked(c);
+	for (int i = 0; i < PK_COUNT; i++)
+		sqlite3_finalize(c->pk[i]);
+	while (c->batches)
+		batch_unlink(c, c->batches);
+	free(c->fresh);
+	free(c->slots);
+}

@@ -1,0 +1,115 @@
+/*
+ * sqlite_int.h - what sqlite.c (rows, the store ops) and packed.c (packed
+ * batches) share. Not installed.
+ */
+#ifndef ACKBOX_SQLITE_INT_H
+#define ACKBOX_SQLITE_INT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <sqlite3.h>
+
+#include <ackbox/store.h>
+
+enum {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_INSERT,
+	ST_CLAIM_SEL,
+	ST_CLAIM_UPD,
+	ST_DELETE,
+	ST_RETRY,
+	ST_FAIL,
+	ST_RELEASE,
+	ST_PENDING_ANY,
+	ST_DELETE_MANY,
+	ST_COUNT
+};
+
+/* packed.c's statements */
+enum {
+	PK_INSERT,
+	PK_DELETE,
+	PK_DELETE_OUT,
+	PK_DATA,
+	PK_OUT_ADD,
+	PK_OUT_OF,
+	PK_ROW_ADD,
+	PK_DUE,
+	PK_ALL,
+	PK_COUNT
+};
+
+typedef struct sq_batch sq_batch;
+typedef struct sq_slot sq_slot;
+
+typedef struct sq_ctx {
+	sqlite3 *db;
+	char *path;
+	sqlite3_stmt *st[ST_COUNT];
+	const char *sync_full; /* PRAGMA for durable inserts */
+	int cur_sync;          /* 0 = durable mode set, 1 = relaxed mode set */
+	ackbox_sync sync;
+	int64_t *seqs;
+	size_t cap_seqs;
+	int wal_fd;    /* our descriptor of <path>-wal for sync(), -1 if none */
+	ino_t wal_ino;
+	int need_sync; /* an insert committed without fsync since the last sync() */
+
+	/* packed batches this instance wrote and still has members of */
+	sqlite3_stmt *pk[PK_COUNT];
+	sq_slot *slots; /* open addressing: member id -> batch, index */
+	size_t cap_slots, nslots;
+	sq_batch *batches; /* doubly linked */
+	sq_batch *fresh;   /* written by the open transaction, kept if it commits */
+} sq_ctx;
+
+/* A packed member, or a row, handed to list() and get() callers. */
+typedef struct sq_rowset {
+	ackbox_store_row *rows;
+	size_t n;
+	void **bufs; /* blobs the rows point into */
+	size_t nbufs;
+} sq_rowset;
+
+int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
+             size_t errstr_size);
+
+/* Prepares packed.c's statements (after the schema exists). */
+int sq_pack_open(sq_ctx *c, char *errstr, size_t errstr_size);
+/* Finalizes them and forgets the batches in memory (they stay on disk). */
+void sq_pack_close(sq_ctx *c);
+
+/*
+ * Inside insert()'s transaction: writes recs as one packed row if they can
+ * be (enough of them, all leased to this process). Returns 1 if packed, 0
+ * if the caller should write rows, or an error. sq_pack_inserted() must
+ * follow the transaction's end.
+ */
+int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t now_ms,
+                   char *errstr, size_t errstr_size);
+void sq_pack_inserted(sq_ctx *c, int committed);
+
+/*
+ * Inside apply()'s transaction: applies ch if its message is a packed
+ * member this instance holds. Returns 1 if done, 0 if the message is not
+ * one (the caller applies it to ackbox_outbox), or an error.
+ */
+int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                   size_t errstr_size);
+
+/* Inside claim()'s transaction: unpacks every batch whose lease ran out
+ * into ackbox_outbox rows, due now. Returns the number of rows, or an error. */
+int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
+
+/* Members not yet final, and the oldest one's created_ms (0 if none). */
+int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
+                   size_t errstr_size);
+
+/* Every packed member not yet final as a SENDING row, in id order. */
+int sq_pack_collect(sq_ctx *c, sq_rowset *out, char *errstr, size_t errstr_size);
+void sq_rowset_free(sq_rowset *rs);
+
+#endif
