@@ -189,6 +189,11 @@ typedef struct tx_ev {
 #define APPLY_BATCH 512
 #define APPLY_DELAY_MS 2
 
+/* Claims that follow retries' due times run at least this far apart, so a
+ * burst of retries (jittered over half their backoff) is claimed in
+ * batches, each at most this late. */
+#define RETRY_CLAIM_GAP_MS 5
+
 struct ackbox_tx_host {
 	abx_relay *relay;
 };
@@ -231,6 +236,8 @@ struct abx_relay {
 	char last_claim_error[256];
 	int64_t next_claim_log_at;
 	int64_t next_claim_at;
+	int64_t *retry_at; /* min-heap: mono ms when each retry set here is claimable */
+	size_t nretry_at, cap_retry_at;
 	bool store_dirty;
 	uint64_t rng;
 	ackbox_store_change *changes;
@@ -273,6 +280,48 @@ static int64_t backoff_ms(abx_relay *r, int n)
 	if (base <= 0)
 		return 0;
 	return base / 2 + (int64_t)(rng_next(r) % (uint64_t)(base / 2 + 1));
+}
+
+/*
+ * Retries are claimed from the store once their backoff ends. The relay
+ * keeps the times it set in a min-heap so that, after a claim, the next one
+ * runs when the next retry is due rather than a whole store.poll_interval
+ * later. A claim starting at `now` covers every time <= now; times of rows
+ * acked late or taken by another relay only cost one spare claim.
+ */
+static void retry_at_push(abx_relay *r, int64_t at)
+{
+	size_t i;
+	if (r->nretry_at == r->cap_retry_at) {
+		size_t ncap = r->cap_retry_at ? r->cap_retry_at * 2 : 64;
+		int64_t *n = realloc(r->retry_at, ncap * sizeof(*n));
+		if (!n)
+			return; /* the caller still brings the next claim forward to `at` */
+		r->retry_at = n;
+		r->cap_retry_at = ncap;
+	}
+	for (i = r->nretry_at++; i > 0 && r->retry_at[(i - 1) / 2] > at; i = (i - 1) / 2)
+		r->retry_at[i] = r->retry_at[(i - 1) / 2];
+	r->retry_at[i] = at;
+}
+
+/* Forgets the times a claim starting at `now` has covered. */
+static void retry_at_pop_until(abx_relay *r, int64_t now)
+{
+	while (r->nretry_at && r->retry_at[0] <= now) {
+		int64_t last = r->retry_at[--r->nretry_at];
+		size_t i = 0, c;
+		while ((c = 2 * i + 1) < r->nretry_at) {
+			if (c + 1 < r->nretry_at && r->retry_at[c + 1] < r->retry_at[c])
+				c++;
+			if (r->retry_at[c] >= last)
+				break;
+			r->retry_at[i] = r->retry_at[c];
+			i = c;
+		}
+		if (r->nretry_at)
+			r->retry_at[i] = last;
+	}
 }
 
 static void relay_wake(abx_relay *r)
@@ -584,11 +633,17 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		e->state = E_DONE;
 	} else {
 		int64_t delay = backoff_ms(r, e->attempts);
+		/* The row's due time is wall clock, claims are scheduled on the
+		 * monotonic one, both truncated to ms. Reading wall before mono
+		 * here, mono before wall in the claim, and claiming 1 ms later
+		 * makes a claim at `at` or after always find the row due. */
 		int64_t due = ackbox_wall_ms() + delay;
+		int64_t at = ackbox_mono_ms() + delay + 1;
 		change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
 		e->state = E_WAITING;
-		if (r->next_claim_at > ackbox_mono_ms() + delay)
-			r->next_claim_at = ackbox_mono_ms() + delay;
+		retry_at_push(r, at);
+		if (r->next_claim_at > at)
+			r->next_claim_at = at;
 	}
 }
 
@@ -823,7 +878,15 @@ static void claim_due(abx_relay *r, int64_t now)
 	r->last_claim_error[0] = '\0';
 	/* a full batch means there is probably more right now */
 	r->store_dirty = (size_t)n == room;
+	/* `now` was read before the claim read the wall clock (see
+	 * on_attempt_failed): every retry due by then was claimable */
+	retry_at_pop_until(r, now);
 	r->next_claim_at = now + ab->store_poll_ms;
+	if (r->nretry_at && r->retry_at[0] < r->next_claim_at) {
+		r->next_claim_at = r->retry_at[0];
+		if (r->next_claim_at < now + RETRY_CLAIM_GAP_MS)
+			r->next_claim_at = now + RETRY_CLAIM_GAP_MS;
+	}
 }
 
 static void send_ready(abx_relay *r, int64_t now)
@@ -1244,6 +1307,7 @@ static void relay_free(abx_relay *r)
 	}
 	map_fini(&r->by_id);
 	map_fini(&r->tokens);
+	free(r->retry_at);
 	for (f = r->fresh_head; f; f = next) {
 		next = f->next;
 		abx_fresh_free(f);

@@ -170,6 +170,48 @@ Test(sm, nack_is_retried_then_acked)
 	ackbox_destroy(ab);
 }
 
+/*
+ * Many nacked messages are resent when their own backoff ends, not a
+ * store.poll_interval later. Their jittered backoffs (10-20 ms here) end
+ * at different moments: a relay that claimed only at the earliest of them
+ * and then waited a whole poll interval (200 ms, the default, kept here)
+ * would resend most of them ~200 ms late.
+ */
+Test(sm, nacked_messages_are_resent_when_their_backoff_ends)
+{
+	enum { N = 50, BOUND_MS = 120 };
+	seen s = {0};
+	ackbox *ab = open_handle("nack-many", &s, NULL, NULL);
+	ackbox_loopback *lb = ackbox_loopback_get("nack-many");
+	ackbox_msg m[N];
+	ackbox_id ids[N];
+	char err[256];
+
+	ackbox_loopback_script(lb, ACKBOX_LB_NACK, N, 0);
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < N; i++) {
+		m[i].topic = "orders";
+		m[i].payload = "x";
+		m[i].payload_len = 1;
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, N, ids, err, sizeof(err)), 0, "%s", err);
+	/* the nacks, and so the backoffs, start after the commit: about now */
+	long long t0 = tu_mono_ms();
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	long long took = tu_mono_ms() - t0;
+	cr_log_info("%d nacked messages acked %lld ms after the publish", N, took);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 2, "message %d: nacked, then acked",
+		             i);
+		cr_assert_eq(reports_for(&s, &ids[i], ACKBOX_MSG_ACKED), 1, "message %d acked once", i);
+	}
+	cr_assert_eq(s.acked, N);
+	cr_assert_eq(s.failed + s.dropped, 0);
+	cr_assert_lt(took, BOUND_MS, "acked %lld ms after the publish, bound %d ms (backoff 10-20 ms)",
+	             took, BOUND_MS);
+	ackbox_destroy(ab);
+}
+
 Test(sm, lost_confirm_is_resent_after_retry_timeout)
 {
 	seen s = {0};
@@ -255,11 +297,10 @@ Test(sm, late_confirm_of_an_earlier_attempt_acks_once)
 
 /*
  * A handle for these tests. A timed-out row is resent by a claim once its
- * backoff has passed; the relay claims when the earliest backoff it set
- * ends, then only every store.poll_interval (200 ms by default), so rows
- * whose jittered backoff ends a moment later, or a row the claim misses by
- * a millisecond of wall against monotonic clock, would be resent only
- * after their late answer. A 10 ms poll keeps every resend ahead of it.
+ * backoff has passed; the relay claims when each backoff it set ends
+ * (nacked_messages_are_resent_when_their_backoff_ends), and a 10 ms poll
+ * on top keeps every resend well ahead of the late answer on a busy
+ * machine.
  */
 static ackbox *open_late(const char *broker, seen *s, const char *max_attempts)
 {
