@@ -876,8 +876,10 @@ static void claim_due(abx_relay *r, int64_t now)
 		return;
 	}
 	r->last_claim_error[0] = '\0';
-	/* a full batch means there is probably more right now */
-	r->store_dirty = (size_t)n == room;
+	/* More may be due now: a store that hands out whole packed batches
+	 * returns fewer (or more) than `room` with more waiting. At most one
+	 * empty claim follows the last one that found something. */
+	r->store_dirty = n > 0;
 	/* `now` was read before the claim read the wall clock (see
 	 * on_attempt_failed): every retry due by then was claimable */
 	retry_at_pop_until(r, now);

@@ -1,21 +1,24 @@
 /*
  * packed.c - packed batches for the SQLite store.
  *
- * A publish batch whose messages the relay got in memory (their rows are
- * leased to this process: due_ms in the future) is written as ONE row of
- * ackbox_batch holding every message, instead of a row per message: one
- * B-tree insert instead of three per message, and no delete per ack. Acks
- * are counted in memory; the batch row is deleted when its last member is
- * final. A member that needs a state of its own (retry, fail, release)
- * moves out into an ackbox_outbox row, noted in ackbox_batch_out so that it
- * is never brought back.
+ * A publish batch is written as ONE row of ackbox_batch holding every
+ * message, instead of a row per message: one B-tree insert instead of
+ * three per message, and no delete per ack. A relay takes a whole batch at
+ * once: the publisher's own relay when it got the messages in memory (the
+ * row is leased to it), any relay's claim when the row is due. The members
+ * a relay holds are in an in-memory map (id -> batch); their acks are
+ * counted there, and the row is deleted when its last member is final. A
+ * member that needs a state of its own (retry, fail, release) moves out
+ * into an ackbox_outbox row, noted in ackbox_batch_out so that it is never
+ * handed out again.
  *
- * A batch whose lease ran out (its process died, or the broker was away for
- * longer than retry.timeout) is unpacked into ackbox_outbox rows, due now,
- * by the next claim of any process. Members acked in memory by a process
- * that died before the batch row was deleted are sent again: duplicates,
- * never a loss. Only this process's memory knows which members are acked,
- * so another process's counts see them as pending until the row goes.
+ * Like a row, a batch row carries a lease: every claim takes a new one and
+ * a holder whose lease ran out (another relay has the batch now) neither
+ * deletes the row nor moves members out. A batch whose holder died is
+ * claimed again when its lease runs out; members acked only in the dead
+ * holder's memory are sent again: duplicates, never a loss. Only the
+ * holder's memory knows which members are acked, so another process's
+ * counts see them as pending until the row goes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +33,7 @@
 struct sq_batch {
 	sq_batch *prev, *next;
 	int64_t bseq;
+	int64_t lease;  /* the row's lease when this process took the batch */
 	uint32_t n;     /* members */
 	uint32_t live;  /* members not yet acked or moved out */
 	uint32_t acked; /* members acked in memory (the row still counts them) */
@@ -44,17 +48,19 @@ struct sq_slot {
 
 static const char *const pk_sql[PK_COUNT] = {
     [PK_INSERT] = "INSERT INTO ackbox_batch(due_ms, created_ms, n, data) VALUES(?1, ?2, ?3, ?4)",
-    [PK_DELETE] = "DELETE FROM ackbox_batch WHERE bseq = ?1",
+    [PK_DELETE] = "DELETE FROM ackbox_batch WHERE bseq = ?1 AND lease = ?2",
     [PK_DELETE_OUT] = "DELETE FROM ackbox_batch_out WHERE bseq = ?1",
-    [PK_DATA] = "SELECT data, due_ms FROM ackbox_batch WHERE bseq = ?1",
+    [PK_DATA] = "SELECT data, due_ms FROM ackbox_batch WHERE bseq = ?1 AND lease = ?2",
     [PK_OUT_ADD] = "INSERT OR IGNORE INTO ackbox_batch_out(bseq, idx) VALUES(?1, ?2)",
     [PK_OUT_OF] = "SELECT idx FROM ackbox_batch_out WHERE bseq = ?1",
     /* OR IGNORE: a member that moved out before keeps its own row */
     [PK_ROW_ADD] = "INSERT OR IGNORE INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
                    " updated_ms, topic, msg_key, content_type, headers, payload, last_error,"
                    " last_code) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    [PK_DUE] = "SELECT bseq, n, data FROM ackbox_batch WHERE due_ms <= ?1",
-    [PK_ALL] = "SELECT bseq, n, data, due_ms FROM ackbox_batch ORDER BY bseq",
+    [PK_DUE] = "SELECT bseq, n, due_ms, lease FROM ackbox_batch WHERE due_ms <= ?1"
+               " ORDER BY due_ms LIMIT ?2",
+    [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = lease + 1 WHERE bseq = ?2",
+    [PK_ALL] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch ORDER BY bseq",
 };
 
 /* ------------------------------------------------------------------ */
@@ -295,14 +301,16 @@ static int step_done(sq_ctx *c, sqlite3_stmt *s, const char *what, char *errstr,
 	return 0;
 }
 
-/* Deletes the batch row (and its moved-out notes). */
-static int batch_row_delete(sq_ctx *c, int64_t bseq, char *errstr, size_t errstr_size)
+/* Deletes the batch row (and its moved-out notes) if it still has `lease`. */
+static int batch_row_delete(sq_ctx *c, int64_t bseq, int64_t lease, char *errstr,
+                            size_t errstr_size)
 {
 	int rc;
 	sqlite3_bind_int64(c->pk[PK_DELETE], 1, bseq);
+	sqlite3_bind_int64(c->pk[PK_DELETE], 2, lease);
 	rc = step_done(c, c->pk[PK_DELETE], "deleting a packed batch", errstr, errstr_size);
-	if (rc)
-		return rc;
+	if (rc || sqlite3_changes(c->db) == 0)
+		return rc; /* another relay holds it now: its notes stay */
 	sqlite3_bind_int64(c->pk[PK_DELETE_OUT], 1, bseq);
 	return step_done(c, c->pk[PK_DELETE_OUT], "deleting a packed batch", errstr, errstr_size);
 }
@@ -328,25 +336,32 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 {
 	size_t bytes = 0;
 	uint8_t *blob, *p;
-	sq_batch *b;
-	int rc;
+	sq_batch *b = NULL;
+	int held, rc;
 
 	if (n < PACK_MIN || n > UINT32_MAX)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
-		if (recs[i].due_ms <= now_ms || recs[i].due_ms != recs[0].due_ms)
-			return 0; /* due now: a claim must find it, as a row */
+		if (recs[i].due_ms != recs[0].due_ms)
+			return 0;
 		bytes += member_size(&recs[i]);
 		if (bytes > PACK_MAX_BYTES)
 			return 0;
 	}
+	/* leased to this process: its relay has the messages in memory */
+	held = recs[0].due_ms > now_ms;
 	/* everything that could fail after the commit is allocated now */
-	b = calloc(1, sizeof(*b) + (n + 7) / 8);
+	if (held) {
+		b = calloc(1, sizeof(*b) + (n + 7) / 8);
+		if (!b || map_reserve(c, n) != 0) {
+			free(b);
+			return 0; /* rows need less memory at once */
+		}
+	}
 	blob = malloc(bytes);
-	if (!b || !blob || map_reserve(c, n) != 0) {
+	if (!blob) {
 		free(b);
-		free(blob);
-		return 0; /* rows need less memory at once */
+		return 0;
 	}
 	p = blob;
 	for (size_t i = 0; i < n; i++)
@@ -361,6 +376,8 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 		free(b);
 		return rc;
 	}
+	if (!held)
+		return 1; /* a claim takes it */
 	b->bseq = sqlite3_last_insert_rowid(c->db);
 	b->n = b->live = (uint32_t)n;
 	/* the ids go into the map once the transaction commits; keep them */
@@ -395,14 +412,16 @@ void sq_pack_inserted(sq_ctx *c, int committed)
 /* Changes                                                              */
 /* ------------------------------------------------------------------ */
 
-/* Reads batch bseq's blob into a buffer of the caller's. */
-static int batch_blob(sq_ctx *c, int64_t bseq, uint8_t **out, size_t *len, int64_t *due_ms,
-                      char *errstr, size_t errstr_size)
+/* Reads batch bseq's blob into a buffer of the caller's. Returns 1 if the
+ * row is gone or holds another lease than `lease`. */
+static int batch_blob(sq_ctx *c, int64_t bseq, int64_t lease, uint8_t **out, size_t *len,
+                      int64_t *due_ms, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = c->pk[PK_DATA];
 	int rc;
 	*out = NULL;
 	sqlite3_bind_int64(s, 1, bseq);
+	sqlite3_bind_int64(s, 2, lease);
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW) {
 		*due_ms = sqlite3_column_int64(s, 1);
@@ -412,15 +431,11 @@ static int batch_blob(sq_ctx *c, int64_t bseq, uint8_t **out, size_t *len, int64
 			memcpy(*out, sqlite3_column_blob(s, 0), *len);
 	}
 	sqlite3_reset(s);
-	if (rc != SQLITE_ROW) {
-		if (rc == SQLITE_DONE) {
-			ackbox_errstr_set(errstr, errstr_size,
-			                  "sqlite store '%s': packed batch %lld is gone", c->path,
-			                  (long long)bseq);
-			return ACKBOX_ERR_STORE_CORRUPT;
-		}
+	sqlite3_clear_bindings(s);
+	if (rc == SQLITE_DONE)
+		return 1; /* gone, or another relay's lease: no longer ours */
+	if (rc != SQLITE_ROW)
 		return sq_error(c->db, rc, c->path, "reading a packed batch", errstr, errstr_size);
-	}
 	return *out ? 0 : ACKBOX_ERR_NOMEM;
 }
 
@@ -468,9 +483,9 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 	ackbox_store_row m;
 	size_t tused;
 	int64_t due;
-	int rc = batch_blob(c, b->bseq, &blob, &len, &due, errstr, errstr_size);
+	int rc = batch_blob(c, b->bseq, b->lease, &blob, &len, &due, errstr, errstr_size);
 	if (rc)
-		return rc;
+		return rc > 0 ? 0 : rc; /* not ours any more: the holder decides */
 	tbuf = malloc(len + 2);
 	if (!tbuf) {
 		free(blob);
@@ -532,7 +547,7 @@ int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, cha
 	set_bit(b, idx);
 	map_del(c, s);
 	if (--b->live == 0) {
-		rc = batch_row_delete(c, b->bseq, errstr, errstr_size);
+		rc = batch_row_delete(c, b->bseq, b->lease, errstr, errstr_size);
 		batch_unlink(c, b);
 		if (rc)
 			return rc;
@@ -563,13 +578,13 @@ static int moved_out(sq_ctx *c, int64_t bseq, uint8_t *out, uint32_t n, char *er
 }
 
 typedef struct pk_raw {
-	int64_t bseq, due_ms;
+	int64_t bseq, due_ms, lease;
 	uint32_t n;
 	uint8_t *blob;
 	size_t len;
 } pk_raw;
 
-/* Copies the batch rows a statement returns (bseq, n, data[, due_ms]). */
+/* Copies the batch rows a statement returns (bseq, n, data, due_ms, lease). */
 static int read_batches(sq_ctx *c, sqlite3_stmt *s, pk_raw **out, size_t *nout, char *errstr,
                         size_t errstr_size)
 {
@@ -590,7 +605,8 @@ static int read_batches(sq_ctx *c, sqlite3_stmt *s, pk_raw **out, size_t *nout, 
 		r->bseq = sqlite3_column_int64(s, 0);
 		r->n = (uint32_t)sqlite3_column_int64(s, 1);
 		r->len = (size_t)sqlite3_column_bytes(s, 2);
-		r->due_ms = sqlite3_column_count(s) > 3 ? sqlite3_column_int64(s, 3) : 0;
+		r->due_ms = sqlite3_column_int64(s, 3);
+		r->lease = sqlite3_column_int64(s, 4);
 		r->blob = malloc(r->len ? r->len : 1);
 		if (!r->blob)
 			break;
@@ -632,27 +648,86 @@ static int final_members(sq_ctx *c, const pk_raw *r, uint8_t *skip, char *errstr
 	return moved_out(c, r->bseq, skip, r->n, errstr, errstr_size);
 }
 
-int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budget,
+                  ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
+                  size_t errstr_size)
 {
-	pk_raw *v = NULL;
-	size_t nv = 0;
-	int rc, rows = 0;
+	sqlite3_stmt *q = c->pk[PK_DUE];
+	pk_raw heads[16];
+	size_t nh = 0, handed = 0;
+	int rc;
 
-	sqlite3_bind_int64(c->pk[PK_DUE], 1, now_ms);
-	rc = read_batches(c, c->pk[PK_DUE], &v, &nv, errstr, errstr_size);
-	if (rc)
-		return rc;
-	for (size_t i = 0; i < nv && rc == 0; i++) {
-		pk_raw *r = &v[i];
-		uint8_t *skip = calloc(1, (r->n + 7) / 8 + 1);
-		char *tbuf = malloc(r->len + 2);
+	/* the candidates first (no blobs: most claims take one or two) */
+	sqlite3_bind_int64(q, 1, now_ms);
+	sqlite3_bind_int64(q, 2, (sqlite3_int64)(sizeof(heads) / sizeof(heads[0])));
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		memset(&heads[nh], 0, sizeof(heads[nh]));
+		heads[nh].bseq = sqlite3_column_int64(q, 0);
+		heads[nh].n = (uint32_t)sqlite3_column_int64(q, 1);
+		heads[nh].due_ms = sqlite3_column_int64(q, 2);
+		heads[nh].lease = sqlite3_column_int64(q, 3);
+		nh++;
+	}
+	sqlite3_reset(q);
+	if (rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, "claim", errstr, errstr_size);
+	rc = 0;
+	for (size_t i = 0; i < nh && rc == 0 && !*stop && handed < budget; i++) {
+		pk_raw *r = &heads[i];
+		size_t gbytes = (r->n + 7) / 8, off = 0;
+		uint8_t *skip = calloc(1, gbytes + 1);
+		char *tbuf = NULL;
 		sq_batch *mine = batch_find(c, r->bseq);
-		size_t off = 0;
-		if (!skip || !tbuf)
+		uint32_t live = 0;
+		int64_t due;
+		if (!skip) {
 			rc = ACKBOX_ERR_NOMEM;
-		if (rc == 0)
-			rc = final_members(c, r, skip, errstr, errstr_size);
-		for (uint32_t k = 0; k < r->n && rc == 0; k++) {
+			break;
+		}
+		rc = final_members(c, r, skip, errstr, errstr_size);
+		for (uint32_t k = 0; k < r->n; k++)
+			live += !(skip[k / 8] >> (k % 8) & 1);
+		if (rc == 0 && live == 0) {
+			/* every member moved out: only the row is left */
+			rc = batch_row_delete(c, r->bseq, r->lease, errstr, errstr_size);
+			if (mine)
+				batch_unlink(c, mine);
+			goto next;
+		}
+		/* one batch may overshoot the budget, or a large one never fits */
+		if (rc || (handed && handed + live > budget))
+			goto next;
+		rc = batch_blob(c, r->bseq, r->lease, &r->blob, &r->len, &due, errstr, errstr_size);
+		if (rc > 0) {
+			rc = 0; /* changed under us: it is not due any more */
+			goto next;
+		}
+		tbuf = rc ? NULL : malloc(r->len + 2);
+		if (!tbuf || map_reserve(c, live) != 0) {
+			rc = rc ? rc : ACKBOX_ERR_NOMEM;
+			goto next;
+		}
+		if (!mine) {
+			mine = calloc(1, sizeof(*mine) + gbytes);
+			if (!mine) {
+				rc = ACKBOX_ERR_NOMEM;
+				goto next;
+			}
+			mine->bseq = r->bseq;
+			mine->n = r->n;
+			mine->live = live;
+			memcpy(mine->gone, skip, gbytes);
+			mine->next = c->batches;
+			if (c->batches)
+				c->batches->prev = mine;
+			c->batches = mine;
+		}
+		/* held already if our own lease ran out: same members, new lease */
+		mine->lease = r->lease + 1;
+		sqlite3_bind_int64(c->pk[PK_TAKE], 1, lease_until_ms);
+		sqlite3_bind_int64(c->pk[PK_TAKE], 2, r->bseq);
+		rc = step_done(c, c->pk[PK_TAKE], "claim", errstr, errstr_size);
+		for (uint32_t k = 0; k < r->n && rc == 0 && !*stop; k++) {
 			ackbox_store_row m;
 			size_t tused;
 			if (member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
@@ -661,24 +736,20 @@ int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_si
 			}
 			if (skip[k / 8] >> (k % 8) & 1)
 				continue;
-			rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, now_ms, now_ms, NULL, 0, errstr,
-			             errstr_size);
-			rows++;
+			if (!map_find(c, &m.id))
+				map_put(c, &m.id, mine, k);
+			m.due_ms = lease_until_ms;
+			m.lease = (uint64_t)mine->lease;
+			handed++;
+			*stop = cb(&m, opaque);
 		}
-		if (rc == 0)
-			rc = batch_row_delete(c, r->bseq, errstr, errstr_size);
-		if (rc == 0 && mine) {
-			/* its live members are rows now: changes go there */
-			for (size_t k = 0; k < c->cap_slots; k++)
-				if (c->slots[k].b == mine)
-					map_del(c, &c->slots[k--]);
-			batch_unlink(c, mine);
-		}
+	next:
 		free(skip);
 		free(tbuf);
+		free(r->blob);
+		r->blob = NULL;
 	}
-	free_batches(v, nv);
-	return rc ? rc : rows;
+	return rc ? rc : (int)handed;
 }
 
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
@@ -812,7 +883,11 @@ static void write_out_acked(sq_ctx *c)
 		int64_t due = 0;
 		if (!b->acked)
 			continue;
-		rc = batch_blob(c, b->bseq, &blob, &len, &due, err, sizeof(err));
+		rc = batch_blob(c, b->bseq, b->lease, &blob, &len, &due, err, sizeof(err));
+		if (rc > 0) {
+			rc = 0;
+			continue; /* another relay holds it */
+		}
 		tbuf = rc ? NULL : malloc(len + 2);
 		if (!tbuf)
 			rc = SQLITE_ERROR;
@@ -825,7 +900,7 @@ static void write_out_acked(sq_ctx *c)
 				             sizeof(err));
 		}
 		if (rc == 0)
-			rc = batch_row_delete(c, b->bseq, err, sizeof(err));
+			rc = batch_row_delete(c, b->bseq, b->lease, err, sizeof(err));
 		free(tbuf);
 		free(blob);
 	}

@@ -64,7 +64,8 @@ static const char schema_sql[] =
     " due_ms INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL,"
     " n INTEGER NOT NULL,"
-    " data BLOB NOT NULL);"
+    " data BLOB NOT NULL,"
+    " lease INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS ackbox_batch_due ON ackbox_batch(due_ms);"
     "CREATE TABLE IF NOT EXISTS ackbox_batch_out(bseq INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " PRIMARY KEY(bseq, idx)) WITHOUT ROWID;";
@@ -541,7 +542,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s = c->st[ST_CLAIM_SEL], *u = c->st[ST_CLAIM_UPD];
-	size_t n = 0;
+	size_t n = 0, nb, rows;
 	int rc, stop = 0;
 
 	if (limit > c->cap_seqs) {
@@ -554,14 +555,17 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
-	/* packed batches whose lease ran out become rows the SELECT finds */
-	rc = sq_pack_unpack_due(c, now_ms, errstr, errstr_size);
+	/* Packed batches get half the room first, rows what is left, then
+	 * batches the rest: neither waits behind a backlog of the other. */
+	rc = sq_pack_claim(c, now_ms, lease_until_ms, limit / 2 ? limit / 2 : 1, cb, opaque, &stop,
+	                   errstr, errstr_size);
 	if (rc < 0) {
 		rollback(c);
 		return rc;
 	}
+	nb = (size_t)rc;
 	sqlite3_bind_int64(s, 1, now_ms);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)limit);
+	sqlite3_bind_int64(s, 2, nb < limit ? (sqlite3_int64)(limit - nb) : 0);
 	/* Collect first, update after: moving a row in the index being scanned
 	 * could make the scan meet it again. */
 	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -588,10 +592,20 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 			return rc;
 		}
 	}
+	rows = n;
+	if (!stop && nb + rows < limit) {
+		rc = sq_pack_claim(c, now_ms, lease_until_ms, limit - nb - rows, cb, opaque, &stop,
+		                   errstr, errstr_size);
+		if (rc < 0) {
+			rollback(c);
+			return rc;
+		}
+		nb += (size_t)rc;
+	}
 	rc = commit(c);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
-	return (int)n;
+	return (int)(nb + rows);
 }
 
 static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
@@ -822,10 +836,11 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 			return rc;
 	}
 	rc = sqlite3_prepare_v2(c->db,
-	                        state < 0 ? "SELECT " ROW_COLS " FROM ackbox_outbox ORDER BY seq"
+	                        /* by id: a member moved out of a batch gets a later seq */
+	                        state < 0 ? "SELECT " ROW_COLS " FROM ackbox_outbox ORDER BY id"
 	                                    " LIMIT ?2"
 	                                  : "SELECT " ROW_COLS " FROM ackbox_outbox WHERE "
-	                                    "state = ?1 ORDER BY seq LIMIT ?2",
+	                                    "state = ?1 ORDER BY id LIMIT ?2",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK) {
 		sq_rowset_free(&packed);

@@ -38,6 +38,7 @@ enum {
 	PK_OUT_OF,
 	PK_ROW_ADD,
 	PK_DUE,
+	PK_TAKE,
 	PK_ALL,
 	PK_COUNT
 };
@@ -100,9 +101,15 @@ void sq_pack_inserted(sq_ctx *c, int committed);
 int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                    size_t errstr_size);
 
-/* Inside claim()'s transaction: unpacks every batch whose lease ran out
- * into ackbox_outbox rows, due now. Returns the number of rows, or an error. */
-int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
+/*
+ * Inside claim()'s transaction: takes due batches (new ones, or ones whose
+ * holder's lease ran out) with a new lease until about `budget` members
+ * are handed to cb (one batch may overshoot it). Sets *stop if cb asked.
+ * Returns the number handed, or an error.
+ */
+int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budget,
+                  ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
+                  size_t errstr_size);
 
 /* Members not yet final, and the oldest one's created_ms (0 if none). */
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
