@@ -189,6 +189,13 @@ typedef struct tx_ev {
 #define APPLY_BATCH 512
 #define APPLY_DELAY_MS 2
 
+/* Acks from a transport's own thread wake the relay once this many are
+ * queued (a quarter of the window, at most 64), or at its next 1 ms tick
+ * while messages are in flight: a wakeup per ack cost a context switch
+ * per message. Anything but an ack wakes it at once. */
+#define ACK_WAKE_MAX 64
+#define ACK_TICK_MS 1
+
 /* Claims that follow retries' due times run at least this far apart, so a
  * burst of retries (jittered over half their backoff) is claimed in
  * batches, each at most this late. */
@@ -207,6 +214,7 @@ struct abx_relay {
 	int window;
 	pthread_t thread;
 	bool thread_started;
+	size_t ack_wake; /* queued acks that wake the relay (see ACK_WAKE_MAX) */
 	int wake_fd;
 	atomic_int wake_pending;
 	atomic_int stop;
@@ -1151,6 +1159,8 @@ static void *relay_main(void *arg)
 			wake_at = r->fifo_head->deadline;
 		if (!atomic_load(&r->connected) && r->next_connect_at < wake_at)
 			wake_at = r->next_connect_at;
+		if (r->tokens.len && now + ACK_TICK_MS < wake_at)
+			wake_at = now + ACK_TICK_MS; /* collect acks that did not wake us */
 		if (r->nchanges) {
 			int64_t at = r->first_change_at + APPLY_DELAY_MS;
 			if (r->apply_retry_at > at)
@@ -1201,10 +1211,12 @@ void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 	e->broker_code = ev->broker_code;
 	e->retriable = ev->retriable;
 	e->reason = ev->reason ? strdup(ev->reason) : NULL;
+	bool now = ev->kind != ACKBOX_TX_ACK || r->nevs >= r->ack_wake;
 	pthread_mutex_unlock(&r->ev_mtx);
 	/* also from the relay thread itself: a transport's poll() that reported
 	 * something and then waits on the wake fd must return at once */
-	relay_wake(r);
+	if (now || (r->thread_started && pthread_equal(pthread_self(), r->thread)))
+		relay_wake(r);
 }
 
 int ackbox_tx_wake_fd(ackbox_tx_host *host)
@@ -1383,6 +1395,11 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 	r->window = (int)abx_conf_int(ab->conf, "transport.window");
 	if (r->window <= 0)
 		r->window = r->info.max_inflight > 0 ? r->info.max_inflight : 1000;
+	r->ack_wake = (size_t)r->window / 4;
+	if (r->ack_wake > ACK_WAKE_MAX)
+		r->ack_wake = ACK_WAKE_MAX;
+	if (r->ack_wake < 1)
+		r->ack_wake = 1;
 	r->store_dirty = true; /* recovered rows are due */
 	ab->relay = r;
 
