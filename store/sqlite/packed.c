@@ -60,7 +60,8 @@ static const char *const pk_sql[PK_COUNT] = {
     [PK_DUE] = "SELECT bseq, n, due_ms, lease FROM ackbox_batch WHERE due_ms <= ?1"
                " ORDER BY due_ms LIMIT ?2",
     [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = lease + 1 WHERE bseq = ?2",
-    [PK_ALL] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch ORDER BY bseq",
+    [PK_NEXT] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch WHERE bseq > ?1"
+                " ORDER BY bseq LIMIT 1",
 };
 
 /* ------------------------------------------------------------------ */
@@ -629,13 +630,6 @@ static int read_batches(sq_ctx *c, sqlite3_stmt *s, pk_raw **out, size_t *nout, 
 	return 0;
 }
 
-static void free_batches(pk_raw *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(v[i].blob);
-	free(v);
-}
-
 /* Which members of a stored batch are not final: not moved out, and not
  * acked by this process. skip gets a bit per member that is. */
 static int final_members(sq_ctx *c, const pk_raw *r, uint8_t *skip, char *errstr,
@@ -784,80 +778,83 @@ static int row_cmp(const void *a, const void *b)
 	return memcmp(((const ackbox_store_row *)a)->id.b, ((const ackbox_store_row *)b)->id.b, 16);
 }
 
-void sq_rowset_free(sq_rowset *rs)
+void sq_pack_iter_init(sq_ctx *c, sq_pack_iter *it)
 {
-	for (size_t i = 0; i < rs->nbufs; i++)
-		free(rs->bufs[i]);
-	free(rs->bufs);
-	free(rs->rows);
-	memset(rs, 0, sizeof(*rs));
+	memset(it, 0, sizeof(*it));
+	it->c = c;
 }
 
-int sq_pack_collect(sq_ctx *c, sq_rowset *out, char *errstr, size_t errstr_size)
+void sq_pack_iter_fini(sq_pack_iter *it)
 {
+	free(it->rows);
+	free(it->blob);
+	free(it->tbuf);
+	memset(it, 0, sizeof(*it));
+}
+
+/* Loads the next batch's members that are not final, sorted by id. */
+static int iter_load(sq_pack_iter *it, char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = it->c;
 	pk_raw *v = NULL;
-	size_t nv = 0, cap = 0;
+	size_t nv = 0, off = 0, toff = 0;
+	uint8_t *skip = NULL;
 	int rc;
 
-	memset(out, 0, sizeof(*out));
-	rc = read_batches(c, c->pk[PK_ALL], &v, &nv, errstr, errstr_size);
+	free(it->rows);
+	free(it->blob);
+	free(it->tbuf);
+	it->rows = NULL;
+	it->blob = it->tbuf = NULL;
+	it->n = it->pos = 0;
+	sqlite3_bind_int64(c->pk[PK_NEXT], 1, it->after);
+	rc = read_batches(c, c->pk[PK_NEXT], &v, &nv, errstr, errstr_size);
 	if (rc)
 		return rc;
-	out->bufs = calloc(2 * nv + 1, sizeof(*out->bufs));
-	if (!out->bufs) {
-		free_batches(v, nv);
-		return ACKBOX_ERR_NOMEM;
+	if (nv == 0) {
+		it->done = 1;
+		free(v);
+		return 0;
 	}
-	for (size_t i = 0; i < nv && rc == 0; i++) {
-		pk_raw *r = &v[i];
-		uint8_t *skip = calloc(1, (r->n + 7) / 8 + 1);
-		char *tbuf = malloc(2 * r->len + 2 * (size_t)r->n + 2);
-		size_t off = 0, toff = 0;
-		if (!skip || !tbuf) {
-			free(skip);
-			free(tbuf);
-			rc = ACKBOX_ERR_NOMEM;
+	it->after = v[0].bseq;
+	it->blob = v[0].blob;
+	skip = calloc(1, (v[0].n + 7) / 8 + 1);
+	it->tbuf = malloc(v[0].len + 2 * (size_t)v[0].n + 2);
+	it->rows = calloc(v[0].n ? v[0].n : 1, sizeof(*it->rows));
+	if (!skip || !it->tbuf || !it->rows)
+		rc = ACKBOX_ERR_NOMEM;
+	if (rc == 0)
+		rc = final_members(c, &v[0], skip, errstr, errstr_size);
+	for (uint32_t k = 0; k < v[0].n && rc == 0; k++) {
+		ackbox_store_row m;
+		size_t tused;
+		if (member_get(it->blob, v[0].len, &off, &m, (char *)it->tbuf + toff, &tused) != 0) {
+			rc = corrupt(c, v[0].bseq, errstr, errstr_size);
 			break;
 		}
-		/* the rows keep pointing into the blob and the strings */
-		out->bufs[out->nbufs++] = r->blob;
-		out->bufs[out->nbufs++] = tbuf;
-		r->blob = NULL;
-		rc = final_members(c, r, skip, errstr, errstr_size);
-		for (uint32_t k = 0; k < r->n && rc == 0; k++) {
-			ackbox_store_row m;
-			size_t tused;
-			if (member_get(out->bufs[out->nbufs - 2], r->len, &off, &m, tbuf + toff,
-			               &tused) != 0) {
-				rc = corrupt(c, r->bseq, errstr, errstr_size);
-				break;
-			}
-			toff += tused;
-			if (skip[k / 8] >> (k % 8) & 1)
-				continue;
-			if (out->n == cap) {
-				size_t ncap = cap ? 2 * cap : 64;
-				ackbox_store_row *nr = realloc(out->rows, ncap * sizeof(*nr));
-				if (!nr) {
-					rc = ACKBOX_ERR_NOMEM;
-					break;
-				}
-				out->rows = nr;
-				cap = ncap;
-			}
-			m.due_ms = r->due_ms;
-			out->rows[out->n++] = m;
-		}
-		free(skip);
+		toff += tused;
+		if (skip[k / 8] >> (k % 8) & 1)
+			continue;
+		m.due_ms = v[0].due_ms;
+		it->rows[it->n++] = m;
 	}
-	free_batches(v, nv);
-	if (rc) {
-		sq_rowset_free(out);
-		return rc;
+	free(skip);
+	free(v); /* the blob is it->blob now */
+	if (rc == 0 && it->n > 1)
+		qsort(it->rows, it->n, sizeof(*it->rows), row_cmp);
+	return rc;
+}
+
+const ackbox_store_row *sq_pack_iter_next(sq_pack_iter *it, int *rc, char *errstr,
+                                          size_t errstr_size)
+{
+	*rc = 0;
+	while (!it->done && it->pos == it->n) {
+		*rc = iter_load(it, errstr, errstr_size);
+		if (*rc)
+			return NULL;
 	}
-	if (out->n)
-		qsort(out->rows, out->n, sizeof(*out->rows), row_cmp);
-	return 0;
+	return it->done ? NULL : &it->rows[it->pos++];
 }
 
 /* ------------------------------------------------------------------ */

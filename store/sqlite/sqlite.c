@@ -792,20 +792,26 @@ static int iterate(sq_ctx *c, sqlite3_stmt *s, ackbox_store_row_cb cb, void *opa
 }
 
 typedef struct list_merge {
-	const sq_rowset *packed;
-	size_t next, limit, emitted;
+	sq_pack_iter it;
+	const ackbox_store_row *next; /* the next packed member, NULL when none are left */
+	size_t limit, emitted;
 	ackbox_store_row_cb cb;
 	void *opaque;
-	int stop;
+	int stop, rc;
+	char *errstr;
+	size_t errstr_size;
 } list_merge;
 
-/* Emits packed rows whose id sorts before `before` (all if NULL). */
+/* Emits packed members whose id sorts before `before` (all if NULL). */
 static void merge_packed(list_merge *m, const ackbox_id *before)
 {
-	while (!m->stop && m->next < m->packed->n && (!m->limit || m->emitted < m->limit) &&
-	       (!before || memcmp(m->packed->rows[m->next].id.b, before->b, 16) < 0)) {
+	while (!m->stop && m->next && (!m->limit || m->emitted < m->limit) &&
+	       (!before || memcmp(m->next->id.b, before->b, 16) < 0)) {
 		m->emitted++;
-		m->stop = m->cb(&m->packed->rows[m->next++], m->opaque);
+		m->stop = m->cb(m->next, m->opaque);
+		m->next = sq_pack_iter_next(&m->it, &m->rc, m->errstr, m->errstr_size);
+		if (m->rc)
+			m->stop = 1;
 	}
 }
 
@@ -825,15 +831,23 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s;
-	sq_rowset packed = {0};
-	list_merge m = {0};
+	list_merge m;
 	int rc;
 
-	/* packed members are SENDING; they are merged in by id */
+	memset(&m, 0, sizeof(m));
+	sq_pack_iter_init(c, &m.it);
+	m.limit = limit;
+	m.cb = cb;
+	m.opaque = opaque;
+	m.errstr = errstr;
+	m.errstr_size = errstr_size;
+	/* packed members are SENDING; they are merged in by id, a batch at a time */
 	if (state < 0 || state == ACKBOX_MSG_SENDING) {
-		rc = sq_pack_collect(c, &packed, errstr, errstr_size);
-		if (rc)
-			return rc;
+		m.next = sq_pack_iter_next(&m.it, &m.rc, errstr, errstr_size);
+		if (m.rc) {
+			sq_pack_iter_fini(&m.it);
+			return m.rc;
+		}
 	}
 	rc = sqlite3_prepare_v2(c->db,
 	                        /* by id: a member moved out of a batch gets a later seq */
@@ -843,27 +857,18 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 	                                    "state = ?1 ORDER BY id LIMIT ?2",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK) {
-		sq_rowset_free(&packed);
+		sq_pack_iter_fini(&m.it);
 		return sq_error(c->db, rc, c->path, "list", errstr, errstr_size);
 	}
 	sqlite3_bind_int(s, 1, state);
 	sqlite3_bind_int64(s, 2, limit ? (sqlite3_int64)limit : -1);
-	if (!packed.n) {
-		rc = iterate(c, s, cb, opaque, "list", errstr, errstr_size);
-		sq_rowset_free(&packed);
-		return rc;
-	}
-	m.packed = &packed;
-	m.limit = limit;
-	m.cb = cb;
-	m.opaque = opaque;
 	rc = iterate(c, s, merge_cb, &m, "list", errstr, errstr_size);
-	if (rc >= 0) {
+	if (rc >= 0)
 		merge_packed(&m, NULL);
-		rc = (int)m.emitted;
-	}
-	sq_rowset_free(&packed);
-	return rc;
+	sq_pack_iter_fini(&m.it);
+	if (m.rc)
+		return m.rc;
+	return rc < 0 ? rc : (int)m.emitted;
 }
 
 static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
@@ -879,18 +884,20 @@ static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 	sqlite3_bind_blob(s, 1, id->b, 16, SQLITE_STATIC);
 	rc = iterate(c, s, cb, opaque, "get", errstr, errstr_size);
 	if (rc == 0) {
-		sq_rowset packed;
-		rc = sq_pack_collect(c, &packed, errstr, errstr_size);
-		if (rc)
-			return rc;
-		for (size_t i = 0; i < packed.n; i++) {
-			if (memcmp(packed.rows[i].id.b, id->b, 16) == 0) {
-				cb(&packed.rows[i], opaque);
+		/* a packed member: walk the batches, one in memory at a time */
+		sq_pack_iter it;
+		const ackbox_store_row *m;
+		sq_pack_iter_init(c, &it);
+		while ((m = sq_pack_iter_next(&it, &rc, errstr, errstr_size)) != NULL) {
+			if (memcmp(m->id.b, id->b, 16) == 0) {
+				cb(m, opaque);
 				rc = 1;
 				break;
 			}
 		}
-		sq_rowset_free(&packed);
+		sq_pack_iter_fini(&it);
+		if (rc < 0)
+			return rc;
 	}
 	if (rc == 0) {
 		ackbox_id_format(id, idstr);

@@ -39,7 +39,7 @@ enum {
 	PK_ROW_ADD,
 	PK_DUE,
 	PK_TAKE,
-	PK_ALL,
+	PK_NEXT,
 	PK_COUNT
 };
 
@@ -67,13 +67,16 @@ typedef struct sq_ctx {
 	sq_batch *fresh;   /* written by the open transaction, kept if it commits */
 } sq_ctx;
 
-/* A packed member, or a row, handed to list() and get() callers. */
-typedef struct sq_rowset {
+/* Walks the packed members that are not final, batch by batch (in the
+ * order batches were written), each batch's members in id order. */
+typedef struct sq_pack_iter {
+	sq_ctx *c;
+	int64_t after; /* the last batch loaded */
 	ackbox_store_row *rows;
-	size_t n;
-	void **bufs; /* blobs the rows point into */
-	size_t nbufs;
-} sq_rowset;
+	size_t n, pos;
+	void *blob, *tbuf; /* what rows point into */
+	int done;
+} sq_pack_iter;
 
 int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
              size_t errstr_size);
@@ -115,8 +118,11 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
                    size_t errstr_size);
 
-/* Every packed member not yet final as a SENDING row, in id order. */
-int sq_pack_collect(sq_ctx *c, sq_rowset *out, char *errstr, size_t errstr_size);
-void sq_rowset_free(sq_rowset *rs);
+void sq_pack_iter_init(sq_ctx *c, sq_pack_iter *it);
+/* The next member as a SENDING row, valid until the next call; NULL at the
+ * end, or on an error (*rc < 0). One batch is in memory at a time. */
+const ackbox_store_row *sq_pack_iter_next(sq_pack_iter *it, int *rc, char *errstr,
+                                          size_t errstr_size);
+void sq_pack_iter_fini(sq_pack_iter *it);
 
 #endif
