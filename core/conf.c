@@ -63,10 +63,26 @@ static const ackbox_prop core_props[] = {
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* Schemes ackbox knows, built or not, to tell "not built" from "unknown". */
-static const char *const known_transport_schemes[] = {"amqp", "amqps", "kafka", "mqtt", "mqtts",
-                                                      "loopback", NULL};
-static const char *const known_store_schemes[] = {"sqlite", "redis", "postgres", "postgresql",
-                                                  NULL};
+/* Schemes a plugin of this tree provides, with the CMake option and the
+ * Debian package that build it: "not built" then says how to get it. */
+typedef struct known_scheme {
+	const char *scheme, *option, *package;
+} known_scheme;
+
+static const known_scheme known_transport_schemes[] = {
+    {"amqp", "ACKBOX_WITH_AMQP", "librabbitmq-dev"},
+    {"amqps", "ACKBOX_WITH_AMQP", "librabbitmq-dev"},
+    {"kafka", "ACKBOX_WITH_KAFKA", "librdkafka-dev"},
+    {"mqtt", "ACKBOX_WITH_MQTT", "libpaho-mqtt-dev"},
+    {"mqtts", "ACKBOX_WITH_MQTT", "libpaho-mqtt-dev"},
+    {"loopback", "(always built)", "-"},
+    {NULL, NULL, NULL}};
+static const known_scheme known_store_schemes[] = {
+    {"sqlite", "ACKBOX_WITH_SQLITE", "libsqlite3-dev"},
+    {"redis", "ACKBOX_WITH_REDIS", "libhiredis-dev"},
+    {"postgres", "ACKBOX_WITH_POSTGRES", "libpq-dev"},
+    {"postgresql", "ACKBOX_WITH_POSTGRES", "libpq-dev"},
+    {NULL, NULL, NULL}};
 
 static const ackbox_prop *core_prop_find(const char *key)
 {
@@ -173,12 +189,12 @@ static int prop_check(const ackbox_prop *p, const char *key, const char *value, 
 	return 0;
 }
 
-static int in_list(const char *const *list, const char *s)
+static const known_scheme *known(const known_scheme *list, const char *s)
 {
-	for (; *list; list++)
-		if (strcmp(*list, s) == 0)
-			return 1;
-	return 0;
+	for (; list->scheme; list++)
+		if (strcmp(list->scheme, s) == 0)
+			return list;
+	return NULL;
 }
 
 int abx_scheme_check(int is_store, const char *scheme, const char *key, char *errstr,
@@ -186,14 +202,15 @@ int abx_scheme_check(int is_store, const char *scheme, const char *key, char *er
 {
 	if (is_store ? abx_store_find(scheme) != NULL : abx_transport_find(scheme) != NULL)
 		return 0;
-	if (in_list(is_store ? known_store_schemes : known_transport_schemes, scheme)) {
+	const known_scheme *k = known(is_store ? known_store_schemes : known_transport_schemes, scheme);
+	if (k) {
 		ackbox_errstr_set(errstr, errstr_size,
-		                  "%s: scheme '%s' is not built into this ackbox (rebuild with "
-		                  "its library installed, ACKBOX_WITH_... ON)",
-		                  key, scheme);
+		                  "%s: scheme '%s' is not built into this ackbox (install %s and "
+		                  "rebuild with -D%s=ON)",
+		                  key, scheme, k->package, k->option);
 		return ACKBOX_ERR_NOT_BUILT;
 	}
-	if (in_list(is_store ? known_transport_schemes : known_store_schemes, scheme)) {
+	if (known(is_store ? known_transport_schemes : known_store_schemes, scheme)) {
 		ackbox_errstr_set(errstr, errstr_size, "%s: '%s' is a %s, not a %s", key, scheme,
 		                  is_store ? "transport" : "store", is_store ? "store" : "transport");
 		return ACKBOX_ERR_UNKNOWN_SCHEME;
@@ -228,8 +245,8 @@ int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char 
 			if (pl > 0 && pl < sizeof(prefix)) {
 				memcpy(prefix, key, pl);
 				prefix[pl] = '\0';
-				if (in_list(known_transport_schemes, prefix) ||
-				    in_list(known_store_schemes, prefix)) {
+				if (known(known_transport_schemes, prefix) ||
+				    known(known_store_schemes, prefix)) {
 					ackbox_errstr_set(errstr, errstr_size,
 					                  "%s: plugin '%s' is not built into this ackbox",
 					                  key, prefix);
