@@ -31,7 +31,7 @@ enum {
 	EXIT_TRANSPORT = 4     /* broker unreachable, or it did not confirm in time */
 };
 
-#define PUBLISH_CHUNK 500               /* messages per ackbox_publish_batch */
+#define PUBLISH_CHUNK 500               /* messages per ackbox_publish_batch (--batch) */
 #define PUBLISH_CHUNK_BYTES (8u << 20)  /* and at most this many payload bytes */
 #define PROGRESS_MIN_MESSAGES 10000     /* smaller jobs show no progress line */
 #define PROGRESS_INTERVAL_MS 200        /* at most 5 updates a second */
@@ -64,6 +64,7 @@ typedef enum opt_id {
 	OPT_PAYLOAD,
 	OPT_PAYLOAD_FILE,
 	OPT_LEDGER,
+	OPT_BATCH,
 	OPT_UNTIL_EMPTY,
 	OPT_MAX_SECONDS,
 	OPT_JSON,
@@ -95,6 +96,7 @@ static const struct option_def {
 	{"payload", OPT_PAYLOAD, true, FOR(CMD_PUBLISH)},
 	{"payload-file", OPT_PAYLOAD_FILE, true, FOR(CMD_PUBLISH)},
 	{"ledger", OPT_LEDGER, true, FOR(CMD_PUBLISH)},
+	{"batch", OPT_BATCH, true, FOR(CMD_PUBLISH)},
 	{"until-empty", OPT_UNTIL_EMPTY, false, FOR(CMD_RELAY)},
 	{"max-seconds", OPT_MAX_SECONDS, true, FOR(CMD_RELAY)},
 	{"json", OPT_JSON, false, FOR(CMD_STATUS) | FOR(CMD_LIST) | FOR(CMD_SHOW)},
@@ -135,7 +137,8 @@ static const struct command {
 } commands[CMD_COUNT] = {
     [CMD_PUBLISH] = {"publish", cmd_publish, 0,
                      "ackbox publish --store URL --transport URL --topic T [--count N] [--size BYTES]\n"
-                     "               [--key K] [--payload TEXT | --payload-file FILE]",
+                     "               [--key K] [--payload TEXT | --payload-file FILE]\n"
+                     "               [--ledger FILE] [--batch N]",
                      "Stores N messages durably and publishes them; exits when every one is\n"
                      "acked or FAILED and prints one line on stdout:\n"
                      "  published=N acked=A failed=F elapsed=SECONDS rate=MSGS_PER_S\n"
@@ -150,7 +153,9 @@ static const struct command {
                      "  --payload TEXT       send TEXT as every payload instead\n"
                      "  --payload-file FILE  send FILE's bytes as every payload (- for stdin)\n"
                      "  --ledger FILE        append \"FIRST LAST\" once each range of sequence\n"
-                     "                       numbers is stored (accepted), for crash tests\n"},
+                     "                       numbers is stored (accepted), for crash tests\n"
+                     "  --batch N            messages per store transaction (default 500; at\n"
+                     "                       most 8 MiB of generated payload per transaction)\n"},
     [CMD_RELAY] = {"relay", cmd_relay, 0,
                    "ackbox relay --store URL --transport URL [--until-empty] [--max-seconds S]",
                    "Delivers every due message in the store (left by a crashed process, written\n"
@@ -836,7 +841,7 @@ static bool run_add_ids(run *u, const ackbox_id *ids, size_t n)
 
 static int cmd_publish(cli_args *a)
 {
-	uint64_t count = 1, size = 256, published = 0, seq = 1;
+	uint64_t count = 1, size = 256, published = 0, seq = 1, batch = PUBLISH_CHUNK;
 	char *fixed = NULL, err[512];
 	size_t fixed_len = 0, chunk;
 	int ledger_fd = -1;
@@ -860,6 +865,8 @@ static int cmd_publish(cli_args *a)
 		return usage_error("--payload and --payload-file exclude each other");
 	if (a->given[OPT_SIZE] && !generated)
 		return usage_error("--size applies to generated payloads, not to --payload/--payload-file");
+	if (a->given[OPT_BATCH] && (!parse_u64(a->val[OPT_BATCH], &batch) || batch == 0))
+		return usage_error("--batch must be a positive integer, got '%s'", a->val[OPT_BATCH]);
 	if (a->given[OPT_SIZE] && !parse_u64(a->val[OPT_SIZE], &size))
 		return usage_error("--size must be a number of bytes, got '%s'", a->val[OPT_SIZE]);
 	if (generated) {
@@ -898,7 +905,7 @@ static int cmd_publish(cli_args *a)
 		return rc;
 	}
 
-	chunk = PUBLISH_CHUNK;
+	chunk = batch < 100000 ? (size_t)batch : 100000;
 	if (generated && size * chunk > PUBLISH_CHUNK_BYTES)
 		chunk = size >= PUBLISH_CHUNK_BYTES ? 1 : (size_t)(PUBLISH_CHUNK_BYTES / size);
 	if (chunk > count)

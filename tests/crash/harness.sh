@@ -176,9 +176,13 @@ for i in $(seq 1 "$trials"); do
   consumer_start "$topic"
   pub_cli=$cli
   [ "$mode" = point ] && pub_cli=${CRASH_CLI:?point mode needs CRASH_CLI}
+  # odd kill9 trials store in transactions of 10, so that storing takes long
+  # enough (about half a second) for the kill to land in the middle of it
+  batch=500
+  [ "$mode" = kill9 ] && [ $((i % 2)) -eq 1 ] && batch=10
   ACKBOX_CRASH_AT=${CRASH_POINT:-} \
   "$pub_cli" publish --store "$store" --transport "$url" --topic "$topic" --count "$n" --size "$size" \
-    --ledger "$ledger" "${sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
+    --batch "$batch" --ledger "$ledger" "${sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
   pub=$!
   pids+=("$pub")
   case "$mode" in
@@ -186,7 +190,7 @@ for i in $(seq 1 "$trials"); do
     # a random moment within the run: the fault, not a synchronisation
     # (odd trials while publish is still storing, even ones while it sends)
     if [ $((i % 2)) -eq 1 ]; then
-      delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 80) / 1000 }')
+      delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 300) / 1000 }')
     else
       delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.08 + (r % 700) / 1000 }')
     fi
