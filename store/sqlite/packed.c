@@ -381,7 +381,8 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 		return 1; /* a claim takes it */
 	b->bseq = sqlite3_last_insert_rowid(c->db);
 	b->n = b->live = (uint32_t)n;
-	/* the ids go into the map once the transaction commits; keep them */
+	/* its ids are in the map now; sq_pack_inserted() forgets them if the
+	 * transaction rolls back */
 	free(c->fresh);
 	c->fresh = b;
 	for (size_t i = 0; i < n; i++)
