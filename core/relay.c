@@ -502,14 +502,11 @@ static void change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, in
 	r->nchanges++;
 }
 
-/* Queues a final report, delivered after the matching change is applied. */
-static void report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcome oc,
-                       int code, int retriable, const char *reason)
+/* A report about e; its texts point into e and reason. */
+static ackbox_report report_of(const entry *e, ackbox_state st, ackbox_outcome oc, int code,
+                               int retriable, const char *reason)
 {
 	ackbox_report rep;
-	abx_report_item *it;
-	if (!r->ab->conf->report_cb)
-		return;
 	memset(&rep, 0, sizeof(rep));
 	rep.id = e->id;
 	rep.topic = e->topic;
@@ -519,6 +516,18 @@ static void report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_out
 	rep.broker_code = code;
 	rep.retriable = retriable;
 	rep.reason = reason ? reason : "";
+	return rep;
+}
+
+/* Queues a final report, delivered after the matching change is applied. */
+static void report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcome oc,
+                       int code, int retriable, const char *reason)
+{
+	ackbox_report rep;
+	abx_report_item *it;
+	if (!r->ab->conf->report_cb)
+		return;
+	rep = report_of(e, st, oc, code, retriable, reason);
 	it = abx_report_new(&rep);
 	if (!it) {
 		abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
@@ -615,15 +624,7 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 	snprintf(reason, sizeof(reason), "%s%s%s", outcome_name(oc), why && *why ? ": " : "",
 	         why ? why : "");
 	if (ab->conf->nack_cb) {
-		ackbox_report rep = {0};
-		rep.id = e->id;
-		rep.topic = e->topic;
-		rep.state = ACKBOX_MSG_RETRYING;
-		rep.attempts = e->attempts;
-		rep.outcome = oc;
-		rep.broker_code = code;
-		rep.retriable = retriable;
-		rep.reason = reason;
+		ackbox_report rep = report_of(e, ACKBOX_MSG_RETRYING, oc, code, retriable, reason);
 		pol = ab->conf->nack_cb(&rep, ab->conf->nack_opaque);
 	}
 	entry_drop_data(r, e);

@@ -92,6 +92,21 @@ static ackbox *open_handle(const char *broker, seen *s, const char *k1, const ch
 	return open_handle_kv(broker, s, kv);
 }
 
+/* Publishes n one-byte messages to "orders" in one ackbox_publish_batch. */
+static void publish_tiny_batch(ackbox *ab, size_t n, ackbox_id *ids)
+{
+	ackbox_msg *m = calloc(n, sizeof(*m));
+	char err[256];
+	cr_assert(m);
+	for (size_t i = 0; i < n; i++) {
+		m[i].topic = "orders";
+		m[i].payload = "x";
+		m[i].payload_len = 1;
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, n, ids, err, sizeof(err)), 0, "%s", err);
+	free(m);
+}
+
 static ackbox_id publish_one(ackbox *ab, const char *payload)
 {
 	ackbox_msg m = {0};
@@ -183,18 +198,10 @@ Test(sm, nacked_messages_are_resent_when_their_backoff_ends)
 	seen s = {0};
 	ackbox *ab = open_handle("nack-many", &s, NULL, NULL);
 	ackbox_loopback *lb = ackbox_loopback_get("nack-many");
-	ackbox_msg m[N];
 	ackbox_id ids[N];
-	char err[256];
 
 	ackbox_loopback_script(lb, ACKBOX_LB_NACK, N, 0);
-	memset(m, 0, sizeof(m));
-	for (int i = 0; i < N; i++) {
-		m[i].topic = "orders";
-		m[i].payload = "x";
-		m[i].payload_len = 1;
-	}
-	cr_assert_eq(ackbox_publish_batch(ab, m, N, ids, err, sizeof(err)), 0, "%s", err);
+	publish_tiny_batch(ab, N, ids);
 	/* the nacks, and so the backoffs, start after the commit: about now */
 	long long t0 = tu_mono_ms();
 	cr_assert_eq(ackbox_flush(ab, 10000), 0);
@@ -328,52 +335,56 @@ static void serve_until_answered(ackbox *ab, ackbox_loopback *lb, seen *s)
 	cr_assert_eq(reports_for(s, &id, ACKBOX_MSG_ACKED), 1);
 }
 
-Test(sm, late_confirm_after_the_resend_was_acked_reports_once)
+/*
+ * One message whose first attempt gets `first` after retry.timeout; the
+ * resend's confirm comes after `resend_ms` (-1: at once). Whichever answer
+ * comes first acks it; the other must change nothing: sent twice, one
+ * ACKED report, nothing else, an empty store.
+ */
+static void one_late_answer(const char *broker, const char *attempts, ackbox_lb_action first,
+                            int resend_ms)
 {
 	seen s = {0};
-	ackbox *ab = open_late("late-after", &s, "3");
-	ackbox_loopback *lb = ackbox_loopback_get("late-after");
-	/* attempt 1 is confirmed late; the resend is confirmed at once */
-	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, LATE_MS);
+	ackbox *ab = open_late(broker, &s, attempts);
+	ackbox_loopback *lb = ackbox_loopback_get(broker);
+	ackbox_loopback_script(lb, first, 1, LATE_MS);
+	if (resend_ms >= 0)
+		ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, resend_ms);
 	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
 	ackbox_id id = publish_one(ab, "x");
 	cr_assert_eq(ackbox_flush(ab, 10000), 0);
 	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the resend");
-	/* now the late confirm of attempt 1 comes in */
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the first answer");
+	/* now the other answer comes in */
 	serve_until_answered(ab, lb, &s);
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "the late confirm adds no report");
-	cr_assert_eq(s.failed, 0);
-	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
-	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "the late confirm causes no resend");
-	ackbox_counts c = counts(ab);
-	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
-	ackbox_destroy(ab);
-}
-
-Test(sm, late_confirm_before_the_resend_is_acked_reports_once)
-{
-	seen s = {0};
-	ackbox *ab = open_late("late-before", &s, "3");
-	ackbox_loopback *lb = ackbox_loopback_get("late-before");
-	/* attempt 1 is confirmed late, while the resend is still in flight:
-	 * the resend's own confirm comes after the late one */
-	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, LATE_MS);
-	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, AFTER_LATE_MS);
-	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
-	ackbox_id id = publish_one(ab, "x");
-	cr_assert_eq(ackbox_flush(ab, 10000), 0);
-	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the late confirm");
-	/* now the resend's own confirm comes in */
-	serve_until_answered(ab, lb, &s);
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "the second confirm adds no report");
-	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "the other answer adds no report");
+	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_FAILED), 0, "and fails nothing");
+	cr_assert_eq(s.failed + s.dropped, 0);
 	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
 	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "no third send");
 	ackbox_counts c = counts(ab);
 	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
 	ackbox_destroy(ab);
+}
+
+Test(sm, late_confirm_after_the_resend_was_acked_reports_once)
+{
+	/* attempt 1 is confirmed late; the resend is confirmed at once */
+	one_late_answer("late-after", "3", ACKBOX_LB_CONFIRM, -1);
+}
+
+Test(sm, late_confirm_before_the_resend_is_acked_reports_once)
+{
+	/* attempt 1 is confirmed late, while the resend is still in flight:
+	 * the resend's own confirm comes after the late one */
+	one_late_answer("late-before", "3", ACKBOX_LB_CONFIRM, AFTER_LATE_MS);
+}
+
+Test(sm, late_nack_after_the_resend_was_acked_changes_nothing)
+{
+	/* two attempts: the timeout burns one, so a late nack taken for a
+	 * current attempt would burn the last and fail the message */
+	one_late_answer("late-nack", "2", ACKBOX_LB_NACK, -1);
 }
 
 Test(sm, late_confirms_of_many_messages_report_each_once)
@@ -382,21 +393,13 @@ Test(sm, late_confirms_of_many_messages_report_each_once)
 	seen s = {0};
 	ackbox *ab = open_late("late-many", &s, "3");
 	ackbox_loopback *lb = ackbox_loopback_get("late-many");
-	ackbox_msg m[N];
 	ackbox_id ids[N];
-	char err[256];
 	int twice = 0;
 
 	/* the first LATE sends are confirmed late, everything else at once */
 	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, LATE, LATE_MS);
 	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
-	memset(m, 0, sizeof(m));
-	for (int i = 0; i < N; i++) {
-		m[i].topic = "orders";
-		m[i].payload = "x";
-		m[i].payload_len = 1;
-	}
-	cr_assert_eq(ackbox_publish_batch(ab, m, N, ids, err, sizeof(err)), 0, "%s", err);
+	publish_tiny_batch(ab, N, ids);
 	cr_assert_eq(ackbox_flush(ab, 20000), 0);
 	serve_until_answered(ab, lb, &s);
 	for (int i = 0; i < N; i++) {
@@ -411,31 +414,6 @@ Test(sm, late_confirms_of_many_messages_report_each_once)
 	cr_assert_eq(s.failed + s.dropped, 0);
 	cr_assert_eq(s.nids, N + 1, "no other report");
 	cr_assert_eq(ackbox_loopback_distinct(lb), N + 1);
-	ackbox_counts c = counts(ab);
-	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
-	ackbox_destroy(ab);
-}
-
-Test(sm, late_nack_after_the_resend_was_acked_changes_nothing)
-{
-	seen s = {0};
-	/* two attempts: the timeout burns one, so a late nack taken for a
-	 * current attempt would burn the last and fail the message */
-	ackbox *ab = open_late("late-nack", &s, "2");
-	ackbox_loopback *lb = ackbox_loopback_get("late-nack");
-	ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, LATE_MS);
-	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
-	ackbox_id id = publish_one(ab, "x");
-	cr_assert_eq(ackbox_flush(ab, 10000), 0);
-	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "resent after retry.timeout");
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1, "acked by the resend");
-	/* now the late nack of attempt 1 comes in */
-	serve_until_answered(ab, lb, &s);
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_FAILED), 0, "the late nack fails nothing");
-	cr_assert_eq(reports_for(&s, &id, ACKBOX_MSG_ACKED), 1);
-	cr_assert_eq(s.failed + s.dropped, 0);
-	cr_assert_eq(s.nids, 2, "one report for the message, one for the sentinel");
-	cr_assert_eq(ackbox_loopback_count_id(lb, &id), 2, "the late nack causes no resend");
 	ackbox_counts c = counts(ab);
 	cr_assert_eq(c.sending + c.retrying + c.failed, 0, "the store is empty");
 	ackbox_destroy(ab);
