@@ -20,6 +20,7 @@
  * holder's memory knows which members are acked, so another process's
  * counts see them as pending until the row goes.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -869,11 +870,15 @@ const ackbox_store_row *sq_pack_iter_next(sq_pack_iter *it, int *rc, char *errst
  */
 static void write_out_acked(sq_ctx *c)
 {
-	char err[256];
+	char err[256] = "";
 	int rc = SQLITE_OK;
-	if (!c->pk[PK_COUNT - 1] || !c->batches ||
-	    sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+	if (!c->pk[PK_COUNT - 1] || !c->batches)
 		return;
+	if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
+		rc = SQLITE_ERROR;
+		goto out;
+	}
 	for (sq_batch *b = c->batches; b && rc == SQLITE_OK; b = b->next) {
 		uint8_t *blob = NULL;
 		char *tbuf = NULL;
@@ -899,10 +904,26 @@ static void write_out_acked(sq_ctx *c)
 		}
 		if (rc == 0)
 			rc = batch_row_delete(c, b->bseq, b->lease, err, sizeof(err));
+		if (rc && !err[0])
+			snprintf(err, sizeof(err), "packed batch %lld does not parse or out of memory",
+			         (long long)b->bseq);
 		free(tbuf);
 		free(blob);
 	}
-	sqlite3_exec(c->db, rc == SQLITE_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+	if (rc == SQLITE_OK && sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
+		rc = SQLITE_ERROR;
+	}
+	if (rc != SQLITE_OK)
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+out:
+	/* nothing is lost: the batches stay, and the next process sends their
+	 * members again, the acked ones too */
+	if (rc != SQLITE_OK && c->conf)
+		ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "sqlite",
+		                 "store '%s': at close, could not keep only the unacked members of "
+		                 "partly acked batches (%s); the acked ones will be sent again",
+		                 c->path, err);
 }
 
 void sq_pack_close(sq_ctx *c)

@@ -342,6 +342,7 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	struct stat sb;
 
 	c->wal_fd = -1;
+	c->conf = conf;
 	c->path = url_to_path(url);
 	if (!c->path)
 		return ACKBOX_ERR_NOMEM;

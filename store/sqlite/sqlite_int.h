@@ -49,6 +49,7 @@ typedef struct sq_slot sq_slot;
 typedef struct sq_ctx {
 	sqlite3 *db;
 	char *path;
+	const ackbox_conf *conf; /* the handle's, for ackbox_store_log */
 	sqlite3_stmt *st[ST_COUNT];
 	const char *sync_full; /* PRAGMA for durable inserts */
 	int cur_sync;          /* 0 = durable mode set, 1 = relaxed mode set */

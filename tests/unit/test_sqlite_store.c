@@ -318,6 +318,15 @@ static int64_t table_rows(const char *table)
 	return n;
 }
 
+static char warned[512]; /* the last WARN line logged */
+static void on_log(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	(void)o;
+	(void)component;
+	if (level == ACKBOX_LOG_WARN)
+		snprintf(warned, sizeof(warned), "%s", msg);
+}
+
 static ackbox *open_packed(const char *broker, const char *max_attempts)
 {
 	ackbox *ab;
@@ -328,7 +337,9 @@ static ackbox *open_packed(const char *broker, const char *max_attempts)
 	TU_SET(c, "transport.url", url);
 	TU_SET(c, "retry.timeout", "60s");
 	TU_SET(c, "retry.max_attempts", max_attempts);
-	TU_SET(c, "log.level", "error");
+	TU_SET(c, "sqlite.busy_timeout", "200ms");
+	TU_SET(c, "log.level", "warn");
+	ackbox_conf_set_log_cb(c, on_log, NULL);
 	ackbox_conf_set_report_cb(c, on_report, NULL);
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
 	return ab;
@@ -461,5 +472,37 @@ Test(sqlite, packed_batch_partly_acked_at_close_leaves_only_the_rest)
 	for (int i = 0; i < 30; i++)
 		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), i < 12 ? 1 : 2, "member %d", i);
 	cr_assert_eq(pending(ab), 0);
+	ackbox_destroy(ab);
+}
+
+Test(sqlite, packed_batch_that_cannot_be_written_out_at_close_is_sent_again_whole)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("packed-locked");
+	ackbox_id ids[30];
+	sqlite3 *other;
+	ackbox *ab;
+
+	acked = 0;
+	warned[0] = '\0';
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 12, 0);
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 18, 0);
+	ab = open_packed("packed-locked", "3");
+	publish_batch_n(ab, 30, ids);
+	cr_assert(TU_WAIT_UNTIL((ackbox_poll(ab, 0), acked == 12), 5000), "12 acked (%d)", acked);
+	/* another writer holds the lock while the handle closes */
+	cr_assert_eq(sqlite3_open(path, &other), SQLITE_OK);
+	cr_assert_eq(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	ackbox_destroy(ab);
+	cr_assert(strstr(warned, "sent again"), "the close says what happens: '%s'", warned);
+	cr_assert_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(other);
+	cr_assert_eq(table_rows("ackbox_batch"), 1, "the batch is still there, whole");
+
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	ab = open_packed("packed-locked", "3");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	for (int i = 0; i < 30; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 2, "member %d sent again", i);
+	cr_assert_eq(pending(ab), 0, "nothing lost, nothing left");
 	ackbox_destroy(ab);
 }
