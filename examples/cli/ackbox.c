@@ -65,6 +65,7 @@ typedef enum opt_id {
 	OPT_PAYLOAD_FILE,
 	OPT_LEDGER,
 	OPT_BATCH,
+	OPT_STALL_SECONDS,
 	OPT_UNTIL_EMPTY,
 	OPT_MAX_SECONDS,
 	OPT_JSON,
@@ -97,6 +98,7 @@ static const struct option_def {
 	{"payload-file", OPT_PAYLOAD_FILE, true, FOR(CMD_PUBLISH)},
 	{"ledger", OPT_LEDGER, true, FOR(CMD_PUBLISH)},
 	{"batch", OPT_BATCH, true, FOR(CMD_PUBLISH)},
+	{"stall-seconds", OPT_STALL_SECONDS, true, FOR(CMD_PUBLISH)},
 	{"until-empty", OPT_UNTIL_EMPTY, false, FOR(CMD_RELAY)},
 	{"max-seconds", OPT_MAX_SECONDS, true, FOR(CMD_RELAY)},
 	{"json", OPT_JSON, false, FOR(CMD_STATUS) | FOR(CMD_LIST) | FOR(CMD_SHOW)},
@@ -138,7 +140,7 @@ static const struct command {
     [CMD_PUBLISH] = {"publish", cmd_publish, 0,
                      "ackbox publish --store URL --transport URL --topic T [--count N] [--size BYTES]\n"
                      "               [--key K] [--payload TEXT | --payload-file FILE]\n"
-                     "               [--ledger FILE] [--batch N]",
+                     "               [--ledger FILE] [--batch N] [--stall-seconds S]",
                      "Stores N messages durably and publishes them; exits when every one is\n"
                      "acked or FAILED and prints one line on stdout:\n"
                      "  published=N acked=A failed=F elapsed=SECONDS rate=MSGS_PER_S\n"
@@ -155,7 +157,12 @@ static const struct command {
                      "  --ledger FILE        append \"FIRST LAST\" once each range of sequence\n"
                      "                       numbers is stored (accepted), for crash tests\n"
                      "  --batch N            messages per store transaction (default 500; at\n"
-                     "                       most 8 MiB of generated payload per transaction)\n"},
+                     "                       most 8 MiB of generated payload per transaction)\n"
+                     "  --stall-seconds S    give up waiting (exit 4; the messages stay stored)\n"
+                     "                       after S seconds in which no message was acked\n"
+                     "                       or FAILED (default: retry.max_attempts x\n"
+                     "                       (retry.timeout + retry.backoff.max) +\n"
+                     "                       transport.connect_timeout + 5 s)\n"},
     [CMD_RELAY] = {"relay", cmd_relay, 0,
                    "ackbox relay --store URL --transport URL [--until-empty] [--max-seconds S]",
                    "Delivers every due message in the store (left by a crashed process, written\n"
@@ -854,6 +861,7 @@ static int cmd_publish(cli_args *a)
 	run u;
 	progress pg;
 	int64_t stall_ms, start, end;
+	double stall_seconds = 0;
 	int rc, code = EXIT_ALL_GOOD;
 	bool flushed = false, stalled = false;
 
@@ -867,6 +875,9 @@ static int cmd_publish(cli_args *a)
 		return usage_error("--size applies to generated payloads, not to --payload/--payload-file");
 	if (a->given[OPT_BATCH] && (!parse_u64(a->val[OPT_BATCH], &batch) || batch == 0))
 		return usage_error("--batch must be a positive integer, got '%s'", a->val[OPT_BATCH]);
+	if (a->given[OPT_STALL_SECONDS] && !parse_seconds(a->val[OPT_STALL_SECONDS], &stall_seconds))
+		return usage_error("--stall-seconds must be a positive number, got '%s'",
+		                   a->val[OPT_STALL_SECONDS]);
 	if (a->given[OPT_SIZE] && !parse_u64(a->val[OPT_SIZE], &size))
 		return usage_error("--size must be a number of bytes, got '%s'", a->val[OPT_SIZE]);
 	if (generated) {
@@ -896,6 +907,8 @@ static int cmd_publish(cli_args *a)
 		return rc;
 	}
 	stall_ms = stall_bound_ms(conf);
+	if (a->given[OPT_STALL_SECONDS])
+		stall_ms = (int64_t)(stall_seconds * 1000.0);
 	memset(&u, 0, sizeof(u));
 	u.own_only = true;
 	ackbox_conf_set_report_cb(conf, on_report, &u);

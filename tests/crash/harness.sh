@@ -49,6 +49,10 @@ log() { echo "harness $broker/$mode: $*"; }
 
 # Settings that make a test run brisk: quick reconnects after the outage.
 sets=(--set retry.backoff.max=2s --set log.level=error)
+# publish gives up after a stretch without progress (exit 4); an outage with
+# nothing confirmed before it, plus a broker restart (RabbitMQ: 5-20 s), must
+# fit in that stretch whatever the retry settings make of the default
+pub_sets=(--stall-seconds $((outage + 120)))
 case "$broker" in
 amqp)  url=$AMQP_URL; sets+=(--set amqp.declare_queue=true) ;;
 mqtt)  url=$MQTT_URL ;;
@@ -191,7 +195,7 @@ for i in $(seq 1 "$trials"); do
   [ "$mode" = kill9 ] && [ $((i % 2)) -eq 1 ] && batch=10
   ACKBOX_CRASH_AT=${CRASH_POINT:-} \
   "$pub_cli" publish --store "$store" --transport "$url" --topic "$topic" --count "$n" --size "$size" \
-    --batch "$batch" --ledger "$ledger" "${sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
+    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
   pub=$!
   pids+=("$pub")
   case "$mode" in
