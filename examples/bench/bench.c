@@ -48,6 +48,7 @@
 typedef struct opts {
 	const char *transport; /* as given; "kafka://mock" is replaced by the mock's bootstraps */
 	char url[1024];        /* the URL actually used */
+	char shown[1024];      /* url with its password replaced by *** (for output) */
 	char scheme[16];
 	size_t count, size;
 	int window; /* 0: the transport's default */
@@ -58,6 +59,8 @@ typedef struct opts {
 	int nsets;
 	int broker_pid;
 	int poll_sleep_us; /* 0: the poll thread blocks in ackbox_poll(ab, 50) */
+	size_t rate;       /* --rate: offered msgs/s, open loop; 0: as fast as the window allows */
+	const char *latency_file; /* --latency-file: latency distributions written here */
 	bool count_given, rounds_given;
 } opts;
 
@@ -83,6 +86,32 @@ static int64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/*
+ * --rate: message i of a round is due at start + i / rate, whether or not
+ * the sender kept up. Its latencies count from that moment, so a sender held
+ * back by a full window or a slow call does not hide the wait
+ * (coordinated omission). Without --rate a message is due when it is sent.
+ */
+static int64_t due_ns(const opts *o, int64_t start, size_t i)
+{
+	return start + (int64_t)((double)i * 1e9 / (double)o->rate);
+}
+
+/* Sleeps until message i is due; returns when its latencies count from. */
+static int64_t pace(const opts *o, int64_t start, size_t i)
+{
+	int64_t now = now_ns(), due;
+	if (!o->rate)
+		return now;
+	due = due_ns(o, start, i);
+	if (due > now) {
+		struct timespec ts = {due / 1000000000, due % 1000000000};
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+			;
+	}
+	return due;
 }
 
 static void fail(result *r, const char *fmt, ...)
@@ -143,6 +172,66 @@ static void percentiles(const int64_t *from, const int64_t *to, size_t n, double
 		*p99 = (double)d[(k - 1) * 99 / 100] / 1e6;
 	}
 	free(d);
+}
+
+/* --latency-file: the latencies of one kind from every round, merged. */
+typedef struct lat {
+	int64_t *v; /* ns */
+	size_t n, cap;
+} lat;
+
+static int lat_add(lat *l, const int64_t *from, const int64_t *to, size_t n)
+{
+	if (l->n + n > l->cap) {
+		int64_t *v = realloc(l->v, (l->n + n) * sizeof(*v));
+		if (!v)
+			return -1;
+		l->v = v;
+		l->cap = l->n + n;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (from[i] && to[i])
+			l->v[l->n++] = to[i] - from[i];
+	return 0;
+}
+
+/* Writes percentiles of raw publish->ack, reliable publish->ack and
+ * reliable publish->durable, in ms; "-" where a mode did not run. */
+static int lat_write(const opts *o, lat *ls, int nls)
+{
+	static const double pcts[] = {0,  10, 20, 30, 40,   50,   60,    70,    80, 90,
+	                              95, 97, 98, 99, 99.5, 99.9, 99.95, 99.99, 100};
+	FILE *f = fopen(o->latency_file, "w");
+	if (!f) {
+		fprintf(stderr, "ackbox-bench: --latency-file %s: %s\n", o->latency_file,
+		        strerror(errno));
+		return -1;
+	}
+	for (int k = 0; k < nls; k++)
+		qsort(ls[k].v, ls[k].n, sizeof(*ls[k].v), cmp_i64);
+	fprintf(f,
+	        "# ackbox-bench %s: %s, %zu msgs x %zu B, window %d, rate %zu msg/s (0: unpaced), "
+	        "%d round(s) per mode merged\n# percentile raw_ack_ms reliable_ack_ms "
+	        "reliable_durable_ms\n",
+	        ackbox_version(), o->shown, o->count, o->size, o->window, o->rate, o->rounds);
+	for (size_t i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++) {
+		fprintf(f, "%g", pcts[i]);
+		for (int k = 0; k < nls; k++) {
+			if (!ls[k].n) {
+				fputs(" -", f);
+				continue;
+			}
+			size_t at = (size_t)((double)(ls[k].n - 1) * pcts[i] / 100.0 + 0.5);
+			fprintf(f, " %.3f", (double)ls[k].v[at] / 1e6);
+		}
+		fputc('\n', f);
+	}
+	if (fclose(f) != 0) {
+		fprintf(stderr, "ackbox-bench: --latency-file %s: %s\n", o->latency_file,
+		        strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* CPU, peak RSS (reset per round through clear_refs) and the broker's CPU. */
@@ -433,6 +522,7 @@ static void raw_amqp(const opts *o, times *t, result *r, int64_t deadline)
 	/* what ackbox sends too: persistent, with a 36-character message id */
 	p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
 	p.delivery_mode = 2;
+	int64_t start = now_ns();
 	while (base <= t->n) {
 		int64_t now = now_ns();
 		if (now > deadline) {
@@ -444,10 +534,12 @@ static void raw_amqp(const opts *o, times *t, result *r, int64_t deadline)
 		while (sent < t->n && sent + 1 - base < (uint64_t)window) {
 			ackbox_id id;
 			char idtext[ACKBOX_ID_STRLEN];
+			if (o->rate && due_ns(o, start, sent) > now_ns())
+				break; /* not due yet */
 			ackbox_id_new(&id);
 			ackbox_id_format(&id, idtext);
 			p.message_id = amqp_cstring_bytes(idtext);
-			t->pub[sent] = now_ns();
+			t->pub[sent] = o->rate ? due_ns(o, start, sent) : now_ns();
 			int rc = amqp_basic_publish(conn, 1, amqp_cstring_bytes(""),
 			                            amqp_cstring_bytes(TOPIC), 1, 0, &p,
 			                            (amqp_bytes_t){o->size, payload});
@@ -462,6 +554,11 @@ static void raw_amqp(const opts *o, times *t, result *r, int64_t deadline)
 		/* read confirms: wait only when the window is full or all is sent */
 		bool must_wait = sent == t->n || sent + 1 - base >= (uint64_t)window;
 		struct timeval tv = {0, must_wait ? 100000 : 0};
+		if (!must_wait && o->rate) {
+			/* or until the next message is due */
+			int64_t d = (due_ns(o, start, sent) - now_ns()) / 1000;
+			tv.tv_usec = d <= 0 ? 0 : d < 100000 ? (suseconds_t)d : 100000;
+		}
 		for (;;) {
 			amqp_frame_t f;
 			int rc = amqp_simple_wait_frame_noblock(conn, &f, &tv);
@@ -633,6 +730,7 @@ static void raw_mqtt(const opts *o, times *t, result *r, int64_t deadline)
 		fail(r, "raw mqtt: cannot connect to %s", uri);
 		goto out;
 	}
+	int64_t start = now_ns();
 	for (size_t i = 0; i < t->n; i++) {
 		MQTTAsync_message msg = MQTTAsync_message_initializer;
 		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
@@ -640,6 +738,7 @@ static void raw_mqtt(const opts *o, times *t, result *r, int64_t deadline)
 		MQTTProperty up;
 		ackbox_id id;
 		char idtext[ACKBOX_ID_STRLEN];
+		int64_t due = pace(o, start, i);
 
 		/* the window: at most `window` publishes awaiting PUBACK */
 		pthread_mutex_lock(&m.mtx);
@@ -673,7 +772,7 @@ static void raw_mqtt(const opts *o, times *t, result *r, int64_t deadline)
 		ro.onSuccess5 = mqtt_raw_pub_ok;
 		ro.onFailure5 = mqtt_raw_pub_fail;
 		ro.context = &pubs[i];
-		t->pub[i] = now_ns();
+		t->pub[i] = o->rate ? due : now_ns();
 		for (;;) {
 			rc = MQTTAsync_sendMessage(client, TOPIC, &msg, &ro);
 			if (rc != MQTTASYNC_MAX_MESSAGES_INFLIGHT && rc != MQTTASYNC_MAX_BUFFERED_MESSAGES)
@@ -815,6 +914,7 @@ static void raw_kafka(const opts *o, times *t, result *r, int64_t deadline)
 		goto out;
 	}
 	conf = NULL; /* rk owns it */
+	int64_t start = now_ns();
 	for (size_t i = 0; i < t->n;) {
 		if (now_ns() > deadline) {
 			fail(r, "raw kafka: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
@@ -825,13 +925,22 @@ static void raw_kafka(const opts *o, times *t, result *r, int64_t deadline)
 			rd_kafka_poll(rk, 1);
 			continue;
 		}
+		if (o->rate) {
+			/* serve delivery reports until the next message is due */
+			int64_t d = due_ns(o, start, i) - now_ns();
+			if (d > 0) {
+				if (rd_kafka_poll(rk, (int)(d / 1000000)) == 0 && d < 1000000)
+					pace(o, start, i);
+				continue;
+			}
+		}
 		ackbox_id id;
 		char idtext[ACKBOX_ID_STRLEN];
 		rd_kafka_headers_t *hs = rd_kafka_headers_new(1);
 		ackbox_id_new(&id);
 		ackbox_id_format(&id, idtext);
 		rd_kafka_header_add(hs, "ackbox-id", -1, idtext, ACKBOX_ID_STRLEN - 1);
-		t->pub[i] = now_ns();
+		t->pub[i] = o->rate ? due_ns(o, start, i) : now_ns();
 		rd_kafka_resp_err_t e = rd_kafka_producev(
 		    rk, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_VALUE(payload, o->size),
 		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs),
@@ -909,6 +1018,7 @@ typedef struct reliable {
 	times *t;
 	result *r;
 	int64_t deadline;
+	int64_t start;  /* publishing began (--rate counts from it) */
 	ackbox_id *ids; /* by sequence number */
 	seen *reports;  /* written only by the poll thread */
 	size_t nreports, cap, expect;
@@ -968,11 +1078,20 @@ static void publish_batches(reliable *b, const char *payload)
 		msgs[k].payload = payload;
 		msgs[k].payload_len = b->o->size;
 	}
-	for (size_t i = 0; i < b->t->n && !b->publish_err; i += chunk) {
-		size_t n = b->t->n - i < chunk ? b->t->n - i : chunk;
+	const opts *o = b->o;
+	size_t n;
+	for (size_t i = 0; i < b->t->n && !b->publish_err; i += n) {
+		n = b->t->n - i < chunk ? b->t->n - i : chunk;
 		if (now_ns() > b->deadline) {
 			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
 			break;
+		}
+		if (o->rate) {
+			/* wait for message i, then store every message due by now in one call */
+			pace(o, b->start, i);
+			size_t due = (size_t)((double)(now_ns() - b->start) * (double)o->rate / 1e9) + 1;
+			if (due > i && due - i < n)
+				n = due - i;
 		}
 		int64_t t0 = now_ns();
 		int rc = ackbox_publish_batch(b->ab, msgs, n, &b->ids[i], err, sizeof(err));
@@ -982,7 +1101,7 @@ static void publish_batches(reliable *b, const char *payload)
 			break;
 		}
 		for (size_t k = 0; k < n; k++) {
-			b->t->pub[i + k] = t0;
+			b->t->pub[i + k] = o->rate ? due_ns(o, b->start, i + k) : t0;
 			b->t->dur[i + k] = t1;
 		}
 	}
@@ -992,18 +1111,19 @@ static void publish_batches(reliable *b, const char *payload)
 typedef struct worker {
 	reliable *b;
 	const char *payload;
-	size_t from, to;
+	size_t from, step; /* messages from, from + step, from + 2 step, ... */
 	pthread_t th;
 } worker;
 
-/* One of T threads: ackbox_publish per message over [from, to). */
+/* One of T threads: ackbox_publish per message, every T-th one. */
 static void *publish_worker(void *arg)
 {
 	worker *w = arg;
 	reliable *b = w->b;
 	ackbox_msg m = {.topic = TOPIC, .payload = w->payload, .payload_len = b->o->size};
 	char err[256];
-	for (size_t i = w->from; i < w->to && !b->publish_err; i++) {
+	for (size_t i = w->from; i < b->t->n && !b->publish_err; i += w->step) {
+		int64_t due = pace(b->o, b->start, i);
 		int64_t t0 = now_ns();
 		if (t0 > b->deadline) {
 			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
@@ -1014,7 +1134,7 @@ static void *publish_worker(void *arg)
 			publish_error(b, rc, err);
 			break;
 		}
-		b->t->pub[i] = t0;
+		b->t->pub[i] = b->o->rate ? due : t0;
 		b->t->dur[i] = now_ns();
 	}
 	return NULL;
@@ -1150,12 +1270,13 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 		while (!ackbox_connected(b.ab) && now_ns() < deadline)
 			usleep(1000);
 		if (!ackbox_connected(b.ab)) {
-			fail(r, "ackbox did not connect to %s", o->url);
+			fail(r, "ackbox did not connect to %s", o->shown);
 			goto out;
 		}
 		if (pthread_create(&poller, NULL, poll_thread, &b) == 0)
 			polling = true;
 	}
+	b.start = now_ns();
 	if (o->threads <= 1) {
 		publish_batches(&b, payload);
 	} else {
@@ -1168,8 +1289,8 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 		for (int k = 0; k < o->threads; k++) {
 			w[k].b = &b;
 			w[k].payload = payload;
-			w[k].from = t->n * (size_t)k / (size_t)o->threads;
-			w[k].to = t->n * (size_t)(k + 1) / (size_t)o->threads;
+			w[k].from = (size_t)k;
+			w[k].step = (size_t)o->threads;
 			if (pthread_create(&w[k].th, NULL, publish_worker, &w[k]) != 0)
 				break;
 			started++;
@@ -1393,6 +1514,12 @@ static void usage_text(FILE *f)
 	        "                      one thread calling ackbox_publish_batch in chunks of\n"
 	        "                      min(W, 500))\n"
 	        "  --rounds R          raw/reliable pairs, order alternating (default 3; --smoke 1)\n"
+	        "  --rate R            offer R msgs/s in both modes (open loop: latencies count\n"
+	        "                      from when a message was due, not when it could be sent);\n"
+	        "                      reliable stores what is due in one batch call (with\n"
+	        "                      --threads T, thread k publishes messages k, k+T, ...)\n"
+	        "  --latency-file F    write the latency distributions (percentiles, ms, all\n"
+	        "                      rounds of a mode merged) to F, for plot.sh --latency\n"
 	        "  --set KEY=VALUE     passed to ackbox_conf_set (repeatable); kafka.* keys also\n"
 	        "                      configure the raw Kafka producer\n"
 	        "  --store-dir DIR     where the SQLite store lives (default: a temporary directory,\n"
@@ -1408,6 +1535,18 @@ static void usage_text(FILE *f)
 	        "  --allow-remote      allow brokers that are not on loopback\n"
 	        "  --json              one JSON object instead of the table\n"
 	        "  --smoke             small run; exit 0 only if every figure is complete and sane\n");
+}
+
+/* o->shown: o->url without its password, for everything the bench prints. */
+static void url_shown(opts *o)
+{
+	const char *auth = strstr(o->url, "://") ? strstr(o->url, "://") + 3 : o->url;
+	const char *at = strchr(auth, '@'), *colon = strchr(auth, ':');
+	if (at && colon && colon < at && !memchr(auth, '/', (size_t)(at - auth)))
+		snprintf(o->shown, sizeof(o->shown), "%.*s***%s", (int)(colon + 1 - o->url), o->url,
+		         at);
+	else
+		snprintf(o->shown, sizeof(o->shown), "%s", o->url);
 }
 
 static int parse_size(const char *s, size_t *out)
@@ -1475,6 +1614,11 @@ static int parse_args(int argc, char **argv, opts *o)
 			NUM(o->max_seconds, 1, 86400);
 		} else if (strcmp(a, "--broker-pid") == 0) {
 			NUM(o->broker_pid, 1, 1 << 30);
+		} else if (strcmp(a, "--rate") == 0) {
+			NUM(o->rate, 1, 100000000);
+		} else if (strcmp(a, "--latency-file") == 0) {
+			NEED();
+			o->latency_file = v;
 		} else if (strcmp(a, "--poll-sleep-us") == 0) {
 			NUM(o->poll_sleep_us, 0, 1000000);
 		} else if (strcmp(a, "--set") == 0) {
@@ -1541,6 +1685,7 @@ static int parse_args(int argc, char **argv, opts *o)
 	}
 	snprintf(o->scheme, sizeof(o->scheme), "%.*s", (int)(sep - o->transport), o->transport);
 	snprintf(o->url, sizeof(o->url), "%s", o->transport);
+	url_shown(o);
 	return 0;
 }
 
@@ -1552,6 +1697,7 @@ int main(int argc, char **argv)
 	result *res;
 	int nres = 0, maxres;
 	bool ok = true;
+	lat lats[3] = {{0}}; /* raw ack, reliable ack, reliable durable */
 
 	if (parse_args(argc, argv, &o) != 0)
 		return 2;
@@ -1564,9 +1710,10 @@ int main(int argc, char **argv)
 		return 2;
 #endif
 	}
+	url_shown(&o); /* kafka://mock became the mock's bootstraps */
 	if (!o.allow_remote && !url_is_loopback(o.url)) {
 		fprintf(stderr, "ackbox-bench: %s is not a loopback address (--allow-remote)\n",
-		        o.url);
+		        o.shown);
 		return 2;
 	}
 	if (o.store_dir) {
@@ -1583,11 +1730,11 @@ int main(int argc, char **argv)
 
 	if (!o.json && o.drain) {
 		printf("ackbox-bench %s: %s, draining the backlog of %s/bench.db\n", ackbox_version(),
-		       o.url, dir);
+		       o.shown, dir);
 	} else if (!o.json) {
 		printf("ackbox-bench %s: %s, %zu msgs x %zu B, window %d%s, %d thread(s)%s, %d "
 		       "round(s)\n",
-		       ackbox_version(), o.url, o.count, o.size, o.window,
+		       ackbox_version(), o.shown, o.count, o.size, o.window,
 		       o.window ? "" : " (transport default)", o.threads,
 		       o.threads > 1 ? " (ackbox_publish)" : " (ackbox_publish_batch)", o.rounds);
 	}
@@ -1627,6 +1774,11 @@ int main(int argc, char **argv)
 			usage_end(&u, o.broker_pid, r);
 			if (!o.drain)
 				finish_times(r, &t);
+			if (o.latency_file && !o.drain &&
+			    (raw ? lat_add(&lats[0], t.pub, t.ack, t.n)
+			         : lat_add(&lats[1], t.pub, t.ack, t.n) ||
+			               lat_add(&lats[2], t.pub, t.dur, t.n)))
+				fail(r, "out of memory for --latency-file");
 			if (o.store_only) {
 				r->secs = r->publish_secs;
 				r->rate = r->durable_rate;
@@ -1645,6 +1797,7 @@ int main(int argc, char **argv)
 	double rel = median_of(res, nres, rmode, false);
 	double durable = median_of(res, nres, rmode, true);
 	struct rusage ru;
+	size_t lat_want[3] = {0, 0, 0};
 	getrusage(RUSAGE_SELF, &ru);
 	for (int i = 0; i < nres; i++) {
 		const result *r = &res[i];
@@ -1657,16 +1810,40 @@ int main(int argc, char **argv)
 			sane = sane && r->acked == r->count && r->failed == 0 && r->ack_p99 >= 0;
 		if (strcmp(r->mode, "reliable") == 0)
 			sane = sane && r->durable_rate > 0 && r->dur_p99 >= 0;
+		/* --rate paces: no mode may run faster than it was offered */
+		if (o.rate && r->rate > 1.1 * (double)o.rate) {
+			fprintf(stderr, "ackbox-bench: round %d %s ran at %.0f msg/s, above --rate %zu\n",
+			        r->round, r->mode, r->rate, o.rate);
+			sane = false;
+		}
 		if (!sane)
 			ok = false;
+		if (strcmp(r->mode, "raw") == 0) {
+			lat_want[0] += r->acked;
+		} else if (strcmp(r->mode, "drain") != 0) {
+			lat_want[1] += r->acked;
+			lat_want[2] += r->count;
+		}
+	}
+	/* --latency-file: a sample for every message acked (and, reliable, stored) */
+	for (int k = 0; o.latency_file && k < 3; k++) {
+		if (lats[k].n != lat_want[k]) {
+			fprintf(stderr, "ackbox-bench: --latency-file: %zu samples of kind %d, expected %zu\n",
+			        lats[k].n, k, lat_want[k]);
+			ok = false;
+		}
 	}
 	if (nres == 0)
 		ok = false;
+	if (o.latency_file && lat_write(&o, lats, 3) != 0)
+		ok = false;
+	for (int k = 0; k < 3; k++)
+		free(lats[k].v);
 	if (o.json) {
 		printf("{\"version\":");
 		json_str(ackbox_version());
 		printf(",\"transport\":");
-		json_str(o.url);
+		json_str(o.shown);
 		printf(",\"scheme\":");
 		json_str(o.scheme);
 		printf(",\"count\":%zu,\"size\":%zu,\"window\":%d,\"threads\":%d,\"rounds\":%d,"
