@@ -1685,7 +1685,6 @@ static int parse_args(int argc, char **argv, opts *o)
 	}
 	snprintf(o->scheme, sizeof(o->scheme), "%.*s", (int)(sep - o->transport), o->transport);
 	snprintf(o->url, sizeof(o->url), "%s", o->transport);
-	url_shown(o);
 	return 0;
 }
 
@@ -1710,7 +1709,7 @@ int main(int argc, char **argv)
 		return 2;
 #endif
 	}
-	url_shown(&o); /* kafka://mock became the mock's bootstraps */
+	url_shown(&o); /* after kafka://mock became the mock's bootstraps */
 	if (!o.allow_remote && !url_is_loopback(o.url)) {
 		fprintf(stderr, "ackbox-bench: %s is not a loopback address (--allow-remote)\n",
 		        o.shown);
