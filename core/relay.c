@@ -185,7 +185,8 @@ typedef struct tx_ev {
 } tx_ev;
 
 /* Store changes (deletes after confirms) are applied once APPLY_BATCH are
- * queued or the oldest has waited APPLY_DELAY_MS, whichever comes first. */
+ * queued or the oldest has waited APPLY_DELAY_MS, whichever comes first;
+ * at once when nothing was applied for APPLY_DELAY_MS (a quiet relay). */
 #define APPLY_BATCH 512
 #define APPLY_DELAY_MS 2
 
@@ -257,6 +258,7 @@ struct abx_relay {
 	unsigned failed_unlogged;
 	int64_t apply_retry_at;
 	int64_t first_change_at; /* when the oldest queued change was queued */
+	int64_t last_apply_at;   /* when changes were last applied */
 	bool apply_stuck;        /* the store refused the last apply */
 	char last_connect_error[256];
 };
@@ -986,8 +988,11 @@ static void apply_changes(abx_relay *r, int64_t now, bool force)
 			return;
 		/* Confirms trickle in one by one with a small window: gather them
 		 * for a moment, so that one store transaction deletes many rows and
-		 * the relay spends its time sending (reports wait with them). */
-		if (!force && r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS)
+		 * the relay spends its time sending (reports wait with them). After
+		 * a quiet spell there is nothing to gather: waiting would only delay
+		 * the report (2 ms of a 4 ms publish -> ack at 200 msg/s). */
+		if (!force && r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS &&
+		    now < r->last_apply_at + APPLY_DELAY_MS)
 			return;
 		pthread_mutex_lock(&ab->store_mtx);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
@@ -1011,6 +1016,7 @@ static void apply_changes(abx_relay *r, int64_t now, bool force)
 	bool applied = r->nchanges > 0;
 	if (applied) {
 		pthread_mutex_unlock(&ab->store_mtx);
+		r->last_apply_at = now;
 		for (size_t i = 0; i < r->nchanges; i++)
 			free(r->change_texts[i]);
 		r->nchanges = 0;
@@ -1164,6 +1170,8 @@ static void *relay_main(void *arg)
 			wake_at = now + ACK_TICK_MS; /* collect acks that did not wake us */
 		if (r->nchanges) {
 			int64_t at = r->first_change_at + APPLY_DELAY_MS;
+			if (r->last_apply_at + APPLY_DELAY_MS < at)
+				at = r->last_apply_at + APPLY_DELAY_MS;
 			if (r->apply_retry_at > at)
 				at = r->apply_retry_at;
 			if (at < wake_at)
