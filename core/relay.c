@@ -976,6 +976,16 @@ static void send_ready(abx_relay *r, int64_t now)
 	}
 }
 
+/* When queued changes are applied without more joining them: APPLY_DELAY_MS
+ * after the oldest was queued, or after the last apply, whichever is first
+ * (so after a quiet spell at once: waiting would only delay the reports,
+ * 2 ms of a 4 ms publish -> ack at 200 msg/s). */
+static int64_t apply_due_at(const abx_relay *r)
+{
+	int64_t since = r->first_change_at < r->last_apply_at ? r->first_change_at : r->last_apply_at;
+	return since + APPLY_DELAY_MS;
+}
+
 /* Applies queued changes in one transaction, then releases their reports. */
 static void apply_changes(abx_relay *r, int64_t now, bool force)
 {
@@ -988,11 +998,8 @@ static void apply_changes(abx_relay *r, int64_t now, bool force)
 			return;
 		/* Confirms trickle in one by one with a small window: gather them
 		 * for a moment, so that one store transaction deletes many rows and
-		 * the relay spends its time sending (reports wait with them). After
-		 * a quiet spell there is nothing to gather: waiting would only delay
-		 * the report (2 ms of a 4 ms publish -> ack at 200 msg/s). */
-		if (!force && r->nchanges < APPLY_BATCH && now < r->first_change_at + APPLY_DELAY_MS &&
-		    now < r->last_apply_at + APPLY_DELAY_MS)
+		 * the relay spends its time sending (reports wait with them). */
+		if (!force && r->nchanges < APPLY_BATCH && now < apply_due_at(r))
 			return;
 		pthread_mutex_lock(&ab->store_mtx);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
@@ -1169,9 +1176,7 @@ static void *relay_main(void *arg)
 		if (r->tokens.len && now + ACK_TICK_MS < wake_at)
 			wake_at = now + ACK_TICK_MS; /* collect acks that did not wake us */
 		if (r->nchanges) {
-			int64_t at = r->first_change_at + APPLY_DELAY_MS;
-			if (r->last_apply_at + APPLY_DELAY_MS < at)
-				at = r->last_apply_at + APPLY_DELAY_MS;
+			int64_t at = apply_due_at(r);
 			if (r->apply_retry_at > at)
 				at = r->apply_retry_at;
 			if (at < wake_at)

@@ -1825,10 +1825,12 @@ int main(int argc, char **argv)
 		}
 	}
 	/* --latency-file: a sample for every message acked (and, reliable, stored) */
+	static const char *const lat_names[3] = {"raw publish->confirm", "reliable publish->ack",
+	                                         "reliable publish->durable"};
 	for (int k = 0; o.latency_file && k < 3; k++) {
 		if (lats[k].n != lat_want[k]) {
-			fprintf(stderr, "ackbox-bench: --latency-file: %zu samples of kind %d, expected %zu\n",
-			        lats[k].n, k, lat_want[k]);
+			fprintf(stderr, "ackbox-bench: --latency-file: %zu %s samples, expected %zu\n",
+			        lats[k].n, lat_names[k], lat_want[k]);
 			ok = false;
 		}
 	}

@@ -178,6 +178,9 @@ expect 2 status --store "sqlite:$tmp/new3.db"
 one_error_line "scheme"
 expect 2 status --store "$store" --set retry.max_attempts=zero
 one_error_line "retry.max_attempts"
+expect 2 publish --store "sqlite://$tmp/new4.db" --transport "$AMQP_URL" --topic t --stall-seconds soon
+one_error_line "--stall-seconds"
+[ ! -e "$tmp/new4.db" ] || fail "bad --stall-seconds: a store file was created"
 
 for cmd in status list "show 00000000-0000-7000-8000-000000000000" "requeue --all-failed" \
            "purge --state failed --yes"; do
