@@ -209,6 +209,13 @@ static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errst
 			return ACKBOX_ERR_INVALID;
 		}
 	}
+	/* What the transport could never send is refused now, not stored to
+	 * loop or fail later (a wildcard MQTT topic, a 256-byte routing key). */
+	if (ab->relay) {
+		int vrc = abx_relay_validate(ab->relay, m, errstr, errstr_size);
+		if (vrc)
+			return vrc;
+	}
 	tl = strlen(m->topic) + 1;
 	cl = m->content_type ? strlen(m->content_type) + 1 : 0;
 	hl = ackbox_headers_encoded_size(m->headers, m->header_count);
@@ -657,4 +664,63 @@ int ackbox_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, size_t 
 	rc = ab->store_ops->purge(ab->store_ctx, older_than_ms, errstr, errstr_size);
 	pthread_mutex_unlock(&ab->store_mtx);
 	return rc;
+}
+
+/* An operator's override of one row, whatever its state and lease. */
+static int force_one(ackbox *ab, ackbox_change_kind kind, const ackbox_id *id, const char *reason,
+                     char *errstr, size_t errstr_size)
+{
+	ackbox_store_change c;
+	int rc;
+	memset(&c, 0, sizeof(c));
+	c.kind = kind;
+	c.id = *id;
+	c.last_error = reason;
+	pthread_mutex_lock(&ab->store_mtx);
+	rc = ab->store_ops->force(ab->store_ctx, &c, ackbox_wall_ms(), errstr, errstr_size);
+	pthread_mutex_unlock(&ab->store_mtx);
+	return rc;
+}
+
+static int force_supported(ackbox *ab, const char *what, char *errstr, size_t errstr_size)
+{
+	if (ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, force))
+		return 0;
+	ackbox_errstr_set(errstr, errstr_size, "%s: the %s store cannot change a message in any state",
+	                  what, ab->store_ops->scheme);
+	return ACKBOX_ERR_INVALID;
+}
+
+int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errstr,
+                size_t errstr_size)
+{
+	char text[512];
+	int rc;
+	if (!ab || !id)
+		return ACKBOX_ERR_INVALID;
+	rc = force_supported(ab, "fail", errstr, errstr_size);
+	if (rc)
+		return rc;
+	snprintf(text, sizeof(text), "marked failed by an operator%s%s",
+	         reason && *reason ? ": " : "", reason ? reason : "");
+	return force_one(ab, ACKBOX_CHANGE_FAIL, id, text, errstr, errstr_size);
+}
+
+int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+{
+	int rc, done = 0;
+	if (!ab || (!ids && n))
+		return ACKBOX_ERR_INVALID;
+	rc = force_supported(ab, "purge", errstr, errstr_size);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		rc = force_one(ab, ACKBOX_CHANGE_DELETE, &ids[i], NULL, errstr, errstr_size);
+		if (rc == ACKBOX_ERR_NOT_FOUND)
+			continue;
+		if (rc < 0)
+			return rc;
+		done++;
+	}
+	return done;
 }

@@ -82,6 +82,9 @@ void abx_relay_poke(abx_relay *r);
 bool abx_relay_connected(abx_relay *r);
 /* The transport's message size limit, 0 if none (or no relay). */
 size_t abx_relay_max_message(abx_relay *r);
+/* Asks the transport whether m could ever be sent (its validate op); 0 if
+ * so or if it has no such op. Any thread. */
+int abx_relay_validate(abx_relay *r, const ackbox_msg *m, char *errstr, size_t errstr_size);
 void abx_fresh_free(abx_fresh *f);
 
 /* ---- the handle (ackbox.c) ---- */

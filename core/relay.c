@@ -1315,6 +1315,24 @@ size_t abx_relay_max_message(abx_relay *r)
 	return r ? r->info.max_message_size : 0;
 }
 
+int abx_relay_validate(abx_relay *r, const ackbox_msg *m, char *errstr, size_t errstr_size)
+{
+	ackbox_tx_msg tm;
+	if (!r || !ABX_HAS_SLOT(r->ops, ackbox_transport_ops, validate))
+		return 0;
+	memset(&tm, 0, sizeof(tm));
+	tm.id_str = "00000000-0000-0000-0000-000000000000";
+	tm.topic = m->topic;
+	tm.key = m->key;
+	tm.key_len = m->key_len;
+	tm.payload = m->payload;
+	tm.payload_len = m->payload_len;
+	tm.content_type = m->content_type;
+	tm.headers = m->headers;
+	tm.header_count = m->header_count;
+	return r->ops->validate(r->tx_ctx, &tm, errstr, errstr_size);
+}
+
 static void relay_free(abx_relay *r)
 {
 	abx_fresh *f, *next;

@@ -136,7 +136,15 @@ typedef enum ackbox_outcome {
 	ACKBOX_OUTCOME_UNROUTABLE = 2,  /* broker could not route it (basic.return) */
 	ACKBOX_OUTCOME_TIMEOUT = 3,     /* no confirm within retry.timeout */
 	ACKBOX_OUTCOME_ERROR = 4,       /* transport error for this message */
-	ACKBOX_OUTCOME_IN_DOUBT = 5     /* connection lost before the confirm */
+	ACKBOX_OUTCOME_IN_DOUBT = 5,    /* connection lost before the confirm */
+	ACKBOX_OUTCOME_DISCONNECT = 6,  /* the connection died while this message was the only
+	                                   one in flight, and the broker was back at once: the
+	                                   message itself makes the broker (or the client
+	                                   library) drop the connection (a poison message) */
+	ACKBOX_OUTCOME_INVALID = 7,     /* the transport says it can never be sent (a topic the
+	                                   protocol forbids); stored by a version that did not
+	                                   check */
+	ACKBOX_OUTCOME_OPERATOR = 8     /* marked FAILED by an operator (ackbox_fail) */
 } ackbox_outcome;
 
 /**
@@ -373,6 +381,27 @@ ACKBOX_API int ackbox_requeue(ackbox *ab, const ackbox_id *ids, size_t n, char *
  */
 ACKBOX_API int ackbox_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr,
                                    size_t errstr_size);
+
+/**
+ * Marks the message `id` FAILED whatever its state (SENDING and RETRYING
+ * included), with `reason` (may be NULL) as its last error, so that it can
+ * be inspected, requeued or purged. Meant for a message that is stuck.
+ * Safe while a relay (in this or another process) holds the message: the
+ * store takes it away from that relay's lease, so the relay can no longer
+ * change it. A send already under way may still reach the broker once.
+ * Returns 1, ACKBOX_ERR_NOT_FOUND, or another negative error (the store
+ * does not support it: errstr says so).
+ */
+ACKBOX_API int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errstr,
+                           size_t errstr_size);
+
+/**
+ * Deletes the messages `ids` whatever their state, for good. The same lease
+ * rule as ackbox_fail. Returns the number deleted (ids not found are
+ * skipped), or a negative error.
+ */
+ACKBOX_API int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr,
+                                size_t errstr_size);
 
 #ifdef __cplusplus
 }

@@ -154,6 +154,20 @@ typedef struct ackbox_store_ops {
 	 * it is never called concurrently with itself or with insert().
 	 */
 	int (*sync)(void *ctx, char *errstr, size_t errstr_size);
+
+	/**
+	 * Optional (NULL: ackbox_fail/ackbox_purge_ids answer "not supported by
+	 * this store"). An operator's override of one message in ANY state,
+	 * lease or not: c->kind is ACKBOX_CHANGE_FAIL (state FAILED, attempts
+	 * kept, last_error/last_code from c, updated_ms = now_ms) or
+	 * ACKBOX_CHANGE_DELETE (the row is removed); c->lease is ignored. The
+	 * row's lease must change so that a relay that holds it can no longer
+	 * change it (its later apply() for the row is skipped). A message packed
+	 * in a batch (SQLite) is moved out or removed from the batch. Durable
+	 * before returning, like insert(). Returns 1, or ACKBOX_ERR_NOT_FOUND.
+	 */
+	int (*force)(void *ctx, const ackbox_store_change *c, int64_t now_ms, char *errstr,
+	             size_t errstr_size);
 } ackbox_store_ops;
 
 /**

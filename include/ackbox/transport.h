@@ -26,10 +26,15 @@ typedef enum ackbox_tx_event_kind {
 	ACKBOX_TX_ERROR = 4,      /* other per-message error from the broker; burns an attempt */
 	ACKBOX_TX_NOT_SENT = 5,   /* never left this process; does not burn an attempt */
 	ACKBOX_TX_IN_DOUBT = 6,   /* sent, but the connection died before an answer;
-	                             resent, does not burn an attempt */
+	                             resent, does not burn an attempt by itself (see
+	                             "poison messages" in docs/architecture.md) */
 	/* Connection events (token 0). */
 	ACKBOX_TX_CONNECTED = 10,
-	ACKBOX_TX_DISCONNECTED = 11 /* every outstanding token is treated as IN_DOUBT */
+	ACKBOX_TX_DISCONNECTED = 11 /* every outstanding token is treated as IN_DOUBT; put
+	                               the broker's own words in reason and its code in
+	                               broker_code (MQTT 5 DISCONNECT reason, AMQP
+	                               connection.close reply code): they become the
+	                               reason a poison message is FAILED with */
 } ackbox_tx_event_kind;
 
 /** One report. The host copies `reason`; the event may live on the stack. */
@@ -155,6 +160,30 @@ typedef struct ackbox_transport_ops {
 
 	/** Drops the connection and frees everything but ctx itself. */
 	void (*close)(void *ctx);
+
+	/* ---- slots added after ABI 1.0; the core reads them only when
+	 * struct_size covers them (ABX_HAS_SLOT) ---- */
+
+	/**
+	 * Optional (NULL: every message is accepted). Says whether msg could
+	 * ever be sent with the configuration open() parsed: a topic the
+	 * protocol forbids (an MQTT wildcard, an AMQP routing key over 255
+	 * bytes, a Kafka topic with a character Kafka refuses), a key or header
+	 * the client library cannot encode. Returns 0, or ACKBOX_ERR_INVALID
+	 * (or ACKBOX_ERR_TOO_LARGE) with errstr naming the field and the rule.
+	 * No I/O, no reports.
+	 *
+	 * The core calls it before a message is stored (ackbox_publish fails
+	 * and nothing is stored) and again before each send of a row stored
+	 * without the check (an older version, another process without a
+	 * transport): a row that fails it is marked FAILED at once.
+	 *
+	 * Threading: called on publisher threads, concurrently with every
+	 * other op and with itself. It may read only what open() set, or
+	 * state the transport keeps in atomics (a limit learned from the
+	 * broker, say). msg->token is 0 and msg->attempt 0 here.
+	 */
+	int (*validate)(void *ctx, const ackbox_tx_msg *msg, char *errstr, size_t errstr_size);
 } ackbox_transport_ops;
 
 /**
