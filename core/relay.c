@@ -146,10 +146,12 @@ static uint64_t id_key(const ackbox_id *id)
 /* ------------------------------------------------------------------ */
 
 enum entry_state {
-	E_READY,    /* in the ready queue, data present */
+	E_READY,    /* in the ready queue (or the suspect queue if suspect), data present */
 	E_INFLIGHT, /* current attempt outstanding, data present */
 	E_WAITING,  /* back in the store until due; only superseded tokens hold it */
-	E_DONE      /* final outcome reached; only superseded tokens hold it */
+	E_DONE,     /* final outcome reached; only superseded tokens hold it */
+	E_REQUEUE,  /* going back to a queue at the next send round (r->back), data present */
+	E_HELD      /* sent alone and lost with the connection: being judged (r->blame) */
 };
 
 /* One message the relay holds in memory. */
@@ -165,6 +167,8 @@ typedef struct entry {
 	int refs;           /* tokens pointing here */
 	uint64_t lease;
 	bool from_fresh;    /* data counts against the publisher's reservation */
+	bool suspect;       /* in flight when the connection died: resent by probing */
+	bool isolate;       /* blamed for a drop before: sent only alone */
 } entry;
 
 /* One attempt outstanding in the transport. */
@@ -174,7 +178,16 @@ typedef struct tok {
 	entry *e;
 	int64_t deadline;   /* mono ms: timeout, or zombie expiry once superseded */
 	bool superseded;    /* timed out; kept so a late confirm still acks */
+	bool probe;         /* a suspect's resend (counts in susp_live) */
+	bool isolated;      /* sent with nothing else in flight */
 } tok;
+
+/* A message blamed for a dropped connection that is not final yet: when it
+ * comes back from the store it is sent alone. */
+typedef struct poisoned {
+	ackbox_id id;
+	int blamed;
+} poisoned;
 
 typedef struct tx_ev {
 	ackbox_tx_event_kind kind;
@@ -201,6 +214,23 @@ typedef struct tx_ev {
  * burst of retries (jittered over half their backoff) is claimed in
  * batches, each at most this late. */
 #define RETRY_CLAIM_GAP_MS 5
+
+/* A message sent alone whose token was lost (IN_DOUBT) is held this long
+ * for the connection to be seen dropping; if it does not, it was not the
+ * connection (a Kafka delivery timeout, say) and the message is resent. */
+#define BLAME_WAIT_MS 1000
+
+/* A connection that lived this long, or got any answer, was not a flap:
+ * the next reconnect starts from the first backoff step again. */
+#define STABLE_CONN_MS 10000
+
+/* Disconnect lines: the first at once, then one per this many ms with a
+ * count of the ones in between. */
+#define DISCONNECT_LOG_MS 10000
+
+/* The poisoned set forgets everything past this size (a message it forgets
+ * is found again by probing, at the cost of one more round). */
+#define POISONED_MAX 4096
 
 struct ackbox_tx_host {
 	abx_relay *relay;
@@ -238,9 +268,41 @@ struct abx_relay {
 	tok *fifo_head, *fifo_tail;
 	entry *ready_head, *ready_tail;
 	size_t ready_len;
+	size_t live; /* tokens in flight that are not superseded */
+
+	/* poison messages: see "Poison messages" in docs/architecture.md */
+	entry *susp_head, *susp_tail; /* suspects waiting to be resent, in id order */
+	size_t susp_len;
+	size_t nsuspect;     /* suspects not final: queued, in flight, held or going back */
+	size_t susp_live;    /* suspects in flight */
+	bool isolated_live;  /* a message sent alone is in flight: nothing else goes */
+	int probe_win;       /* suspects in flight at once; 1 = each alone */
+	entry **back;        /* entries going back to a queue, in no order yet */
+	size_t nback, cap_back;
+	entry *blame;        /* sent alone, lost: blamed if the broker is back at once */
+	bool blame_dropped;  /* the connection was seen going down since */
+	int64_t blame_until; /* released if no drop is seen by then */
+	int blame_code;
+	char blame_reason[256];
+	u64map poisoned;     /* id_key -> poisoned */
+	bool lost_alone;     /* a held message was released without a drop seen... */
+	ackbox_id lost_alone_id; /* ...this one, at the head of the suspect queue */
+	int lost_alone_code;
+	char lost_alone_reason[256];
+	int64_t next_blame_log_at;
+	unsigned blame_unlogged;
+
+	/* the connection's life, for the reconnect backoff and the log */
+	int64_t connected_at;
+	uint64_t answers;    /* outcomes received on this connection */
+	bool conn_blamed;    /* its drop left a message to judge */
+	int flaps;           /* short connections in a row that achieved nothing */
+	int64_t next_disc_log_at;
+	unsigned disc_unlogged;
 	uint64_t next_token;
 	bool ever_connected;
-	int connect_failures;
+	int connect_failures; /* the reconnect backoff's step */
+	int connect_errors;   /* connect() failures since the last success */
 	int64_t next_connect_at;
 	char last_claim_error[256];
 	int64_t next_claim_log_at;
@@ -419,6 +481,49 @@ static void ready_push_front(abx_relay *r, entry *e)
 	r->ready_len++;
 }
 
+static void susp_push_front(abx_relay *r, entry *e)
+{
+	e->state = E_READY;
+	e->next = r->susp_head;
+	r->susp_head = e;
+	if (!r->susp_tail)
+		r->susp_tail = e;
+	r->susp_len++;
+}
+
+static entry *susp_pop(abx_relay *r)
+{
+	entry *e = r->susp_head;
+	if (e) {
+		r->susp_head = e->next;
+		if (!r->susp_head)
+			r->susp_tail = NULL;
+		e->next = NULL;
+		r->susp_len--;
+	}
+	return e;
+}
+
+/* Takes a READY entry out of whichever queue holds it. */
+static void queue_unlink(abx_relay *r, entry *e)
+{
+	entry **head = e->suspect ? &r->susp_head : &r->ready_head;
+	entry **tail = e->suspect ? &r->susp_tail : &r->ready_tail;
+	size_t *len = e->suspect ? &r->susp_len : &r->ready_len;
+	entry **pp = head, *prev = NULL;
+	while (*pp && *pp != e) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	if (*pp) {
+		*pp = e->next;
+		if (*tail == e)
+			*tail = prev;
+		(*len)--;
+	}
+	e->next = NULL;
+}
+
 static entry *ready_pop(abx_relay *r)
 {
 	entry *e = r->ready_head;
@@ -456,10 +561,23 @@ static void fifo_append(abx_relay *r, tok *t)
 	r->fifo_tail = t;
 }
 
+/* t stops counting as in flight: answered, lost, or timed out. */
+static void tok_retire(abx_relay *r, tok *t)
+{
+	if (t->superseded)
+		return; /* retired when it timed out */
+	r->live--;
+	if (t->probe)
+		r->susp_live--;
+	if (t->isolated)
+		r->isolated_live = false;
+}
+
 /* Forgets a token; drops its reference on the entry. */
 static void tok_drop(abx_relay *r, tok *t)
 {
 	entry *e = t->e;
+	tok_retire(r, t);
 	map_del(&r->tokens, t->token);
 	fifo_remove(r, t);
 	if (e->cur_token == t->token)
@@ -467,6 +585,137 @@ static void tok_drop(abx_relay *r, tok *t)
 	e->refs--;
 	free(t);
 	entry_maybe_free(r, e);
+}
+
+/* ---- suspects and the messages going back to a queue ---- */
+
+/* e was in flight when the connection died: it is resent by probing. */
+static void mark_suspect(abx_relay *r, entry *e)
+{
+	if (!e->suspect) {
+		e->suspect = true;
+		r->nsuspect++;
+	}
+	r->probe_win = 1;
+}
+
+/* e reached an outcome: it is no longer a suspect. An ack widens the probe
+ * window by one (doubling it each round, as TCP's slow start does). */
+static void suspect_resolved(abx_relay *r, entry *e, bool acked)
+{
+	if (!e->suspect)
+		return;
+	e->suspect = false;
+	e->isolate = false;
+	r->nsuspect--;
+	if (acked && r->probe_win < r->window)
+		r->probe_win++;
+}
+
+static void poisoned_forget(abx_relay *r, const entry *e)
+{
+	poisoned *p = map_get(&r->poisoned, id_key(&e->id));
+	if (p) {
+		map_del(&r->poisoned, id_key(&e->id));
+		free(p);
+	}
+}
+
+static void poisoned_clear(abx_relay *r)
+{
+	for (size_t i = 0; i < r->poisoned.cap; i++)
+		free(r->poisoned.vals[i]);
+	map_fini(&r->poisoned);
+}
+
+/*
+ * e goes back to its queue (the suspect queue if it is a suspect) at the
+ * next send round. Lost and refused attempts are reported one by one, in
+ * any order: gathering them first lets back_flush() put them back oldest
+ * first, so a resend keeps the original order.
+ */
+static void back_add(abx_relay *r, entry *e)
+{
+	if (r->nback == r->cap_back) {
+		size_t ncap = r->cap_back ? r->cap_back * 2 : 64;
+		entry **n = realloc(r->back, ncap * sizeof(*n));
+		if (!n) {
+			/* out of memory: put it back at once, out of order */
+			if (e->suspect)
+				susp_push_front(r, e);
+			else
+				ready_push_front(r, e);
+			return;
+		}
+		r->back = n;
+		r->cap_back = ncap;
+	}
+	e->state = E_REQUEUE;
+	e->refs++; /* the list holds it */
+	r->back[r->nback++] = e;
+}
+
+static int entry_id_cmp(const void *a, const void *b)
+{
+	const entry *x = *(entry *const *)a, *y = *(entry *const *)b;
+	return memcmp(&x->id, &y->id, sizeof(x->id));
+}
+
+/*
+ * Puts the gathered entries back, oldest (lowest id) first: plain ones in
+ * front of the ready queue, suspects merged into the suspect queue, which
+ * stays in id order. Entries that reached an outcome meanwhile (a late
+ * confirm from an earlier attempt) are only let go.
+ */
+static void back_flush(abx_relay *r)
+{
+	entry *sh = NULL, **st = &sh, *rh = NULL, **rt = &rh, *rlast = NULL;
+	size_t nr = 0;
+	if (!r->nback)
+		return;
+	qsort(r->back, r->nback, sizeof(*r->back), entry_id_cmp);
+	for (size_t i = 0; i < r->nback; i++) {
+		entry *e = r->back[i];
+		e->refs--;
+		if (e->state != E_REQUEUE) {
+			entry_maybe_free(r, e);
+			continue;
+		}
+		e->state = E_READY;
+		e->next = NULL;
+		if (e->suspect) {
+			*st = e;
+			st = &e->next;
+			r->susp_len++;
+		} else {
+			*rt = e;
+			rt = &e->next;
+			rlast = e;
+			nr++;
+		}
+	}
+	r->nback = 0;
+	if (rh) {
+		rlast->next = r->ready_head;
+		if (!r->ready_head)
+			r->ready_tail = rlast;
+		r->ready_head = rh;
+		r->ready_len += nr;
+	}
+	if (sh) {
+		/* merge two lists sorted by id */
+		entry *a = sh, *b = r->susp_head, *head = NULL, **tail = &head, *last = NULL;
+		while (a || b) {
+			entry **from = !b || (a && memcmp(&a->id, &b->id, sizeof(a->id)) <= 0) ? &a : &b;
+			last = *from;
+			*from = last->next;
+			*tail = last;
+			tail = &last->next;
+		}
+		*tail = NULL;
+		r->susp_head = head;
+		r->susp_tail = last;
+	}
 }
 
 /* Queues a store change; text (may be NULL) is copied. */
@@ -555,6 +804,12 @@ static const char *outcome_name(ackbox_outcome oc)
 	case ACKBOX_OUTCOME_TIMEOUT: return "no confirm within retry.timeout";
 	case ACKBOX_OUTCOME_ERROR: return "broker error";
 	case ACKBOX_OUTCOME_IN_DOUBT: return "connection lost before the confirm";
+	case ACKBOX_OUTCOME_DISCONNECT:
+		return "the connection dropped while this message was the only one in flight, and "
+		       "the broker took a new connection at once (a message the broker or the client "
+		       "library cannot take)";
+	case ACKBOX_OUTCOME_INVALID: return "the transport can never send it";
+	case ACKBOX_OUTCOME_OPERATOR: return "failed by an operator";
 	default: return "";
 	}
 }
@@ -568,19 +823,16 @@ static void on_acked(abx_relay *r, entry *e)
 	change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 	report_add(r, e, ACKBOX_MSG_ACKED, ACKBOX_OUTCOME_NONE, 0, 0, "");
 	if (e->state == E_READY) {
-		/* queued for a resend: unlink it from the ready queue */
-		entry **pp = &r->ready_head, *prev = NULL;
-		while (*pp && *pp != e) {
-			prev = *pp;
-			pp = &(*pp)->next;
-		}
-		if (*pp) {
-			*pp = e->next;
-			if (r->ready_tail == e)
-				r->ready_tail = prev;
-			r->ready_len--;
-		}
+		/* queued for a resend: take it out */
+		queue_unlink(r, e);
+	} else if (e->state == E_HELD) {
+		/* an earlier attempt's confirm clears the suspect being judged */
+		r->blame = NULL;
+		e->refs--;
 	}
+	/* E_REQUEUE: back_flush() lets it go */
+	suspect_resolved(r, e, true);
+	poisoned_forget(r, e);
 	entry_drop_data(r, e);
 	e->state = E_DONE;
 }
@@ -613,15 +865,17 @@ static void log_failed(abx_relay *r, const entry *e, const char *why)
 /*
  * An attempt that reached the broker failed. Counts it, asks the nack
  * policy, and moves e to RETRYING (back to the store with a backoff) or
- * FAILED, or drops it.
+ * FAILED, or drops it. With fail_now (a message that can never be sent)
+ * it goes FAILED whatever the count, unless the policy drops it.
  */
-static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
-                              const char *why)
+static void on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int code,
+                                 int retriable, const char *why, bool fail_now)
 {
 	struct ackbox *ab = r->ab;
-	char reason[512];
+	char reason[768];
 	ackbox_policy pol = ACKBOX_POLICY_DEFAULT;
 
+	suspect_resolved(r, e, false);
 	e->attempts++;
 	snprintf(reason, sizeof(reason), "%s%s%s", outcome_name(oc), why && *why ? ": " : "",
 	         why ? why : "");
@@ -631,11 +885,13 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 	}
 	entry_drop_data(r, e);
 	if (pol == ACKBOX_POLICY_DROP) {
+		poisoned_forget(r, e);
 		change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 		report_add(r, e, ACKBOX_MSG_DROPPED, oc, code, retriable, reason);
 		e->state = E_DONE;
-	} else if (pol == ACKBOX_POLICY_FAIL || e->attempts >= ab->max_attempts) {
-		char full[600];
+	} else if (pol == ACKBOX_POLICY_FAIL || fail_now || e->attempts >= ab->max_attempts) {
+		char full[800];
+		poisoned_forget(r, e);
 		snprintf(full, sizeof(full), "%s (after %d attempt%s)", reason, e->attempts,
 		         e->attempts == 1 ? "" : "s");
 		change_add(r, ACKBOX_CHANGE_FAIL, e, 0, full, code);
@@ -658,47 +914,209 @@ static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 	}
 }
 
-/* The connection is gone: every current attempt is in doubt and is resent
- * without burning an attempt; superseded tokens die with the channel. */
-static void on_disconnected(abx_relay *r, const char *why)
+static void on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
+                              const char *why)
+{
+	on_attempt_failed_ex(r, e, oc, code, retriable, why, false);
+}
+
+/* ---- poison messages ---- */
+
+/*
+ * e was sent alone and its attempt was lost (the connection died, or the
+ * transport says in doubt). It is held, and nothing else is sent, until we
+ * know whether the broker is back at once (then e made it drop the
+ * connection: blamed) or not (an outage: e is resent, nothing burnt).
+ */
+static void blame_hold(abx_relay *r, entry *e, const char *why, int code)
+{
+	r->blame = e;
+	e->state = E_HELD;
+	e->refs++;
+	r->blame_dropped = !atomic_load(&r->connected);
+	r->blame_until = ackbox_mono_ms() + BLAME_WAIT_MS;
+	r->blame_code = code;
+	snprintf(r->blame_reason, sizeof(r->blame_reason), "%s", why && *why ? why : "no reason given");
+	r->conn_blamed = true;
+}
+
+/* Not to blame (an outage, or no drop at all): resent as a suspect. */
+static void blame_release(abx_relay *r)
+{
+	entry *e = r->blame;
+	r->blame = NULL;
+	mark_suspect(r, e);
+	back_add(r, e);
+	e->refs--; /* the hold's; back_add holds it now */
+}
+
+/*
+ * No drop was seen within BLAME_WAIT_MS of losing e alone. Either the
+ * connection stayed up (Kafka's possibly-persisted reports) or the
+ * transport reported the attempt lost but not the connection (paho without
+ * a DISCONNECTED callback for some closes). e is resent first; if that very
+ * send finds the transport not connected, the earlier loss was a drop after
+ * all, and e is judged as if it had been seen (see send_ready).
+ */
+static void blame_expire(abx_relay *r)
+{
+	entry *e = r->blame;
+	r->blame = NULL;
+	mark_suspect(r, e);
+	r->lost_alone = true;
+	r->lost_alone_id = e->id;
+	r->lost_alone_code = r->blame_code;
+	snprintf(r->lost_alone_reason, sizeof(r->lost_alone_reason), "%s", r->blame_reason);
+	susp_push_front(r, e);
+	e->refs--;
+}
+
+/* The broker took a new connection at once after the held message was
+ * lost alone: the message made it drop the connection. Burns an attempt;
+ * when it comes back from the store it is sent alone again. */
+static void blame_convict(abx_relay *r)
+{
+	struct ackbox *ab = r->ab;
+	entry *e = r->blame;
+	int64_t now = ackbox_mono_ms();
+	poisoned *p;
+	char idstr[ACKBOX_ID_STRLEN];
+
+	r->blame = NULL;
+	e->refs--;
+	p = map_get(&r->poisoned, id_key(&e->id));
+	if (!p) {
+		if (r->poisoned.len >= POISONED_MAX)
+			poisoned_clear(r);
+		p = calloc(1, sizeof(*p));
+		if (p && map_put(&r->poisoned, id_key(&e->id), p) != 0) {
+			free(p);
+			p = NULL;
+		}
+		if (p)
+			p->id = e->id;
+	}
+	if (p)
+		p->blamed++;
+	ackbox_id_format(&e->id, idstr);
+	if (now >= r->next_blame_log_at) {
+		abx_log(ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "message %s to '%s' was alone in flight when the connection dropped, and the "
+		        "broker was back at once: attempt %d of %d burnt (%s)%s",
+		        idstr, e->topic, e->attempts + 1, ab->max_attempts, r->blame_reason,
+		        r->blame_unlogged ? "; more such lines suppressed" : "");
+		r->blame_unlogged = 0;
+		r->next_blame_log_at = now + DISCONNECT_LOG_MS;
+	} else {
+		r->blame_unlogged++;
+	}
+	e->state = E_INFLIGHT; /* the attempt that failed */
+	on_attempt_failed(r, e, ACKBOX_OUTCOME_DISCONNECT, r->blame_code, 0, r->blame_reason);
+	entry_maybe_free(r, e);
+}
+
+/*
+ * A live attempt was lost: the connection died before its answer. If the
+ * message was sent alone it is held to be judged; otherwise it becomes a
+ * suspect, resent by probing.
+ */
+static void on_lost(abx_relay *r, tok *t, const char *why, int code)
+{
+	entry *e = t->e;
+	bool alone = t->isolated;
+	e->refs++; /* keep e alive across tok_drop */
+	tok_drop(r, t);
+	e->refs--;
+	if (alone && !r->blame) {
+		blame_hold(r, e, why, code);
+		return;
+	}
+	mark_suspect(r, e);
+	back_add(r, e);
+}
+
+/* The connection is up (connect() returned 0, or CONNECTED was reported). */
+static void on_connected(abx_relay *r, int64_t now)
+{
+	if (r->blame) {
+		if (r->blame_dropped)
+			blame_convict(r);
+		else
+			blame_release(r);
+	}
+	r->connected_at = now;
+	r->answers = 0;
+	r->conn_blamed = false;
+}
+
+/*
+ * A reconnect loop must show at the default log level without flooding it:
+ * the first disconnect is logged at once, later ones at most once per
+ * DISCONNECT_LOG_MS with the count of those in between.
+ */
+static void log_disconnect(abx_relay *r, const char *why, size_t inflight, int64_t now)
+{
+	if (now < r->next_disc_log_at) {
+		r->disc_unlogged++;
+		return;
+	}
+	if (r->disc_unlogged)
+		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "transport disconnected (%s); %zu unconfirmed message(s) will be resent; "
+		        "%u more disconnect(s) in the last %d s, reconnecting with backoff",
+		        why, inflight, r->disc_unlogged, DISCONNECT_LOG_MS / 1000);
+	else
+		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
+		        "transport disconnected (%s); %zu unconfirmed message(s) will be resent", why,
+		        inflight);
+	r->disc_unlogged = 0;
+	r->next_disc_log_at = now + DISCONNECT_LOG_MS;
+}
+
+/*
+ * The connection is gone: every current attempt is in doubt and is resent
+ * without burning an attempt, as a suspect (see on_lost); superseded tokens
+ * die with the channel. The reconnect backoff restarts from its first step
+ * only after a connection that achieved something: one that dropped at once
+ * with nothing answered (a broker closing every connection) backs off
+ * further each time instead of reconnecting about once a second.
+ */
+static void on_disconnected(abx_relay *r, const char *why, int code)
 {
 	int64_t now = ackbox_mono_ms();
+	bool was_connected = atomic_load(&r->connected);
+	bool told = why && *why; /* the transport's own words, not the core's guess */
 	tok *t, *next;
-	entry *requeue = NULL, **tail = &requeue;
-	if (atomic_load(&r->connected) || r->fifo_head)
-		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
-		        "transport disconnected (%s); %zu unconfirmed message(s) will be resent",
-		        why ? why : "no reason given", r->tokens.len);
+
+	if (!told)
+		why = "the transport lost its connection";
+	if (was_connected || r->live)
+		log_disconnect(r, why, r->live, now);
 	atomic_store(&r->connected, 0);
 	for (t = r->fifo_head; t; t = next) {
 		entry *e = t->e;
 		next = t->next;
-		if (!t->superseded && e->state == E_INFLIGHT) {
-			e->refs++; /* keep e alive across tok_drop */
+		if (!t->superseded && e->state == E_INFLIGHT && e->cur_token == t->token)
+			on_lost(r, t, why, code);
+		else
 			tok_drop(r, t);
-			e->refs--;
-			e->next = NULL;
-			*tail = e;
-			tail = &e->next;
-		} else {
-			tok_drop(r, t);
+	}
+	if (r->blame && !r->blame_dropped) {
+		/* the drop's own words (an MQTT 5 DISCONNECT reason, an AMQP
+		 * connection.close) say more than a per-message "in doubt" */
+		r->blame_dropped = true;
+		if (told) {
+			snprintf(r->blame_reason, sizeof(r->blame_reason), "%s", why);
+			r->blame_code = code;
 		}
 	}
-	/* resend in the original order, ahead of newer work */
-	if (requeue) {
-		size_t n = 0;
-		entry *last = NULL;
-		for (entry *e = requeue; e; e = e->next) {
-			e->state = E_READY;
-			last = e;
-			n++;
-		}
-		last->next = r->ready_head;
-		if (!r->ready_head)
-			r->ready_tail = last;
-		r->ready_head = requeue;
-		r->ready_len += n;
-	}
+	if (!was_connected)
+		return; /* a second report of the same drop */
+	if (r->answers || r->conn_blamed || now - r->connected_at >= STABLE_CONN_MS)
+		r->flaps = 0;
+	else
+		r->flaps++;
+	r->connect_failures = r->flaps;
 	r->next_connect_at = now + backoff_ms(r, ++r->connect_failures);
 }
 
@@ -708,12 +1126,14 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	entry *e;
 
 	if (ev->kind == ACKBOX_TX_DISCONNECTED) {
-		on_disconnected(r, ev->reason);
+		on_disconnected(r, ev->reason, ev->broker_code);
 		return;
 	}
 	if (ev->kind == ACKBOX_TX_CONNECTED) {
-		if (!atomic_load(&r->connected))
+		if (!atomic_load(&r->connected)) {
 			abx_log(r->ab->conf, ACKBOX_LOG_INFO, "relay", "transport connected");
+			on_connected(r, ackbox_mono_ms());
+		}
 		atomic_store(&r->connected, 1);
 		r->connect_failures = 0;
 		r->ever_connected = true;
@@ -723,6 +1143,8 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	if (!t)
 		return; /* unknown, or already decided: the first report wins */
 	e = t->e;
+	if (ev->kind != ACKBOX_TX_IN_DOUBT && ev->kind != ACKBOX_TX_NOT_SENT)
+		r->answers++;
 	if (ev->kind == ACKBOX_TX_ACK) {
 		e->refs++;
 		tok_drop(r, t);
@@ -734,6 +1156,10 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	if (t->superseded || e->state != E_INFLIGHT || e->cur_token != t->token) {
 		/* the answer to an attempt we already gave up on: only an ack matters */
 		tok_drop(r, t);
+		return;
+	}
+	if (ev->kind == ACKBOX_TX_IN_DOUBT) {
+		on_lost(r, t, ev->reason, ev->broker_code);
 		return;
 	}
 	e->refs++;
@@ -753,10 +1179,9 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 		                  ev->reason);
 		break;
 	case ACKBOX_TX_NOT_SENT:
-	case ACKBOX_TX_IN_DOUBT:
 	default:
-		/* never left, or the connection died: resend, attempt not burnt */
-		ready_push_front(r, e);
+		/* never left: resend (a suspect stays one), attempt not burnt */
+		back_add(r, e);
 		break;
 	}
 	entry_maybe_free(r, e);
@@ -775,6 +1200,7 @@ static void check_timeouts(abx_relay *r, int64_t now)
 		}
 		/* keep the token (a late confirm still acks), move it to the back
 		 * with a zombie deadline so the window is not held forever */
+		tok_retire(r, t);
 		fifo_remove(r, t);
 		t->superseded = true;
 		t->deadline = now + 10 * r->ab->retry_timeout_ms;
@@ -826,6 +1252,19 @@ static abx_fresh *fresh_from_row(const ackbox_store_row *row)
 	return f;
 }
 
+/* A claimed row joins the ready queue; one blamed for a dropped connection
+ * before goes to the suspect queue, to be sent alone. */
+static void enqueue_claimed(abx_relay *r, entry *e)
+{
+	if (map_get(&r->poisoned, id_key(&e->id))) {
+		mark_suspect(r, e);
+		e->isolate = true;
+		back_add(r, e);
+		return;
+	}
+	ready_push_back(r, e);
+}
+
 static int claim_cb(const ackbox_store_row *row, void *opaque)
 {
 	abx_relay *r = opaque;
@@ -844,7 +1283,7 @@ static int claim_cb(const ackbox_store_row *row, void *opaque)
 		e->data = f;
 		e->attempts = row->attempts;
 		e->lease = row->lease;
-		ready_push_back(r, e);
+		enqueue_claimed(r, e);
 		return 0;
 	}
 	f = fresh_from_row(row);
@@ -855,7 +1294,7 @@ static int claim_cb(const ackbox_store_row *row, void *opaque)
 		abx_fresh_free(f);
 		return 1;
 	}
-	ready_push_back(r, e);
+	enqueue_claimed(r, e);
 	return 0;
 }
 
@@ -864,7 +1303,7 @@ static void claim_due(abx_relay *r, int64_t now)
 	struct ackbox *ab = r->ab;
 	char err[256] = "";
 	int n;
-	size_t busy = r->tokens.len + r->ready_len;
+	size_t busy = r->tokens.len + r->ready_len + r->susp_len + r->nback;
 	size_t room = busy < 2 * (size_t)r->window ? 2 * (size_t)r->window - busy : 0;
 	if (room == 0)
 		return;
@@ -902,35 +1341,65 @@ static void claim_due(abx_relay *r, int64_t now)
 	}
 }
 
+/*
+ * The next entry to send, or NULL. While suspects are unresolved only they
+ * go, oldest first: at most probe_win at once, and while probe_win is 1 (or
+ * for a message blamed before) each alone, after everything else in flight
+ * has been answered, so that a dropped connection points at one message.
+ */
+static entry *next_to_send(abx_relay *r, bool *alone)
+{
+	entry *e;
+	*alone = false;
+	if (r->blame || r->isolated_live)
+		return NULL;
+	if (!r->nsuspect)
+		return ready_pop(r);
+	e = r->susp_head;
+	if (!e)
+		return NULL; /* the rest are in flight (or held): wait for their answers */
+	if (r->probe_win <= 1 || e->isolate) {
+		if (r->live)
+			return NULL;
+		*alone = true;
+	} else if (r->susp_live >= (size_t)r->probe_win) {
+		return NULL;
+	}
+	return susp_pop(r);
+}
+
+/* Puts an entry that was not sent back at the head of its queue. */
+static void unsend(abx_relay *r, entry *e)
+{
+	if (e->suspect)
+		susp_push_front(r, e);
+	else
+		ready_push_front(r, e);
+}
+
 static void send_ready(abx_relay *r, int64_t now)
 {
 	entry *e;
+	bool alone;
+	back_flush(r);
 	while (atomic_load(&r->connected) && (int)r->tokens.len < r->window &&
-	       (e = ready_pop(r)) != NULL) {
+	       (e = next_to_send(r, &alone)) != NULL) {
 		ackbox_tx_msg m;
 		ackbox_header *hs = NULL;
 		size_t nh = 0;
-		char idstr[ACKBOX_ID_STRLEN];
+		char idstr[ACKBOX_ID_STRLEN], why[300];
 		tok *t;
 		int rc;
 
 		if (ackbox_headers_decode(e->data->headers, e->data->headers_len, &hs, &nh) != 0) {
 			/* bytes the store handed back do not parse: fail it for an operator */
-			e->attempts = r->ab->max_attempts - 1;
-			on_attempt_failed(r, e, ACKBOX_OUTCOME_ERROR, 0, 0,
-			                  "stored headers are corrupt");
+			on_attempt_failed_ex(r, e, ACKBOX_OUTCOME_ERROR, 0, 0,
+			                     "stored headers are corrupt", true);
 			entry_maybe_free(r, e);
 			continue;
 		}
-		t = calloc(1, sizeof(*t));
-		if (!t) {
-			free(hs);
-			ready_push_front(r, e);
-			break;
-		}
 		ackbox_id_format(&e->id, idstr);
 		memset(&m, 0, sizeof(m));
-		m.token = ++r->next_token;
 		m.id = e->id;
 		m.id_str = idstr;
 		m.topic = e->data->topic;
@@ -941,18 +1410,42 @@ static void send_ready(abx_relay *r, int64_t now)
 		m.content_type = e->data->content_type;
 		m.headers = hs;
 		m.header_count = nh;
+		/* a row stored without the transport's check (an older version, a
+		 * handle without a transport) that can never be sent: FAILED now,
+		 * rather than sent to make the broker drop the connection */
+		if (ABX_HAS_SLOT(r->ops, ackbox_transport_ops, validate) &&
+		    r->ops->validate(r->tx_ctx, &m, why, sizeof(why)) != 0) {
+			free(hs);
+			on_attempt_failed_ex(r, e, ACKBOX_OUTCOME_INVALID, 0, 0, why, true);
+			entry_maybe_free(r, e);
+			continue;
+		}
+		t = calloc(1, sizeof(*t));
+		if (!t) {
+			free(hs);
+			unsend(r, e);
+			break;
+		}
+		m.token = ++r->next_token;
 		m.attempt = e->sends + 1;
 		t->token = m.token;
 		t->e = e;
 		t->deadline = now + r->ab->retry_timeout_ms;
+		t->probe = e->suspect;
+		t->isolated = alone;
 		/* register before send(): a synchronous report must find the token */
 		if (map_put(&r->tokens, t->token, t) != 0) {
 			free(t);
 			free(hs);
-			ready_push_front(r, e);
+			unsend(r, e);
 			break;
 		}
 		fifo_append(r, t);
+		r->live++;
+		if (t->probe)
+			r->susp_live++;
+		if (t->isolated)
+			r->isolated_live = true;
 		e->refs++;
 		e->cur_token = t->token;
 		e->state = E_INFLIGHT;
@@ -960,6 +1453,7 @@ static void send_ready(abx_relay *r, int64_t now)
 		free(hs);
 		if (rc == ACKBOX_TX_SENT) {
 			e->sends++;
+			r->lost_alone = false;
 			ABX_CRASH_POINT("after_send");
 			continue;
 		}
@@ -967,10 +1461,20 @@ static void send_ready(abx_relay *r, int64_t now)
 		e->refs++;
 		tok_drop(r, t);
 		e->refs--;
-		ready_push_front(r, e);
+		if (rc == ACKBOX_TX_NOT_CONNECTED && r->lost_alone &&
+		    memcmp(&e->id, &r->lost_alone_id, sizeof(e->id)) == 0) {
+			/* lost alone, and the connection did go with it: judge it */
+			r->lost_alone = false;
+			blame_hold(r, e, r->lost_alone_reason, r->lost_alone_code);
+			r->blame_dropped = true;
+			on_disconnected(r, NULL, 0);
+			break;
+		}
+		unsend(r, e);
 		if (rc == ACKBOX_TX_NOT_CONNECTED) {
-			atomic_store(&r->connected, 0);
-			r->next_connect_at = now + backoff_ms(r, ++r->connect_failures);
+			/* the connection is gone, and with it the answers to what
+			 * was sent on it (the transport's report may follow) */
+			on_disconnected(r, NULL, 0);
 		}
 		break;
 	}
@@ -1084,19 +1588,25 @@ static void try_connect(abx_relay *r, int64_t now)
 	char err[256] = "";
 	int rc = r->ops->connect(r->tx_ctx, (int)r->ab->connect_timeout_ms, err, sizeof(err));
 	if (rc == 0) {
-		if (r->connect_failures)
+		if (r->connect_errors)
 			abx_log(r->ab->conf, ACKBOX_LOG_INFO, "relay",
-			        "transport reconnected after %d failed attempt(s)", r->connect_failures);
+			        "transport reconnected after %d failed attempt(s)", r->connect_errors);
 		atomic_store(&r->connected, 1);
 		r->connect_failures = 0;
+		r->connect_errors = 0;
 		r->ever_connected = true;
 		r->store_dirty = true;
+		on_connected(r, ackbox_mono_ms());
 		return;
 	}
+	/* the broker is not back at once: an outage, not the held message */
+	if (r->blame)
+		blame_release(r);
 	r->connect_failures++;
-	if (r->connect_failures == 1 || strcmp(err, r->last_connect_error) != 0)
+	r->connect_errors++;
+	if (r->connect_errors == 1 || strcmp(err, r->last_connect_error) != 0)
 		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
-		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_failures,
+		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_errors,
 		        err);
 	snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
 	r->next_connect_at = ackbox_mono_ms() + backoff_ms(r, r->connect_failures);
@@ -1109,11 +1619,8 @@ static void wait_for_work(abx_relay *r, int timeout_ms)
 		if (r->ops->poll(r->tx_ctx, timeout_ms) < 0) {
 			/* the transport's own DISCONNECTED report carries the reason */
 			take_inbox(r);
-			if (atomic_load(&r->connected)) {
-				tx_ev ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1,
-				            (char *)"the transport lost its connection"};
-				handle_event(r, &ev);
-			}
+			if (atomic_load(&r->connected))
+				on_disconnected(r, NULL, 0);
 		}
 		return;
 	}
@@ -1130,7 +1637,7 @@ static void wait_for_work(abx_relay *r, int timeout_ms)
 static bool claim_could_run(const abx_relay *r)
 {
 	return atomic_load(&r->connected) && !r->apply_stuck && r->ready_len < (size_t)r->window &&
-	       r->tokens.len + r->ready_len < 2 * (size_t)r->window;
+	       r->tokens.len + r->ready_len + r->susp_len + r->nback < 2 * (size_t)r->window;
 }
 
 static void *relay_main(void *arg)
@@ -1148,6 +1655,8 @@ static void *relay_main(void *arg)
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay", "eventfd read: %s", strerror(errno));
 		take_inbox(r);
 		check_timeouts(r, now);
+		if (r->blame && !r->blame_dropped && now >= r->blame_until)
+			blame_expire(r); /* lost alone, but no drop seen */
 		if (!atomic_load(&r->connected) && now >= r->next_connect_at) {
 			try_connect(r, now);
 			now = ackbox_mono_ms();
@@ -1175,6 +1684,8 @@ static void *relay_main(void *arg)
 			wake_at = r->next_connect_at;
 		if (r->tokens.len && now + ACK_TICK_MS < wake_at)
 			wake_at = now + ACK_TICK_MS; /* collect acks that did not wake us */
+		if (r->blame && !r->blame_dropped && r->blame_until < wake_at)
+			wake_at = r->blame_until;
 		if (r->nchanges) {
 			int64_t at = apply_due_at(r);
 			if (r->apply_retry_at > at)
@@ -1353,6 +1864,8 @@ static void relay_free(abx_relay *r)
 	}
 	map_fini(&r->by_id);
 	map_fini(&r->tokens);
+	poisoned_clear(r);
+	free(r->back);
 	free(r->retry_at);
 	for (f = r->fresh_head; f; f = next) {
 		next = f->next;

@@ -20,7 +20,9 @@ typedef enum ackbox_lb_action {
 	ACKBOX_LB_RETURN = 2,  /* returned as unroutable (code 312) */
 	ACKBOX_LB_DROP = 3,    /* received, but the confirm never comes */
 	ACKBOX_LB_ERROR = 4,   /* per-message error (code 500) */
-	ACKBOX_LB_NOT_SENT = 5 /* reported as never sent */
+	ACKBOX_LB_NOT_SENT = 5, /* reported as never sent */
+	ACKBOX_LB_IN_DOUBT = 6  /* reported in doubt while the connection stays up (as
+	                           librdkafka reports a possibly persisted message) */
 } ackbox_lb_action;
 
 typedef struct ackbox_loopback ackbox_loopback;
@@ -52,6 +54,40 @@ ACKBOX_API size_t ackbox_loopback_count_id(ackbox_loopback *lb, const ackbox_id 
 
 /** Successful connects so far. */
 ACKBOX_API int ackbox_loopback_connects(ackbox_loopback *lb);
+
+/**
+ * Makes every send to `topic` a poison message: the broker closes the
+ * connection on receiving it, as mosquitto does with a malformed packet
+ * (the message is not recorded; its attempt is lost with the connection,
+ * and so are the confirms of everything sent before it on that connection).
+ * The DISCONNECTED report says "... (0x81 Malformed Packet)" with code 0x81.
+ * NULL stops it. Thread-safe.
+ */
+ACKBOX_API void ackbox_loopback_set_poison(ackbox_loopback *lb, const char *topic);
+
+/**
+ * With on != 0, a dropped connection is told the way paho tells some
+ * closes: each unanswered send (the poison message included) is reported
+ * IN_DOUBT, the connection itself is not reported, and later sends find it
+ * not connected.
+ */
+ACKBOX_API void ackbox_loopback_set_quiet_drops(ackbox_loopback *lb, int on);
+
+/** Sends to the poison topic so far. */
+ACKBOX_API size_t ackbox_loopback_poison_hits(ackbox_loopback *lb);
+
+/**
+ * With on != 0, the broker closes every connection just after accepting it
+ * (at the transport's next poll), whatever is sent: a broker that flaps.
+ */
+ACKBOX_API void ackbox_loopback_set_flap(ackbox_loopback *lb, int on);
+
+/*
+ * The loopback transport's validate op refuses any topic that starts with
+ * "invalid/" (as a real transport refuses an MQTT wildcard), so the core's
+ * checks before storing and before sending can be tested.
+ */
+#define ACKBOX_LOOPBACK_INVALID_PREFIX "invalid/"
 
 /**
  * Copies the i-th received message's id, topic and payload (truncated to

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +42,12 @@ struct ackbox_loopback {
 	int connects;
 	rx *msgs;
 	size_t nmsgs, cap;
+	char *poison_topic;   /* sends to it close the connection */
+	size_t poison_hits;
+	int flap;             /* close every connection right after it opens */
+	int quiet_drops;      /* report lost sends IN_DOUBT, not the connection */
+	char drop_reason[160]; /* why the last connection was closed */
+	int drop_code;
 };
 
 static pthread_mutex_t brokers_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -80,6 +87,7 @@ void ackbox_loopback_reset(void)
 			free(lb->msgs[i].payload);
 		}
 		free(lb->msgs);
+		free(lb->poison_topic);
 		pthread_mutex_destroy(&lb->mtx);
 		free(lb->name);
 		free(lb);
@@ -115,9 +123,44 @@ void ackbox_loopback_script(ackbox_loopback *lb, ackbox_lb_action a, int count, 
 void ackbox_loopback_set_up(ackbox_loopback *lb, int up)
 {
 	pthread_mutex_lock(&lb->mtx);
-	if (lb->up && !up)
+	if (lb->up && !up) {
 		lb->generation++;
+		snprintf(lb->drop_reason, sizeof(lb->drop_reason), "loopback broker went down");
+		lb->drop_code = 0;
+	}
 	lb->up = up;
+	pthread_mutex_unlock(&lb->mtx);
+}
+
+void ackbox_loopback_set_poison(ackbox_loopback *lb, const char *topic)
+{
+	char *t = topic ? strdup(topic) : NULL;
+	pthread_mutex_lock(&lb->mtx);
+	free(lb->poison_topic);
+	lb->poison_topic = t;
+	pthread_mutex_unlock(&lb->mtx);
+}
+
+size_t ackbox_loopback_poison_hits(ackbox_loopback *lb)
+{
+	size_t n;
+	pthread_mutex_lock(&lb->mtx);
+	n = lb->poison_hits;
+	pthread_mutex_unlock(&lb->mtx);
+	return n;
+}
+
+void ackbox_loopback_set_quiet_drops(ackbox_loopback *lb, int on)
+{
+	pthread_mutex_lock(&lb->mtx);
+	lb->quiet_drops = on;
+	pthread_mutex_unlock(&lb->mtx);
+}
+
+void ackbox_loopback_set_flap(ackbox_loopback *lb, int on)
+{
+	pthread_mutex_lock(&lb->mtx);
+	lb->flap = on;
 	pthread_mutex_unlock(&lb->mtx);
 }
 
@@ -218,7 +261,8 @@ typedef struct lb_ctx {
 	ackbox_loopback *lb;
 	int connected;
 	unsigned generation;
-	pending *head; /* sorted by `at` */
+	int flap_pending; /* this connection is closed at the next poll */
+	pending *head;    /* sorted by `at` */
 } lb_ctx;
 
 static const ackbox_prop lb_props[] = {
@@ -267,6 +311,7 @@ static int lb_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_si
 	}
 	c->lb->connects++;
 	c->generation = c->lb->generation;
+	c->flap_pending = c->lb->flap;
 	pthread_mutex_unlock(&c->lb->mtx);
 	drop_pending(c);
 	c->connected = 1;
@@ -291,6 +336,23 @@ static int lb_send(void *vctx, const ackbox_tx_msg *m)
 	if (!alive_locked(c)) {
 		pthread_mutex_unlock(&c->lb->mtx);
 		return ACKBOX_TX_NOT_CONNECTED;
+	}
+	if (c->lb->poison_topic && strcmp(m->topic, c->lb->poison_topic) == 0) {
+		/* the broker cannot parse it and closes the connection: the
+		 * client wrote it, so send() succeeded; nothing is answered */
+		c->lb->poison_hits++;
+		c->lb->generation++;
+		snprintf(c->lb->drop_reason, sizeof(c->lb->drop_reason),
+		         "loopback broker closed the connection on a message to '%.60s' "
+		         "(0x81 Malformed Packet)",
+		         m->topic);
+		c->lb->drop_code = 0x81;
+		a = c->lb->quiet_drops ? ACKBOX_LB_IN_DOUBT : ACKBOX_LB_DROP;
+		pthread_mutex_unlock(&c->lb->mtx);
+		if (a == ACKBOX_LB_DROP)
+			return ACKBOX_TX_SENT;
+		delay = 0;
+		goto answer; /* quiet: its loss is reported IN_DOUBT */
 	}
 	if (c->lb->script_head) {
 		rule *r = c->lb->script_head;
@@ -330,6 +392,7 @@ static int lb_send(void *vctx, const ackbox_tx_msg *m)
 
 	if (a == ACKBOX_LB_DROP)
 		return ACKBOX_TX_SENT; /* the broker has it; its confirm is lost */
+answer:
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return ACKBOX_TX_SENT; /* as if the confirm were lost: the core times it out */
@@ -371,6 +434,11 @@ static void report(lb_ctx *c, const pending *p)
 		ev.kind = ACKBOX_TX_NOT_SENT;
 		ev.reason = "loopback: not sent";
 		break;
+	case ACKBOX_LB_IN_DOUBT:
+		ev.kind = ACKBOX_TX_IN_DOUBT;
+		ev.retriable = 1;
+		ev.reason = "loopback: in doubt";
+		break;
 	case ACKBOX_LB_DROP:
 		return;
 	}
@@ -383,16 +451,39 @@ static int lb_poll(void *vctx, int timeout_ms)
 	int64_t now = ackbox_mono_ms();
 	int alive;
 
+	char why[160];
+	int code, quiet;
+
 	pthread_mutex_lock(&c->lb->mtx);
+	if (c->flap_pending && alive_locked(c)) {
+		c->lb->generation++;
+		snprintf(c->lb->drop_reason, sizeof(c->lb->drop_reason),
+		         "loopback broker closed the connection at once (flapping)");
+		c->lb->drop_code = 0;
+	}
+	c->flap_pending = 0;
 	alive = alive_locked(c);
+	snprintf(why, sizeof(why), "%s", c->lb->drop_reason);
+	code = c->lb->drop_code;
+	quiet = c->lb->quiet_drops;
 	pthread_mutex_unlock(&c->lb->mtx);
 	if (!alive) {
-		/* unanswered sends die with the connection; the core resends them */
-		ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, "loopback broker went down"};
+		/* unanswered sends die with the connection; the core resends them.
+		 * Like paho, each is reported in doubt first, in send order, then
+		 * the connection: the core must put them back oldest first. */
+		ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, code, 1, why};
+		for (pending *p = c->head; p; p = p->next) {
+			ackbox_tx_event lost = {ACKBOX_TX_IN_DOUBT, p->token, 0, 1,
+			                        "loopback: connection lost before the answer"};
+			if (p->action != ACKBOX_LB_NOT_SENT)
+				ackbox_tx_report(c->host, &lost);
+		}
 		drop_pending(c);
 		c->connected = 0;
+		if (quiet)
+			return 0; /* the next send finds out */
 		ackbox_tx_report(c->host, &ev);
-		return 0;
+		return ACKBOX_ERR_TRANSPORT;
 	}
 	while (c->head && c->head->at <= now) {
 		pending *p = c->head;
@@ -417,6 +508,20 @@ static void lb_close(void *vctx)
 	drop_pending(vctx);
 }
 
+static int lb_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
+{
+	(void)vctx;
+	if (strncmp(m->topic, ACKBOX_LOOPBACK_INVALID_PREFIX,
+	            strlen(ACKBOX_LOOPBACK_INVALID_PREFIX)) == 0) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "loopback: topic '%s' starts with '" ACKBOX_LOOPBACK_INVALID_PREFIX
+		                  "', which this transport never sends",
+		                  m->topic);
+		return ACKBOX_ERR_INVALID;
+	}
+	return 0;
+}
+
 static const char *const lb_schemes[] = {"loopback", NULL};
 
 const ackbox_transport_ops ackbox_loopback_transport = {
@@ -432,4 +537,5 @@ const ackbox_transport_ops ackbox_loopback_transport = {
 	.send = lb_send,
 	.poll = lb_poll,
 	.close = lb_close,
+	.validate = lb_validate,
 };
