@@ -1,6 +1,6 @@
 /*
  * ackbox.c - the operator CLI: publish test traffic, run a relay, and
- * inspect, requeue or purge what a store holds. Only the public API is used;
+ * inspect, requeue, fail or purge what a store holds. Only the public API is used;
  * docs/cli.md is the user's guide and lists the exit codes.
  */
 #define _GNU_SOURCE
@@ -50,6 +50,7 @@ typedef enum cli_cmd {
 	CMD_LIST,
 	CMD_SHOW,
 	CMD_REQUEUE,
+	CMD_FAIL,
 	CMD_PURGE,
 	CMD_COUNT
 } cli_cmd;
@@ -73,6 +74,8 @@ typedef enum opt_id {
 	OPT_LIMIT,
 	OPT_ALL_FAILED,
 	OPT_OLDER_THAN,
+	OPT_REASON,
+	OPT_ID,
 	OPT_YES,
 	OPT_SET,
 	OPT_HELP,
@@ -106,6 +109,8 @@ static const struct option_def {
 	{"limit", OPT_LIMIT, true, FOR(CMD_LIST)},
 	{"all-failed", OPT_ALL_FAILED, false, FOR(CMD_REQUEUE)},
 	{"older-than", OPT_OLDER_THAN, true, FOR(CMD_PURGE)},
+	{"reason", OPT_REASON, true, FOR(CMD_FAIL)},
+	{"id", OPT_ID, true, FOR(CMD_PURGE)}, /* repeatable; the value joins the IDs */
 	{"yes", OPT_YES, false, FOR(CMD_PURGE)},
 	{"set", OPT_SET, true, ALL_CMDS}, /* repeatable */
 	{"help", OPT_HELP, false, ALL_CMDS},
@@ -118,7 +123,7 @@ typedef struct cli_args {
 	bool given[OPT_N];
 	const char **sets; /* every --set KEY=VALUE, in order */
 	size_t nsets;
-	const char **pos; /* positional arguments (ids) */
+	const char **pos; /* positional arguments and --id values (ids) */
 	size_t npos;
 } cli_args;
 
@@ -128,6 +133,7 @@ static int cmd_status(cli_args *a);
 static int cmd_list(cli_args *a);
 static int cmd_show(cli_args *a);
 static int cmd_requeue(cli_args *a);
+static int cmd_fail(cli_args *a);
 static int cmd_purge(cli_args *a);
 
 static const struct command {
@@ -196,13 +202,28 @@ static const struct command {
                      "(or the next `ackbox relay`) sends them. Prints requeued=N.\n"
                      "\n"
                      "  --all-failed         every FAILED message\n"},
-    [CMD_PURGE] = {"purge", cmd_purge, 0,
-                   "ackbox purge --store URL --state failed [--older-than DURATION] [--yes]",
-                   "Deletes FAILED messages for good. Asks for confirmation on a terminal;\n"
-                   "elsewhere --yes is required. Prints purged=N.\n"
+    [CMD_FAIL] = {"fail", cmd_fail, -1, "ackbox fail --store URL ID... [--reason TEXT]",
+                  "Marks messages FAILED whatever their state, SENDING and RETRYING included,\n"
+                  "so that a stuck one can be inspected, requeued or purged. Attempts are\n"
+                  "kept. A relay sending one can no longer change it (a send already under\n"
+                  "way may still reach the broker once). Every ID is checked first: an\n"
+                  "unknown one changes nothing (exit 2). Prints failed=N.\n"
+                  "\n"
+                  "  --reason TEXT        why; the last error becomes\n"
+                  "                       \"marked failed by an operator: TEXT\"\n"},
+    [CMD_PURGE] = {"purge", cmd_purge, -1,
+                   "ackbox purge --store URL (--state failed [--older-than DURATION] | --id ID...)\n"
+                   "             [--yes]",
+                   "Deletes messages for good: FAILED ones, or the given ones whatever their\n"
+                   "state. Asks for confirmation on a terminal; elsewhere --yes is required.\n"
+                   "Every ID is checked first: an unknown one deletes nothing (exit 2).\n"
+                   "Prints purged=N.\n"
                    "\n"
-                   "  --state failed       what to purge (only FAILED messages can be purged)\n"
+                   "  --state failed       every FAILED message\n"
                    "  --older-than D       only those last updated more than D ago (30m, 12h, 7d)\n"
+                   "  --id ID...           these messages, in any state (repeatable; IDs after\n"
+                   "                       it count too). A relay sending one can no longer\n"
+                   "                       change it; a send under way may still arrive once\n"
                    "  --yes                do not ask\n"},
 };
 
@@ -1450,8 +1471,28 @@ static int cmd_show(cli_args *a)
 }
 
 /* ------------------------------------------------------------------ */
-/* requeue and purge                                                    */
+/* requeue, fail and purge                                              */
 /* ------------------------------------------------------------------ */
+
+/* Parses the message IDs among the arguments into *out (free() it). */
+static int parse_ids(const cli_args *a, ackbox_id **out)
+{
+	ackbox_id *ids = calloc(a->npos ? a->npos : 1, sizeof(*ids));
+	*out = NULL;
+	if (!ids) {
+		say("out of memory");
+		return EXIT_STORE;
+	}
+	for (size_t i = 0; i < a->npos; i++) {
+		if (ackbox_id_parse(a->pos[i], &ids[i]) != 0) {
+			free(ids);
+			return usage_error("'%s' is not a message id (expected 8-4-4-4-12 hex digits)",
+			                   a->pos[i]);
+		}
+	}
+	*out = ids;
+	return EXIT_ALL_GOOD;
+}
 
 static int state_of(const ackbox_stored *m, void *opaque)
 {
@@ -1459,64 +1500,119 @@ static int state_of(const ackbox_stored *m, void *opaque)
 	return 0;
 }
 
+/* Reads the state of every id into states[], so that a typo changes
+ * nothing: an unknown id is a usage error naming it. */
+static int stored_states(ackbox *ab, const ackbox_id *ids, size_t n, ackbox_state *states)
+{
+	char err[512], idtext[ACKBOX_ID_STRLEN];
+	for (size_t i = 0; i < n; i++) {
+		int rc = ackbox_show(ab, &ids[i], state_of, &states[i], err, sizeof(err));
+		ackbox_id_format(&ids[i], idtext);
+		if (rc == ACKBOX_ERR_NOT_FOUND) {
+			say("no message %s in the store (acked messages are deleted)", idtext);
+			return EXIT_USAGE;
+		}
+		if (rc) {
+			say("%s", err);
+			return exit_for(rc);
+		}
+	}
+	return EXIT_ALL_GOOD;
+}
+
 static int cmd_requeue(cli_args *a)
 {
 	ackbox *ab;
 	ackbox_id *ids = NULL;
+	ackbox_state *states = NULL;
 	char err[512], idtext[ACKBOX_ID_STRLEN];
-	int rc, code = EXIT_ALL_GOOD;
+	int rc, code;
 
 	if (a->given[OPT_ALL_FAILED] == (a->npos > 0))
 		return usage_error("give message IDs or --all-failed (not both)");
-	if (a->npos) {
-		ids = calloc(a->npos, sizeof(*ids));
-		if (!ids)
-			return EXIT_STORE;
-		for (size_t i = 0; i < a->npos; i++) {
-			if (ackbox_id_parse(a->pos[i], &ids[i]) != 0) {
-				free(ids);
-				return usage_error("'%s' is not a message id (expected 8-4-4-4-12 hex "
-				                   "digits)",
-				                   a->pos[i]);
-			}
-		}
+	rc = parse_ids(a, &ids);
+	if (rc)
+		return rc;
+	states = calloc(a->npos ? a->npos : 1, sizeof(*states));
+	if (!states) {
+		free(ids);
+		say("out of memory");
+		return EXIT_STORE;
 	}
 	rc = open_admin(a, &ab);
 	if (rc) {
+		free(states);
 		free(ids);
 		return rc;
 	}
-	/* Check every id first, so a typo changes nothing. */
-	for (size_t i = 0; i < a->npos; i++) {
-		ackbox_state st = ACKBOX_MSG_FAILED;
-		ackbox_id_format(&ids[i], idtext);
-		rc = ackbox_show(ab, &ids[i], state_of, &st, err, sizeof(err));
-		if (rc == ACKBOX_ERR_NOT_FOUND) {
-			say("no message %s in the store (acked messages are deleted)", idtext);
+	code = stored_states(ab, ids, a->npos, states);
+	for (size_t i = 0; i < a->npos && code == EXIT_ALL_GOOD; i++) {
+		if (states[i] != ACKBOX_MSG_FAILED) {
+			ackbox_id_format(&ids[i], idtext);
+			say("message %s is %s, not failed: only FAILED messages can be requeued (ackbox "
+			    "fail marks a stuck one FAILED)",
+			    idtext, ackbox_state_name(states[i]));
 			code = EXIT_USAGE;
-			goto done;
 		}
-		if (rc) {
+	}
+	if (code == EXIT_ALL_GOOD) {
+		rc = ackbox_requeue(ab, ids, a->npos, err, sizeof(err));
+		if (rc < 0) {
 			say("%s", err);
 			code = exit_for(rc);
-			goto done;
-		}
-		if (st != ACKBOX_MSG_FAILED) {
-			say("message %s is %s, not failed: only FAILED messages can be requeued", idtext,
-			    ackbox_state_name(st));
-			code = EXIT_USAGE;
-			goto done;
+		} else {
+			printf("requeued=%d\n", rc);
 		}
 	}
-	rc = ackbox_requeue(ab, ids, a->npos, err, sizeof(err));
-	if (rc < 0) {
-		say("%s", err);
-		code = exit_for(rc);
-		goto done;
-	}
-	printf("requeued=%d\n", rc);
-done:
 	ackbox_destroy(ab);
+	free(states);
+	free(ids);
+	return code;
+}
+
+static int cmd_fail(cli_args *a)
+{
+	ackbox *ab;
+	ackbox_id *ids = NULL;
+	ackbox_state *states = NULL;
+	char err[512], idtext[ACKBOX_ID_STRLEN];
+	int rc, code, failed = 0;
+
+	if (a->npos == 0)
+		return usage_error("give the IDs of the messages to mark FAILED");
+	rc = parse_ids(a, &ids);
+	if (rc)
+		return rc;
+	states = calloc(a->npos, sizeof(*states));
+	if (!states) {
+		free(ids);
+		say("out of memory");
+		return EXIT_STORE;
+	}
+	rc = open_admin(a, &ab);
+	if (rc) {
+		free(states);
+		free(ids);
+		return rc;
+	}
+	code = stored_states(ab, ids, a->npos, states);
+	for (size_t i = 0; i < a->npos && code == EXIT_ALL_GOOD; i++) {
+		rc = ackbox_fail(ab, &ids[i], a->val[OPT_REASON], err, sizeof(err));
+		if (rc == ACKBOX_ERR_NOT_FOUND) {
+			/* acked or purged since the check: nothing left to fail */
+			ackbox_id_format(&ids[i], idtext);
+			say("message %s was acked or deleted meanwhile: not marked", idtext);
+		} else if (rc < 0) {
+			say("%s", err);
+			code = exit_for(rc);
+		} else {
+			failed++;
+		}
+	}
+	if (code == EXIT_ALL_GOOD || failed)
+		printf("failed=%d\n", failed);
+	ackbox_destroy(ab);
+	free(states);
 	free(ids);
 	return code;
 }
@@ -1534,19 +1630,105 @@ static int count_purgeable(const ackbox_stored *m, void *opaque)
 	return 0;
 }
 
+/* Reads the answer to a question already on stderr: true for y or yes. */
+static bool answered_yes(void)
+{
+	char answer[32];
+	fflush(stderr);
+	return fgets(answer, sizeof(answer), stdin) &&
+	       (strcmp(answer, "y\n") == 0 || strcmp(answer, "yes\n") == 0 ||
+	        strcmp(answer, "Y\n") == 0);
+}
+
+static int refuse_without_yes(void)
+{
+	return usage_error("purge deletes messages for good: pass --yes to confirm (stdin is not a "
+	                   "terminal)");
+}
+
+/* purge --id: the given messages, whatever their state. */
+static int purge_ids(cli_args *a, bool interactive)
+{
+	ackbox *ab;
+	ackbox_id *ids = NULL;
+	ackbox_state *states = NULL;
+	uint64_t per[3] = {0, 0, 0};
+	char err[512];
+	int rc, code;
+
+	rc = parse_ids(a, &ids);
+	if (rc)
+		return rc;
+	if (interactive && !isatty(STDIN_FILENO)) {
+		free(ids);
+		return refuse_without_yes();
+	}
+	states = calloc(a->npos, sizeof(*states));
+	if (!states) {
+		free(ids);
+		say("out of memory");
+		return EXIT_STORE;
+	}
+	rc = open_admin(a, &ab);
+	if (rc) {
+		free(states);
+		free(ids);
+		return rc;
+	}
+	code = stored_states(ab, ids, a->npos, states);
+	if (code == EXIT_ALL_GOOD && interactive) {
+		for (size_t i = 0; i < a->npos; i++)
+			if (states[i] <= ACKBOX_MSG_FAILED)
+				per[states[i]]++;
+		fprintf(stderr,
+		        "Delete %zu message(s) (%" PRIu64 " sending, %" PRIu64 " retrying, %" PRIu64
+		        " failed) for good? [y/N] ",
+		        a->npos, per[ACKBOX_MSG_SENDING], per[ACKBOX_MSG_RETRYING],
+		        per[ACKBOX_MSG_FAILED]);
+		if (!answered_yes()) {
+			say("nothing purged");
+			goto done;
+		}
+	}
+	if (code == EXIT_ALL_GOOD) {
+		/* ids acked since the check are skipped: purged=N counts the others */
+		rc = ackbox_purge_ids(ab, ids, a->npos, err, sizeof(err));
+		if (rc < 0) {
+			say("%s", err);
+			code = exit_for(rc);
+		} else {
+			printf("purged=%d\n", rc);
+		}
+	}
+done:
+	ackbox_destroy(ab);
+	free(states);
+	free(ids);
+	return code;
+}
+
 static int cmd_purge(cli_args *a)
 {
 	ackbox *ab;
 	int64_t older_ms = 0;
 	purge_count pc = {INT64_MAX, 0};
-	char err[512], answer[32];
+	char err[512];
 	int rc, code = EXIT_ALL_GOOD;
 	bool interactive = !a->given[OPT_YES];
 
+	if (a->given[OPT_ID]) {
+		if (a->given[OPT_STATE] || a->given[OPT_OLDER_THAN])
+			return usage_error("--id names the messages: it excludes --state and "
+			                   "--older-than");
+		return purge_ids(a, interactive);
+	}
+	if (a->npos)
+		return usage_error("unexpected argument '%s' (message IDs go after --id)", a->pos[0]);
 	if (!a->given[OPT_STATE])
-		return usage_error("--state failed is required (only FAILED messages can be purged)");
+		return usage_error("--state failed or --id ID... is required");
 	if (parse_state(a->val[OPT_STATE], true) < 0)
-		return usage_error("only FAILED messages can be purged (--state failed), got '%s'",
+		return usage_error("--state: only FAILED messages are purged by state (--state "
+		                   "failed; --id deletes given ones in any state), got '%s'",
 		                   a->val[OPT_STATE]);
 	if (a->given[OPT_OLDER_THAN]) {
 		const char *v = a->val[OPT_OLDER_THAN];
@@ -1560,8 +1742,7 @@ static int cmd_purge(cli_args *a)
 		pc.before_ms = ackbox_wall_ms() - older_ms;
 	}
 	if (interactive && !isatty(STDIN_FILENO))
-		return usage_error("purge deletes messages for good: pass --yes to confirm (stdin is "
-		                   "not a terminal)");
+		return refuse_without_yes();
 	rc = open_admin(a, &ab);
 	if (rc)
 		return rc;
@@ -1576,15 +1757,11 @@ static int cmd_purge(cli_args *a)
 			printf("purged=0\n");
 			goto done;
 		}
-		fprintf(stderr, "Delete %" PRIu64 " FAILED message(s)%s%s for good? [y/N] ", pc.n,
+		fprintf(stderr, "Delete %" PRIu64 " FAILED message(s)%s%s%s for good? [y/N] ", pc.n,
 		        a->given[OPT_OLDER_THAN] ? " last updated more than " : "",
-		        a->given[OPT_OLDER_THAN] ? a->val[OPT_OLDER_THAN] : "");
-		if (a->given[OPT_OLDER_THAN])
-			fputs(" ago", stderr);
-		fflush(stderr);
-		if (!fgets(answer, sizeof(answer), stdin) ||
-		    (strcmp(answer, "y\n") != 0 && strcmp(answer, "yes\n") != 0 &&
-		     strcmp(answer, "Y\n") != 0)) {
+		        a->given[OPT_OLDER_THAN] ? a->val[OPT_OLDER_THAN] : "",
+		        a->given[OPT_OLDER_THAN] ? " ago" : "");
+		if (!answered_yes()) {
 			say("nothing purged");
 			goto done;
 		}
@@ -1625,7 +1802,8 @@ static void print_help(void)
 	       "  list      stored messages with attempts and last error\n"
 	       "  show      one stored message in full\n"
 	       "  requeue   move FAILED messages back to RETRYING\n"
-	       "  purge     delete FAILED messages\n");
+	       "  fail      mark messages FAILED whatever their state (a stuck message)\n"
+	       "  purge     delete FAILED messages, or given ones whatever their state\n");
 	fputs(common_help, stdout);
 	printf("\nSee docs/cli.md and docs/operations.md.\n");
 }
@@ -1690,6 +1868,8 @@ static int parse_args(int argc, char **argv, cli_args *a)
 		}
 		if (o->id == OPT_SET) {
 			a->sets[a->nsets++] = value;
+		} else if (o->id == OPT_ID) {
+			a->pos[a->npos++] = value;
 		} else if (a->given[o->id]) {
 			return usage_error("option '--%s' given twice", o->name);
 		}

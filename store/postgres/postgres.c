@@ -103,6 +103,8 @@ enum {
 	ST_REQUEUE_IDS,
 	ST_REQUEUE_ALL,
 	ST_PURGE,
+	ST_FORCE_FAIL,
+	ST_FORCE_DELETE,
 	ST_COUNT
 };
 
@@ -156,6 +158,13 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_REQUEUE_ALL] = "UPDATE @S.ackbox_outbox SET state = 1, attempts = 0, due_ms = $1::int8,"
                        " updated_ms = $1::int8, lease_owner = NULL WHERE state = 2",
     [ST_PURGE] = "DELETE FROM @S.ackbox_outbox WHERE state = 2 AND updated_ms < $1::int8",
+    /* an operator's override, whatever the state and lease: a fresh lease
+     * fences off the relay that holds the row (its changes name the old one) */
+    [ST_FORCE_FAIL] = "UPDATE @S.ackbox_outbox SET state = 2, last_error = $2::text,"
+                      " last_code = $3::int4, updated_ms = $4::int8,"
+                      " lease = nextval('@S.ackbox_lease_seq'), lease_owner = NULL"
+                      " WHERE id = $1::uuid",
+    [ST_FORCE_DELETE] = "DELETE FROM @S.ackbox_outbox WHERE id = $1::uuid",
 };
 
 /* A one-dimensional array in PostgreSQL's binary format, built in place. */
@@ -1535,6 +1544,41 @@ static int pg_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	return admin_run(c, ST_PURGE, 1, vals, lens, "purge", errstr, errstr_size);
 }
 
+static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                    size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	char code_b[4], now_b[8], *err = NULL;
+	const char *vals[4] = {(const char *)ch->id.b, NULL, code_b, now_b};
+	int lens[4] = {16, 0, 4, 8}, rc;
+
+	if (ch->kind != ACKBOX_CHANGE_FAIL && ch->kind != ACKBOX_CHANGE_DELETE) {
+		ackbox_errstr_set(errstr, errstr_size, "postgres at %s: force takes FAIL or DELETE",
+		                  c->where);
+		return ACKBOX_ERR_INVALID;
+	}
+	if (ch->kind == ACKBOX_CHANGE_DELETE) {
+		rc = admin_run(c, ST_FORCE_DELETE, 1, vals, lens, "force", errstr, errstr_size);
+	} else {
+		if (ch->last_error && !(err = utf8_clean(ch->last_error)))
+			return ACKBOX_ERR_NOMEM;
+		vals[1] = err; /* NULL: SQL NULL */
+		lens[1] = err ? (int)strlen(err) : 0;
+		put_be32(code_b, (uint32_t)ch->last_code);
+		put_be64(now_b, (uint64_t)now_ms);
+		rc = admin_run(c, ST_FORCE_FAIL, 4, vals, lens, "force", errstr, errstr_size);
+		free(err);
+	}
+	if (rc == 0) {
+		char idstr[ACKBOX_ID_STRLEN];
+		ackbox_id_format(&ch->id, idstr);
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in postgres at %s (schema \"%s\")",
+		                  idstr, c->where, c->schema);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	return rc < 0 ? rc : 1;
+}
+
 const ackbox_store_ops ackbox_postgres_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1555,6 +1599,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.requeue = pg_requeue,
 	.purge = pg_purge,
 	.has_pending = pg_has_pending,
+	.force = pg_force,
 };
 
 /* ------------------------------------------------------------------ */

@@ -228,11 +228,36 @@ static const char lua_purge[] = LUA_PRELUDE
     "end\n"
     "return {n, #ids}\n";
 
+/* ARGV: MP, now, kind ('1' delete, '3' fail), id, has_error, error, code.
+ * An operator's override, whatever the state and lease: FAIL takes a new
+ * lease, so a relay that holds the message can no longer change it.
+ * Returns 1, or 0 if there is no such message. */
+static const char lua_force[] = LUA_PRELUDE
+    "local now, kind, id = ARGV[2], ARGV[3], ARGV[4]\n"
+    "local k = MP .. id\n"
+    "local st = redis.call('HGET', k, 'state')\n"
+    "if not st then return 0 end\n"
+    "redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "redis.call('ZREM', SK(st), id)\n"
+    "if kind == '1' then\n"
+    "  redis.call('DEL', k)\n"
+    "  redis.call('ZREM', K_ALL, id); redis.call('ZREM', K_FAILED, id)\n"
+    "  return 1\n"
+    "end\n"
+    "redis.call('HSET', k, 'state', '2', 'last_code', ARGV[7], 'updated', now)\n"
+    "if ARGV[5] == '1' then redis.call('HSET', k, 'last_error', ARGV[6])\n"
+    "else redis.call('HDEL', k, 'last_error') end\n"
+    "redis.call('HINCRBY', k, 'lease', 1)\n"
+    "redis.call('ZADD', SK(2), 0, id)\n"
+    "redis.call('ZADD', K_FAILED, now, id)\n"
+    "return 1\n";
+
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_COUNT };
-static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert, lua_claim,
+       SC_PURGE, SC_FORCE, SC_COUNT };
+static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert,  lua_claim,
                                               lua_apply,  lua_recover, lua_counts,
-                                              lua_page,   lua_requeue, lua_purge};
+                                              lua_page,   lua_requeue, lua_purge,
+                                              lua_force};
 
 typedef struct rd_ctx {
 	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
@@ -1298,6 +1323,45 @@ static int rd_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	return sweep(c, SC_PURGE, "purge", older_than_ms, NULL, errstr, errstr_size);
 }
 
+static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                    size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char idstr[ACKBOX_ID_STRLEN];
+	args a;
+	redisReply *r;
+	int rc;
+
+	if (ch->kind != ACKBOX_CHANGE_FAIL && ch->kind != ACKBOX_CHANGE_DELETE) {
+		ackbox_errstr_set(errstr, errstr_size, "%s: force takes FAIL or DELETE", c->where);
+		return ACKBOX_ERR_INVALID;
+	}
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD + 6, 3) != 0)
+		return ACKBOX_ERR_NOMEM;
+	ackbox_id_format(&ch->id, idstr);
+	args_script(c, &a, SC_FORCE);
+	args_i64(&a, now_ms);
+	args_i64(&a, ch->kind);
+	args_str(&a, idstr);
+	args_str(&a, ch->last_error ? "1" : "0");
+	args_str(&a, ch->last_error ? ch->last_error : "");
+	args_i64(&a, ch->last_code);
+	rc = run_script(c, &a, SC_FORCE, "force", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	rc = (int)num(r);
+	freeReplyObject(r);
+	if (rc == 0) {
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in %s", idstr, c->where);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	return 1;
+}
+
 const ackbox_store_ops ackbox_redis_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1318,4 +1382,5 @@ const ackbox_store_ops ackbox_redis_store = {
 	.requeue = rd_requeue,
 	.purge = rd_purge,
 	.has_pending = rd_has_pending,
+	.force = rd_force,
 };

@@ -19,6 +19,12 @@
  * holder's memory are sent again: duplicates, never a loss. Only the
  * holder's memory knows which members are acked, so another process's
  * counts see them as pending until the row goes.
+ *
+ * An operator's override (force: ackbox fail, ackbox purge --id) takes a
+ * member out whoever holds the batch, noted in ackbox_batch_out like a
+ * move: FAIL as a FAILED row whose lease is above the batch's, DELETE as
+ * the note alone. A holder that later moves the member out finds the note
+ * and writes nothing; its ack of it counts in its memory only.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +69,9 @@ static const char *const pk_sql[PK_COUNT] = {
     [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = lease + 1 WHERE bseq = ?2",
     [PK_NEXT] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch WHERE bseq > ?1"
                 " ORDER BY bseq LIMIT 1",
+    /* an operator's override: whatever the lease */
+    [PK_DELETE_ANY] = "DELETE FROM ackbox_batch WHERE bseq = ?1",
+    [PK_FENCE] = "UPDATE ackbox_outbox SET lease = ?1 WHERE id = ?2",
 };
 
 /* ------------------------------------------------------------------ */
@@ -292,6 +301,17 @@ static void batch_unlink(sq_ctx *c, sq_batch *b)
 	free(b);
 }
 
+/* Unlinks b after removing every map entry that still points at it (members
+ * that went final elsewhere: moved out by another process, or forced). The
+ * map holds only members that are not gone, so none once live is 0. */
+static void batch_forget(sq_ctx *c, sq_batch *b)
+{
+	for (size_t i = 0; i < c->cap_slots && b->live; i++)
+		if (c->slots[i].b == b)
+			map_del(c, &c->slots[i--]);
+	batch_unlink(c, b);
+}
+
 static int step_done(sq_ctx *c, sqlite3_stmt *s, const char *what, char *errstr,
                      size_t errstr_size)
 {
@@ -476,6 +496,18 @@ static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts
 	return step_done(c, s, "moving a packed message out", errstr, errstr_size);
 }
 
+/* Notes member idx of batch bseq as out of the batch. Returns 1 if it was
+ * not noted before, 0 if it was (moved out or forced by someone else), or
+ * an error. */
+static int note_out(sq_ctx *c, int64_t bseq, uint32_t idx, char *errstr, size_t errstr_size)
+{
+	int rc;
+	sqlite3_bind_int64(c->pk[PK_OUT_ADD], 1, bseq);
+	sqlite3_bind_int(c->pk[PK_OUT_ADD], 2, (int)idx);
+	rc = step_done(c, c->pk[PK_OUT_ADD], "moving a packed message out", errstr, errstr_size);
+	return rc ? rc : sqlite3_changes(c->db) > 0;
+}
+
 /* Moves member idx of b out into its own row, in the state ch asks for. */
 static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_change *ch,
                     int64_t now_ms, char *errstr, size_t errstr_size)
@@ -489,6 +521,13 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 	int rc = batch_blob(c, b->bseq, b->lease, &blob, &len, &due, errstr, errstr_size);
 	if (rc)
 		return rc > 0 ? 0 : rc; /* not ours any more: the holder decides */
+	/* Noted first: a member that is out already (an operator failed or
+	 * deleted it from another process) keeps its row, or stays deleted. */
+	rc = note_out(c, b->bseq, idx, errstr, errstr_size);
+	if (rc <= 0) {
+		free(blob);
+		return rc;
+	}
 	tbuf = malloc(len + 2);
 	if (!tbuf) {
 		free(blob);
@@ -516,11 +555,7 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 	}
 	free(tbuf);
 	free(blob);
-	if (rc)
-		return rc;
-	sqlite3_bind_int64(c->pk[PK_OUT_ADD], 1, b->bseq);
-	sqlite3_bind_int(c->pk[PK_OUT_ADD], 2, (int)idx);
-	return step_done(c, c->pk[PK_OUT_ADD], "moving a packed message out", errstr, errstr_size);
+	return rc;
 }
 
 int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
@@ -687,7 +722,7 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 			/* every member moved out: only the row is left */
 			rc = batch_row_delete(c, r->bseq, r->lease, errstr, errstr_size);
 			if (mine)
-				batch_unlink(c, mine);
+				batch_forget(c, mine);
 			goto next;
 		}
 		/* one batch may overshoot the budget, or a large one never fits */
@@ -730,8 +765,17 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 				rc = corrupt(c, r->bseq, errstr, errstr_size);
 				break;
 			}
-			if (skip[k / 8] >> (k % 8) & 1)
+			if (skip[k / 8] >> (k % 8) & 1) {
+				/* held already, but moved out or forced elsewhere meanwhile */
+				if (!(mine->gone[k / 8] >> (k % 8) & 1)) {
+					sq_slot *s = map_find(c, &m.id);
+					if (s && s->b == mine)
+						map_del(c, s);
+					set_bit(mine, k);
+					mine->live--;
+				}
 				continue;
+			}
 			if (!map_find(c, &m.id))
 				map_put(c, &m.id, mine, k);
 			m.due_ms = lease_until_ms;
@@ -746,6 +790,168 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 		r->blob = NULL;
 	}
 	return rc ? rc : (int)handed;
+}
+
+/* ------------------------------------------------------------------ */
+/* An operator's override                                               */
+/* ------------------------------------------------------------------ */
+
+typedef struct pk_found {
+	pk_raw r;        /* the batch row, blob included */
+	uint32_t idx;    /* the member's index in it */
+	ackbox_store_row m; /* points into r.blob and tbuf */
+	char *tbuf;
+} pk_found;
+
+static void found_fini(pk_found *f)
+{
+	free(f->r.blob);
+	free(f->tbuf);
+	memset(f, 0, sizeof(*f));
+}
+
+/* Looks for id among the members of the first batch after `after` that are
+ * not final. Returns 1 if found (f filled), 0 if not (*bseq = the batch
+ * looked at, 0 if there was none), or an error. */
+static int find_in_next(sq_ctx *c, int64_t after, const ackbox_id *id, pk_found *f,
+                        int64_t *bseq, char *errstr, size_t errstr_size)
+{
+	pk_raw *v = NULL;
+	size_t nv = 0, off = 0, tused;
+	uint8_t *skip = NULL;
+	int rc, found = 0;
+
+	*bseq = 0;
+	sqlite3_bind_int64(c->pk[PK_NEXT], 1, after);
+	rc = read_batches(c, c->pk[PK_NEXT], &v, &nv, errstr, errstr_size);
+	if (rc || nv == 0) {
+		free(v);
+		return rc;
+	}
+	f->r = v[0];
+	free(v);
+	*bseq = f->r.bseq;
+	skip = calloc(1, (f->r.n + 7) / 8 + 1);
+	f->tbuf = malloc(f->r.len + 2);
+	if (!skip || !f->tbuf)
+		rc = ACKBOX_ERR_NOMEM;
+	if (rc == 0)
+		rc = final_members(c, &f->r, skip, errstr, errstr_size);
+	for (uint32_t k = 0; k < f->r.n && rc == 0 && !found; k++) {
+		if (member_get(f->r.blob, f->r.len, &off, &f->m, f->tbuf, &tused) != 0)
+			rc = corrupt(c, f->r.bseq, errstr, errstr_size);
+		else if (!(skip[k / 8] >> (k % 8) & 1) && memcmp(f->m.id.b, id->b, 16) == 0) {
+			f->idx = k;
+			found = 1;
+		}
+	}
+	free(skip);
+	if (rc || !found)
+		found_fini(f);
+	return rc ? rc : found;
+}
+
+/* Finds the packed member id that is not final: in the batch the map names
+ * if this process holds it, else by walking every batch, one at a time. */
+static int find_member(sq_ctx *c, const ackbox_id *id, pk_found *f, char *errstr,
+                       size_t errstr_size)
+{
+	sq_slot *s = map_find(c, id);
+	int64_t after = 0, seen;
+	int rc;
+	if (s) {
+		rc = find_in_next(c, s->b->bseq - 1, id, f, &seen, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
+	do {
+		rc = find_in_next(c, after, id, f, &seen, errstr, errstr_size);
+		after = seen;
+	} while (rc == 0 && seen);
+	return rc;
+}
+
+/* Counts the members of bseq noted out. */
+static int count_out(sq_ctx *c, int64_t bseq, uint32_t n, uint32_t *out, char *errstr,
+                     size_t errstr_size)
+{
+	uint8_t *bits = calloc(1, (n + 7) / 8 + 1);
+	int rc;
+	*out = 0;
+	if (!bits)
+		return ACKBOX_ERR_NOMEM;
+	rc = moved_out(c, bseq, bits, n, errstr, errstr_size);
+	for (uint32_t k = 0; k < n && rc == 0; k++)
+		*out += bits[k / 8] >> (k % 8) & 1;
+	free(bits);
+	return rc;
+}
+
+int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                  size_t errstr_size)
+{
+	pk_found f;
+	sq_batch *mine;
+	uint32_t out = 0;
+	int rc;
+
+	memset(&f, 0, sizeof(f));
+	rc = find_member(c, &ch->id, &f, errstr, errstr_size);
+	if (rc <= 0)
+		return rc;
+	rc = 0;
+	if (ch->kind == ACKBOX_CHANGE_FAIL) {
+		/* its own FAILED row, with a lease above the batch's: a holder's
+		 * later change for it (its lease is the batch's) is skipped */
+		rc = row_add(c, &f.m, ACKBOX_MSG_FAILED, 0, now_ms, now_ms, ch->last_error,
+		             ch->last_code, errstr, errstr_size);
+		if (rc == 0) {
+			sqlite3_bind_int64(c->pk[PK_FENCE], 1, f.r.lease + 1);
+			sqlite3_bind_blob(c->pk[PK_FENCE], 2, f.m.id.b, 16, SQLITE_STATIC);
+			rc = step_done(c, c->pk[PK_FENCE], "failing a packed message", errstr,
+			               errstr_size);
+		}
+	}
+	/* DELETE: the note alone takes it out, with no row of its own */
+	if (rc == 0)
+		rc = note_out(c, f.r.bseq, f.idx, errstr, errstr_size);
+	if (rc < 0) {
+		found_fini(&f);
+		return rc;
+	}
+	rc = count_out(c, f.r.bseq, f.r.n, &out, errstr, errstr_size);
+	/*
+	 * This process's memory moves with the transaction, as in
+	 * sq_pack_change(): if the commit fails, the member stays in the batch
+	 * on disk and is sent again when a claim unpacks it.
+	 */
+	mine = batch_find(c, f.r.bseq);
+	if (rc == 0 && mine && mine->n == f.r.n && !(mine->gone[f.idx / 8] >> (f.idx % 8) & 1)) {
+		sq_slot *s = map_find(c, &f.m.id);
+		if (s && s->b == mine)
+			map_del(c, s);
+		set_bit(mine, f.idx);
+		mine->live--;
+	}
+	if (rc == 0 && out == f.r.n) {
+		/* every member is out: only the row is left, whoever holds it */
+		sqlite3_bind_int64(c->pk[PK_DELETE_ANY], 1, f.r.bseq);
+		rc = step_done(c, c->pk[PK_DELETE_ANY], "deleting a packed batch", errstr,
+		               errstr_size);
+		if (rc == 0) {
+			sqlite3_bind_int64(c->pk[PK_DELETE_OUT], 1, f.r.bseq);
+			rc = step_done(c, c->pk[PK_DELETE_OUT], "deleting a packed batch", errstr,
+			               errstr_size);
+		}
+		if (mine)
+			batch_forget(c, mine);
+	} else if (rc == 0 && mine && mine->live == 0) {
+		/* the others were acked here: as when the last member is acked */
+		rc = batch_row_delete(c, mine->bseq, mine->lease, errstr, errstr_size);
+		batch_unlink(c, mine);
+	}
+	found_fini(&f);
+	return rc ? rc : 1;
 }
 
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
@@ -880,7 +1086,7 @@ static void write_out_acked(sq_ctx *c)
 		goto out;
 	}
 	for (sq_batch *b = c->batches; b && rc == SQLITE_OK; b = b->next) {
-		uint8_t *blob = NULL;
+		uint8_t *blob = NULL, *skip = NULL;
 		char *tbuf = NULL;
 		size_t len = 0, off = 0, tused;
 		int64_t due = 0;
@@ -892,13 +1098,19 @@ static void write_out_acked(sq_ctx *c)
 			continue; /* another relay holds it */
 		}
 		tbuf = rc ? NULL : malloc(len + 2);
-		if (!tbuf)
+		skip = rc ? NULL : calloc(1, (b->n + 7) / 8 + 1);
+		if (!tbuf || !skip)
 			rc = SQLITE_ERROR;
+		/* members noted out elsewhere (an operator deleted one) stay out */
+		if (rc == 0) {
+			memcpy(skip, b->gone, (b->n + 7) / 8);
+			rc = moved_out(c, b->bseq, skip, b->n, err, sizeof(err));
+		}
 		for (uint32_t k = 0; k < b->n && rc == 0; k++) {
 			ackbox_store_row m;
 			if (member_get(blob, len, &off, &m, tbuf, &tused) != 0)
 				rc = SQLITE_ERROR;
-			else if (!(b->gone[k / 8] >> (k % 8) & 1))
+			else if (!(skip[k / 8] >> (k % 8) & 1))
 				rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, due, m.created_ms, NULL, 0, err,
 				             sizeof(err));
 		}
@@ -907,6 +1119,7 @@ static void write_out_acked(sq_ctx *c)
 		if (rc && !err[0])
 			snprintf(err, sizeof(err), "packed batch %lld does not parse or out of memory",
 			         (long long)b->bseq);
+		free(skip);
 		free(tbuf);
 		free(blob);
 	}

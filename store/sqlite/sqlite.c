@@ -959,6 +959,69 @@ static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	                    1, "purge", errstr, errstr_size);
 }
 
+/*
+ * An operator's override of one message, whatever its state and lease
+ * (store.h). A row FAILs with a new lease (lease + 1: the holder's changes
+ * carry the old one) or goes; a packed member is taken out of its batch.
+ * Durable like an insert: an operator expects it to stick.
+ */
+static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                    size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s = NULL;
+	char idstr[ACKBOX_ID_STRLEN];
+	int rc, done;
+
+	if (ch->kind != ACKBOX_CHANGE_FAIL && ch->kind != ACKBOX_CHANGE_DELETE) {
+		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': force takes FAIL or DELETE",
+		                  c->path);
+		return ACKBOX_ERR_INVALID;
+	}
+	rc = begin(c, 0);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(c->db,
+		                        ch->kind == ACKBOX_CHANGE_DELETE
+		                            ? "DELETE FROM ackbox_outbox WHERE id = ?1"
+		                            : "UPDATE ackbox_outbox SET state = 2, last_error = ?2,"
+		                              " last_code = ?3, updated_ms = ?4, lease = lease + 1"
+		                              " WHERE id = ?1",
+		                        -1, &s, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "force", errstr, errstr_size);
+		rollback(c);
+		return rc;
+	}
+	sqlite3_bind_blob(s, 1, ch->id.b, 16, SQLITE_STATIC);
+	if (ch->kind == ACKBOX_CHANGE_FAIL) {
+		sqlite3_bind_text(s, 2, ch->last_error, -1, SQLITE_STATIC);
+		sqlite3_bind_int(s, 3, ch->last_code);
+		sqlite3_bind_int64(s, 4, now_ms);
+	}
+	rc = sqlite3_step(s);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_DONE) {
+		rc = sq_error(c->db, rc, c->path, "force", errstr, errstr_size);
+		rollback(c);
+		return rc;
+	}
+	done = sqlite3_changes(c->db);
+	if (!done)
+		done = sq_pack_force(c, ch, now_ms, errstr, errstr_size);
+	if (done <= 0) {
+		rollback(c);
+		if (done < 0)
+			return done;
+		ackbox_id_format(&ch->id, idstr);
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return 1;
+}
+
 const ackbox_store_ops ackbox_sqlite_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -980,6 +1043,7 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.purge = sq_purge,
 	.has_pending = sq_has_pending,
 	.sync = sq_sync,
+	.force = sq_force,
 };
 
 /* ------------------------------------------------------------------ */

@@ -40,6 +40,8 @@ enum {
 	PK_DUE,
 	PK_TAKE,
 	PK_NEXT,
+	PK_DELETE_ANY,
+	PK_FENCE,
 	PK_COUNT
 };
 
@@ -113,6 +115,17 @@ int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, cha
  */
 int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budget,
                   ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
+                  size_t errstr_size);
+
+/*
+ * Inside force()'s transaction, for an id that is not a row: takes the
+ * packed member out of its batch, whoever holds the batch. FAIL writes it
+ * as a FAILED row with a lease above the batch's (a holder's later change
+ * for it is skipped); DELETE only notes it out. A batch with nothing left
+ * to send is deleted. Returns 1 if done, 0 if no member is that id (or it
+ * is final already), or an error.
+ */
+int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                   size_t errstr_size);
 
 /* Members not yet final, and the oldest one's created_ms (0 if none). */

@@ -2,8 +2,9 @@
 # cli_test.sh - the ackbox CLI end to end against the RabbitMQ fixture:
 # publish 2000 -> all acked, the queue holds 2000 and every sequence number;
 # an unroutable topic -> exit 1 and FAILED with NO_ROUTE/312, then requeue +
-# relay deliver it; bad input -> the documented exit code, one stderr line,
-# nothing written. Synchronisation is the CLI's own exit, never a sleep.
+# relay deliver it; stuck SENDING messages -> fail, requeue, purge --id, and
+# the relay sends only what is left; bad input -> the documented exit code,
+# one stderr line, nothing written. Synchronisation is the CLI's own exit, never a sleep.
 # usage: cli_test.sh PATH/TO/ackbox PATH/TO/tests/fixtures/rabbitmq.sh [FIXTURE_NAME]
 # FIXTURE_NAME (default rabbitmq) is the ctest fixture whose env file to read.
 set -euo pipefail
@@ -162,6 +163,76 @@ grep -qx 'purged=0' "$tmp/out" || fail "purge --older-than 1h: $(cat "$tmp/out")
 expect 0 purge --store "$store" --state failed --yes
 grep -qx 'purged=1' "$tmp/out" || fail "purge --yes: $(cat "$tmp/out")"
 
+step "a stuck message: fail it whatever its state, requeue it; purge --id deletes in any state"
+# Publish with the broker unreachable: the messages stay SENDING (attempts 0),
+# as a message no relay can ever send does. Five in one transaction are a
+# packed batch in SQLite, one alone is a row.
+stuck="sqlite://$tmp/stuck.db"
+squeue="$tag.stuck"
+for n in 5 1; do
+  expect 4 publish --store "$stuck" --transport "amqp://127.0.0.1:1" --topic "$squeue" \
+    --count "$n" --stall-seconds 1 --set transport.require_connect=false
+  [ "$(summary_field published)" = "$n" ] || fail "stuck publish: $(cat "$tmp/out")"
+done
+expect 0 list --store "$stuck" --json
+jq -e 'length == 6 and all(.[]; .state == "sending" and .attempts == 0)' "$tmp/out" >/dev/null ||
+  fail "six SENDING messages expected: $(cat "$tmp/out")"
+mapfile -t sid < <(jq -r '.[].id' "$tmp/out") # sid[0..4]: the batch, sid[5]: the row
+expect 2 requeue --store "$stuck" "${sid[5]}"
+one_error_line "not failed"
+expect 0 fail --store "$stuck" "${sid[5]}" "${sid[1]}" --reason "topic has a wildcard"
+grep -qx 'failed=2' "$tmp/out" || fail "fail printed '$(cat "$tmp/out")'"
+[ ! -s "$tmp/err" ] || { cat "$tmp/err" >&2; fail "fail wrote to stderr"; }
+expect 0 list --store "$stuck" --state failed --json
+jq -e --arg a "${sid[1]}" --arg b "${sid[5]}" \
+  'length == 2 and ([.[].id] | sort) == ([$a, $b] | sort)
+   and all(.[]; .state == "failed" and .attempts == 0
+               and .last_error == "marked failed by an operator: topic has a wildcard")' \
+  "$tmp/out" >/dev/null || fail "list --state failed after fail: $(cat "$tmp/out")"
+expect 0 show --store "$stuck" "${sid[5]}"
+grep -q 'topic has a wildcard' "$tmp/out" || fail "show does not print the reason: $(cat "$tmp/out")"
+expect 1 status --store "$stuck" --json
+jq -e '.sending == 4 and .retrying == 0 and .failed == 2' "$tmp/out" >/dev/null ||
+  fail "status after fail: $(cat "$tmp/out")"
+expect 0 requeue --store "$stuck" "${sid[5]}"
+grep -qx 'requeued=1' "$tmp/out" || fail "requeue after fail printed '$(cat "$tmp/out")'"
+
+expect 2 fail --store "$stuck" 00000000-0000-7000-8000-000000000000
+one_error_line "no message 00000000-0000-7000-8000-000000000000"
+expect 2 fail --store "$stuck" "${sid[0]}" 00000000-0000-7000-8000-000000000000
+one_error_line "no message"
+expect 2 fail --store "$stuck" not-an-id
+one_error_line "not a message id"
+expect 2 fail --store "$stuck"
+one_error_line "IDs"
+expect 2 purge --store "$stuck" --id "${sid[2]}"
+one_error_line "--yes"
+expect 2 purge --store "$stuck" --id "${sid[2]}" 00000000-0000-7000-8000-000000000000 --yes
+one_error_line "no message 00000000-0000-7000-8000-000000000000"
+expect 2 purge --store "$stuck" --id 01234 --yes
+one_error_line "not a message id"
+expect 2 purge --store "$stuck" --id "${sid[2]}" --state failed --yes
+one_error_line "--state"
+expect 1 status --store "$stuck" --json
+jq -e '.sending == 4 and .retrying == 1 and .failed == 1' "$tmp/out" >/dev/null ||
+  fail "a refused fail or purge changed something: $(cat "$tmp/out")"
+expect 0 purge --store "$stuck" --id "${sid[2]}" --id "${sid[1]}" --yes
+grep -qx 'purged=2' "$tmp/out" || fail "purge --id printed '$(cat "$tmp/out")'"
+expect 0 status --store "$stuck" --json
+jq -e '.sending == 3 and .retrying == 1 and .failed == 0' "$tmp/out" >/dev/null ||
+  fail "status after purge --id: $(cat "$tmp/out")"
+expect 2 show --store "$stuck" "${sid[2]}"
+one_error_line "no message"
+
+# a relay delivers the four left, never the deleted SENDING one
+amqp-declare-queue --url="$AMQP_URL" --queue="$squeue" --durable >/dev/null
+expect 0 relay --store "$stuck" --transport "$AMQP_URL" --until-empty --max-seconds 60
+if [ "$(summary_field acked)" != 4 ] || [ "$(summary_field pending)" != 0 ] ||
+   [ "$(summary_field failed_in_store)" != 0 ]; then
+  fail "relay after fail/purge --id: $(cat "$tmp/out")"
+fi
+[ "$(queue_depth "$squeue")" = 4 ] || fail "queue $squeue holds '$(queue_depth "$squeue")', expected 4"
+
 step "bad input: the documented exit code, one stderr line, nothing created"
 expect 2 status --store "$store" --bogus
 one_error_line "--bogus"
@@ -183,7 +254,8 @@ one_error_line "--stall-seconds"
 [ ! -e "$tmp/new4.db" ] || fail "bad --stall-seconds: a store file was created"
 
 for cmd in status list "show 00000000-0000-7000-8000-000000000000" "requeue --all-failed" \
-           "purge --state failed --yes"; do
+           "purge --state failed --yes" "fail 00000000-0000-7000-8000-000000000000" \
+           "purge --id 00000000-0000-7000-8000-000000000000 --yes"; do
   # shellcheck disable=SC2086
   expect 3 $cmd --store "sqlite://$tmp/missing.db"
   one_error_line "does not exist"

@@ -1016,6 +1016,459 @@ Test(store, has_pending_follows_the_pending_rows)
 }
 
 /* ------------------------------------------------------------------ */
+/* force: an operator's override of one message                         */
+/* ------------------------------------------------------------------ */
+
+static void need_force(const store *s)
+{
+	cr_assert(s->ops->struct_size >= offsetof(ackbox_store_ops, force) + sizeof(void *) &&
+	              s->ops->force != NULL,
+	          "store '%s' has no force op: ackbox fail and ackbox purge --id cannot free a "
+	          "stuck message",
+	          scheme);
+}
+
+/* force through instance s: FAIL with reason/code, or DELETE (reason NULL). */
+static int force_on(const store *s, ackbox_change_kind kind, const ackbox_id *id,
+                    const char *reason, int code, char *err, size_t errsz)
+{
+	ackbox_store_change c;
+	need_force(s);
+	memset(&c, 0, sizeof(c));
+	c.kind = kind;
+	c.id = *id;
+	c.last_error = reason;
+	c.last_code = code;
+	c.lease = 987654321; /* ignored: force takes the row whatever its lease */
+	err[0] = '\0';
+	return s->ops->force(s->ctx, &c, ackbox_wall_ms(), err, errsz);
+}
+
+static void s_force(ackbox_change_kind kind, const ackbox_id *id, const char *reason, int code)
+{
+	char err[512];
+	int rc = force_on(&S, kind, id, reason, code, err, sizeof(err));
+	cr_assert_eq(rc, 1, "force %s of %s: rc %d: %s (%s)",
+	             kind == ACKBOX_CHANGE_FAIL ? "FAIL" : "DELETE", idstr(id), rc, err,
+	             ackbox_strerror(rc));
+}
+
+/* The ids a claim handed out, as a bit per index of ids[0..n-1]. */
+static unsigned claimed_mask(const crows *c, int n)
+{
+	unsigned m = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		int k;
+		for (k = 0; k < n && !id_eq(&c->v[i].id, &ids[k]); k++)
+			;
+		cr_assert_lt(k, n, "claim handed out %s, not one of this test's", idstr(&c->v[i].id));
+		cr_assert_eq(m & (1u << k), 0, "claim handed out ids[%d] twice", k);
+		m |= 1u << k;
+	}
+	return m;
+}
+
+static void check_counts(uint64_t sending, uint64_t retrying, uint64_t failed, const char *when)
+{
+	ackbox_counts c = s_counts();
+	cr_assert(c.sending == sending && c.retrying == retrying && c.failed == failed,
+	          "%s: counts sending/retrying/failed %llu/%llu/%llu, expected %llu/%llu/%llu", when,
+	          (unsigned long long)c.sending, (unsigned long long)c.retrying,
+	          (unsigned long long)c.failed, (unsigned long long)sending,
+	          (unsigned long long)retrying, (unsigned long long)failed);
+}
+
+Test(store, force_fail_takes_a_claimed_row_from_its_relay)
+{
+	int64_t now = ackbox_wall_ms(), before;
+	crows a = {0}, b = {0}, g = {0}, q = {0};
+	ackbox_store_change ch;
+	uint64_t l0, l1;
+	char err[512] = "";
+	crow r;
+
+	insert_plain(2, now, now);
+	s_claim(now, now + 600000, 10, &a);
+	/* ids[1] had two failed attempts and is being sent again */
+	ch = change(ACKBOX_CHANGE_RETRY, &ids[1], lease_of(&a, &ids[1]));
+	ch.attempts = 2;
+	ch.due_ms = now;
+	ch.last_error = "nack";
+	s_apply(&ch, 1);
+	cr_assert_eq(s_claim(now, now + 600000, 10, &b), 1);
+	l0 = lease_of(&a, &ids[0]); /* SENDING, held by a relay */
+	l1 = lease_of(&b, &ids[1]); /* RETRYING, held by a relay */
+
+	before = ackbox_wall_ms();
+	s_force(ACKBOX_CHANGE_FAIL, &ids[0], "operator: topic has a wildcard", 0);
+	s_force(ACKBOX_CHANGE_FAIL, &ids[1], "operator: poison", 7);
+	r = s_get(&ids[0], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED, "force FAIL of a SENDING row: FAILED");
+	cr_assert_eq(r.attempts, 0, "the attempts are kept");
+	cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "operator: topic has a wildcard");
+	cr_assert_geq(r.updated_ms, before - 1000, "updated_ms is the time of the override");
+	cr_assert_eq(r.created_ms, now);
+	crows_free(&g);
+	r = s_get(&ids[1], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED, "force FAIL of a RETRYING row: FAILED");
+	cr_assert_eq(r.attempts, 2, "the attempts are kept");
+	cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "operator: poison");
+	cr_assert_eq(r.last_code, 7);
+	crows_free(&g);
+	check_counts(0, 0, 2, "after force FAIL");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0, "a forced FAILED row is not pending");
+	cr_assert_eq(s_claim(now + 86400000, now + 86500000, 10, NULL), 0,
+	             "a forced FAILED row is never due");
+
+	/* the relays that held them answer late, with the leases they had */
+	ackbox_store_change late[6] = {
+	    change(ACKBOX_CHANGE_DELETE, &ids[0], l0), change(ACKBOX_CHANGE_RETRY, &ids[0], l0),
+	    change(ACKBOX_CHANGE_FAIL, &ids[0], l0),   change(ACKBOX_CHANGE_RELEASE, &ids[1], l1),
+	    change(ACKBOX_CHANGE_RETRY, &ids[1], l1),  change(ACKBOX_CHANGE_DELETE, &ids[1], l1)};
+	late[1].attempts = 1;
+	late[1].due_ms = now;
+	late[2].attempts = 1;
+	late[2].last_error = "relay: max attempts";
+	late[3].due_ms = now;
+	late[4].attempts = 3;
+	late[4].due_ms = now;
+	s_apply(late, 6);
+	for (int i = 0; i < 2; i++) {
+		r = s_get(&ids[i], &g);
+		cr_assert_eq(r.state, ACKBOX_MSG_FAILED,
+		             "ids[%d]: a change under the relay's old lease is skipped", i);
+		cr_assert_eq(r.attempts, i ? 2 : 0, "ids[%d]: attempts untouched by the old lease", i);
+		cr_assert(r.last_error && strncmp(r.last_error, "operator: ", 10) == 0,
+		          "ids[%d]: the operator's reason stays, got '%s'", i,
+		          r.last_error ? r.last_error : "(null)");
+		crows_free(&g);
+	}
+
+	/* requeue works on it, and the old lease stays fenced off afterwards */
+	cr_assert_eq(S.ops->requeue(S.ctx, &ids[0], 1, now + 10, err, sizeof(err)), 1,
+	             "requeue of a forced FAILED row: %s", err);
+	ch = change(ACKBOX_CHANGE_DELETE, &ids[0], l0);
+	s_apply(&ch, 1);
+	cr_assert(s_exists(&ids[0]), "a delete under the lease from before the override is skipped");
+	check_counts(0, 1, 1, "after requeue");
+	cr_assert_eq(s_claim(now + 10, now + 1000, 10, &q), 1, "the requeued row is due");
+	cr_assert(id_eq(&q.v[0].id, &ids[0]));
+	cr_assert_eq(q.v[0].state, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(q.v[0].attempts, 0);
+	ch = change(ACKBOX_CHANGE_DELETE, &ids[0], lease_of(&q, &ids[0]));
+	s_apply(&ch, 1);
+	cr_assert_not(s_exists(&ids[0]), "the new claim's lease applies");
+	check_counts(0, 0, 1, "at the end");
+	crows_free(&a);
+	crows_free(&b);
+	crows_free(&q);
+}
+
+Test(store, force_fail_a_message_its_publisher_holds)
+{
+	/* Fresh messages go to the publisher's relay in memory, leased to it:
+	 * its changes carry lease 0 (six in one insert: a packed batch in SQLite,
+	 * two more as rows). */
+	int64_t now = ackbox_wall_ms();
+	ackbox_store_rec recs[8];
+	ackbox_store_change del[8];
+	crows g = {0};
+	crow r;
+
+	for (int i = 0; i < 6; i++)
+		recs[i] = rec(i, now + i, now + 600000);
+	s_insert(recs, 6);
+	recs[6] = rec(6, now + 6, now + 600000);
+	recs[7] = rec(7, now + 7, now + 600000);
+	s_insert(recs + 6, 2);
+	s_force(ACKBOX_CHANGE_FAIL, &ids[1], "operator: stuck", 0);
+	s_force(ACKBOX_CHANGE_FAIL, &ids[6], "operator: stuck", 0);
+	check_counts(6, 0, 2, "after force FAIL");
+	for (int i = 0; i < 8; i++)
+		del[i] = change(ACKBOX_CHANGE_DELETE, &ids[i], 0);
+	s_apply(del, 8); /* the broker confirms all eight */
+	for (int i = 0; i < 8; i++) {
+		if (i != 1 && i != 6) {
+			cr_assert_not(s_exists(&ids[i]), "ids[%d] acked", i);
+			continue;
+		}
+		r = s_get(&ids[i], &g);
+		cr_assert_eq(r.state, ACKBOX_MSG_FAILED,
+		             "ids[%d]: the publisher's lease-0 delete is skipped after the override", i);
+		cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "operator: stuck");
+		crows_free(&g);
+	}
+	check_counts(0, 0, 2, "after the acks");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0, "nothing pending: the batch is gone");
+}
+
+Test(store, force_delete_in_any_state)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+	ackbox_store_change ch[2];
+	char err[512];
+
+	insert_plain(3, now, now);
+	s_claim(now, now + 600000, 10, &a); /* all three SENDING, held by a relay */
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[1], lease_of(&a, &ids[1]));
+	ch[0].attempts = 1;
+	ch[0].due_ms = now + 600000;
+	ch[1] = change(ACKBOX_CHANGE_FAIL, &ids[2], lease_of(&a, &ids[2]));
+	ch[1].attempts = 3;
+	s_apply(ch, 2);
+	check_counts(1, 1, 1, "before");
+
+	s_force(ACKBOX_CHANGE_DELETE, &ids[0], NULL, 0);
+	cr_assert_not(s_exists(&ids[0]), "a SENDING row is deleted");
+	check_counts(0, 1, 1, "after deleting the SENDING row");
+	s_force(ACKBOX_CHANGE_DELETE, &ids[1], NULL, 0);
+	cr_assert_not(s_exists(&ids[1]), "a RETRYING row is deleted");
+	check_counts(0, 0, 1, "after deleting the RETRYING row");
+	s_force(ACKBOX_CHANGE_DELETE, &ids[2], NULL, 0);
+	cr_assert_not(s_exists(&ids[2]), "a FAILED row is deleted");
+	check_counts(0, 0, 0, "after deleting the FAILED row");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0);
+	/* the relay's late answers create nothing */
+	ackbox_store_change late[2] = {change(ACKBOX_CHANGE_RETRY, &ids[0], lease_of(&a, &ids[0])),
+	                               change(ACKBOX_CHANGE_RELEASE, &ids[1], lease_of(&a, &ids[1]))};
+	late[0].attempts = 1;
+	late[0].due_ms = now;
+	late[1].due_ms = now;
+	s_apply(late, 2);
+	cr_assert_not(s_exists(&ids[0]));
+	cr_assert_not(s_exists(&ids[1]));
+	cr_assert_eq(s_claim(now + 86400000, now + 86500000, 10, NULL), 0, "nothing comes back");
+	cr_assert_eq(force_on(&S, ACKBOX_CHANGE_DELETE, &ids[0], NULL, 0, err, sizeof(err)),
+	             ACKBOX_ERR_NOT_FOUND, "a second delete finds nothing");
+	crows_free(&a);
+}
+
+Test(store, force_unknown_id_is_not_found)
+{
+	int64_t now = ackbox_wall_ms();
+	ackbox_id ghost;
+	char err[512];
+	int rc;
+
+	insert_plain(1, now, now);
+	insert_plain(5, now, now); /* ids[0..4] again: five more, packed in SQLite */
+	ackbox_id_new(&ghost);
+	rc = force_on(&S, ACKBOX_CHANGE_FAIL, &ghost, "operator", 0, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_NOT_FOUND, "FAIL of an unknown id: rc %d (%s)", rc, err);
+	cr_assert(err[0], "NOT_FOUND comes with an errstr");
+	rc = force_on(&S, ACKBOX_CHANGE_DELETE, &ghost, NULL, 0, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_NOT_FOUND, "DELETE of an unknown id: rc %d (%s)", rc, err);
+	cr_assert(err[0], "NOT_FOUND comes with an errstr");
+	cr_assert_not(s_exists(&ghost), "nothing is created");
+	check_counts(6, 0, 0, "unchanged");
+}
+
+Test(store, force_fail_one_member_of_a_packed_batch)
+{
+	/* In SQLite, six messages of one insert are one packed row. */
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, l = {0}, b = {0}, g = {0};
+	ackbox_store_change ch[4];
+	char err[512] = "";
+	unsigned m;
+	crow r;
+
+	insert_plain(6, now, now);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &a), 6, "the relay takes the whole batch");
+	s_force(ACKBOX_CHANGE_FAIL, &ids[2], "operator: poison", 0);
+	r = s_get(&ids[2], &g);
+	cr_assert_eq(r.state, ACKBOX_MSG_FAILED);
+	cr_assert_str_eq(r.last_error ? r.last_error : "(null)", "operator: poison");
+	crows_free(&g);
+	check_counts(5, 0, 1, "after force FAIL");
+	cr_assert_eq(s_list(-1, 0, &l), 6, "list shows each message once");
+	for (int i = 0; i < 6; i++) {
+		cr_assert(id_eq(&l.v[i].id, &ids[i]), "list: row %d out of id order", i);
+		cr_assert_eq(l.v[i].state, i == 2 ? ACKBOX_MSG_FAILED : ACKBOX_MSG_SENDING,
+		             "list: ids[%d] state %d", i, l.v[i].state);
+	}
+	crows_free(&l);
+	cr_assert_eq(s_list(ACKBOX_MSG_FAILED, 0, &l), 1);
+	cr_assert(id_eq(&l.v[0].id, &ids[2]));
+	crows_free(&l);
+
+	/* the relay acks four of the others, and the forced one under its old lease */
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[0], lease_of(&a, &ids[0]));
+	ch[1] = change(ACKBOX_CHANGE_DELETE, &ids[1], lease_of(&a, &ids[1]));
+	ch[2] = change(ACKBOX_CHANGE_DELETE, &ids[2], lease_of(&a, &ids[2]));
+	ch[3] = change(ACKBOX_CHANGE_DELETE, &ids[3], lease_of(&a, &ids[3]));
+	s_apply(ch, 4);
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[4], lease_of(&a, &ids[4]));
+	s_apply(ch, 1);
+	cr_assert_eq(s_get(&ids[2], &g).state, ACKBOX_MSG_FAILED,
+	             "the relay's delete under the batch's lease is skipped");
+	crows_free(&g);
+	check_counts(1, 0, 1, "after four acks");
+	/* its lease runs out: only the member left is handed out again */
+	cr_assert_eq(s_claim(now + 1000, now + 2000, 10, &b), 1);
+	cr_assert(id_eq(&b.v[0].id, &ids[5]), "claimed %s, not ids[5]", idstr(&b.v[0].id));
+	m = claimed_mask(&b, 6);
+	cr_assert_eq(m, 1u << 5);
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[5], lease_of(&b, &ids[5]));
+	s_apply(ch, 1);
+	check_counts(0, 0, 1, "after the last ack");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0, "the batch is gone once its other members are acked");
+	cr_assert_eq(S.ops->requeue(S.ctx, &ids[2], 1, now + 2000, err, sizeof(err)), 1, "%s", err);
+	crows_free(&b);
+	cr_assert_eq(s_claim(now + 2000, now + 3000, 10, &b), 1, "only the requeued member is due");
+	cr_assert(id_eq(&b.v[0].id, &ids[2]));
+	cr_assert_eq(b.v[0].state, ACKBOX_MSG_RETRYING);
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[2], lease_of(&b, &ids[2]));
+	s_apply(ch, 1);
+	check_counts(0, 0, 0, "at the end");
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, force_delete_one_member_of_a_packed_batch_for_good)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0}, b = {0}, l = {0};
+	ackbox_store_change ch[6];
+	char err[512] = "";
+	size_t k = 0;
+
+	insert_plain(6, now, now);
+	cr_assert_eq(s_claim(now, now + 600000, 10, &a), 6);
+	s_force(ACKBOX_CHANGE_DELETE, &ids[3], NULL, 0);
+	cr_assert_not(s_exists(&ids[3]), "the deleted member is gone from get");
+	cr_assert_eq(s_list(-1, 0, &l), 5, "and from list");
+	for (size_t i = 0; i < l.n; i++)
+		cr_assert_not(id_eq(&l.v[i].id, &ids[3]));
+	crows_free(&l);
+	check_counts(5, 0, 0, "after force DELETE");
+	/* the relay's answer for it, under the batch's lease, brings nothing back */
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[3], lease_of(&a, &ids[3]));
+	ch[0].attempts = 1;
+	ch[0].due_ms = now;
+	s_apply(ch, 1);
+	cr_assert_not(s_exists(&ids[3]), "a retry of a deleted member creates nothing");
+
+	/* recovery (a restart) and claims never hand it out again */
+	cr_assert_eq(S.ops->recover(S.ctx, now, err, sizeof(err)), 0, "recover: %s", err);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &b), 5);
+	cr_assert_eq(claimed_mask(&b, 6), 0x3fu & ~(1u << 3), "everything but ids[3]");
+	crows_free(&b);
+	st_close(&S);
+	st_open(&S); /* a new process: nothing in memory */
+	cr_assert_eq(S.ops->recover(S.ctx, now, err, sizeof(err)), 0, "recover: %s", err);
+	/* (a store shared by relays recovers only its own leases: at the end of
+	 * the lease the others' rows are due too) */
+	cr_assert_eq(s_claim(now + 1000, now + 2000, 10, &b), 5);
+	cr_assert_eq(claimed_mask(&b, 6), 0x3fu & ~(1u << 3), "after reopen: everything but ids[3]");
+	for (int i = 0; i < 6; i++)
+		if (i != 3)
+			ch[k++] = change(ACKBOX_CHANGE_DELETE, &ids[i], lease_of(&b, &ids[i]));
+	s_apply(ch, k);
+	check_counts(0, 0, 0, "after the acks");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0);
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, force_from_another_process_while_a_relay_holds_the_batch)
+{
+	/* S is a relay holding a claimed batch; T is `ackbox fail`/`purge --id`
+	 * on the same store. */
+	int64_t now = ackbox_wall_ms();
+	store T = {0};
+	crows a = {0}, b = {0}, g = {0};
+	ackbox_store_change ch[3];
+	char err[512] = "";
+	size_t k = 0;
+	int rc;
+
+	insert_plain(6, now, now);
+	cr_assert_eq(s_claim(now, now + 600000, 10, &a), 6);
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[0], lease_of(&a, &ids[0]));
+	s_apply(ch, 1); /* ids[0] acked */
+	st_open(&T);
+	rc = force_on(&T, ACKBOX_CHANGE_DELETE, &ids[3], NULL, 0, err, sizeof(err));
+	cr_assert_eq(rc, 1, "force DELETE from another instance: %s", err);
+	rc = force_on(&T, ACKBOX_CHANGE_DELETE, &ids[1], NULL, 0, err, sizeof(err));
+	cr_assert_eq(rc, 1, "force DELETE from another instance: %s", err);
+	rc = force_on(&T, ACKBOX_CHANGE_FAIL, &ids[4], "operator: stuck", 0, err, sizeof(err));
+	cr_assert_eq(rc, 1, "force FAIL from another instance: %s", err);
+	/* the relay answers for ids[3] and ids[4] under the batch's lease (ids[1]
+	 * is still in flight when it stops) */
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[3], lease_of(&a, &ids[3]));
+	ch[0].attempts = 1;
+	ch[0].due_ms = now;
+	ch[0].last_error = "nack";
+	ch[1] = change(ACKBOX_CHANGE_DELETE, &ids[4], lease_of(&a, &ids[4]));
+	ch[2] = change(ACKBOX_CHANGE_RETRY, &ids[5], lease_of(&a, &ids[5]));
+	ch[2].attempts = 1;
+	ch[2].due_ms = now;
+	ch[2].last_error = "nack";
+	s_apply(ch, 3);
+	st_close(&T);
+	st_close(&S); /* a clean close of the relay */
+	st_open(&S); /* the relay restarts */
+	cr_assert_not(s_exists(&ids[3]), "the relay's retry did not bring the deleted one back");
+	cr_assert_not(s_exists(&ids[1]), "the relay's clean close did not bring the other back");
+	cr_assert_eq(s_get(&ids[4], &g).state, ACKBOX_MSG_FAILED,
+	             "the relay's ack under its old lease did not delete the failed one");
+	crows_free(&g);
+	check_counts(1, 1, 1, "after reopen");
+	cr_assert_eq(S.ops->recover(S.ctx, now, err, sizeof(err)), 0, "recover: %s", err);
+	cr_assert_eq(s_claim(now + 600000, now + 601000, 10, &b), 2);
+	cr_assert_eq(claimed_mask(&b, 6), (1u << 2) | (1u << 5),
+	             "only ids[2] and ids[5] are sent again");
+	for (size_t i = 0; i < b.n; i++)
+		ch[k++] = change(ACKBOX_CHANGE_DELETE, &b.v[i].id, b.v[i].lease);
+	s_apply(ch, k);
+	check_counts(0, 0, 1, "at the end");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0);
+	crows_free(&a);
+	crows_free(&b);
+}
+
+Test(store, force_from_another_process_then_the_relay_claims_again)
+{
+	/* The relay's lease runs out after an operator took two members away:
+	 * its next claim hands out only the others, and their acks finish the
+	 * batch. */
+	int64_t now = ackbox_wall_ms();
+	store T = {0};
+	crows a = {0}, b = {0};
+	ackbox_store_change ch[6];
+	char err[512] = "";
+	size_t k = 0;
+
+	insert_plain(6, now, now);
+	cr_assert_eq(s_claim(now, now + 1000, 10, &a), 6);
+	st_open(&T);
+	cr_assert_eq(force_on(&T, ACKBOX_CHANGE_DELETE, &ids[2], NULL, 0, err, sizeof(err)), 1,
+	             "%s", err);
+	cr_assert_eq(force_on(&T, ACKBOX_CHANGE_FAIL, &ids[3], "operator", 0, err, sizeof(err)), 1,
+	             "%s", err);
+	st_close(&T);
+	cr_assert_eq(s_claim(now + 1000, now + 2000, 10, &b), 4);
+	cr_assert_eq(claimed_mask(&b, 6), 0x3fu & ~((1u << 2) | (1u << 3)),
+	             "everything but the two the operator took");
+	for (size_t i = 0; i < b.n; i++)
+		ch[k++] = change(ACKBOX_CHANGE_DELETE, &b.v[i].id, b.v[i].lease);
+	s_apply(ch, k);
+	check_counts(0, 0, 1, "after the acks");
+	if (has_pending_slot(&S))
+		cr_assert_eq(s_has_pending(), 0, "the batch is gone once the others are acked");
+	crows_free(&a);
+	crows_free(&b);
+}
+
+/* ------------------------------------------------------------------ */
 /* Bytes in, the same bytes out                                         */
 /* ------------------------------------------------------------------ */
 
@@ -1378,5 +1831,98 @@ Test(api, broker_down_keeps_1000_for_the_next_handle)
 	len = sizeof(payload);
 	cr_assert_eq(ackbox_loopback_message(lb, 0, &id, NULL, 0, payload, &len, NULL), 0);
 	cr_assert(len >= 5 && memcmp(payload, "msg-", 4) == 0, "payload '%.*s'", (int)len, payload);
+	ackbox_destroy(ab);
+}
+
+typedef struct stored_copy {
+	ackbox_state state;
+	int attempts;
+	char last_error[512];
+} stored_copy;
+
+static int copy_stored(const ackbox_stored *m, void *opaque)
+{
+	stored_copy *c = opaque;
+	c->state = m->state;
+	c->attempts = m->attempts;
+	snprintf(c->last_error, sizeof(c->last_error), "%s", m->last_error ? m->last_error : "");
+	return 0;
+}
+
+Test(api, fail_and_purge_ids_take_messages_from_the_relay_sending_them)
+{
+	/* The broker never confirms the first sends: the relay holds all seven
+	 * (six from one publish_batch, a packed batch in SQLite, and one alone)
+	 * while an operator fails two and deletes one. */
+	ackbox_loopback *lb = ackbox_loopback_get("silent");
+	ackbox_msg m[6];
+	ackbox_id batch[6], one, ghost, gone[2];
+	char err[512] = "";
+	stored_copy sc;
+	ackbox *ab;
+	int rc;
+
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	ab = api_open("silent");
+	memset(m, 0, sizeof(m));
+	for (int i = 0; i < 6; i++) {
+		m[i].topic = "orders";
+		m[i].payload = "x";
+		m[i].payload_len = 1;
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, 6, batch, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_publish(ab, &m[0], &one, err, sizeof(err)), 0, "%s", err);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 7, 10000),
+	          "the relay sent %zu of 7", ackbox_loopback_received(lb));
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0); /* for the resends */
+
+	rc = ackbox_fail(ab, &one, "poison", err, sizeof(err));
+	cr_assert_eq(rc, 1, "ackbox_fail of a message in flight: rc %d: %s", rc, err);
+	rc = ackbox_fail(ab, &batch[1], NULL, err, sizeof(err));
+	cr_assert_eq(rc, 1, "ackbox_fail of a batch member in flight: rc %d: %s", rc, err);
+	ackbox_id_new(&ghost);
+	gone[0] = batch[2];
+	gone[1] = ghost;
+	rc = ackbox_purge_ids(ab, gone, 2, err, sizeof(err));
+	cr_assert_eq(rc, 1, "purge_ids deletes the one that exists, skips the unknown: rc %d: %s", rc,
+	             err);
+	cr_assert_eq(ackbox_fail(ab, &ghost, NULL, err, sizeof(err)), ACKBOX_ERR_NOT_FOUND);
+	ackbox_counts c = api_counts(ab);
+	cr_assert(c.sending == 4 && c.retrying == 0 && c.failed == 2,
+	          "at once: sending/retrying/failed %llu/%llu/%llu, expected 4/0/2",
+	          (unsigned long long)c.sending, (unsigned long long)c.retrying,
+	          (unsigned long long)c.failed);
+
+	/* the relay times the seven out (retry.timeout 2 s) and sends again
+	 * only the four it still may */
+	cr_assert_eq(ackbox_flush(ab, 60000), 0, "the other four are delivered");
+	cr_assert(TU_WAIT_UNTIL((ackbox_poll(ab, 10), __atomic_load_n(&acked, __ATOMIC_RELAXED) >= 4),
+	                        10000),
+	          "ACKED reports: %d", acked);
+	cr_assert_eq(acked, 4, "exactly the four left are acked");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &one), 1, "a failed message is not sent again");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &batch[1]), 1, "nor a failed member");
+	cr_assert_eq(ackbox_loopback_count_id(lb, &batch[2]), 1, "nor a deleted member");
+	for (int i = 0; i < 6; i++)
+		if (i != 1 && i != 2)
+			cr_assert_eq(ackbox_loopback_count_id(lb, &batch[i]), 2,
+			             "batch[%d]: sent, timed out, sent again", i);
+	ackbox_destroy(ab);
+
+	ab = api_open(NULL); /* what an operator sees afterwards */
+	c = api_counts(ab);
+	cr_assert(c.sending == 0 && c.retrying == 0 && c.failed == 2,
+	          "sending/retrying/failed %llu/%llu/%llu, expected 0/0/2",
+	          (unsigned long long)c.sending, (unsigned long long)c.retrying,
+	          (unsigned long long)c.failed);
+	cr_assert_eq(ackbox_show(ab, &one, copy_stored, &sc, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(sc.state, ACKBOX_MSG_FAILED);
+	cr_assert_eq(sc.attempts, 0, "the relay's timeout did not count against it");
+	cr_assert_str_eq(sc.last_error, "marked failed by an operator: poison");
+	cr_assert_eq(ackbox_show(ab, &batch[1], copy_stored, &sc, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(sc.state, ACKBOX_MSG_FAILED);
+	cr_assert_str_eq(sc.last_error, "marked failed by an operator");
+	cr_assert_eq(ackbox_show(ab, &batch[2], copy_stored, &sc, err, sizeof(err)),
+	             ACKBOX_ERR_NOT_FOUND, "the deleted member stays deleted");
 	ackbox_destroy(ab);
 }
