@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,8 @@
 #include <MQTTAsync.h>
 
 #include <ackbox/transport.h>
+
+#include "mqtt_check.h"
 
 /* paho's out-of-memory code (PAHO_MEMORY_ERROR in its private Heap.h) */
 #define PAHO_MEMORY_ERROR_CODE (-99)
@@ -31,6 +34,9 @@ typedef struct mqtt_ctx {
 	/* set by open() and never changed: validate reads them on any thread */
 	char *uri, *client_id, *user, *password, *cafile;
 	int qos, v5, keepalive_s, window, verify;
+	/* the broker's Maximum Packet Size from its last MQTT 5 CONNACK, 0 if it
+	 * set none; written by paho's thread, read by validate and send */
+	_Atomic uint32_t max_packet;
 	MQTTAsync client;
 	pthread_mutex_t mtx; /* guards what follows */
 	pthread_cond_t cond;
@@ -105,6 +111,7 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	ackbox_parse_duration_ms(conf(c, "mqtt.keepalive"), &ka);
 	c->keepalive_s = (int)(ka / 1000);
 	c->window = atoi(conf(c, "mqtt.window"));
+	atomic_store(&c->max_packet, 0);
 	c->npubs = c->window;
 	c->pubs = calloc((size_t)c->npubs, sizeof(*c->pubs));
 	if (!c->uri || !c->client_id || !c->pubs)
@@ -112,7 +119,7 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	for (int i = 0; i < c->npubs; i++)
 		c->pubs[i].c = c;
 	info->max_inflight = c->window;
-	info->max_message_size = 268435455; /* MQTT's remaining-length limit */
+	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
 }
 
@@ -231,8 +238,13 @@ static void on_connect_ok(void *context, MQTTAsync_successData *r)
 
 static void on_connect_ok5(void *context, MQTTAsync_successData5 *r)
 {
-	(void)r;
-	connect_done(context, 1, NULL);
+	mqtt_ctx *c = context;
+	MQTTProperty *p = NULL;
+	if (r)
+		p = MQTTProperties_getProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+	/* before connect_done: the first send after connect() must see it */
+	atomic_store(&c->max_packet, p ? (uint32_t)p->value.integer4 : 0);
+	connect_done(c, 1, NULL);
 }
 
 /*
@@ -390,6 +402,7 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 	MQTTAsync_connectOptions *opts = c->v5 ? &o5 : &o;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	struct timespec dl;
+	uint32_t max_packet;
 	int rc;
 
 	drop_client(c);
@@ -462,6 +475,12 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		drop_client(c);
 		return ACKBOX_ERR_TRANSPORT;
 	}
+	max_packet = atomic_load(&c->max_packet);
+	if (max_packet)
+		ackbox_tx_log(c->host, ACKBOX_LOG_INFO,
+		              "%s: the broker's Maximum Packet Size is %u bytes; larger messages are "
+		              "refused at publish",
+		              c->uri, (unsigned)max_packet);
 	return 0;
 }
 
@@ -515,6 +534,13 @@ static int mqtt_send(void *vctx, const ackbox_tx_msg *m)
 	char why[400];
 	pub *p = NULL;
 	int rc;
+
+	/* validate ran at publish, but not on rows stored without it, and the
+	 * broker's Maximum Packet Size may have been learned (or lowered) since:
+	 * a broker answers an oversized or malformed PUBLISH by closing the
+	 * connection, so it must not leave */
+	if (abx_mqtt_check(m, c->v5, c->qos, atomic_load(&c->max_packet), why, sizeof(why)))
+		return refuse(c, m, why);
 
 	pthread_mutex_lock(&c->mtx);
 	if (!c->connected) {
@@ -576,6 +602,12 @@ not_taken:
 	}
 }
 
+static int mqtt_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
+{
+	mqtt_ctx *c = vctx;
+	return abx_mqtt_check(m, c->v5, c->qos, atomic_load(&c->max_packet), errstr, errstr_size);
+}
+
 static void mqtt_close(void *vctx)
 {
 	mqtt_ctx *c = vctx;
@@ -615,4 +647,5 @@ const ackbox_transport_ops ackbox_mqtt_transport = {
 	.send = mqtt_send,
 	.poll = NULL, /* paho reports from its own threads */
 	.close = mqtt_close,
+	.validate = mqtt_validate,
 };

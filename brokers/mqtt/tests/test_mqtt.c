@@ -5,10 +5,11 @@
  * N published -> N distinct ids; mosquitto stopped and restarted mid-stream
  * -> nothing lost; the publisher's connection cut (through a proxy) ->
  * resent, nothing lost; a topic the ACL denies -> FAILED saying so.
- * Then the broker's own reasons: a second mosquitto ("mosquitto_strict":
- * password required) refuses connects with its reason code, a broker
- * without MQTT 5 is named as such, and a DISCONNECT the broker sends is
- * reported with its reason code.
+ * Then what the broker would refuse: messages MQTT cannot carry are refused
+ * at publish; a second mosquitto ("mosquitto_strict": password required,
+ * max_packet_size 2000) refuses connects with its own reason code and
+ * advertises the packet size that publish then enforces; a DISCONNECT the
+ * broker sends is reported with its reason code.
  */
 #include "testutil.h"
 
@@ -349,6 +350,15 @@ static ackbox *open_ab(seen *s, const char *turl, const char *k, const char *v)
 	return open_kv(s, turl, k ? kv : NULL);
 }
 
+/* Messages in the store by state: all three 0 means nothing was stored. */
+static ackbox_counts counts(ackbox *ab)
+{
+	ackbox_counts n;
+	char err[256];
+	cr_assert_eq(ackbox_counts_get(ab, &n, err, sizeof(err)), 0, "%s", err);
+	return n;
+}
+
 static ackbox_id publish_seq(ackbox *ab, const char *topic, int seq)
 {
 	char payload[64], err[256];
@@ -680,4 +690,217 @@ Test(mqtt, broker_disconnect_is_reported_with_its_reason_code)
 	cr_assert_eq(s.failed, 0);
 	ackbox_destroy(ab);
 	proxy_stop(&px);
+}
+
+/* ---- what is refused at publish (the transport's validate op) ---- */
+
+/* Publishes m expecting rc, with errstr containing each of needles. */
+static void refused(ackbox *ab, const ackbox_msg *m, int rc, const char *const *needles)
+{
+	char err[512] = "";
+	int got = ackbox_publish(ab, m, NULL, err, sizeof(err));
+	cr_assert_eq(got, rc, "topic '%.40s': got %d (%s), want %d", m->topic, got, err, rc);
+	for (; *needles; needles++)
+		cr_assert(strstr(err, *needles), "'%s' not in: %s", *needles, err);
+}
+
+#define REFUSED(ab, m, rc, ...) refused((ab), (m), (rc), (const char *const[]){__VA_ARGS__, NULL})
+
+static void assert_nothing_stored(ackbox *ab)
+{
+	ackbox_counts n = counts(ab);
+	cr_assert_eq(n.sending + n.retrying + n.failed, 0u, "stored: %llu sending, %llu retrying, "
+	             "%llu failed", (unsigned long long)n.sending, (unsigned long long)n.retrying,
+	             (unsigned long long)n.failed);
+}
+
+Test(mqtt, publish_refuses_what_mqtt5_cannot_carry_and_stores_nothing)
+{
+	seen s = {0};
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), NULL, NULL);
+	size_t big = 65536;
+	char *long_topic = malloc(big + 1);
+	memset(long_topic, 'a', big);
+	long_topic[big] = '\0';
+	ackbox_msg m = {.topic = "t/ok", .payload = "x", .payload_len = 1};
+	ackbox_header h = {"h", "v", 1};
+
+	/* the topic, any version */
+	m.topic = "orders/#";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic 'orders/#'", "wildcard '#'");
+	m.topic = "orders/+/eu";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "wildcard '+'");
+	m.topic = "";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic");
+	m.topic = "a/\xC0\xAF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has an overlong encoding at byte 2");
+	m.topic = "a/\xE0\x80\xAF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has an overlong encoding at byte 2");
+	m.topic = "a/\xED\xA0\x80";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has a UTF-16 surrogate");
+	m.topic = "a/\xFF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has a byte that never occurs in UTF-8");
+	m.topic = long_topic;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic is 65536 bytes", "65535");
+	m.topic = "t/ok";
+
+	/* MQTT 5 properties: key, header names and values, content type */
+	m.key = "k\0y";
+	m.key_len = 3;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "key (user property 'ackbox-key') has U+0000 at byte 1");
+	m.key = long_topic;
+	m.key_len = big;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "key (user property 'ackbox-key') is 65536 bytes");
+	m.key = NULL;
+	m.key_len = 0;
+	m.headers = &h;
+	m.header_count = 1;
+	h.name = "bad\xC3";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 name", "a sequence cut short at byte 3");
+	h.name = "h";
+	h.value = "\xF4\x90\x80\x80";
+	h.value_len = 4;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 ('h') value", "above U+10FFFF");
+	h.value = long_topic;
+	h.value_len = big;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 ('h') value", "65536 bytes");
+	h.value = "v";
+	h.value_len = 1;
+	m.content_type = "text/\x01";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "content_type", "a control character", "at byte 5");
+	m.content_type = "text/plain";
+	assert_nothing_stored(ab);
+
+	/* the same fields, well-formed (and not ASCII), go through */
+	m.topic = "t/caf\xC3\xA9/\xF0\x9F\x98\x80";
+	m.key = "cl\xC3\xA9";
+	m.key_len = 4;
+	h.value = "\xE2\x82\xAC";
+	h.value_len = 3;
+	char err[256];
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	free(long_topic);
+}
+
+/* MQTT 3.1.1 sends no key, headers or content type: only the topic is checked. */
+Test(mqtt, mqtt311_publish_checks_the_topic_only)
+{
+	seen s = {0};
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), "mqtt.version", "3.1.1");
+	ackbox_msg m = {.topic = "t/311/#", .payload = "x", .payload_len = 1};
+	char err[256];
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "wildcard '#'");
+	m.topic = "t/311/\xED\xBF\xBF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "surrogate");
+	assert_nothing_stored(ab);
+	m.topic = "t/311/ok";
+	m.key = "k\0y"; /* never on the wire in 3.1.1 */
+	m.key_len = 3;
+	m.content_type = "text/\x01";
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+/*
+ * A row stored without the check (a handle without a transport does not
+ * validate) with a wildcard topic: on 3.1.1 mosquitto would drop the
+ * connection for it. It must end FAILED saying why, and the connection
+ * stay: the message after it is acked and no disconnect is logged.
+ */
+Test(mqtt, unchecked_wildcard_row_fails_and_the_connection_stays)
+{
+	seen s = {0};
+	char err[256];
+	ackbox *ab = open_kv(&s, NULL, NULL);
+	ackbox_msg m = {.topic = "t/unchecked/#", .payload = "x", .payload_len = 1};
+	ackbox_id bad;
+	cr_assert_eq(ackbox_publish(ab, &m, &bad, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+
+	ab = open_kv(&s, tu_fixture("mosquitto", "MQTT_URL"),
+	             (const char *const[]){"mqtt.version", "3.1.1", "retry.max_attempts", "2", NULL});
+	m.topic = "t/unchecked/ok";
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(memcmp(&s.failed_id, &bad, sizeof(bad)), 0);
+	cr_assert(strstr(s.reason, "wildcard '#'"), "%s", s.reason);
+	cr_assert_eq(counts(ab).failed, 1u);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
+}
+
+/* ---- Maximum Packet Size (the strict broker: max_packet_size 2000) ---- */
+
+/* A payload of n bytes to topic t/big, no key, headers or content type. */
+static int publish_n(ackbox *ab, size_t n, char *err, size_t err_size)
+{
+	static char payload[8192];
+	ackbox_msg m = {.topic = "t/big", .payload = payload, .payload_len = n};
+	memset(payload, 'p', sizeof(payload));
+	return ackbox_publish(ab, &m, NULL, err, err_size);
+}
+
+/*
+ * mosquitto sends Maximum Packet Size 2000 in its MQTT 5 CONNACK. A PUBLISH
+ * to "t/big" with only the ackbox-id property is 63 bytes plus the payload
+ * (fixed header 1 + remaining length 2, topic 2+5, packet id 2, properties
+ * 1+50): 1937 bytes of payload make exactly 2000.
+ */
+Test(mqtt, max_packet_size_from_connack_refuses_big_messages_at_publish)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = open_kv(&s, tu_fixture("mosquitto_strict", "MQTT_URL"),
+	                     (const char *const[]){"transport.require_connect", "true", NULL});
+	cr_assert(TU_WAIT_UNTIL(logged("Maximum Packet Size is 2000 bytes"), 10000), "%s", logs.text);
+
+	cr_assert_eq(publish_n(ab, 4000, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE, "%s", err);
+	cr_assert(strstr(err, "4063 bytes"), "%s", err);
+	cr_assert(strstr(err, "Maximum Packet Size of 2000 bytes"), "%s", err);
+	cr_assert_eq(publish_n(ab, 1938, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE, "%s", err);
+	cr_assert(strstr(err, "2001 bytes"), "%s", err);
+	assert_nothing_stored(ab);
+
+	cr_assert_eq(publish_n(ab, 1937, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(publish_n(ab, 1000, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 10);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
+}
+
+/*
+ * A big row stored before the limit was known (by a handle without a
+ * transport): send() refuses it with an ERROR naming both sizes instead of
+ * letting mosquitto drop the connection; it ends FAILED, the others are acked.
+ */
+Test(mqtt, max_packet_size_refuses_a_big_stored_row_at_send)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = open_kv(&s, NULL, NULL);
+	cr_assert_eq(publish_n(ab, 4000, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(publish_n(ab, 100, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+
+	ab = open_kv(&s, tu_fixture("mosquitto_strict", "MQTT_URL"),
+	             (const char *const[]){"retry.max_attempts", "2", NULL});
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 5);
+	cr_assert_eq(s.failed, 1);
+	cr_assert(strstr(s.reason, "4063 bytes"), "%s", s.reason);
+	cr_assert(strstr(s.reason, "Maximum Packet Size of 2000 bytes"), "%s", s.reason);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
 }
