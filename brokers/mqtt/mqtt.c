@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,11 @@
 #include <MQTTAsync.h>
 
 #include <ackbox/transport.h>
+
+#include "mqtt_check.h"
+
+/* paho's out-of-memory code (PAHO_MEMORY_ERROR in its private Heap.h) */
+#define PAHO_MEMORY_ERROR_CODE (-99)
 
 struct mqtt_ctx;
 
@@ -25,13 +31,19 @@ typedef struct pub {
 
 typedef struct mqtt_ctx {
 	ackbox_tx_host *host;
+	/* set by open() and never changed: validate reads them on any thread */
 	char *uri, *client_id, *user, *password, *cafile;
 	int qos, v5, keepalive_s, window, verify;
+	/* the broker's Maximum Packet Size from its last MQTT 5 CONNACK, 0 if it
+	 * set none; written by paho's thread, read by validate and send */
+	_Atomic uint32_t max_packet;
 	MQTTAsync client;
-	pthread_mutex_t mtx;
+	pthread_mutex_t mtx; /* guards what follows */
 	pthread_cond_t cond;
 	int connect_state; /* 0 pending, 1 ok, -1 failed */
 	char connect_error[256];
+	/* 1 from the CONNACK until the first report that the connection went
+	 * (or until drop_client): only that first report reaches the core */
 	int connected;
 	pub *pubs;
 	int npubs;
@@ -99,6 +111,7 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	ackbox_parse_duration_ms(conf(c, "mqtt.keepalive"), &ka);
 	c->keepalive_s = (int)(ka / 1000);
 	c->window = atoi(conf(c, "mqtt.window"));
+	atomic_store(&c->max_packet, 0);
 	c->npubs = c->window;
 	c->pubs = calloc((size_t)c->npubs, sizeof(*c->pubs));
 	if (!c->uri || !c->client_id || !c->pubs)
@@ -106,21 +119,94 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	for (int i = 0; i < c->npubs; i++)
 		c->pubs[i].c = c;
 	info->max_inflight = c->window;
-	info->max_message_size = 268435455; /* MQTT's remaining-length limit */
+	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
 }
 
 /* ---- paho callbacks: any paho thread; they only report ---- */
 
+static const char *reason_name(int code)
+{
+	const char *n = MQTTReasonCode_toString((enum MQTTReasonCodes)code);
+	return n ? n : "(unknown reason code)";
+}
+
+/* An MQTT 3.1.1 CONNACK return code (3.1.1 §3.2.2.3). */
+static const char *connack311_name(int code)
+{
+	switch (code) {
+	case 1: return "unacceptable protocol version";
+	case 2: return "identifier rejected";
+	case 3: return "server unavailable";
+	case 4: return "bad user name or password";
+	case 5: return "not authorized";
+	default: return "unknown return code";
+	}
+}
+
+static const char *paho_error(int code)
+{
+	const char *s = MQTTAsync_strerror(code);
+	return s ? s : "unknown error";
+}
+
+/* Appends ": <text>" for a string property (reason string, server reference). */
+static void append_prop(char *buf, size_t size, MQTTProperties *props, enum MQTTPropertyCodes id,
+                        const char *label)
+{
+	MQTTProperty *p = props ? MQTTProperties_getProperty(props, id) : NULL;
+	size_t n = strlen(buf);
+	if (p && p->value.data.len > 0 && n < size)
+		snprintf(buf + n, size - n, "%s%.*s", label, p->value.data.len, p->value.data.data);
+}
+
+/*
+ * Reports the connection gone, once per connection: the first report after
+ * a CONNACK carries the cause (the broker's DISCONNECT reason, which the
+ * core gives a poison message as the reason it FAILED); the vaguer ones
+ * paho makes afterwards for the same loss are dropped.
+ */
+static void report_down(mqtt_ctx *c, int code, const char *why)
+{
+	int was;
+	pthread_mutex_lock(&c->mtx);
+	was = c->connected;
+	c->connected = 0;
+	pthread_mutex_unlock(&c->mtx);
+	if (!was)
+		return;
+	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, code, 1, why};
+	ackbox_tx_report(c->host, &ev);
+}
+
+/* What paho tells of a lost connection: nothing (it passes no cause). */
+static const char *lost_reason(const mqtt_ctx *c)
+{
+	return c->v5 ? "connection lost without a DISCONNECT from the broker (the network, or a "
+	               "broker closing it without a reason)"
+	             : "connection lost (MQTT 3.1.1 has no reason codes: a broker refusing a "
+	               "publish closes the connection as a network failure would)";
+}
+
 static void on_lost(void *context, char *cause)
 {
 	mqtt_ctx *c = context;
-	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1,
-	                      cause ? cause : "connection lost (no reason from paho)"};
-	pthread_mutex_lock(&c->mtx);
-	c->connected = 0;
-	pthread_mutex_unlock(&c->mtx);
-	ackbox_tx_report(c->host, &ev);
+	report_down(c, 0, cause ? cause : lost_reason(c));
+}
+
+/* An MQTT 5 DISCONNECT from the broker; paho calls no connectionLost after it. */
+static void on_disconnected5(void *context, MQTTProperties *props, enum MQTTReasonCodes code)
+{
+	char why[512];
+	snprintf(why, sizeof(why), "broker sent DISCONNECT 0x%02x %s", (unsigned)code,
+	         reason_name(code));
+	append_prop(why, sizeof(why), props, MQTTPROPERTY_CODE_REASON_STRING, ": ");
+	append_prop(why, sizeof(why), props, MQTTPROPERTY_CODE_SERVER_REFERENCE,
+	            " (server reference: ");
+	if (props && MQTTProperties_hasProperty(props, MQTTPROPERTY_CODE_SERVER_REFERENCE) &&
+	    strlen(why) + 1 < sizeof(why))
+		strcat(why, ")");
+	report_down(context, (int)code, why);
 }
 
 static int on_message(void *context, char *topic, int len, MQTTAsync_message *m)
@@ -136,7 +222,9 @@ static void connect_done(mqtt_ctx *c, int ok, const char *why)
 {
 	pthread_mutex_lock(&c->mtx);
 	c->connect_state = ok ? 1 : -1;
-	if (!ok)
+	if (ok)
+		c->connected = 1;
+	else
 		snprintf(c->connect_error, sizeof(c->connect_error), "%s", why ? why : "refused");
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->mtx);
@@ -150,24 +238,66 @@ static void on_connect_ok(void *context, MQTTAsync_successData *r)
 
 static void on_connect_ok5(void *context, MQTTAsync_successData5 *r)
 {
-	(void)r;
-	connect_done(context, 1, NULL);
+	mqtt_ctx *c = context;
+	MQTTProperty *p = NULL;
+	if (r)
+		p = MQTTProperties_getProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+	/* before connect_done: the first send after connect() must see it */
+	atomic_store(&c->max_packet, p ? (uint32_t)p->value.integer4 : 0);
+	connect_done(c, 1, NULL);
+}
+
+/*
+ * A refused CONNECT reaches onFailure with message "CONNACK return code"
+ * and the broker's code in `code`; paho leaves reasonCode at 0 and drops
+ * the CONNACK's properties (MQTTAsyncUtils.c, nextOrClose).
+ */
+static int is_connack(const char *message)
+{
+	return message && strcmp(message, "CONNACK return code") == 0;
+}
+
+/* paho's words when the socket closes after CONNECT, before any CONNACK. */
+static int is_closed_before_connack(const char *message)
+{
+	return message && strcmp(message, "TCP connect completion failure") == 0;
 }
 
 static void on_connect_fail(void *context, MQTTAsync_failureData *r)
 {
 	char why[200];
-	snprintf(why, sizeof(why), "%s (code %d)", r && r->message ? r->message : "connect failed",
-	         r ? r->code : 0);
+	const char *msg = r ? r->message : NULL;
+	int code = r ? r->code : 0;
+	if (is_connack(msg))
+		snprintf(why, sizeof(why), "CONNACK return code %d, %s", code, connack311_name(code));
+	else if (is_closed_before_connack(msg))
+		snprintf(why, sizeof(why), "the broker closed the connection without a CONNACK");
+	else
+		snprintf(why, sizeof(why), "%s (paho %d: %s)", msg ? msg : "connect failed", code,
+		         paho_error(code));
 	connect_done(context, 0, why);
 }
 
 static void on_connect_fail5(void *context, MQTTAsync_failureData5 *r)
 {
 	char why[200];
-	snprintf(why, sizeof(why), "%s (reason 0x%02x %s)",
-	         r && r->message ? r->message : "connect failed", r ? (unsigned)r->reasonCode : 0,
-	         r ? MQTTReasonCode_toString(r->reasonCode) : "");
+	const char *msg = r ? r->message : NULL;
+	int code = r ? r->code : 0;
+	if (is_connack(msg) && code > 0 && code < 0x80)
+		/* no MQTT 5 CONNACK code lies here: a 3.1.1 broker answered */
+		snprintf(why, sizeof(why),
+		         "CONNACK return code %d (%s) to an MQTT 5 CONNECT: the broker does not "
+		         "support MQTT 5; set mqtt.version=3.1.1",
+		         code, connack311_name(code));
+	else if (is_connack(msg))
+		snprintf(why, sizeof(why), "CONNACK 0x%02x %s", (unsigned)code, reason_name(code));
+	else if (is_closed_before_connack(msg))
+		snprintf(why, sizeof(why),
+		         "the broker closed the connection after the MQTT 5 CONNECT without a "
+		         "CONNACK: it may not support MQTT 5 (if so, set mqtt.version=3.1.1)");
+	else
+		snprintf(why, sizeof(why), "%s (paho %d: %s)", msg ? msg : "connect failed", code,
+		         paho_error(code));
 	connect_done(context, 0, why);
 }
 
@@ -186,6 +316,18 @@ static void answer(pub *p, ackbox_tx_event_kind kind, int code, const char *why)
 	ackbox_tx_report(c->host, &ev);
 }
 
+/*
+ * paho fails a publish without a broker's answer only when the connection
+ * goes (its session is cleaned, or a write failed). Say so first, so that
+ * DISCONNECTED covers every publish in flight, as the core expects of a
+ * dropped connection; the token's own report then falls through.
+ */
+static void publish_interrupted(pub *p)
+{
+	report_down(p->c, 0, lost_reason(p->c));
+	answer(p, ACKBOX_TX_IN_DOUBT, 0, lost_reason(p->c));
+}
+
 static void on_pub_ok(void *context, MQTTAsync_successData *r)
 {
 	(void)r;
@@ -201,31 +343,43 @@ static void on_pub_ok5(void *context, MQTTAsync_successData5 *r)
 
 static void on_pub_fail(void *context, MQTTAsync_failureData *r)
 {
-	char why[256];
-	snprintf(why, sizeof(why), "publish failed: %s (code %d)",
-	         r && r->message ? r->message : "no reason", r ? r->code : 0);
-	/* without a reason code paho only fails a publish when the connection goes */
-	answer(context, ACKBOX_TX_IN_DOUBT, r ? r->code : 0, why);
+	/* MQTT 3.1.1 has no negative acknowledgement */
+	(void)r;
+	publish_interrupted(context);
 }
+
+/* MQTT control packet types that carry a publish's reason code. */
+enum { PKT_PUBACK = 4, PKT_PUBREC = 5, PKT_PUBCOMP = 7 };
 
 static void on_pub_fail5(void *context, MQTTAsync_failureData5 *r)
 {
-	char why[256];
-	if (r && r->reasonCode >= 0x80) {
-		snprintf(why, sizeof(why), "PUBACK reason 0x%02x %s", (unsigned)r->reasonCode,
-		         MQTTReasonCode_toString(r->reasonCode));
+	/* reasonCode is the broker's only when an ack carried it: paho leaves it
+	 * uninitialised when a write fails (MQTTAsync_writeComplete) */
+	if (r && (r->packet_type == PKT_PUBACK || r->packet_type == PKT_PUBREC ||
+	          r->packet_type == PKT_PUBCOMP) &&
+	    r->reasonCode >= 0x80) {
+		char why[400];
+		snprintf(why, sizeof(why), "%s reason 0x%02x %s",
+		         r->packet_type == PKT_PUBACK  ? "PUBACK"
+		         : r->packet_type == PKT_PUBREC ? "PUBREC"
+		                                        : "PUBCOMP",
+		         (unsigned)r->reasonCode, reason_name(r->reasonCode));
+		append_prop(why, sizeof(why), &r->properties, MQTTPROPERTY_CODE_REASON_STRING, ": ");
 		answer(context, ACKBOX_TX_NACK, r->reasonCode, why);
 		return;
 	}
-	snprintf(why, sizeof(why), "publish failed: %s (code %d)",
-	         r && r->message ? r->message : "no reason", r ? r->code : 0);
-	answer(context, ACKBOX_TX_IN_DOUBT, r ? r->code : 0, why);
+	publish_interrupted(context);
 }
 
 /* ---- the ops ---- */
 
 static void drop_client(mqtt_ctx *c)
 {
+	/* the core already treats this connection as gone: what paho reports
+	 * while it is destroyed must not say so again */
+	pthread_mutex_lock(&c->mtx);
+	c->connected = 0;
+	pthread_mutex_unlock(&c->mtx);
 	if (c->client) {
 		/* destroy waits for paho's threads: no callback for this client
 		 * runs afterwards, so every slot can be reused */
@@ -248,6 +402,7 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 	MQTTAsync_connectOptions *opts = c->v5 ? &o5 : &o;
 	MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
 	struct timespec dl;
+	uint32_t max_packet;
 	int rc;
 
 	drop_client(c);
@@ -263,6 +418,8 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		return ACKBOX_ERR_TRANSPORT;
 	}
 	MQTTAsync_setCallbacks(c->client, c, on_lost, on_message, NULL);
+	if (c->v5)
+		MQTTAsync_setDisconnected(c->client, c, on_disconnected5);
 	opts->keepAliveInterval = c->keepalive_s;
 	/* paho calls onSuccess before it takes the publish off its in-flight
 	 * count: a publish sent from that moment would find paho "full" and wait
@@ -280,6 +437,10 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		o5.onSuccess5 = on_connect_ok5;
 		o5.onFailure5 = on_connect_fail5;
 	} else {
+		/* the connect options' version is the one paho uses: left at its
+		 * default, paho tries 3.1.1, then 3.1, and reports the second
+		 * refusal instead of the broker's reason for the first */
+		o.MQTTVersion = MQTTVERSION_3_1_1;
 		o.cleansession = 1;
 		o.onSuccess = on_connect_ok;
 		o.onFailure = on_connect_fail;
@@ -307,8 +468,6 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		if (pthread_cond_timedwait(&c->cond, &c->mtx, &dl) != 0)
 			break;
 	rc = c->connect_state;
-	if (rc == 1)
-		c->connected = 1;
 	pthread_mutex_unlock(&c->mtx);
 	if (rc != 1) {
 		ackbox_errstr_set(errstr, errstr_size, "mqtt: cannot connect to %s as '%s': %s",
@@ -316,6 +475,12 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		drop_client(c);
 		return ACKBOX_ERR_TRANSPORT;
 	}
+	max_packet = atomic_load(&c->max_packet);
+	if (max_packet)
+		ackbox_tx_log(c->host, ACKBOX_LOG_INFO,
+		              "%s: the broker's Maximum Packet Size is %u bytes; larger messages are "
+		              "refused at publish",
+		              c->uri, (unsigned)max_packet);
 	return 0;
 }
 
@@ -331,14 +496,51 @@ static int add_user_prop(MQTTProperties *props, const char *name, const void *va
 	return MQTTProperties_add(props, &p);
 }
 
+/* The MQTT 5 properties of m: id, key, headers, content type. 0 or paho's error. */
+static int build_props(MQTTProperties *props, const ackbox_tx_msg *m)
+{
+	int rc = add_user_prop(props, "ackbox-id", m->id_str, strlen(m->id_str));
+	if (!rc && m->key_len)
+		rc = add_user_prop(props, "ackbox-key", m->key, m->key_len);
+	for (size_t i = 0; !rc && i < m->header_count; i++)
+		rc = add_user_prop(props, m->headers[i].name, m->headers[i].value,
+		                   m->headers[i].value_len);
+	if (!rc && m->content_type) {
+		MQTTProperty ct;
+		memset(&ct, 0, sizeof(ct));
+		ct.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE;
+		ct.value.data.data = (char *)m->content_type;
+		ct.value.data.len = (int)strlen(m->content_type);
+		rc = MQTTProperties_add(props, &ct);
+	}
+	return rc;
+}
+
+/* A message that can never be sent as it is: one ERROR for its token, not
+ * retriable; the connection is not touched. */
+static int refuse(mqtt_ctx *c, const ackbox_tx_msg *m, const char *why)
+{
+	ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, 0, 0, why};
+	ackbox_tx_report(c->host, &ev);
+	return ACKBOX_TX_SENT;
+}
+
 static int mqtt_send(void *vctx, const ackbox_tx_msg *m)
 {
 	mqtt_ctx *c = vctx;
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	MQTTProperties props = MQTTProperties_initializer;
+	char why[400];
 	pub *p = NULL;
 	int rc;
+
+	/* validate ran at publish, but not on rows stored without it, and the
+	 * broker's Maximum Packet Size may have been learned (or lowered) since:
+	 * a broker answers an oversized or malformed PUBLISH by closing the
+	 * connection, so it must not leave */
+	if (abx_mqtt_check(m, c->v5, c->qos, atomic_load(&c->max_packet), why, sizeof(why)))
+		return refuse(c, m, why);
 
 	pthread_mutex_lock(&c->mtx);
 	if (!c->connected) {
@@ -357,19 +559,10 @@ static int mqtt_send(void *vctx, const ackbox_tx_msg *m)
 		return ACKBOX_TX_BUSY; /* never queue past maxInflight inside paho */
 
 	if (c->v5) {
-		MQTTProperty ct;
-		add_user_prop(&props, "ackbox-id", m->id_str, strlen(m->id_str));
-		if (m->key_len)
-			add_user_prop(&props, "ackbox-key", m->key, m->key_len);
-		for (size_t i = 0; i < m->header_count; i++)
-			add_user_prop(&props, m->headers[i].name, m->headers[i].value,
-			              m->headers[i].value_len);
-		if (m->content_type) {
-			memset(&ct, 0, sizeof(ct));
-			ct.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE;
-			ct.value.data.data = (char *)m->content_type;
-			ct.value.data.len = (int)strlen(m->content_type);
-			MQTTProperties_add(&props, &ct);
+		if (build_props(&props, m) != 0) {
+			MQTTProperties_free(&props);
+			rc = PAHO_MEMORY_ERROR_CODE;
+			goto not_taken;
 		}
 		msg.properties = props;
 		ro.onSuccess5 = on_pub_ok5;
@@ -387,23 +580,32 @@ static int mqtt_send(void *vctx, const ackbox_tx_msg *m)
 	MQTTProperties_free(&props);
 	if (rc == MQTTASYNC_SUCCESS)
 		return ACKBOX_TX_SENT;
+not_taken:
 	pthread_mutex_lock(&c->mtx);
 	p->token = 0;
 	pthread_mutex_unlock(&c->mtx);
-	if (rc == MQTTASYNC_DISCONNECTED)
+	switch (rc) {
+	case MQTTASYNC_DISCONNECTED:
+	case MQTTASYNC_FAILURE: /* no client */
 		return ACKBOX_TX_NOT_CONNECTED;
-	if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES ||
-	    rc == MQTTASYNC_NO_MORE_MSGIDS)
+	case MQTTASYNC_MAX_MESSAGES_INFLIGHT:
+	case MQTTASYNC_MAX_BUFFERED_MESSAGES:
+	case MQTTASYNC_NO_MORE_MSGIDS:
+	case PAHO_MEMORY_ERROR_CODE:
 		return ACKBOX_TX_BUSY;
-	{
-		/* the message itself is unacceptable (a bad topic, say): an attempt
-		 * that failed, reported for the token the core registered */
-		char why[160];
-		snprintf(why, sizeof(why), "paho refused the publish to '%s' (error %d)", m->topic, rc);
-		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, rc, 0, why};
-		ackbox_tx_report(c->host, &ev);
-		return ACKBOX_TX_SENT;
+	default:
+		/* the client library refuses this message (a topic or property it
+		 * cannot encode): an error for this message alone */
+		snprintf(why, sizeof(why), "paho refused the publish to '%.64s': %s (paho %d)",
+		         m->topic, paho_error(rc), rc);
+		return refuse(c, m, why);
 	}
+}
+
+static int mqtt_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
+{
+	mqtt_ctx *c = vctx;
+	return abx_mqtt_check(m, c->v5, c->qos, atomic_load(&c->max_packet), errstr, errstr_size);
 }
 
 static void mqtt_close(void *vctx)
@@ -411,6 +613,10 @@ static void mqtt_close(void *vctx)
 	mqtt_ctx *c = vctx;
 	if (c->client) {
 		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+		/* our own disconnect is no news for the core */
+		pthread_mutex_lock(&c->mtx);
+		c->connected = 0;
+		pthread_mutex_unlock(&c->mtx);
 		d.timeout = 1000;
 		MQTTAsync_disconnect(c->client, &d);
 	}
@@ -441,4 +647,5 @@ const ackbox_transport_ops ackbox_mqtt_transport = {
 	.send = mqtt_send,
 	.poll = NULL, /* paho reports from its own threads */
 	.close = mqtt_close,
+	.validate = mqtt_validate,
 };

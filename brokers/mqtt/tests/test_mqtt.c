@@ -5,6 +5,11 @@
  * N published -> N distinct ids; mosquitto stopped and restarted mid-stream
  * -> nothing lost; the publisher's connection cut (through a proxy) ->
  * resent, nothing lost; a topic the ACL denies -> FAILED saying so.
+ * Then what the broker would refuse: messages MQTT cannot carry are refused
+ * at publish; a second mosquitto ("mosquitto_strict": password required,
+ * max_packet_size 2000) refuses connects with its own reason code and
+ * advertises the packet size that publish then enforces; a DISCONNECT the
+ * broker sends is reported with its reason code.
  */
 #include "testutil.h"
 
@@ -142,6 +147,11 @@ typedef struct proxy {
 	int npairs;
 	volatile int cut, stop;
 	volatile int closed; /* refuse new connections: accept and close at once */
+	/* bytes to write to the broker on every connection, as if the client
+	 * had sent them; set inject_len last */
+	const void *inject;
+	volatile size_t inject_len;
+	volatile int inject_failed;
 	pthread_t th;
 } proxy;
 
@@ -159,6 +169,12 @@ static void *proxy_main(void *arg)
 			}
 			p->npairs = 0;
 			p->cut = 0;
+		}
+		if (p->inject_len) {
+			for (int i = 0; i < p->npairs; i++)
+				if (write(p->fds[i][1], p->inject, p->inject_len) != (ssize_t)p->inject_len)
+					p->inject_failed = 1;
+			p->inject_len = 0;
 		}
 		pf[n++] = (struct pollfd){p->lfd, POLLIN, 0};
 		for (int i = 0; i < p->npairs; i++) {
@@ -238,6 +254,7 @@ static void proxy_stop(proxy *p)
 
 typedef struct seen {
 	int acked, failed, code;
+	ackbox_id failed_id;
 	char reason[512];
 } seen;
 
@@ -249,32 +266,97 @@ static void on_report(const ackbox_report *r, void *o)
 	else {
 		s->failed++;
 		s->code = r->broker_code;
+		s->failed_id = r->id;
 		snprintf(s->reason, sizeof(s->reason), "%s", r->reason);
 	}
 }
 
+/* Every log line of the handle, "component: text\n", for asserting on. */
+static struct {
+	pthread_mutex_t mtx;
+	char text[32768];
+	size_t len;
+} logs = {.mtx = PTHREAD_MUTEX_INITIALIZER};
+
+static void on_log(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	(void)level;
+	(void)o;
+	pthread_mutex_lock(&logs.mtx);
+	if (logs.len < sizeof(logs.text))
+		logs.len += (size_t)snprintf(logs.text + logs.len, sizeof(logs.text) - logs.len,
+		                             "%s: %s\n", component, msg);
+	if (logs.len > sizeof(logs.text))
+		logs.len = sizeof(logs.text);
+	pthread_mutex_unlock(&logs.mtx);
+}
+
+/* How many log lines so far contain needle. */
+static int logged(const char *needle)
+{
+	int n = 0;
+	pthread_mutex_lock(&logs.mtx);
+	for (const char *p = logs.text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+		n++;
+	pthread_mutex_unlock(&logs.mtx);
+	return n;
+}
+
 static char *dir;
-static void setup(void) { dir = tu_tmpdir("mqtt"); }
+static void setup(void)
+{
+	dir = tu_tmpdir("mqtt");
+	pthread_mutex_lock(&logs.mtx);
+	logs.len = 0;
+	logs.text[0] = '\0';
+	pthread_mutex_unlock(&logs.mtx);
+}
 static void teardown(void) { tu_rmrf(dir); free(dir); }
 TestSuite(mqtt, .init = setup, .fini = teardown, .timeout = 240);
 
-static ackbox *open_ab(seen *s, const char *turl, const char *k, const char *v)
+/* A configuration on this test's store; turl NULL: no transport. kv: more
+ * key, value pairs, NULL-terminated. */
+static ackbox_conf *conf_for(seen *s, const char *turl, const char *const *kv)
 {
 	ackbox_conf *c = ackbox_conf_new();
-	ackbox *ab;
-	char db[1200], err[512];
+	char db[1200];
 	snprintf(db, sizeof(db), "sqlite://%s/outbox.db", dir);
 	TU_SET(c, "store.url", db);
-	TU_SET(c, "transport.url", turl);
+	if (turl)
+		TU_SET(c, "transport.url", turl);
 	TU_SET(c, "retry.timeout", "5s");
 	TU_SET(c, "retry.backoff.initial", "50ms");
 	TU_SET(c, "retry.backoff.max", "500ms");
-	TU_SET(c, "log.level", "error");
-	if (k)
-		TU_SET(c, k, v);
+	TU_SET(c, "log.level", "info");
+	for (; kv && kv[0]; kv += 2)
+		TU_SET(c, kv[0], kv[1]);
 	ackbox_conf_set_report_cb(c, on_report, s);
+	ackbox_conf_set_log_cb(c, on_log, NULL);
+	return c;
+}
+
+static ackbox *open_kv(seen *s, const char *turl, const char *const *kv)
+{
+	ackbox_conf *c = conf_for(s, turl, kv);
+	ackbox *ab;
+	char err[512];
 	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
 	return ab;
+}
+
+static ackbox *open_ab(seen *s, const char *turl, const char *k, const char *v)
+{
+	const char *kv[] = {k, v, NULL};
+	return open_kv(s, turl, k ? kv : NULL);
+}
+
+/* Messages in the store by state: all three 0 means nothing was stored. */
+static ackbox_counts counts(ackbox *ab)
+{
+	ackbox_counts n;
+	char err[256];
+	cr_assert_eq(ackbox_counts_get(ab, &n, err, sizeof(err)), 0, "%s", err);
+	return n;
 }
 
 static ackbox_id publish_seq(ackbox *ab, const char *topic, int seq)
@@ -446,4 +528,379 @@ Test(mqtt, mqtt311_delivers_payloads_without_the_id)
 	cr_assert_eq(g.n, 0u);
 	cr_assert_eq(g.bad_payload, 0u);
 	free(g.ids);
+}
+
+/* ---- the broker's reasons: refused connects, DISCONNECT ---- */
+
+static const char *strict_url(const char *user, const char *password)
+{
+	static char url[256];
+	if (!user)
+		snprintf(url, sizeof(url), "mqtt://127.0.0.1:%s",
+		         tu_fixture("mosquitto_strict", "MQTT_PORT"));
+	else
+		snprintf(url, sizeof(url), "mqtt://%s:%s@127.0.0.1:%s", user, password,
+		         tu_fixture("mosquitto_strict", "MQTT_PORT"));
+	return url;
+}
+
+/* ackbox_new with transport.require_connect: the errstr of the refusal. */
+static void connect_refused(const char *url, const char *version, char *err, size_t err_size)
+{
+	seen s = {0};
+	ackbox *ab = NULL;
+	ackbox_conf *c = conf_for(&s, url, (const char *const[]){"transport.require_connect", "true",
+	                                                           "mqtt.version", version, NULL});
+	int rc = ackbox_new(&ab, c, err, err_size);
+	cr_assert_eq(rc, ACKBOX_ERR_TRANSPORT, "rc %d: %s", rc, err);
+	ackbox_conf_destroy(c);
+	cr_assert_null(strstr(err, "0x00"), "%s", err);
+	cr_assert_null(strstr(err, "SUCCESS"), "%s", err);
+}
+
+/* mosquitto 2.0.11 answers a wrong password with "not authorized" too. */
+Test(mqtt, refused_connect_names_the_brokers_reason)
+{
+	char err[512];
+	connect_refused(strict_url("ackbox", "wrong"), "5", err, sizeof(err));
+	cr_assert(strstr(err, "CONNACK 0x87 Not authorized"), "%s", err);
+	connect_refused(strict_url(NULL, NULL), "5", err, sizeof(err));
+	cr_assert(strstr(err, "CONNACK 0x87 Not authorized"), "%s", err);
+	connect_refused(strict_url("ackbox", "wrong"), "3.1.1", err, sizeof(err));
+	cr_assert(strstr(err, "CONNACK return code 5, not authorized"), "%s", err);
+	connect_refused(strict_url(NULL, NULL), "3.1.1", err, sizeof(err));
+	cr_assert(strstr(err, "CONNACK return code 5, not authorized"), "%s", err);
+	cr_assert_null(strstr(err, "code 1"), "%s", err);
+}
+
+/*
+ * A broker that speaks only MQTT 3.1.1. mosquitto 2.0 cannot be told to
+ * refuse MQTT 5, so this is a fake: a socket on 127.0.0.1 that reads the
+ * CONNECT and then closes (answer 0) or first sends the 3.1.1 CONNACK
+ * "unacceptable protocol version" (answer 1), as 3.1.1 brokers do.
+ */
+typedef struct fake_broker {
+	int lfd, port, answer;
+	volatile int stop, connects;
+	pthread_t th;
+} fake_broker;
+
+static void *fake_main(void *arg)
+{
+	fake_broker *f = arg;
+	while (!f->stop) {
+		struct pollfd pf = {f->lfd, POLLIN, 0};
+		if (poll(&pf, 1, 20) <= 0)
+			continue;
+		int a = accept(f->lfd, NULL, NULL);
+		char buf[512];
+		struct pollfd pa = {a, POLLIN, 0};
+		if (a < 0)
+			continue;
+		if (poll(&pa, 1, 5000) == 1 && read(a, buf, sizeof(buf)) > 0) {
+			static const unsigned char connack_v311_refused[] = {0x20, 0x02, 0x00, 0x01};
+			f->connects++;
+			if (f->answer && write(a, connack_v311_refused, 4) != 4)
+				f->connects = -1000;
+		}
+		close(a);
+	}
+	return NULL;
+}
+
+static void fake_start(fake_broker *f, int answer)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sa);
+	memset(f, 0, sizeof(*f));
+	f->answer = answer;
+	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(f->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(f->lfd, 16), 0);
+	getsockname(f->lfd, (struct sockaddr *)&sa, &sl);
+	f->port = ntohs(sa.sin_port);
+	pthread_create(&f->th, NULL, fake_main, f);
+}
+
+static void fake_stop(fake_broker *f)
+{
+	f->stop = 1;
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+}
+
+Test(mqtt, broker_without_mqtt5_is_named_as_such)
+{
+	fake_broker f;
+	char url[64], err[512];
+	fake_start(&f, 0);
+	snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", f.port);
+	connect_refused(url, "5", err, sizeof(err));
+	cr_assert(strstr(err, "closed the connection after the MQTT 5 CONNECT without a CONNACK"),
+	          "%s", err);
+	cr_assert(strstr(err, "it may not support MQTT 5 (if so, set mqtt.version=3.1.1)"), "%s",
+	          err);
+	fake_stop(&f);
+	cr_assert_eq(f.connects, 1, "one CONNECT, no fallback to another version");
+
+	fake_start(&f, 1);
+	snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", f.port);
+	connect_refused(url, "5", err, sizeof(err));
+	cr_assert(strstr(err, "CONNACK return code 1 (unacceptable protocol version) to an MQTT 5 "
+	                      "CONNECT: the broker does not support MQTT 5; set mqtt.version=3.1.1"),
+	          "%s", err);
+	fake_stop(&f);
+	cr_assert_eq(f.connects, 1);
+}
+
+/*
+ * A DISCONNECT with a reason code from mosquitto 2.0.11 to an MQTT 5
+ * client: mosquitto sends one for a protocol error. The proxy writes, on
+ * the idle connection, a QoS 0 PUBLISH to "bad/#" as if the client had sent
+ * it; mosquitto answers DISCONNECT 0x82 Protocol error. The core logs the
+ * transport's report; the connection comes back and publishing goes on.
+ */
+Test(mqtt, broker_disconnect_is_reported_with_its_reason_code)
+{
+	static const unsigned char wildcard_publish[] = {0x30, 0x08, 0x00, 0x05, 'b', 'a',
+	                                                 'd',  '/',  '#',  0x00};
+	seen s = {0};
+	proxy px;
+	char url[64];
+	proxy_start(&px, port());
+	snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", px.port);
+	ackbox *ab = open_ab(&s, url, "transport.require_connect", "true");
+	publish_seq(ab, "t/disc", 1);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+
+	px.inject = wildcard_publish;
+	px.inject_len = sizeof(wildcard_publish);
+	cr_assert(TU_WAIT_UNTIL(logged("transport disconnected"), 10000), "%s", logs.text);
+	cr_assert_eq(px.inject_failed, 0);
+	cr_assert_eq(logged("transport disconnected (broker sent DISCONNECT 0x82 Protocol error)"), 1,
+	             "%s", logs.text);
+	cr_assert_eq(logged("transport disconnected"), 1, "one report per lost connection: %s",
+	             logs.text);
+
+	publish_seq(ab, "t/disc", 2);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 2);
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	proxy_stop(&px);
+}
+
+/* ---- what is refused at publish (the transport's validate op) ---- */
+
+/* Publishes m expecting rc, with errstr containing each of needles. */
+static void refused(ackbox *ab, const ackbox_msg *m, int rc, const char *const *needles)
+{
+	char err[512] = "";
+	int got = ackbox_publish(ab, m, NULL, err, sizeof(err));
+	cr_assert_eq(got, rc, "topic '%.40s': got %d (%s), want %d", m->topic, got, err, rc);
+	for (; *needles; needles++)
+		cr_assert(strstr(err, *needles), "'%s' not in: %s", *needles, err);
+}
+
+#define REFUSED(ab, m, rc, ...) refused((ab), (m), (rc), (const char *const[]){__VA_ARGS__, NULL})
+
+static void assert_nothing_stored(ackbox *ab)
+{
+	ackbox_counts n = counts(ab);
+	cr_assert_eq(n.sending + n.retrying + n.failed, 0u, "stored: %llu sending, %llu retrying, "
+	             "%llu failed", (unsigned long long)n.sending, (unsigned long long)n.retrying,
+	             (unsigned long long)n.failed);
+}
+
+Test(mqtt, publish_refuses_what_mqtt5_cannot_carry_and_stores_nothing)
+{
+	seen s = {0};
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), NULL, NULL);
+	size_t big = 65536;
+	char *long_topic = malloc(big + 1);
+	memset(long_topic, 'a', big);
+	long_topic[big] = '\0';
+	ackbox_msg m = {.topic = "t/ok", .payload = "x", .payload_len = 1};
+	ackbox_header h = {"h", "v", 1};
+
+	/* the topic, any version */
+	m.topic = "orders/#";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic 'orders/#'", "wildcard '#'");
+	m.topic = "orders/+/eu";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "wildcard '+'");
+	m.topic = "";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic");
+	m.topic = "a/\xC0\xAF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has an overlong encoding at byte 2");
+	m.topic = "a/\xE0\x80\xAF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has an overlong encoding at byte 2");
+	m.topic = "a/\xED\xA0\x80";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has a UTF-16 surrogate");
+	m.topic = "a/\xFF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic has a byte that never occurs in UTF-8");
+	m.topic = long_topic;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "topic is 65536 bytes", "65535");
+	m.topic = "t/ok";
+
+	/* MQTT 5 properties: key, header names and values, content type */
+	m.key = "k\0y";
+	m.key_len = 3;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "key (user property 'ackbox-key') has U+0000 at byte 1");
+	m.key = long_topic;
+	m.key_len = big;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "key (user property 'ackbox-key') is 65536 bytes");
+	m.key = NULL;
+	m.key_len = 0;
+	m.headers = &h;
+	m.header_count = 1;
+	h.name = "bad\xC3";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 name", "a sequence cut short at byte 3");
+	h.name = "h";
+	h.value = "\xF4\x90\x80\x80";
+	h.value_len = 4;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 ('h') value", "above U+10FFFF");
+	h.value = long_topic;
+	h.value_len = big;
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "header 0 ('h') value", "65536 bytes");
+	h.value = "v";
+	h.value_len = 1;
+	m.content_type = "text/\x01";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "content_type", "a control character", "at byte 5");
+	m.content_type = "text/plain";
+	assert_nothing_stored(ab);
+
+	/* the same fields, well-formed (and not ASCII), go through */
+	m.topic = "t/caf\xC3\xA9/\xF0\x9F\x98\x80";
+	m.key = "cl\xC3\xA9";
+	m.key_len = 4;
+	h.value = "\xE2\x82\xAC";
+	h.value_len = 3;
+	char err[256];
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	free(long_topic);
+}
+
+/* MQTT 3.1.1 sends no key, headers or content type: only the topic is checked. */
+Test(mqtt, mqtt311_publish_checks_the_topic_only)
+{
+	seen s = {0};
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), "mqtt.version", "3.1.1");
+	ackbox_msg m = {.topic = "t/311/#", .payload = "x", .payload_len = 1};
+	char err[256];
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "wildcard '#'");
+	m.topic = "t/311/\xED\xBF\xBF";
+	REFUSED(ab, &m, ACKBOX_ERR_INVALID, "surrogate");
+	assert_nothing_stored(ab);
+	m.topic = "t/311/ok";
+	m.key = "k\0y"; /* never on the wire in 3.1.1 */
+	m.key_len = 3;
+	m.content_type = "text/\x01";
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+/*
+ * A row stored without the check (a handle without a transport does not
+ * validate) with a wildcard topic: on 3.1.1 mosquitto would drop the
+ * connection for it. It must end FAILED saying why, and the connection
+ * stay: the message after it is acked and no disconnect is logged.
+ */
+Test(mqtt, unchecked_wildcard_row_fails_and_the_connection_stays)
+{
+	seen s = {0};
+	char err[256];
+	ackbox *ab = open_kv(&s, NULL, NULL);
+	ackbox_msg m = {.topic = "t/unchecked/#", .payload = "x", .payload_len = 1};
+	ackbox_id bad;
+	cr_assert_eq(ackbox_publish(ab, &m, &bad, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+
+	ab = open_kv(&s, tu_fixture("mosquitto", "MQTT_URL"),
+	             (const char *const[]){"mqtt.version", "3.1.1", "retry.max_attempts", "2", NULL});
+	m.topic = "t/unchecked/ok";
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(memcmp(&s.failed_id, &bad, sizeof(bad)), 0);
+	cr_assert(strstr(s.reason, "wildcard '#'"), "%s", s.reason);
+	cr_assert_eq(counts(ab).failed, 1u);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
+}
+
+/* ---- Maximum Packet Size (the strict broker: max_packet_size 2000) ---- */
+
+/* A payload of n bytes to topic t/big, no key, headers or content type. */
+static int publish_n(ackbox *ab, size_t n, char *err, size_t err_size)
+{
+	static char payload[8192];
+	ackbox_msg m = {.topic = "t/big", .payload = payload, .payload_len = n};
+	memset(payload, 'p', sizeof(payload));
+	return ackbox_publish(ab, &m, NULL, err, err_size);
+}
+
+/*
+ * mosquitto sends Maximum Packet Size 2000 in its MQTT 5 CONNACK. A PUBLISH
+ * to "t/big" with only the ackbox-id property is 63 bytes plus the payload
+ * (fixed header 1 + remaining length 2, topic 2+5, packet id 2, properties
+ * 1+50): 1937 bytes of payload make exactly 2000.
+ */
+Test(mqtt, max_packet_size_from_connack_refuses_big_messages_at_publish)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = open_kv(&s, tu_fixture("mosquitto_strict", "MQTT_URL"),
+	                     (const char *const[]){"transport.require_connect", "true", NULL});
+	cr_assert(TU_WAIT_UNTIL(logged("Maximum Packet Size is 2000 bytes"), 10000), "%s", logs.text);
+
+	cr_assert_eq(publish_n(ab, 4000, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE, "%s", err);
+	cr_assert(strstr(err, "4063 bytes"), "%s", err);
+	cr_assert(strstr(err, "Maximum Packet Size of 2000 bytes"), "%s", err);
+	cr_assert_eq(publish_n(ab, 1938, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE, "%s", err);
+	cr_assert(strstr(err, "2001 bytes"), "%s", err);
+	assert_nothing_stored(ab);
+
+	cr_assert_eq(publish_n(ab, 1937, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(publish_n(ab, 1000, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 10);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
+}
+
+/*
+ * A big row stored before the limit was known (by a handle without a
+ * transport): send() refuses it with an ERROR naming both sizes instead of
+ * letting mosquitto drop the connection; it ends FAILED, the others are acked.
+ */
+Test(mqtt, max_packet_size_refuses_a_big_stored_row_at_send)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = open_kv(&s, NULL, NULL);
+	cr_assert_eq(publish_n(ab, 4000, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(publish_n(ab, 100, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+
+	ab = open_kv(&s, tu_fixture("mosquitto_strict", "MQTT_URL"),
+	             (const char *const[]){"retry.max_attempts", "2", NULL});
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 5);
+	cr_assert_eq(s.failed, 1);
+	cr_assert(strstr(s.reason, "4063 bytes"), "%s", s.reason);
+	cr_assert(strstr(s.reason, "Maximum Packet Size of 2000 bytes"), "%s", s.reason);
+	cr_assert_eq(logged("transport disconnected"), 0, "%s", logs.text);
+	ackbox_destroy(ab);
 }
