@@ -23,6 +23,7 @@
 typedef struct slot {
 	uint64_t token; /* 0: answered */
 	ackbox_id id;
+	size_t body_len; /* to find the publish a max_message_size refusal names */
 } slot;
 
 typedef struct amqp_ctx {
@@ -163,6 +164,18 @@ static void reply_text(amqp_rpc_reply_t r, char *buf, size_t n)
 	}
 }
 
+/* The broker's reply code in a failed RPC reply, 0 if it did not answer. */
+static int reply_code(amqp_rpc_reply_t r)
+{
+	if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION)
+		return 0;
+	if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+		return ((amqp_connection_close_t *)r.reply.decoded)->reply_code;
+	if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+		return ((amqp_channel_close_t *)r.reply.decoded)->reply_code;
+	return 0;
+}
+
 static void teardown(amqp_ctx *c)
 {
 	if (c->conn) {
@@ -179,10 +192,14 @@ static void teardown(amqp_ctx *c)
 	c->ndeclared = 0;
 }
 
-/* The connection is gone: every unconfirmed publish is in doubt. */
-static int lost(amqp_ctx *c, const char *why)
+/*
+ * The connection is gone: every unconfirmed publish is in doubt. code is the
+ * broker's reply code when the broker closed it (0 otherwise); it and why
+ * become the reason the core gives a message that kills every connection.
+ */
+static int lost(amqp_ctx *c, int code, const char *why)
 {
-	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, why};
+	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, code, 1, why};
 	ackbox_tx_log(c->host, ACKBOX_LOG_WARN, "connection to %s:%d lost: %s", c->host_name, c->port,
 	              why);
 	teardown(c);
@@ -314,8 +331,13 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, (int)ret->exchange.len,
 	         (char *)ret->exchange.bytes, (int)ret->routing_key.len,
 	         (char *)ret->routing_key.bytes);
-	if (r.reply_type != AMQP_RESPONSE_NORMAL)
-		return lost(c, "reading a returned message failed");
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		char text[256];
+		reply_text(r, text, sizeof(text));
+		snprintf(why, sizeof(why), "reading a returned message failed: %s", text);
+		return lost(c, reply_code(r), why);
+	}
+
 	if ((msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
 	    msg.properties.message_id.len == ACKBOX_ID_STRLEN - 1) {
 		memcpy(idtext, msg.properties.message_id.bytes, ACKBOX_ID_STRLEN - 1);
@@ -333,6 +355,39 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 	amqp_destroy_message(&msg);
 	advance_base(c);
 	return 0;
+}
+
+/*
+ * A channel error is the answer to a publish (404 no such exchange, 403
+ * access refused, 406 over max_message_size): the publishes it concerns
+ * failed an attempt, so a message that always causes it ends FAILED instead
+ * of cycling through reconnects. RabbitMQ names neither the publish nor its
+ * tag, so every unconfirmed publish pays an attempt, unless the text names
+ * a body size ("message size N is larger than configured max size M"):
+ * then only the publishes of N bytes do, and the others are in doubt, as
+ * after any lost connection (when nothing matches, all pay).
+ */
+static int channel_closed(amqp_ctx *c, amqp_channel_close_t *m)
+{
+	char text[256], why[300];
+	unsigned long long size;
+	size_t blamed = 0;
+	snprintf(text, sizeof(text), "%.*s", (int)m->reply_text.len, (char *)m->reply_text.bytes);
+	snprintf(why, sizeof(why), "channel closed by broker: %u %s", m->reply_code, text);
+	if (m->reply_code == AMQP_PRECONDITION_FAILED &&
+	    sscanf(text, "PRECONDITION_FAILED - message size %llu is larger", &size) == 1) {
+		for (uint64_t t = c->base_tag; t < c->next_tag; t++) {
+			slot *s = slot_of(c, t);
+			if (s->token && s->body_len == size) {
+				answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
+				blamed++;
+			}
+		}
+	}
+	if (!blamed)
+		for (uint64_t t = c->base_tag; t < c->next_tag; t++)
+			answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
+	return lost(c, m->reply_code, why);
 }
 
 static int handle_frame(amqp_ctx *c, amqp_frame_t *f)
@@ -353,24 +408,17 @@ static int handle_frame(amqp_ctx *c, amqp_frame_t *f)
 	}
 	case AMQP_BASIC_RETURN_METHOD:
 		return returned(c, f->payload.method.decoded);
-	case AMQP_CHANNEL_CLOSE_METHOD: {
-		amqp_channel_close_t *m = f->payload.method.decoded;
-		snprintf(why, sizeof(why), "channel closed by broker: %u %.*s", m->reply_code,
-		         (int)m->reply_text.len, (char *)m->reply_text.bytes);
-		/* a channel error is the answer to a publish (404 no such exchange,
-		 * 403 access refused): the unconfirmed publishes failed an attempt,
-		 * so a message that always causes it ends FAILED instead of cycling
-		 * through reconnects. It cannot tell which publish it was: every
-		 * unconfirmed one pays an attempt. */
-		for (uint64_t t = c->base_tag; t < c->next_tag; t++)
-			answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
-		return lost(c, why);
-	}
+	case AMQP_CHANNEL_CLOSE_METHOD:
+		return channel_closed(c, f->payload.method.decoded);
 	case AMQP_CONNECTION_CLOSE_METHOD: {
 		amqp_connection_close_t *m = f->payload.method.decoded;
+		amqp_connection_close_ok_t ok = {0};
 		snprintf(why, sizeof(why), "connection closed by broker: %u %.*s", m->reply_code,
 		         (int)m->reply_text.len, (char *)m->reply_text.bytes);
-		return lost(c, why);
+		/* the broker waits for close-ok before it closes the socket; a few
+		 * bytes into a socket it still reads, so this does not block */
+		amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+		return lost(c, m->reply_code, why);
 	}
 	default:
 		return 0;
@@ -387,7 +435,7 @@ static int drain(amqp_ctx *c)
 		if (rc == AMQP_STATUS_TIMEOUT)
 			break;
 		if (rc != AMQP_STATUS_OK)
-			return lost(c, amqp_error_string2(rc));
+			return lost(c, 0, amqp_error_string2(rc));
 		if (handle_frame(c, &f) != 0)
 			return ACKBOX_ERR_TRANSPORT;
 		if (!c->connected)
@@ -398,7 +446,17 @@ static int drain(amqp_ctx *c)
 	return 0;
 }
 
-static int declare(amqp_ctx *c, const char *queue)
+#define DECLARE_LOST (-1)
+#define DECLARE_REFUSED (-2)
+
+/*
+ * Declares queue once per connection (amqp.declare_queue). 0 when done;
+ * otherwise the connection is gone. DECLARE_REFUSED: the broker refused the
+ * declare itself (403 for an "amq." name, 406 for a queue that exists with
+ * other arguments) and ERROR was reported for token, since resending the
+ * message cannot help; DECLARE_LOST: the connection failed.
+ */
+static int declare(amqp_ctx *c, const char *queue, uint64_t token)
 {
 	char **n;
 	amqp_rpc_reply_t r;
@@ -411,10 +469,18 @@ static int declare(amqp_ctx *c, const char *queue)
 	                   amqp_empty_table);
 	r = amqp_get_rpc_reply(c->conn);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		char why[256];
+		char why[256], text[300];
 		reply_text(r, why, sizeof(why));
-		lost(c, why);
-		return -1;
+		if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+		    r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+			snprintf(text, sizeof(text), "declaring queue '%s': %s", queue, why);
+			ackbox_tx_event ev = {ACKBOX_TX_ERROR, token, reply_code(r), 0, text};
+			ackbox_tx_report(c->host, &ev);
+			lost(c, reply_code(r), why);
+			return DECLARE_REFUSED;
+		}
+		lost(c, reply_code(r), why);
+		return DECLARE_LOST;
 	}
 	n = realloc(c->declared, (c->ndeclared + 1) * sizeof(*n));
 	if (n) {
@@ -438,8 +504,8 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		return ACKBOX_TX_NOT_CONNECTED;
 	if (c->next_tag - c->base_tag >= c->ring_cap)
 		return ACKBOX_TX_BUSY; /* an old tag is still unanswered: the ring is full */
-	if (c->declare_queue && !c->exchange[0] && declare(c, m->topic) != 0)
-		return ACKBOX_TX_NOT_CONNECTED;
+	if (c->declare_queue && !c->exchange[0] && (rc = declare(c, m->topic, m->token)) != 0)
+		return rc == DECLARE_REFUSED ? ACKBOX_TX_SENT : ACKBOX_TX_NOT_CONNECTED;
 	memset(&p, 0, sizeof(p));
 	p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
 	p.delivery_mode = 2; /* persistent: the broker writes it to disk before confirming */
@@ -475,6 +541,7 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 	s = slot_of(c, c->next_tag);
 	s->token = m->token;
 	s->id = m->id;
+	s->body_len = m->payload_len;
 	c->next_tag++;
 	c->outstanding++;
 	rc = amqp_basic_publish(c->conn, CHANNEL, amqp_cstring_bytes(c->exchange),
@@ -485,7 +552,7 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		s->token = 0;
 		c->next_tag--;
 		c->outstanding--;
-		lost(c, amqp_error_string2(rc));
+		lost(c, 0, amqp_error_string2(rc));
 		return ACKBOX_TX_NOT_CONNECTED;
 	}
 	return ACKBOX_TX_SENT;
@@ -512,7 +579,7 @@ static int amqp_poll_(void *vctx, int timeout_ms)
 		timeout_ms = c->heartbeat_s * 500;
 	rc = poll(pfd, 2, timeout_ms);
 	if (rc < 0 && errno != EINTR)
-		return lost(c, strerror(errno));
+		return lost(c, 0, strerror(errno));
 	if (rc > 0 && (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
 		return drain(c);
 	return 0;
