@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,14 @@
 #include <ackbox/transport.h>
 
 #define CHANNEL 1
+
+/* AMQP 0-9-1 short strings (routing key, exchange, content type, field-table
+ * names) carry a one-byte length. */
+#define SHORTSTR_MAX 255
+/* rabbitmq-c writes the properties in one content-header frame no larger
+ * than frame_max: 7 bytes of frame header, 12 of class id, weight and body
+ * size, the properties, and 1 frame-end byte. */
+#define HEADER_FRAME_OVERHEAD 20
 
 /* One unconfirmed publish, found by (tag - base) in a ring. */
 typedef struct slot {
@@ -84,10 +93,37 @@ static char *dup_or(const char *s, const char *def)
 	return strdup(s && *s ? s : def);
 }
 
+static void free_settings(amqp_ctx *c)
+{
+	free(c->ring);
+	free(c->declared);
+	free(c->host_name);
+	free(c->user);
+	free(c->password);
+	free(c->vhost);
+	free(c->exchange);
+	free(c->conn_name);
+	free(c->cacert);
+	memset(c, 0, sizeof(*c));
+}
+
+static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size);
+
+/* close() is not called when open fails: free what was made here. */
 static int amqp_open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                       char *errstr, size_t errstr_size)
 {
 	amqp_ctx *c = vctx;
+	int rc = open_(c, url, host, info, errstr, errstr_size);
+	if (rc)
+		free_settings(c);
+	return rc;
+}
+
+static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size)
+{
 	char q[256];
 	int64_t hb_ms = 30000;
 
@@ -124,6 +160,14 @@ static int amqp_open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, a
 	}
 	if (!c->host_name || !c->user || !c->password || !c->vhost || !c->exchange || !c->conn_name)
 		return ACKBOX_ERR_NOMEM;
+	if (strlen(c->exchange) > SHORTSTR_MAX) {
+		/* rabbitmq-c would refuse to encode every publish */
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "amqp.exchange: %zu bytes; an AMQP exchange name is a short "
+		                  "string of at most %d bytes",
+		                  strlen(c->exchange), SHORTSTR_MAX);
+		return ACKBOX_ERR_BAD_VALUE;
+	}
 	c->ring_cap = 1;
 	while (c->ring_cap < (size_t)c->window)
 		c->ring_cap *= 2;
@@ -337,7 +381,6 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 		snprintf(why, sizeof(why), "reading a returned message failed: %s", text);
 		return lost(c, reply_code(r), why);
 	}
-
 	if ((msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
 	    msg.properties.message_id.len == ACKBOX_ID_STRLEN - 1) {
 		memcpy(idtext, msg.properties.message_id.bytes, ACKBOX_ID_STRLEN - 1);
@@ -446,6 +489,109 @@ static int drain(amqp_ctx *c)
 	return 0;
 }
 
+/* The header that carries the message key (AMQP has no message key). */
+#define KEY_HEADER "ackbox-key"
+
+/* Adds n to *sum, saturating at SIZE_MAX. */
+static void add_size(size_t *sum, size_t n)
+{
+	*sum = n > SIZE_MAX - *sum ? SIZE_MAX : *sum + n;
+}
+
+/*
+ * The bytes of the basic properties send() writes, as rabbitmq-c 0.11
+ * encodes them (amqp_encode_properties): the flag word, then content type
+ * (shortstr), headers (a table: 4-byte size, then per entry a shortstr name,
+ * a type byte and a 4-byte length before the bytes), delivery mode and
+ * message id (shortstr).
+ */
+static size_t properties_size(const ackbox_tx_msg *m)
+{
+	size_t n = 2 + 1 + 1 + strlen(m->id_str);
+	if (m->content_type)
+		add_size(&n, 1 + strlen(m->content_type));
+	if (m->header_count || m->key_len) {
+		add_size(&n, 4);
+		for (size_t i = 0; i < m->header_count; i++) {
+			add_size(&n, 1 + strlen(m->headers[i].name) + 1 + 4);
+			add_size(&n, m->headers[i].value_len);
+		}
+		if (m->key_len) {
+			add_size(&n, 1 + strlen(KEY_HEADER) + 1 + 4);
+			add_size(&n, m->key_len);
+		}
+	}
+	return n;
+}
+
+/*
+ * Whether m can go on the wire as send() would put it, with frames of
+ * frame_max bytes. rabbitmq-c refuses a routing key or content type over
+ * 255 bytes and properties larger than a frame; a header name over 255 bytes
+ * it writes with its length cut to one byte, and RabbitMQ 3.10 answers the
+ * garbled table by closing the connection (541 INTERNAL_ERROR). 0, or
+ * ACKBOX_ERR_INVALID with errstr naming the field and the limit.
+ */
+static int check_msg(const ackbox_tx_msg *m, size_t frame_max, char *errstr, size_t errstr_size)
+{
+	size_t n;
+	if ((n = strlen(m->topic)) > SHORTSTR_MAX) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "topic: %zu bytes; an AMQP routing key is a short string of at "
+		                  "most %d bytes",
+		                  n, SHORTSTR_MAX);
+		return ACKBOX_ERR_INVALID;
+	}
+	if (m->content_type && (n = strlen(m->content_type)) > SHORTSTR_MAX) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "content_type: %zu bytes; the AMQP content-type property is a "
+		                  "short string of at most %d bytes",
+		                  n, SHORTSTR_MAX);
+		return ACKBOX_ERR_INVALID;
+	}
+	for (size_t i = 0; i < m->header_count; i++) {
+		const char *name = m->headers[i].name;
+		if ((n = strlen(name)) > SHORTSTR_MAX) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "header '%.32s...': name of %zu bytes; AMQP header names "
+			                  "(field-table keys) are short strings of at most %d "
+			                  "bytes",
+			                  name, n, SHORTSTR_MAX);
+			return ACKBOX_ERR_INVALID;
+		}
+		if (strcmp(name, "CC") == 0 || strcmp(name, "BCC") == 0) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "header '%s': RabbitMQ reads CC and BCC as extra routing "
+			                  "keys and needs an array; ackbox sends header values as "
+			                  "byte strings, which RabbitMQ refuses (406 "
+			                  "PRECONDITION_FAILED)",
+			                  name);
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	if ((n = properties_size(m)) > frame_max - HEADER_FRAME_OVERHEAD) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "headers: the AMQP properties (headers, key, content type, id) "
+		                  "take %zu bytes; rabbitmq-c sends them in one frame, which holds "
+		                  "at most %zu with frame_max %zu",
+		                  n, frame_max - HEADER_FRAME_OVERHEAD, frame_max);
+		return ACKBOX_ERR_INVALID;
+	}
+	return 0;
+}
+
+/*
+ * Before a message is stored. The frame size is the one ackbox asks for at
+ * login (AMQP_DEFAULT_FRAME_SIZE, also RabbitMQ's default); a broker that
+ * negotiates less is caught by send(), which checks again with the size
+ * the connection got. Reads nothing of ctx: safe on any thread.
+ */
+static int amqp_validate_(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
+{
+	(void)vctx;
+	return check_msg(m, AMQP_DEFAULT_FRAME_SIZE, errstr, errstr_size);
+}
+
 #define DECLARE_LOST (-1)
 #define DECLARE_REFUSED (-2)
 
@@ -490,6 +636,41 @@ static int declare(amqp_ctx *c, const char *queue, uint64_t token)
 	return 0;
 }
 
+/* Codes rabbitmq-c 0.11 returns when it cannot encode a frame. */
+static int encoding_error(int rc)
+{
+	return rc == AMQP_STATUS_BAD_AMQP_DATA || rc == AMQP_STATUS_TABLE_TOO_BIG ||
+	       rc == AMQP_STATUS_INVALID_PARAMETER || rc == AMQP_STATUS_UNKNOWN_CLASS;
+}
+
+/*
+ * amqp_basic_publish failed with rc. It writes the method frame (exchange,
+ * routing key), then the content header (the properties), then the body,
+ * encoding each frame just before writing it. A socket error means the
+ * connection is gone: the message did not reach the broker whole, and it
+ * was not sent. An encoding error can only be the content header, since
+ * check_msg() and open() passed the method frame's fields: the method frame
+ * is then on the wire without its content, the stream is broken and the
+ * connection must go; the message itself is at fault, so its attempt
+ * failed (ERROR, reported first) and it is not resent as in doubt.
+ * (rabbitmq-c also returns BAD_AMQP_DATA for a garbled frame it reads
+ * while checking heartbeats; that connection is lost either way.)
+ */
+static int publish_failed(amqp_ctx *c, const ackbox_tx_msg *m, int rc)
+{
+	char why[256];
+	if (!encoding_error(rc)) {
+		lost(c, 0, amqp_error_string2(rc));
+		return ACKBOX_TX_NOT_CONNECTED;
+	}
+	snprintf(why, sizeof(why), "rabbitmq-c cannot encode the message's properties: %s",
+	         amqp_error_string2(rc));
+	ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, 0, 0, why};
+	ackbox_tx_report(c->host, &ev);
+	lost(c, 0, "a publish was cut short by an encoding error");
+	return ACKBOX_TX_SENT;
+}
+
 static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 {
 	amqp_ctx *c = vctx;
@@ -498,12 +679,20 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 	size_t ne = m->header_count + (m->key_len ? 1 : 0);
 	amqp_bytes_t body;
 	slot *s;
+	char why[512];
 	int rc;
 
 	if (!c->connected)
 		return ACKBOX_TX_NOT_CONNECTED;
 	if (c->next_tag - c->base_tag >= c->ring_cap)
 		return ACKBOX_TX_BUSY; /* an old tag is still unanswered: the ring is full */
+	if (check_msg(m, (size_t)amqp_get_frame_max(c->conn), why, sizeof(why)) != 0) {
+		/* stored unchecked, or the broker gave a smaller frame_max: it
+		 * can never go on the wire, and nothing was written */
+		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, 0, 0, why};
+		ackbox_tx_report(c->host, &ev);
+		return ACKBOX_TX_SENT;
+	}
 	if (c->declare_queue && !c->exchange[0] && (rc = declare(c, m->topic, m->token)) != 0)
 		return rc == DECLARE_REFUSED ? ACKBOX_TX_SENT : ACKBOX_TX_NOT_CONNECTED;
 	memset(&p, 0, sizeof(p));
@@ -526,7 +715,7 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		}
 		if (m->key_len) {
 			/* AMQP has no message key; it travels as a header */
-			entries[ne - 1].key = amqp_cstring_bytes("ackbox-key");
+			entries[ne - 1].key = amqp_cstring_bytes(KEY_HEADER);
 			entries[ne - 1].value.kind = AMQP_FIELD_KIND_BYTES;
 			entries[ne - 1].value.value.bytes.len = m->key_len;
 			entries[ne - 1].value.value.bytes.bytes = (void *)m->key;
@@ -548,12 +737,10 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 	                        amqp_cstring_bytes(m->topic), c->mandatory, 0, &p, body);
 	free(entries);
 	if (rc != AMQP_STATUS_OK) {
-		/* the write failed: the message did not reach the broker whole */
 		s->token = 0;
 		c->next_tag--;
 		c->outstanding--;
-		lost(c, 0, amqp_error_string2(rc));
-		return ACKBOX_TX_NOT_CONNECTED;
+		return publish_failed(c, m, rc);
 	}
 	return ACKBOX_TX_SENT;
 }
@@ -595,15 +782,7 @@ static void amqp_close_(void *vctx)
 	}
 	if (c->ring)
 		teardown(c);
-	free(c->ring);
-	free(c->declared);
-	free(c->host_name);
-	free(c->user);
-	free(c->password);
-	free(c->vhost);
-	free(c->exchange);
-	free(c->conn_name);
-	free(c->cacert);
+	free_settings(c);
 }
 
 static const char *const amqp_schemes[] = {"amqp", "amqps", NULL};
@@ -621,4 +800,5 @@ const ackbox_transport_ops ackbox_amqp_transport = {
 	.send = amqp_send_,
 	.poll = amqp_poll_,
 	.close = amqp_close_,
+	.validate = amqp_validate_,
 };
