@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,19 @@
 
 #define CHANNEL 1
 
+/* AMQP 0-9-1 short strings (routing key, exchange, content type, field-table
+ * names) carry a one-byte length. */
+#define SHORTSTR_MAX 255
+/* rabbitmq-c writes the properties in one content-header frame no larger
+ * than frame_max: 7 bytes of frame header, 12 of class id, weight and body
+ * size, the properties, and 1 frame-end byte. */
+#define HEADER_FRAME_OVERHEAD 20
+
 /* One unconfirmed publish, found by (tag - base) in a ring. */
 typedef struct slot {
 	uint64_t token; /* 0: answered */
 	ackbox_id id;
+	size_t body_len; /* to find the publish a max_message_size refusal names */
 } slot;
 
 typedef struct amqp_ctx {
@@ -83,10 +93,37 @@ static char *dup_or(const char *s, const char *def)
 	return strdup(s && *s ? s : def);
 }
 
+static void free_settings(amqp_ctx *c)
+{
+	free(c->ring);
+	free(c->declared);
+	free(c->host_name);
+	free(c->user);
+	free(c->password);
+	free(c->vhost);
+	free(c->exchange);
+	free(c->conn_name);
+	free(c->cacert);
+	memset(c, 0, sizeof(*c));
+}
+
+static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size);
+
+/* close() is not called when open fails: free what was made here. */
 static int amqp_open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                       char *errstr, size_t errstr_size)
 {
 	amqp_ctx *c = vctx;
+	int rc = open_(c, url, host, info, errstr, errstr_size);
+	if (rc)
+		free_settings(c);
+	return rc;
+}
+
+static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size)
+{
 	char q[256];
 	int64_t hb_ms = 30000;
 
@@ -123,6 +160,14 @@ static int amqp_open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, a
 	}
 	if (!c->host_name || !c->user || !c->password || !c->vhost || !c->exchange || !c->conn_name)
 		return ACKBOX_ERR_NOMEM;
+	if (strlen(c->exchange) > SHORTSTR_MAX) {
+		/* rabbitmq-c would refuse to encode every publish */
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "amqp.exchange: %zu bytes; an AMQP exchange name is a short "
+		                  "string of at most %d bytes",
+		                  strlen(c->exchange), SHORTSTR_MAX);
+		return ACKBOX_ERR_BAD_VALUE;
+	}
 	c->ring_cap = 1;
 	while (c->ring_cap < (size_t)c->window)
 		c->ring_cap *= 2;
@@ -163,6 +208,18 @@ static void reply_text(amqp_rpc_reply_t r, char *buf, size_t n)
 	}
 }
 
+/* The broker's reply code in a failed RPC reply, 0 if it did not answer. */
+static int reply_code(amqp_rpc_reply_t r)
+{
+	if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION)
+		return 0;
+	if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+		return ((amqp_connection_close_t *)r.reply.decoded)->reply_code;
+	if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+		return ((amqp_channel_close_t *)r.reply.decoded)->reply_code;
+	return 0;
+}
+
 static void teardown(amqp_ctx *c)
 {
 	if (c->conn) {
@@ -179,10 +236,14 @@ static void teardown(amqp_ctx *c)
 	c->ndeclared = 0;
 }
 
-/* The connection is gone: every unconfirmed publish is in doubt. */
-static int lost(amqp_ctx *c, const char *why)
+/*
+ * The connection is gone: every unconfirmed publish is in doubt. code is the
+ * broker's reply code when the broker closed it (0 otherwise); it and why
+ * become the reason the core gives a message that kills every connection.
+ */
+static int lost(amqp_ctx *c, int code, const char *why)
 {
-	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, 0, 1, why};
+	ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, code, 1, why};
 	ackbox_tx_log(c->host, ACKBOX_LOG_WARN, "connection to %s:%d lost: %s", c->host_name, c->port,
 	              why);
 	teardown(c);
@@ -314,8 +375,12 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, (int)ret->exchange.len,
 	         (char *)ret->exchange.bytes, (int)ret->routing_key.len,
 	         (char *)ret->routing_key.bytes);
-	if (r.reply_type != AMQP_RESPONSE_NORMAL)
-		return lost(c, "reading a returned message failed");
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		char text[256];
+		reply_text(r, text, sizeof(text));
+		snprintf(why, sizeof(why), "reading a returned message failed: %s", text);
+		return lost(c, reply_code(r), why);
+	}
 	if ((msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
 	    msg.properties.message_id.len == ACKBOX_ID_STRLEN - 1) {
 		memcpy(idtext, msg.properties.message_id.bytes, ACKBOX_ID_STRLEN - 1);
@@ -333,6 +398,39 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 	amqp_destroy_message(&msg);
 	advance_base(c);
 	return 0;
+}
+
+/*
+ * A channel error is the answer to a publish (404 no such exchange, 403
+ * access refused, 406 over max_message_size): the publishes it concerns
+ * failed an attempt, so a message that always causes it ends FAILED instead
+ * of cycling through reconnects. RabbitMQ names neither the publish nor its
+ * tag, so every unconfirmed publish pays an attempt, unless the text names
+ * a body size ("message size N is larger than configured max size M"):
+ * then only the publishes of N bytes do, and the others are in doubt, as
+ * after any lost connection (when nothing matches, all pay).
+ */
+static int channel_closed(amqp_ctx *c, amqp_channel_close_t *m)
+{
+	char text[256], why[300];
+	unsigned long long size;
+	size_t blamed = 0;
+	snprintf(text, sizeof(text), "%.*s", (int)m->reply_text.len, (char *)m->reply_text.bytes);
+	snprintf(why, sizeof(why), "channel closed by broker: %u %s", m->reply_code, text);
+	if (m->reply_code == AMQP_PRECONDITION_FAILED &&
+	    sscanf(text, "PRECONDITION_FAILED - message size %llu is larger", &size) == 1) {
+		for (uint64_t t = c->base_tag; t < c->next_tag; t++) {
+			slot *s = slot_of(c, t);
+			if (s->token && s->body_len == size) {
+				answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
+				blamed++;
+			}
+		}
+	}
+	if (!blamed)
+		for (uint64_t t = c->base_tag; t < c->next_tag; t++)
+			answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
+	return lost(c, m->reply_code, why);
 }
 
 static int handle_frame(amqp_ctx *c, amqp_frame_t *f)
@@ -353,24 +451,17 @@ static int handle_frame(amqp_ctx *c, amqp_frame_t *f)
 	}
 	case AMQP_BASIC_RETURN_METHOD:
 		return returned(c, f->payload.method.decoded);
-	case AMQP_CHANNEL_CLOSE_METHOD: {
-		amqp_channel_close_t *m = f->payload.method.decoded;
-		snprintf(why, sizeof(why), "channel closed by broker: %u %.*s", m->reply_code,
-		         (int)m->reply_text.len, (char *)m->reply_text.bytes);
-		/* a channel error is the answer to a publish (404 no such exchange,
-		 * 403 access refused): the unconfirmed publishes failed an attempt,
-		 * so a message that always causes it ends FAILED instead of cycling
-		 * through reconnects. It cannot tell which publish it was: every
-		 * unconfirmed one pays an attempt. */
-		for (uint64_t t = c->base_tag; t < c->next_tag; t++)
-			answer(c, t, ACKBOX_TX_ERROR, m->reply_code, why);
-		return lost(c, why);
-	}
+	case AMQP_CHANNEL_CLOSE_METHOD:
+		return channel_closed(c, f->payload.method.decoded);
 	case AMQP_CONNECTION_CLOSE_METHOD: {
 		amqp_connection_close_t *m = f->payload.method.decoded;
+		amqp_connection_close_ok_t ok = {0};
 		snprintf(why, sizeof(why), "connection closed by broker: %u %.*s", m->reply_code,
 		         (int)m->reply_text.len, (char *)m->reply_text.bytes);
-		return lost(c, why);
+		/* the broker waits for close-ok before it closes the socket; a few
+		 * bytes into a socket it still reads, so this does not block */
+		amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+		return lost(c, m->reply_code, why);
 	}
 	default:
 		return 0;
@@ -387,7 +478,7 @@ static int drain(amqp_ctx *c)
 		if (rc == AMQP_STATUS_TIMEOUT)
 			break;
 		if (rc != AMQP_STATUS_OK)
-			return lost(c, amqp_error_string2(rc));
+			return lost(c, 0, amqp_error_string2(rc));
 		if (handle_frame(c, &f) != 0)
 			return ACKBOX_ERR_TRANSPORT;
 		if (!c->connected)
@@ -398,7 +489,120 @@ static int drain(amqp_ctx *c)
 	return 0;
 }
 
-static int declare(amqp_ctx *c, const char *queue)
+/* The header that carries the message key (AMQP has no message key). */
+#define KEY_HEADER "ackbox-key"
+
+/* Adds n to *sum, saturating at SIZE_MAX. */
+static void add_size(size_t *sum, size_t n)
+{
+	*sum = n > SIZE_MAX - *sum ? SIZE_MAX : *sum + n;
+}
+
+/*
+ * The bytes of the basic properties send() writes, as rabbitmq-c 0.11
+ * encodes them (amqp_encode_properties): the flag word, then content type
+ * (shortstr), headers (a table: 4-byte size, then per entry a shortstr name,
+ * a type byte and a 4-byte length before the bytes), delivery mode and
+ * message id (shortstr).
+ */
+static size_t properties_size(const ackbox_tx_msg *m)
+{
+	size_t n = 2 + 1 + 1 + strlen(m->id_str);
+	if (m->content_type)
+		add_size(&n, 1 + strlen(m->content_type));
+	if (m->header_count || m->key_len) {
+		add_size(&n, 4);
+		for (size_t i = 0; i < m->header_count; i++) {
+			add_size(&n, 1 + strlen(m->headers[i].name) + 1 + 4);
+			add_size(&n, m->headers[i].value_len);
+		}
+		if (m->key_len) {
+			add_size(&n, 1 + strlen(KEY_HEADER) + 1 + 4);
+			add_size(&n, m->key_len);
+		}
+	}
+	return n;
+}
+
+/*
+ * Whether m can go on the wire as send() would put it, with frames of
+ * frame_max bytes. rabbitmq-c refuses a routing key or content type over
+ * 255 bytes and properties larger than a frame; a header name over 255 bytes
+ * it writes with its length cut to one byte, and RabbitMQ 3.10 answers the
+ * garbled table by closing the connection (541 INTERNAL_ERROR). 0, or
+ * ACKBOX_ERR_INVALID with errstr naming the field and the limit.
+ */
+static int check_msg(const ackbox_tx_msg *m, size_t frame_max, char *errstr, size_t errstr_size)
+{
+	size_t n;
+	if ((n = strlen(m->topic)) > SHORTSTR_MAX) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "topic: %zu bytes; an AMQP routing key is a short string of at "
+		                  "most %d bytes",
+		                  n, SHORTSTR_MAX);
+		return ACKBOX_ERR_INVALID;
+	}
+	if (m->content_type && (n = strlen(m->content_type)) > SHORTSTR_MAX) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "content_type: %zu bytes; the AMQP content-type property is a "
+		                  "short string of at most %d bytes",
+		                  n, SHORTSTR_MAX);
+		return ACKBOX_ERR_INVALID;
+	}
+	for (size_t i = 0; i < m->header_count; i++) {
+		const char *name = m->headers[i].name;
+		if ((n = strlen(name)) > SHORTSTR_MAX) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "header '%.32s...': name of %zu bytes; AMQP header names "
+			                  "(field-table keys) are short strings of at most %d "
+			                  "bytes",
+			                  name, n, SHORTSTR_MAX);
+			return ACKBOX_ERR_INVALID;
+		}
+		if (strcmp(name, "CC") == 0 || strcmp(name, "BCC") == 0) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "header '%s': RabbitMQ reads CC and BCC as extra routing "
+			                  "keys and needs an array; ackbox sends header values as "
+			                  "byte strings, which RabbitMQ refuses (406 "
+			                  "PRECONDITION_FAILED)",
+			                  name);
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	if ((n = properties_size(m)) > frame_max - HEADER_FRAME_OVERHEAD) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "headers: the AMQP properties (headers, key, content type, id) "
+		                  "take %zu bytes; rabbitmq-c sends them in one frame, which holds "
+		                  "at most %zu with frame_max %zu",
+		                  n, frame_max - HEADER_FRAME_OVERHEAD, frame_max);
+		return ACKBOX_ERR_INVALID;
+	}
+	return 0;
+}
+
+/*
+ * Before a message is stored. The frame size is the one ackbox asks for at
+ * login (AMQP_DEFAULT_FRAME_SIZE, also RabbitMQ's default); a broker that
+ * negotiates less is caught by send(), which checks again with the size
+ * the connection got. Reads nothing of ctx: safe on any thread.
+ */
+static int amqp_validate_(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
+{
+	(void)vctx;
+	return check_msg(m, AMQP_DEFAULT_FRAME_SIZE, errstr, errstr_size);
+}
+
+#define DECLARE_LOST (-1)
+#define DECLARE_REFUSED (-2)
+
+/*
+ * Declares queue once per connection (amqp.declare_queue). 0 when done;
+ * otherwise the connection is gone. DECLARE_REFUSED: the broker refused the
+ * declare itself (403 for an "amq." name, 406 for a queue that exists with
+ * other arguments) and ERROR was reported for token, since resending the
+ * message cannot help; DECLARE_LOST: the connection failed.
+ */
+static int declare(amqp_ctx *c, const char *queue, uint64_t token)
 {
 	char **n;
 	amqp_rpc_reply_t r;
@@ -411,10 +615,18 @@ static int declare(amqp_ctx *c, const char *queue)
 	                   amqp_empty_table);
 	r = amqp_get_rpc_reply(c->conn);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		char why[256];
+		char why[256], text[300];
 		reply_text(r, why, sizeof(why));
-		lost(c, why);
-		return -1;
+		if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+		    r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+			snprintf(text, sizeof(text), "declaring queue '%s': %s", queue, why);
+			ackbox_tx_event ev = {ACKBOX_TX_ERROR, token, reply_code(r), 0, text};
+			ackbox_tx_report(c->host, &ev);
+			lost(c, reply_code(r), why);
+			return DECLARE_REFUSED;
+		}
+		lost(c, reply_code(r), why);
+		return DECLARE_LOST;
 	}
 	n = realloc(c->declared, (c->ndeclared + 1) * sizeof(*n));
 	if (n) {
@@ -422,6 +634,41 @@ static int declare(amqp_ctx *c, const char *queue)
 		c->declared[c->ndeclared++] = strdup(queue);
 	}
 	return 0;
+}
+
+/* Codes rabbitmq-c 0.11 returns when it cannot encode a frame. */
+static int encoding_error(int rc)
+{
+	return rc == AMQP_STATUS_BAD_AMQP_DATA || rc == AMQP_STATUS_TABLE_TOO_BIG ||
+	       rc == AMQP_STATUS_INVALID_PARAMETER || rc == AMQP_STATUS_UNKNOWN_CLASS;
+}
+
+/*
+ * amqp_basic_publish failed with rc. It writes the method frame (exchange,
+ * routing key), then the content header (the properties), then the body,
+ * encoding each frame just before writing it. A socket error means the
+ * connection is gone: the message did not reach the broker whole, and it
+ * was not sent. An encoding error can only be the content header, since
+ * check_msg() and open() passed the method frame's fields: the method frame
+ * is then on the wire without its content, the stream is broken and the
+ * connection must go; the message itself is at fault, so its attempt
+ * failed (ERROR, reported first) and it is not resent as in doubt.
+ * (rabbitmq-c also returns BAD_AMQP_DATA for a garbled frame it reads
+ * while checking heartbeats; that connection is lost either way.)
+ */
+static int publish_failed(amqp_ctx *c, const ackbox_tx_msg *m, int rc)
+{
+	char why[256];
+	if (!encoding_error(rc)) {
+		lost(c, 0, amqp_error_string2(rc));
+		return ACKBOX_TX_NOT_CONNECTED;
+	}
+	snprintf(why, sizeof(why), "rabbitmq-c cannot encode the message's properties: %s",
+	         amqp_error_string2(rc));
+	ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, 0, 0, why};
+	ackbox_tx_report(c->host, &ev);
+	lost(c, 0, "a publish was cut short by an encoding error");
+	return ACKBOX_TX_SENT;
 }
 
 static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
@@ -432,14 +679,22 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 	size_t ne = m->header_count + (m->key_len ? 1 : 0);
 	amqp_bytes_t body;
 	slot *s;
+	char why[512];
 	int rc;
 
 	if (!c->connected)
 		return ACKBOX_TX_NOT_CONNECTED;
 	if (c->next_tag - c->base_tag >= c->ring_cap)
 		return ACKBOX_TX_BUSY; /* an old tag is still unanswered: the ring is full */
-	if (c->declare_queue && !c->exchange[0] && declare(c, m->topic) != 0)
-		return ACKBOX_TX_NOT_CONNECTED;
+	if (check_msg(m, (size_t)amqp_get_frame_max(c->conn), why, sizeof(why)) != 0) {
+		/* stored unchecked, or the broker gave a smaller frame_max: it
+		 * can never go on the wire, and nothing was written */
+		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, 0, 0, why};
+		ackbox_tx_report(c->host, &ev);
+		return ACKBOX_TX_SENT;
+	}
+	if (c->declare_queue && !c->exchange[0] && (rc = declare(c, m->topic, m->token)) != 0)
+		return rc == DECLARE_REFUSED ? ACKBOX_TX_SENT : ACKBOX_TX_NOT_CONNECTED;
 	memset(&p, 0, sizeof(p));
 	p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
 	p.delivery_mode = 2; /* persistent: the broker writes it to disk before confirming */
@@ -460,7 +715,7 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		}
 		if (m->key_len) {
 			/* AMQP has no message key; it travels as a header */
-			entries[ne - 1].key = amqp_cstring_bytes("ackbox-key");
+			entries[ne - 1].key = amqp_cstring_bytes(KEY_HEADER);
 			entries[ne - 1].value.kind = AMQP_FIELD_KIND_BYTES;
 			entries[ne - 1].value.value.bytes.len = m->key_len;
 			entries[ne - 1].value.value.bytes.bytes = (void *)m->key;
@@ -475,18 +730,17 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 	s = slot_of(c, c->next_tag);
 	s->token = m->token;
 	s->id = m->id;
+	s->body_len = m->payload_len;
 	c->next_tag++;
 	c->outstanding++;
 	rc = amqp_basic_publish(c->conn, CHANNEL, amqp_cstring_bytes(c->exchange),
 	                        amqp_cstring_bytes(m->topic), c->mandatory, 0, &p, body);
 	free(entries);
 	if (rc != AMQP_STATUS_OK) {
-		/* the write failed: the message did not reach the broker whole */
 		s->token = 0;
 		c->next_tag--;
 		c->outstanding--;
-		lost(c, amqp_error_string2(rc));
-		return ACKBOX_TX_NOT_CONNECTED;
+		return publish_failed(c, m, rc);
 	}
 	return ACKBOX_TX_SENT;
 }
@@ -512,7 +766,7 @@ static int amqp_poll_(void *vctx, int timeout_ms)
 		timeout_ms = c->heartbeat_s * 500;
 	rc = poll(pfd, 2, timeout_ms);
 	if (rc < 0 && errno != EINTR)
-		return lost(c, strerror(errno));
+		return lost(c, 0, strerror(errno));
 	if (rc > 0 && (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)))
 		return drain(c);
 	return 0;
@@ -528,15 +782,7 @@ static void amqp_close_(void *vctx)
 	}
 	if (c->ring)
 		teardown(c);
-	free(c->ring);
-	free(c->declared);
-	free(c->host_name);
-	free(c->user);
-	free(c->password);
-	free(c->vhost);
-	free(c->exchange);
-	free(c->conn_name);
-	free(c->cacert);
+	free_settings(c);
 }
 
 static const char *const amqp_schemes[] = {"amqp", "amqps", NULL};
@@ -554,4 +800,5 @@ const ackbox_transport_ops ackbox_amqp_transport = {
 	.send = amqp_send_,
 	.poll = amqp_poll_,
 	.close = amqp_close_,
+	.validate = amqp_validate_,
 };

@@ -6,8 +6,11 @@
  * N published -> N distinct ids consumed with payloads intact; the leader
  * set down mid-stream and back up -> nothing lost; injected produce errors
  * -> retried, nothing lost; a topic that errors permanently -> FAILED after
- * retry.max_attempts with the broker's error; bad kafka.* keys -> a clear
- * error at ackbox_new.
+ * retry.max_attempts with the broker's error; one message the cluster
+ * refuses (a produce error injected on the broker that leads only its
+ * topic) -> FAILED with Kafka's code and name while the others are acked;
+ * topic names Kafka forbids -> refused by ackbox_publish, nothing stored;
+ * bad kafka.* keys -> a clear error at ackbox_new.
  */
 #include "testutil.h"
 
@@ -316,4 +319,130 @@ Test(kafka, unreachable_cluster_keeps_every_message)
 	long long t0 = tu_mono_ms();
 	ackbox_destroy(ab);
 	cr_log_info("destroy with the cluster unreachable: %lld ms", tu_mono_ms() - t0);
+}
+
+/*
+ * Kafka's topic rule is checked by ackbox_publish: 1 to 249 characters of
+ * [a-zA-Z0-9._-], not "." or "..". A refused message is not stored; a name
+ * at the limit is delivered.
+ */
+Test(kafka, publish_refuses_topics_kafka_forbids_and_stores_nothing)
+{
+	seen s = {0};
+	char long_[300], err[512];
+	ackbox_counts n;
+	memset(long_, 't', sizeof(long_));
+	long_[250] = '\0';
+	ackbox *ab = open_ab(make_conf(&s));
+	struct {
+		const char *topic, *says;
+	} bad[] = {
+		{"", "no topic"}, /* the core's own rule, before the transport's */
+		{long_, "topic: 250 characters; a Kafka topic has at most 249"},
+		{".", "topic: '.' is not a legal Kafka topic name"},
+		{"..", "topic: '..' is not a legal Kafka topic name"},
+		{"orders/eu", "topic: byte 0x2f at offset 6"},
+		{"t n", "byte 0x20 at offset 1; a Kafka topic may hold only ASCII letters, digits"},
+		{"t\xc3\xa9", "byte 0xc3 at offset 1"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ackbox_msg m = {.topic = bad[i].topic, .payload = "seq:1", .payload_len = 5};
+		err[0] = '\0';
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_INVALID,
+		             "'%s' accepted", bad[i].topic);
+		cr_assert(strstr(err, bad[i].says), "'%s': %s", bad[i].topic, err);
+	}
+	cr_assert_eq(ackbox_counts_get(ab, &n, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(n.sending + n.retrying + n.failed, 0u, "a refused message was stored");
+
+	long_[249] = '\0';
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, long_, 1, 3), 0);
+	ackbox_msg ok = {.topic = long_, .payload = "seq:1", .payload_len = 5};
+	cr_assert_eq(ackbox_publish(ab, &ok, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1, "%s", s.reason);
+	ackbox_destroy(ab);
+}
+
+/*
+ * One message the cluster refuses, the others acked. The mock cluster has
+ * no message.max.bytes of its own, so the refusal is injected: broker 2
+ * leads the only partition of t.refused and nothing else, and answers its
+ * next 3 Produce requests with INVALID_RECORD (what a compacted topic says
+ * to a message without a key), an error librdkafka does not retry. Each
+ * ackbox attempt is one such request: the message ends FAILED after
+ * retry.max_attempts = 3 with Kafka's code and name (ERROR, not NOT_SENT or
+ * IN_DOUBT), the injected errors are used up exactly, and the messages of
+ * t.fine (led by broker 1) are each acked and delivered once.
+ */
+Test(kafka, refused_message_fails_with_kafkas_code_and_others_are_acked)
+{
+	enum { M = 500, REFUSALS = 3 };
+	seen s = {0};
+	size_t distinct, left = 99;
+	char err[256];
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "retry.max_attempts", "3");
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.fine", PARTITIONS, 3), 0);
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.refused", 1, 3), 0);
+	for (int p = 0; p < PARTITIONS; p++)
+		cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, "t.fine", p, 1), 0);
+	cr_assert_eq(rd_kafka_mock_partition_set_leader(mc, "t.refused", 0, 2), 0);
+	cr_assert_eq(rd_kafka_mock_broker_push_request_error_rtts(
+	                 mc, 2, 0 /* Produce */, REFUSALS, RD_KAFKA_RESP_ERR_INVALID_RECORD, 0,
+	                 RD_KAFKA_RESP_ERR_INVALID_RECORD, 0, RD_KAFKA_RESP_ERR_INVALID_RECORD, 0),
+	             0);
+	ackbox *ab = open_ab(c);
+	publish_range(ab, "t.fine", 0, M / 2);
+	ackbox_msg bad = {.topic = "t.refused", .payload = "seq:0", .payload_len = 5};
+	cr_assert_eq(ackbox_publish(ab, &bad, NULL, err, sizeof(err)), 0, "%s", err);
+	publish_range(ab, "t.fine", M / 2, M);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	cr_assert_eq(s.failed, 1, "%s", s.reason);
+	cr_assert_eq(s.acked, M);
+	cr_assert_eq(s.code, RD_KAFKA_RESP_ERR_INVALID_RECORD, "code %d: %s", s.code, s.reason);
+	cr_assert(strstr(s.reason, "INVALID_RECORD"), "%s", s.reason);
+	cr_assert_eq(s.attempts, REFUSALS, "%s", s.reason);
+	cr_assert_eq(rd_kafka_mock_broker_error_stack_cnt(mc, 2, 0, &left), 0);
+	cr_assert_eq(left, 0u, "one Produce request per attempt");
+	cr_log_info("refused: %s", s.reason);
+	ackbox_counts n;
+	cr_assert_eq(ackbox_counts_get(ab, &n, NULL, 0), 0);
+	cr_assert_eq(n.failed, 1u);
+	cr_assert_eq(n.sending + n.retrying, 0u);
+	ackbox_destroy(ab);
+	size_t read = consume_all("t.fine", M, &distinct);
+	cr_assert_eq(distinct, (size_t)M);
+	cr_assert_eq(read, (size_t)M, "no resend of the others");
+}
+
+/*
+ * A message librdkafka refuses to produce (rd_kafka_producev fails: here
+ * its key takes it over message.max.bytes, which the core checks against
+ * the payload alone) is an attempt that failed, with librdkafka's code and
+ * name: FAILED after retry.max_attempts, never a reconnect or a resend loop.
+ */
+Test(kafka, message_librdkafka_refuses_to_produce_fails_as_an_error)
+{
+	static char key[3000];
+	seen s = {0};
+	char err[256];
+	memset(key, 'k', sizeof(key));
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "retry.max_attempts", "2");
+	TU_SET(c, "kafka.message.max.bytes", "2000");
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.big", 1, 3), 0);
+	ackbox *ab = open_ab(c);
+	ackbox_msg m = {.topic = "t.big", .key = key, .key_len = sizeof(key), .payload = "seq:1",
+	                .payload_len = 5};
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	publish_range(ab, "t.big", 0, 10);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.failed, 1, "%s", s.reason);
+	cr_assert_eq(s.acked, 10);
+	cr_assert_eq(s.attempts, 2);
+	cr_assert_eq(s.code, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, "code %d: %s", s.code, s.reason);
+	cr_assert(strstr(s.reason, "MSG_SIZE_TOO_LARGE") && strstr(s.reason, "t.big"), "%s",
+	          s.reason);
+	ackbox_destroy(ab);
 }
