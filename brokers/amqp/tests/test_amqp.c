@@ -5,8 +5,8 @@
  * broker killed and restarted mid-stream -> nothing lost, nothing FAILED;
  * what AMQP cannot carry refused at publish, or FAILED without a reconnect
  * when it was stored unchecked; a message over max_message_size -> FAILED
- * alone; a message RabbitMQ answers by closing the connection -> the close
- * reason reaches the core.
+ * alone; a poison message RabbitMQ answers by closing the connection ->
+ * FAILED alone with the broker's code, every other message delivered.
  */
 #include "testutil.h"
 
@@ -601,25 +601,52 @@ Test(amqp, queue_the_broker_refuses_to_declare_fails_that_message)
  * A message RabbitMQ 3.10 answers by closing the connection, not the
  * channel: a direct reply-to routing key whose suffix decodes (base64) to
  * something that is not a pid crashes the channel, and the broker closes
- * the connection with 541 INTERNAL_ERROR, each time the message is sent.
- * The DISCONNECTED report carries the broker's code and text, which the
- * core logs and gives a poison message as its reason.
+ * the connection with 541 INTERNAL_ERROR, each time the message is sent. No
+ * check can refuse it before sending: it is a poison message. The core must
+ * find it among the others (they are resent one at a time after the first
+ * close), burn its attempts alone and mark it FAILED with the broker's code
+ * and text, while every other message is delivered, none FAILED, and
+ * without a storm of duplicates.
  */
-Test(amqp, connection_closed_by_broker_reports_its_code_and_text)
+Test(amqp, poison_message_closing_the_connection_fails_alone)
 {
+	enum { N = 200 };
+	static ackbox_id ids[N];
 	seen s = {0};
+	got g = {0};
 	logwatch w = {PTHREAD_MUTEX_INITIALIZER,
 	              "transport disconnected (connection closed by broker: 541 INTERNAL_ERROR)", 0,
 	              ""};
+	declare("t_poison", amqp_empty_table);
 	ackbox_conf *c = make_conf(&s);
 	TU_SET(c, "retry.max_attempts", "3");
 	TU_SET(c, "log.level", "warn");
 	ackbox_conf_set_log_cb(c, on_log, &w);
 	ackbox *ab = open_conf(c);
-	publish_seq(ab, "amq.rabbitmq.reply-to.g2wAAAAA.abc", 1);
-	/* twice: the resend after the reconnect closes it again */
-	cr_assert(TU_WAIT_UNTIL(log_hits(&w) >= 2, 30000), "%d closes seen; last: %s", log_hits(&w),
-	          w.line);
-	cr_assert_eq(s.acked, 0);
+	long long t0 = tu_mono_ms();
+	for (int i = 0; i < N; i++) {
+		ids[i] = publish_seq(ab, "t_poison", i + 1);
+		if (i == N / 2)
+			publish_seq(ab, "amq.rabbitmq.reply-to.g2wAAAAA.abc", 0);
+	}
+	cr_assert_eq(ackbox_flush(ab, 60000), 0, "acked %d failed %d", s.acked, s.failed);
+	long long took = tu_mono_ms() - t0;
+	cr_assert_eq(s.failed, 1, "%s", s.all);
+	cr_assert_eq(s.acked, N);
+	cr_assert_eq(s.outcome, ACKBOX_OUTCOME_DISCONNECT, "outcome %d: %s", s.outcome, s.reason);
+	cr_assert_eq(s.attempts, 3);
+	cr_assert_eq(s.code, 541);
+	cr_assert(strstr(s.reason, "541 INTERNAL_ERROR"), "%s", s.reason);
+	cr_assert(strstr(s.topic, "amq.rabbitmq.reply-to"), "%s", s.topic);
+	cr_assert_geq(log_hits(&w), 1, "the drop is logged at WARN");
 	ackbox_destroy(ab);
+	drain("t_poison", &g);
+	size_t d = distinct(&g);
+	cr_log_info("AMQP poison FAILED in %lld ms; %zu deliveries of %d messages", took, g.n, N);
+	cr_assert_eq(d, N, "every other message delivered");
+	for (int i = 0; i < N; i++)
+		cr_assert(contains(&g, &ids[i]), "id %d missing", i);
+	/* at most the window in flight at the first close is resent */
+	cr_assert_leq(g.n - d, (size_t)N, "%zu duplicates", g.n - d);
+	free(g.ids);
 }

@@ -392,6 +392,10 @@ Test(pg, two_handles_deliver_each_message_once)
 	/* a backlog written by a handle without a relay: due now, in the store only */
 	publish_n(admin, N, "backlog");
 	ackbox_destroy(admin);
+	/* relay a holds its first claim (a window and as much ready behind it)
+	 * unconfirmed for 3 s, so that however long relay b takes to start on
+	 * a loaded machine, rows are left for it to claim */
+	ackbox_loopback_script(la, ACKBOX_LB_CONFIRM, 256, 3000);
 	ackbox_loopback_set_default(la, ACKBOX_LB_CONFIRM, 1);
 	ackbox_loopback_set_default(lbb, ACKBOX_LB_CONFIRM, 1);
 	a = handle_ok("relay-a", on_report, &ra);
