@@ -10,6 +10,7 @@
 #include <ackbox/store.h>
 #include <ackbox/transport.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -42,6 +43,11 @@ void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *componen
              ...) __attribute__((format(printf, 4, 5)));
 void abx_logv(const ackbox_conf *conf, ackbox_log_level lvl, const char *component,
               const char *fmt, va_list ap);
+
+/* Log lines made between hold and release (nestable, per thread) are
+ * handed to the log callback at the outermost release. */
+void abx_log_hold(void);
+void abx_log_release(void);
 
 /* ---- crash points (test-only build switch ACKBOX_CRASH_POINTS) ---- */
 #ifdef ACKBOX_CRASH_POINTS
@@ -124,8 +130,30 @@ struct ackbox {
 	size_t fresh_max_msgs, fresh_max_bytes;
 
 	abx_relay *relay; /* NULL without transport.url */
-	volatile int closing;
+
+	/* The gate (ackbox.c): every call that uses the store or the relay is
+	 * inside it; ackbox_close shuts it and waits for them to leave. */
+	atomic_int closing;
+	atomic_int inside;
+	pthread_mutex_t gate_mtx;
+	pthread_cond_t gate_cond;
+	int close_state; /* 0 open, 1 closing, 2 closed; under gate_mtx */
 };
+
+/* The store lock: every store call holds it, taken and released in the
+ * same function. Log lines made meanwhile (by the store, or the core) reach
+ * the log callback after it is released. */
+static inline void abx_store_lock(struct ackbox *ab)
+{
+	pthread_mutex_lock(&ab->store_mtx);
+	abx_log_hold();
+}
+
+static inline void abx_store_unlock(struct ackbox *ab)
+{
+	pthread_mutex_unlock(&ab->store_mtx);
+	abx_log_release();
+}
 
 /* A report item holding copies of r's texts; NULL if out of memory. */
 abx_report_item *abx_report_new(const ackbox_report *r);

@@ -47,6 +47,18 @@ abx_verdict abx_machine_step(ackbox_state st, int attempts, abx_event ev, ackbox
 	return v(st, attempts, ABX_DO_NOTHING, false);
 }
 
+int64_t abx_backoff(int64_t initial_ms, int64_t max_ms, int n, uint64_t rnd)
+{
+	int64_t base = initial_ms;
+	for (int i = 1; i < n && base < max_ms; i++)
+		base *= 2;
+	if (base > max_ms)
+		base = max_ms;
+	if (base <= 0)
+		return 0;
+	return base / 2 + (int64_t)(rnd % (uint64_t)(base / 2 + 1));
+}
+
 const char *abx_outcome_text(ackbox_outcome oc)
 {
 	switch (oc) {

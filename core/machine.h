@@ -9,6 +9,7 @@
 #define ACKBOX_MACHINE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include <ackbox/ackbox.h>
 #include <ackbox/store.h>
@@ -50,6 +51,15 @@ typedef struct abx_verdict {
  */
 abx_verdict abx_machine_step(ackbox_state st, int attempts, abx_event ev, ackbox_policy policy,
                              int max_attempts);
+
+/*
+ * The delay before resend (or reconnect) n >= 1: capped exponential backoff
+ * with "equal jitter", a value in [b/2, b] with b = min(max, initial *
+ * 2^(n-1)), picked by the random word rnd. The lower bound keeps a dead or
+ * just-restarted broker from being hammered, and a message from failing in
+ * a burst of quick attempts.
+ */
+int64_t abx_backoff(int64_t initial_ms, int64_t max_ms, int n, uint64_t rnd);
 
 /* The words for an outcome in a FAILED reason ("nacked by the broker"). */
 const char *abx_outcome_text(ackbox_outcome oc);

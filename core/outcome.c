@@ -211,12 +211,18 @@ int64_t abx_apply_due_at(const abx_relay *r)
 	return since + APPLY_DELAY_MS;
 }
 
-/* Applies queued changes in one transaction, then releases their reports. */
+/*
+ * Applies queued changes in one transaction, then releases their reports.
+ * Reports are queued before the store lock is released: whoever sees a
+ * change in the store (ackbox_flush) finds its report already queued.
+ * Lock order: store_mtx, then rep_mtx.
+ */
 void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 {
 	struct ackbox *ab = r->ab;
 	char err[256] = "";
-	int rc = 0;
+	bool applied = false;
+	int rc;
 
 	if (r->nchanges) {
 		if (now < r->apply_retry_at)
@@ -226,10 +232,11 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 		 * the relay spends its time sending (reports wait with them). */
 		if (!force && r->nchanges < APPLY_BATCH && now < abx_apply_due_at(r))
 			return;
-		pthread_mutex_lock(&ab->store_mtx);
+		abx_store_lock(ab);
 		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
-		if (rc < 0)
-			pthread_mutex_unlock(&ab->store_mtx);
+		if (rc >= 0 && r->rep_head)
+			abx_report_push_list(ab, r->rep_head, r->rep_tail);
+		abx_store_unlock(ab);
 		r->apply_stuck = rc < 0;
 		if (rc < 0) {
 			/* keep them and try again: a report must not precede its change */
@@ -238,21 +245,15 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 			r->apply_retry_at = now + 200;
 			return;
 		}
-	}
-	/* Reports are queued before the store lock is released: whoever sees a
-	 * change in the store (ackbox_flush) finds its report already queued.
-	 * Lock order: store_mtx, then rep_mtx. */
-	if (r->rep_head)
-		abx_report_push_list(ab, r->rep_head, r->rep_tail);
-	r->rep_head = r->rep_tail = NULL;
-	bool applied = r->nchanges > 0;
-	if (applied) {
-		pthread_mutex_unlock(&ab->store_mtx);
+		applied = true;
 		r->last_apply_at = now;
 		for (size_t i = 0; i < r->nchanges; i++)
 			free(r->change_texts[i]);
 		r->nchanges = 0;
+	} else if (r->rep_head) {
+		abx_report_push_list(ab, r->rep_head, r->rep_tail);
 	}
+	r->rep_head = r->rep_tail = NULL;
 	/* wake ackbox_poll/ackbox_flush only when there is something to see */
 	if (r->nreports || applied)
 		abx_progress(ab);

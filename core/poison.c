@@ -29,6 +29,7 @@ void abx_suspect_resolved(abx_relay *r, entry *e, bool acked)
 {
 	if (!e->suspect)
 		return;
+	assert(r->nsuspect > 0);
 	e->suspect = false;
 	e->isolate = false;
 	r->nsuspect--;

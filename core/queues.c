@@ -45,6 +45,7 @@ static void entry_free(abx_relay *r, entry *e)
 /* Frees e once nothing refers to it and it is not queued or in flight. */
 void abx_entry_maybe_free(abx_relay *r, entry *e)
 {
+	assert(e->refs >= 0);
 	if (e->refs == 0 && (e->state == E_WAITING || e->state == E_DONE))
 		entry_free(r, e);
 }
@@ -175,11 +176,16 @@ void abx_tok_retire(abx_relay *r, tok *t)
 {
 	if (t->superseded)
 		return; /* retired when it timed out */
+	assert(r->live > 0);
 	r->live--;
-	if (t->probe)
+	if (t->probe) {
+		assert(r->susp_live > 0);
 		r->susp_live--;
-	if (t->isolated)
+	}
+	if (t->isolated) {
+		assert(r->isolated_live && r->live == 0); /* it went alone */
 		r->isolated_live = false;
+	}
 }
 
 /* Forgets a token; drops its reference on the entry. */

@@ -27,20 +27,10 @@ static uint64_t rng_next(abx_relay *r)
 	return r->rng * 2685821657736338717ULL;
 }
 
-/* Capped exponential backoff with full jitter (Fluent Bit's scheduler). */
-/* Capped exponential backoff with "equal jitter": between half and all of
- * the base, so a dead or just-restarted broker is not hammered and cannot
- * fail a message in a burst of quick attempts. */
+/* The delay before resend or reconnect n (machine.c's abx_backoff). */
 int64_t abx_backoff_ms(abx_relay *r, int n)
 {
-	int64_t base = r->ab->backoff_initial_ms, cap = r->ab->backoff_max_ms;
-	for (int i = 1; i < n && base < cap; i++)
-		base *= 2;
-	if (base > cap)
-		base = cap;
-	if (base <= 0)
-		return 0;
-	return base / 2 + (int64_t)(rng_next(r) % (uint64_t)(base / 2 + 1));
+	return abx_backoff(r->ab->backoff_initial_ms, r->ab->backoff_max_ms, n, rng_next(r));
 }
 
 /* The connection is up (connect() returned 0, or CONNECTED was reported). */
@@ -267,11 +257,11 @@ static void claim_due(abx_relay *r, int64_t now)
 		return;
 	if (room > 1024)
 		room = 1024;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	n = ab->store_ops->claim(ab->store_ctx, ackbox_wall_ms(),
 	                         ackbox_wall_ms() + ab->retry_timeout_ms, room, claim_cb, r, err,
 	                         sizeof(err));
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	if (n < 0) {
 		/* a store outage (a database restart) repeats every poll interval:
 		 * log a new error at once, the same one at most every 10 s */
@@ -460,6 +450,17 @@ static void try_connect(abx_relay *r, int64_t now)
 {
 	char err[256] = "";
 	int rc = r->ops->connect(r->tx_ctx, (int)r->ab->connect_timeout_ms, err, sizeof(err));
+	bool first = r->first_wanted;
+	if (first) {
+		/* ackbox_new waits for this one (transport.require_connect) and
+		 * reports a failure itself */
+		r->first_wanted = false;
+		abx_relay_first_connect(r, rc, err);
+		if (rc != 0) {
+			r->next_connect_at = INT64_MAX; /* ackbox_new stops the relay */
+			return;
+		}
+	}
 	if (rc == 0) {
 		if (r->connect_errors)
 			abx_log(r->ab->conf, ACKBOX_LOG_INFO, "relay",
@@ -513,11 +514,24 @@ static bool claim_could_run(const abx_relay *r)
 	       r->tokens.len + r->ready_len + r->susp_len + r->nback < 2 * (size_t)r->window;
 }
 
+/* The relay's counters agree with each other (assert()s: debug builds). */
+static void check_invariants(const abx_relay *r)
+{
+	assert(r->live <= r->tokens.len);
+	assert(r->susp_live <= r->live);
+	assert(!r->isolated_live || r->live == 1);
+	assert(r->nsuspect >= r->susp_len + r->susp_live);
+	assert(r->nsuspect == 0 || r->probe_win >= 1);
+	assert(!r->blame || r->blame->state == E_HELD);
+	(void)r;
+}
+
 void *abx_relay_main(void *arg)
 {
 	abx_relay *r = arg;
 	struct ackbox *ab = r->ab;
 
+	abx_relay_thread_enter(r);
 	while (!atomic_load(&r->stop)) {
 		int64_t now = ackbox_mono_ms(), wake_at;
 		uint64_t drain;
@@ -572,6 +586,7 @@ void *abx_relay_main(void *arg)
 		 * refused BUSY: wait for the transport's I/O, do not spin. */
 		if (can_claim && r->store_dirty)
 			timeout = 0;
+		check_invariants(r);
 		wait_for_work(r, timeout);
 	}
 	/* Last acks received still get applied; everything else stays stored. */

@@ -25,6 +25,23 @@ void abx_relay_wake(abx_relay *r)
 	}
 }
 
+/* The relay this thread runs, if it is a relay thread. */
+static _Thread_local abx_relay *tl_relay;
+
+void abx_relay_thread_enter(abx_relay *r)
+{
+	tl_relay = r;
+}
+
+void abx_relay_first_connect(abx_relay *r, int rc, const char *err)
+{
+	pthread_mutex_lock(&r->in_mtx);
+	r->first_result = rc == 0 ? 1 : -1;
+	snprintf(r->first_error, sizeof(r->first_error), "%s", err ? err : "");
+	pthread_cond_broadcast(&r->first_cond);
+	pthread_mutex_unlock(&r->in_mtx);
+}
+
 void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 {
 	abx_relay *r;
@@ -54,7 +71,7 @@ void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 	pthread_mutex_unlock(&r->ev_mtx);
 	/* also from the relay thread itself: a transport's poll() that reported
 	 * something and then waits on the wake fd must return at once */
-	if (now || (r->thread_started && pthread_equal(pthread_self(), r->thread)))
+	if (now || tl_relay == r)
 		abx_relay_wake(r);
 }
 
@@ -197,6 +214,7 @@ static void relay_free(abx_relay *r)
 		close(r->wake_fd);
 	pthread_mutex_destroy(&r->in_mtx);
 	pthread_mutex_destroy(&r->ev_mtx);
+	pthread_cond_destroy(&r->first_cond);
 	free(r->tx_ctx);
 	free(r);
 }
@@ -220,6 +238,7 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 	r->wake_fd = -1;
 	pthread_mutex_init(&r->in_mtx, NULL);
 	pthread_mutex_init(&r->ev_mtx, NULL);
+	pthread_cond_init(&r->first_cond, NULL);
 	r->host.relay = r;
 	r->rng = (uint64_t)ackbox_mono_ms() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)r;
 	if (!r->rng)
@@ -258,23 +277,12 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 	r->store_dirty = true; /* recovered rows are due */
 	ab->relay = r;
 
-	/* With transport.require_connect the first connection attempt happens
-	 * here, on the caller's thread, so that ackbox_new can refuse to start;
-	 * otherwise the relay thread makes it at once and ackbox_new never waits
-	 * for a broker. */
-	if (abx_conf_bool(ab->conf, "transport.require_connect")) {
-		char err[256] = "";
-		rc = r->ops->connect(r->tx_ctx, (int)ab->connect_timeout_ms, err, sizeof(err));
-		if (rc != 0) {
-			ackbox_errstr_set(errstr, errstr_size, "transport.url: %s", err);
-			r->ops->close(r->tx_ctx);
-			ab->relay = NULL;
-			relay_free(r);
-			return ACKBOX_ERR_TRANSPORT;
-		}
-		atomic_store(&r->connected, 1);
-		r->ever_connected = true;
-	}
+	/* The relay thread makes the first connection attempt at once. With
+	 * transport.require_connect ackbox_new waits for it (every transport op
+	 * but open and close runs on the relay thread), so that it can refuse
+	 * to start; otherwise it never waits for a broker. */
+	bool wait_first = abx_conf_bool(ab->conf, "transport.require_connect");
+	r->first_wanted = wait_first; /* the relay thread's from here on */
 	if (pthread_create(&r->thread, NULL, abx_relay_main, r) != 0) {
 		ackbox_errstr_set(errstr, errstr_size, "cannot start the relay thread");
 		r->ops->close(r->tx_ctx);
@@ -283,6 +291,21 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 		return ACKBOX_ERR_INTERNAL;
 	}
 	r->thread_started = true;
+	if (wait_first) {
+		char err[256];
+		int result;
+		pthread_mutex_lock(&r->in_mtx);
+		while (r->first_result == 0)
+			pthread_cond_wait(&r->first_cond, &r->in_mtx);
+		result = r->first_result;
+		snprintf(err, sizeof(err), "%s", r->first_error);
+		pthread_mutex_unlock(&r->in_mtx);
+		if (result < 0) {
+			ackbox_errstr_set(errstr, errstr_size, "transport.url: %s", err);
+			abx_relay_stop(ab);
+			return ACKBOX_ERR_TRANSPORT;
+		}
+	}
 	return 0;
 
 fail:

@@ -130,7 +130,14 @@ struct abx_relay {
 	ackbox_tx_info info;
 	int window;
 	pthread_t thread;
-	atomic_bool thread_started; /* read by ackbox_tx_report on any thread */
+	bool thread_started; /* creator and destroyer only */
+
+	/* transport.require_connect: ackbox_new waits for the relay thread's
+	 * first connect (under in_mtx) */
+	bool first_wanted;
+	int first_result; /* 0 pending, 1 connected, -1 failed */
+	char first_error[256];
+	pthread_cond_t first_cond;
 	size_t ack_wake; /* queued acks that wake the relay (see ACK_WAKE_MAX) */
 	int wake_fd;
 	atomic_int wake_pending;
@@ -263,5 +270,9 @@ void *abx_relay_main(void *arg);
 
 /* ---- relay_host.c ---- */
 void abx_relay_wake(abx_relay *r);
+/* Called by the relay thread first: reports made on it wake it at once. */
+void abx_relay_thread_enter(abx_relay *r);
+/* The relay thread's first connect() returned rc (err if it failed). */
+void abx_relay_first_connect(abx_relay *r, int rc, const char *err);
 
 #endif

@@ -4,8 +4,10 @@
 # Then builds again with AddressSanitizer + UndefinedBehaviorSanitizer and
 # runs the unit, store and broker integration tests under them (the crash
 # suite, benchmarks, valgrind and fuzzing run in the first pass only).
+# Then a third time under ThreadSanitizer, over the same tests.
 # Options: BUILD_DIR (default build); ACKBOX_SANITIZE_PASS=0 skips the
-# sanitizer pass; extra arguments go to both ctest runs (e.g. -R amqp).
+# ASan/UBSan pass, ACKBOX_TSAN_PASS=0 the TSan pass; extra arguments go to
+# every ctest run (e.g. -R amqp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -30,4 +32,18 @@ if [ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ]; then
     ctest --test-dir "$BUILD_DIR-sanitize" --output-on-failure --timeout 600 \
           -E "$skip_in_sanitize_pass" "$@"
   echo "test.sh: sanitizer pass done after $((SECONDS - start)) s"
+fi
+
+# ThreadSanitizer over the same tests (a Debug build: assert()s are on).
+# Criterion cannot run under TSan; the tests then use tests/common/crshim.h.
+# Only third-party libraries are suppressed (tests/tsan.supp says why);
+# halt_on_error makes any report fail its test.
+if [ "${ACKBOX_TSAN_PASS:-1}" = 1 ]; then
+  cmake -S . -B "$BUILD_DIR-tsan" -DCMAKE_BUILD_TYPE=Debug -DACKBOX_TSAN=ON \
+        -DCMAKE_C_FLAGS="-Werror" >/dev/null
+  cmake --build "$BUILD_DIR-tsan" -j"$(nproc)"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+    ctest --test-dir "$BUILD_DIR-tsan" --output-on-failure --timeout 600 \
+          -E "$skip_in_sanitize_pass" "$@"
+  echo "test.sh: ThreadSanitizer pass done after $((SECONDS - start)) s"
 fi

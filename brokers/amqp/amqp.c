@@ -353,8 +353,12 @@ static void confirm(amqp_ctx *c, uint64_t tag, int multiple, int ack)
 	const char *why = ack ? NULL : "basic.nack (the broker could not take it: queue full with "
 	                               "x-overflow=reject-publish, or an internal error)";
 	if (multiple) {
+		size_t before = c->outstanding;
 		for (uint64_t t = c->base_tag; t <= tag && t < c->next_tag; t++)
 			answer(c, t, kind, 0, why);
+		ackbox_tx_log(c->host, ACKBOX_LOG_DEBUG,
+		              "basic.%s multiple up to tag %llu answered %zu publish(es)",
+		              ack ? "ack" : "nack", (unsigned long long)tag, before - c->outstanding);
 	} else {
 		answer(c, tag, kind, 0, why);
 	}

@@ -3,8 +3,13 @@
  * it, delete it only when the broker confirms.
  *
  * Threading: every function here may be called from any thread unless its
- * comment says otherwise. Callbacks run on the thread named in their comment
- * and never while ackbox holds an internal lock.
+ * comment says otherwise, concurrently with every other (but ackbox_destroy).
+ * Callbacks run on the thread named in their comment and never while ackbox
+ * holds an internal lock, so a callback may call ackbox_publish(),
+ * ackbox_counts_get(), ackbox_list() and the other calls that do not wait
+ * for the relay (not ackbox_flush, ackbox_close or ackbox_destroy). The one
+ * exception is the iteration callback of ackbox_list()/ackbox_show(): it runs
+ * under the store lock and must not call ackbox on the same handle.
  *
  * Errors: functions return 0 (ACKBOX_OK) or a negative ackbox_err; those that
  * can fail for a reason worth explaining take `char *errstr, size_t
@@ -274,11 +279,27 @@ typedef struct ackbox ackbox;
 ACKBOX_API int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size);
 
 /**
- * Stops the relay and closes the store. Never loses a message: what is not
- * acked stays in the store for the next process. Does not wait for confirms;
- * call ackbox_flush() first for that. Reports not yet polled are discarded
- * (their messages are already in their final state). NULL is a no-op.
- * Must not be called from a callback.
+ * Closes the handle but keeps its memory: from now on every call on it
+ * returns ACKBOX_ERR_CLOSED (ackbox_connected() 0). Waits for the calls
+ * already under way (a publish finishes: its message is stored, or it
+ * fails), wakes a waiting ackbox_poll()/ackbox_flush(), stops the relay
+ * (the changes it has are applied) and closes the store. Never loses a
+ * message: what is not acked stays in the store for the next process.
+ *
+ * So that threads still publishing when the application shuts down get an
+ * error instead of a crash: close, join those threads, then destroy.
+ * Idempotent; safe from any thread, concurrently with any call but
+ * ackbox_destroy; must not be called from a callback.
+ */
+ACKBOX_API void ackbox_close(ackbox *ab);
+
+/**
+ * Closes the handle (ackbox_close) and frees it. Does not wait for
+ * confirms; call ackbox_flush() first for that. Reports not yet polled are
+ * discarded (their messages are already in their final state). NULL is a
+ * no-op. After it returns the handle must not be used: no other call on it
+ * may be under way or follow (use ackbox_close for that). Must not be
+ * called from a callback.
  */
 ACKBOX_API void ackbox_destroy(ackbox *ab);
 
@@ -359,6 +380,8 @@ typedef int (*ackbox_stored_cb)(const ackbox_stored *m, void *opaque);
 /**
  * Lists stored messages in id (time) order. state < 0 lists every state;
  * limit 0 means no limit. Returns the number listed or a negative error.
+ * cb runs on the calling thread under the store lock (the rows are read as
+ * it goes): it must not call ackbox on the same handle.
  */
 ACKBOX_API int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb,
                            void *opaque, char *errstr, size_t errstr_size);

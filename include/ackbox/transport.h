@@ -114,9 +114,12 @@ typedef struct ackbox_tx_info {
  * The transport ops table. Append-only: new slots go at the end and the core
  * reads a slot only when struct_size covers it.
  *
- * Threading: every function is called on the core's relay thread (open and
- * close on the thread calling ackbox_new/ackbox_destroy), never concurrently
- * for one instance. Reports may come from any thread.
+ * Threading: connect, send and poll are called on the core's relay thread
+ * only, never concurrently (with transport.require_connect, ackbox_new waits
+ * for the relay thread's first connect); open and close on the thread
+ * calling ackbox_new / ackbox_close, when the relay thread is not running;
+ * validate on publishers' threads, concurrently with everything (see it).
+ * Reports may come from any thread.
  */
 typedef struct ackbox_transport_ops {
 	uint32_t abi_version;       /* ACKBOX_TRANSPORT_ABI_VERSION */

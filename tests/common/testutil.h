@@ -7,7 +7,11 @@
 #define ACKBOX_TESTUTIL_H
 
 #define _GNU_SOURCE
+#ifdef ACKBOX_CRITERION_SHIM
+#include "crshim.h" /* the ThreadSanitizer pass: Criterion cannot run under TSan */
+#else
 #include <criterion/criterion.h>
+#endif
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +98,14 @@ static inline void tu_rmrf(const char *dir)
 		}                                                                                  \
 		tu_ok_;                                                                            \
 	})
+
+/* How much slower a sanitizer build runs: bounds on time that must still
+ * hold there are multiplied by it. */
+#ifdef ACKBOX_TEST_SANITIZED
+#define TU_SLOW 4
+#else
+#define TU_SLOW 1
+#endif
 
 /* Sets a key or fails the test with the errstr. */
 #define TU_SET(conf, k, v)                                                                         \

@@ -261,6 +261,64 @@ Test(amqp, n_published_n_distinct_ids_consumed)
 	free(g.ids);
 }
 
+/* Counts debug lines "basic.ack multiple ... answered N" with N > 1. */
+typedef struct multi_watch {
+	pthread_mutex_t mtx;
+	int lines;
+	long answered;
+} multi_watch;
+
+static void on_multi_log(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	multi_watch *w = o;
+	const char *p = strstr(msg, "basic.ack multiple");
+	(void)level;
+	(void)component;
+	if (!p || !(p = strstr(p, "answered ")))
+		return;
+	long n = strtol(p + 9, NULL, 10);
+	pthread_mutex_lock(&w->mtx);
+	if (n > 1) {
+		w->lines++;
+		w->answered += n;
+	}
+	pthread_mutex_unlock(&w->mtx);
+}
+
+/*
+ * RabbitMQ confirms a burst of publishes with basic.ack multiple=true (one
+ * ack for every tag up to N). Each message so covered must be acked once:
+ * N published -> N ACKED reports, N distinct ids consumed, none twice, and
+ * at least one multiple ack covered more than one publish.
+ */
+Test(amqp, multiple_acks_confirm_each_covered_message_once)
+{
+	enum { N = 3000 };
+	static ackbox_id ids[N];
+	seen s = {0};
+	got g = {0};
+	multi_watch w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	declare("t_multi", amqp_empty_table);
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "log.level", "debug");
+	ackbox_conf_set_log_cb(c, on_multi_log, &w);
+	ackbox *ab = open_conf(c);
+	for (int i = 0; i < N; i++)
+		ids[i] = publish_seq(ab, "t_multi", i + 1);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	cr_assert_eq(s.acked, N, "one ACKED report per message");
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	cr_log_info("%d multiple acks covered %ld publishes", w.lines, w.answered);
+	cr_assert_geq(w.lines, 1, "RabbitMQ sent no multiple ack covering more than one publish");
+	drain("t_multi", &g);
+	cr_assert_eq(g.n, N, "each message once");
+	cr_assert_eq(distinct(&g), N);
+	for (int i = 0; i < N; i++)
+		cr_assert(contains(&g, &ids[i]), "id %d missing", i);
+	free(g.ids);
+}
+
 Test(amqp, unroutable_fails_after_max_attempts_saying_so)
 {
 	seen s = {0};

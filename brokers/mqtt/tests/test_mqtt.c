@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 
 static int port(void)
@@ -145,13 +146,13 @@ typedef struct proxy {
 	int lfd, port, target;
 	int fds[64][2];
 	int npairs;
-	volatile int cut, stop;
-	volatile int closed; /* refuse new connections: accept and close at once */
+	atomic_int cut, stop; /* set by the test thread, read by the proxy's */
+	atomic_int closed;    /* refuse new connections: accept and close at once */
 	/* bytes to write to the broker on every connection, as if the client
 	 * had sent them; set inject_len last */
 	const void *inject;
-	volatile size_t inject_len;
-	volatile int inject_failed;
+	atomic_size_t inject_len;
+	atomic_int inject_failed;
 	pthread_t th;
 } proxy;
 
@@ -593,7 +594,7 @@ Test(mqtt, refused_connect_names_the_brokers_reason)
  */
 typedef struct fake_broker {
 	int lfd, port, answer;
-	volatile int stop, connects;
+	atomic_int stop, connects;
 	pthread_t th;
 } fake_broker;
 
