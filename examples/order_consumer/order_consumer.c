@@ -253,6 +253,34 @@ static void handle(const ackbox_id *id, int id_rc, const char *payload, size_t l
 	}
 }
 
+/* What the effect table holds: the proof that each order shipped once. */
+static void db_report(void)
+{
+	long long rows = -1, orders = -1;
+#ifdef WITH_PG
+	if (pg) {
+		PGresult *r = PQexec(pg, "SELECT count(*), count(DISTINCT order_id) FROM shipments");
+		if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+			rows = atoll(PQgetvalue(r, 0, 0));
+			orders = atoll(PQgetvalue(r, 0, 1));
+		}
+		PQclear(r);
+	} else
+#endif
+	{
+		sqlite3_stmt *s;
+		if (sqlite3_prepare_v2(sq, "SELECT count(*), count(DISTINCT order_id) FROM shipments",
+		                       -1, &s, NULL) == SQLITE_OK &&
+		    sqlite3_step(s) == SQLITE_ROW) {
+			rows = sqlite3_column_int64(s, 0);
+			orders = sqlite3_column_int64(s, 1);
+		}
+		sqlite3_finalize(s);
+	}
+	printf("shipments holds %lld row(s) for %lld order(s): %s\n", rows, orders,
+	       rows == orders ? "every order shipped exactly once" : "SOME ORDER SHIPPED TWICE");
+}
+
 static int is_drain_marker(const char *p, size_t len)
 {
 	return len >= 17 && memcmp(p, "{\"event\":\"drain\"}", 17) == 0;
@@ -645,10 +673,12 @@ int main(int argc, char **argv)
 	else
 		die(opt.transport, "no consumer for this scheme in this build (amqp, kafka, mqtt)");
 	ackbox_url_fini(&u);
-	if (!opt.subscribe_only)
+	if (!opt.subscribe_only) {
+		db_report();
 		printf("summary deliveries=%ld first=%ld duplicates=%ld without_id=%ld\n",
 		       atomic_load(&deliveries), atomic_load(&firsts), atomic_load(&duplicates),
 		       atomic_load(&without_id));
+	}
 	if (sq)
 		sqlite3_close(sq);
 #ifdef WITH_PG
