@@ -298,41 +298,61 @@ Test(inbox_pg, cleanup_deletes_past_the_window_in_batches)
 	PQfinish(c);
 }
 
-static double run_transactions(PGconn *c, int n, int with_inbox)
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static double run_transactions(PGconn *c, int n, int with_inbox, double *rec_us)
 {
 	char sql[512];
-	long long t0;
+	double t0, rec = 0;
 	ackbox_id id;
 	snprintf(sql, sizeof(sql), "INSERT INTO \"%s\".shipments(order_id) VALUES (1)", schema);
-	t0 = tu_mono_ms();
+	t0 = now_us();
 	for (int i = 0; i < n; i++) {
 		ackbox_id_new(&id);
 		exec(c, "BEGIN");
-		if (with_inbox)
+		if (with_inbox) {
+			double r0 = now_us();
 			cr_assert_eq(record(c, "bench", &id), ACKBOX_INBOX_FIRST);
+			rec += now_us() - r0;
+		}
 		exec(c, sql);
 		exec(c, "COMMIT");
 	}
-	return (double)(tu_mono_ms() - t0) / 1000.0 / n;
+	if (rec_us)
+		*rec_us = rec / n;
+	return (now_us() - t0) / n;
 }
 
 /* The figure for docs/consumers.md: what the record adds to a consumer's
  * transaction over loopback. synchronous_commit=off keeps the commit's WAL
- * flush (the same with or without the inbox) out of the difference. */
+ * flush (the same with or without the inbox) out of the difference. Rounds
+ * alternate and the best of each is kept: the machine is shared. */
 Test(inbox_pg, cost_of_a_record_per_message)
 {
 	PGconn *c = connect_pg();
-	enum { N = 2000 };
+	enum { N = 500, ROUNDS = 5 };
+	double best_with = 1e12, best_without = 1e12, best_rec = 1e12, rec;
 	install(c);
 	exec(c, "SET synchronous_commit = off");
-	run_transactions(c, 200, 1);
-	double without = run_transactions(c, N, 0);
-	double with = run_transactions(c, N, 1);
+	run_transactions(c, 200, 1, NULL);
+	for (int r = 0; r < ROUNDS; r++) {
+		double without = run_transactions(c, N, 0, NULL);
+		double with = run_transactions(c, N, 1, &rec);
+		best_without = without < best_without ? without : best_without;
+		best_with = with < best_with ? with : best_with;
+		best_rec = rec < best_rec ? rec : best_rec;
+	}
 	cr_assert_eq(count(c, "SELECT count(*) FROM \"%s\".ackbox_inbox WHERE consumer = 'bench'"),
-	             N + 200);
+	             ROUNDS * N + 200);
 	printf("inbox cost (postgres over loopback, synchronous_commit=off, one message per "
-	       "transaction): %.1f us per message with the inbox, %.1f us without, +%.1f us\n",
-	       with * 1e6, without * 1e6, (with - without) * 1e6);
+	       "transaction, best of %d x %d): the record call %.1f us (one round trip); a "
+	       "transaction %.1f us with it, %.1f us without\n",
+	       ROUNDS, N, best_rec, best_with, best_without);
 	fflush(stdout);
 	PQfinish(c);
 }

@@ -227,21 +227,32 @@ Test(inbox_sqlite, cleanup_deletes_past_the_window_in_batches)
 	sqlite3_close(db);
 }
 
-/* Seconds per message of n one-message transactions, with or without the
- * inbox record beside the effect. */
-static double run_transactions(sqlite3 *db, int n, int with_inbox, int base)
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+/* Microseconds per message of n one-message transactions, with or without
+ * the inbox record beside the effect; *rec_us gets the time inside the
+ * record call alone, per message. */
+static double run_transactions(sqlite3 *db, int n, int with_inbox, int base, double *rec_us)
 {
 	sqlite3_stmt *s;
 	ackbox_id id;
-	long long t0;
+	double t0, rec = 0;
 	cr_assert_eq(sqlite3_prepare_v2(db, "INSERT INTO shipments VALUES(?1, ?2)", -1, &s, NULL),
 	             SQLITE_OK);
-	t0 = tu_mono_ms();
+	t0 = now_us();
 	for (int i = 0; i < n; i++) {
 		ackbox_id_new(&id);
 		exec(db, "BEGIN IMMEDIATE");
-		if (with_inbox)
+		if (with_inbox) {
+			double r0 = now_us();
 			cr_assert_eq(record(db, "bench", &id), ACKBOX_INBOX_FIRST);
+			rec += now_us() - r0;
+		}
 		sqlite3_bind_int(s, 1, base + i);
 		sqlite3_bind_blob(s, 2, id.b, 16, SQLITE_STATIC);
 		cr_assert_eq(sqlite3_step(s), SQLITE_DONE);
@@ -249,25 +260,34 @@ static double run_transactions(sqlite3 *db, int n, int with_inbox, int base)
 		exec(db, "COMMIT");
 	}
 	sqlite3_finalize(s);
-	return (double)(tu_mono_ms() - t0) / 1000.0 / n;
+	if (rec_us)
+		*rec_us = rec / n;
+	return (now_us() - t0) / n;
 }
 
 /* The figure for docs/consumers.md: what the record adds to a consumer's
  * transaction (WAL; synchronous=NORMAL so the commit's fsync does not
- * drown it; with FULL each commit costs one fsync on top, inbox or not). */
+ * drown it; with FULL each commit costs one fsync on top, inbox or not).
+ * Rounds alternate and the best of each is kept: the machine is shared. */
 Test(inbox_sqlite, cost_of_a_record_per_message)
 {
 	sqlite3 *db = open_db("f.db");
-	enum { N = 3000 };
+	enum { N = 500, ROUNDS = 5 };
+	double best_with = 1e12, best_without = 1e12, best_rec = 1e12, rec;
 	exec(db, "PRAGMA synchronous=NORMAL");
-	run_transactions(db, 200, 1, 1000000); /* warm up; creates the table */
-	double without = run_transactions(db, N, 0, 0);
-	double with = run_transactions(db, N, 1, N);
+	run_transactions(db, 200, 1, 1000000, NULL); /* warm up; creates the table */
+	for (int r = 0; r < ROUNDS; r++) {
+		double without = run_transactions(db, N, 0, 0, NULL);
+		double with = run_transactions(db, N, 1, (r + 1) * N, &rec);
+		best_without = without < best_without ? without : best_without;
+		best_with = with < best_with ? with : best_with;
+		best_rec = rec < best_rec ? rec : best_rec;
+	}
 	cr_assert_eq(count(db, "SELECT count(*) FROM ackbox_inbox WHERE consumer = 'bench'"),
-	             N + 200);
-	printf("inbox cost (sqlite, WAL, synchronous=NORMAL, one message per transaction): "
-	       "%.1f us per message with the inbox, %.1f us without, +%.1f us\n",
-	       with * 1e6, without * 1e6, (with - without) * 1e6);
+	             ROUNDS * N + 200);
+	printf("inbox cost (sqlite, WAL, synchronous=NORMAL, one message per transaction, best of "
+	       "%d x %d): the record call %.1f us; a transaction %.1f us with it, %.1f us without\n",
+	       ROUNDS, N, best_rec, best_with, best_without);
 	fflush(stdout);
 	sqlite3_close(db);
 }
