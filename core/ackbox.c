@@ -82,6 +82,8 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	if (!ab)
 		return ACKBOX_ERR_NOMEM;
 	ab->conf = conf;
+	ab->opened_mono_ms = ackbox_mono_ms();
+	atomic_store(&ab->stats.state_since_ms, ab->opened_mono_ms);
 	pthread_mutex_init(&ab->gate_mtx, NULL);
 	pthread_cond_init(&ab->gate_cond, NULL);
 	pthread_mutex_init(&ab->store_mtx, NULL);
@@ -411,6 +413,7 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 	abx_fresh *one[1];
 	bool led = false;
 	int rc = 0;
+	int64_t t0_us = abx_mono_us();
 
 	if (!ab || (!msgs && n)) {
 		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
@@ -474,8 +477,12 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 		abx_log_release();
 
 	rc = req.rc;
-	if (rc)
+	if (rc) {
 		ackbox_errstr_set(errstr, errstr_size, "%s", req.err);
+	} else {
+		atomic_fetch_add_explicit(&ab->stats.published, n, memory_order_relaxed);
+		abx_hist_add(&ab->stats.durable, abx_mono_us() - t0_us, n);
+	}
 	for (size_t i = 0; i < n; i++)
 		abx_fresh_free(req.msgs[i]); /* NULL where the relay took it */
 	if (req.msgs != one)
@@ -923,6 +930,46 @@ int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, s
 	if (rc)
 		return rc;
 	rc = gated_purge_ids(ab, ids, n, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_stats_get(ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
+                     size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_stats_get(ab, out, out_size, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out || !out_len)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_metrics_text(ab, out, out_len, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_health(ackbox *ab, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_health(ab, errstr, errstr_size);
 	gate_leave(ab);
 	return rc;
 }

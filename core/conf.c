@@ -60,6 +60,9 @@ static const ackbox_prop core_props[] = {
 	 "The same bound in payload bytes."},
 	{"log.level", ACKBOX_PROP_ENUM, "warn", 0, 0, "error|warn|info|debug",
 	 "Least severe level passed to the log callback (default stderr)."},
+	{"health.disconnected_max", ACKBOX_PROP_DURATION, "30s", 0, MS_DAY, NULL,
+	 "ackbox_health() says unhealthy once the transport has been disconnected this long "
+	 "(a reconnect after a broker restart takes a few seconds)."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* Schemes ackbox knows, built or not, to tell "not built" from "unknown". */

@@ -91,6 +91,9 @@ void abx_on_acked(abx_relay *r, entry *e)
 	if (e->state == E_DONE)
 		return; /* a second confirm for a message already acked */
 	ABX_CRASH_POINT("after_confirm");
+	atomic_fetch_add_explicit(&r->ab->stats.acked, 1, memory_order_relaxed);
+	/* from the id's time (when publish made it) to now, wall clock */
+	abx_hist_add(&r->ab->stats.ack, (ackbox_wall_ms() - ackbox_id_time_ms(&e->id)) * 1000, 1);
 	abx_change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 	abx_report_add(r, e, ACKBOX_MSG_ACKED, ACKBOX_OUTCOME_NONE, 0, 0, "");
 	if (e->state == E_READY) {
@@ -163,12 +166,14 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 	e->attempts = v.attempts;
 	abx_entry_drop_data(r, e);
 	if (v.action == ABX_DO_DELETE) {
+		atomic_fetch_add_explicit(&ab->stats.dropped, 1, memory_order_relaxed);
 		abx_poisoned_forget(r, e);
 		abx_change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 		abx_report_add(r, e, ACKBOX_MSG_DROPPED, oc, code, retriable, reason);
 		e->state = E_DONE;
 	} else if (v.action == ABX_DO_FAIL) {
 		char full[800];
+		atomic_fetch_add_explicit(&ab->stats.failed, 1, memory_order_relaxed);
 		abx_poisoned_forget(r, e);
 		snprintf(full, sizeof(full), "%s (after %d attempt%s)", reason, e->attempts,
 		         e->attempts == 1 ? "" : "s");
@@ -185,6 +190,7 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		int64_t due = ackbox_wall_ms() + delay;
 		int64_t at = ackbox_mono_ms() + delay + 1;
 		assert(v.action == ABX_DO_RETRY);
+		atomic_fetch_add_explicit(&ab->stats.retried, 1, memory_order_relaxed);
 		abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
 		e->state = E_WAITING;
 		if (abx_heap_push(&r->retry_at, at) != 0)
@@ -238,6 +244,7 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 			abx_report_push_list(ab, r->rep_head, r->rep_tail);
 		abx_store_unlock(ab);
 		r->apply_stuck = rc < 0;
+		atomic_store(&ab->stats.store_stuck, rc < 0);
 		if (rc < 0) {
 			/* keep them and try again: a report must not precede its change */
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",

@@ -7,7 +7,7 @@ PKGS=(build-essential cmake pkg-config clang
       libsqlite3-dev librabbitmq-dev librdkafka-dev libpaho-mqtt-dev libhiredis-dev libpq-dev
       libcriterion-dev
       rabbitmq-server mosquitto mosquitto-clients redis-server postgresql
-      kcat amqp-tools sqlite3 jq python3 gnuplot-nox valgrind)
+      kcat amqp-tools sqlite3 jq python3 gnuplot-nox valgrind prometheus)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -18,6 +18,9 @@
 
 #include <ackbox/transport.h>
 
+/* OpenTelemetry messaging.system for the metrics */
+#define SYSTEM_NAME "rabbitmq"
+
 #define CHANNEL 1
 
 /* AMQP 0-9-1 short strings (routing key, exchange, content type, field-table
@@ -175,6 +178,7 @@ static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbo
 	if (!c->ring)
 		return ACKBOX_ERR_NOMEM;
 	info->max_inflight = c->window;
+	info->system_name = SYSTEM_NAME;
 	info->max_message_size = 0; /* RabbitMQ's max_message_size is checked by the broker */
 	return 0;
 }

@@ -102,6 +102,10 @@ typedef struct ackbox_tx_msg {
 typedef struct ackbox_tx_info {
 	int max_inflight;        /* the window: unconfirmed messages the core allows at once */
 	size_t max_message_size; /* 0: no transport limit */
+	/* Added after ABI 1.0: the core zeroes the struct, so an older plugin
+	 * leaves these 0/NULL. */
+	const char *system_name; /* OpenTelemetry messaging.system ("rabbitmq", "kafka");
+	                            NULL: the URL scheme. A static string. */
 } ackbox_tx_info;
 
 /** Capabilities. */
