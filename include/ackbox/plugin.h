@@ -13,13 +13,29 @@ extern "C" {
 #endif
 
 /*
- * ABI words carry a magic high half so that a table of garbage is rejected,
- * and a version low half that only grows. A table may be larger than the
- * core knows (a newer plugin) or smaller (an older one): the core reads a
- * slot only if struct_size covers it.
+ * ABI words carry a magic high half, so that a table of garbage is refused,
+ * and a version low half: major << 8 | minor. An ops table only grows at its
+ * end, one minor per group of slots appended (transport.h and store.h say
+ * which slots came with which minor); a major changes only if a slot changes
+ * meaning, which has not happened.
+ *
+ * Registration (ackbox_transport_register, ackbox_store_register):
+ * - the same major and an older or equal minor is accepted: the core keeps a
+ *   copy of the table in which every slot that minor does not have is NULL,
+ *   so it never calls a slot the plugin was not built with; struct_size must
+ *   cover at least that minor's table;
+ * - a newer minor, or another major, is refused with ACKBOX_ERR_ABI and an
+ *   errstr naming both versions (the plugin may rely on slots this core
+ *   would never call).
  */
 #define ACKBOX_ABI_MAGIC 0xACB0u
 #define ACKBOX_ABI_WORD(v) ((ACKBOX_ABI_MAGIC << 16) | (uint32_t)(v))
+/** The ABI word of version major.minor. */
+#define ACKBOX_ABI_VERSION(major, minor)                                                           \
+	ACKBOX_ABI_WORD(((uint32_t)(major) << 8) | (uint32_t)(minor))
+/** The major and minor of an ABI word. */
+#define ACKBOX_ABI_MAJOR(word) (((uint32_t)(word) >> 8) & 0xffu)
+#define ACKBOX_ABI_MINOR(word) ((uint32_t)(word) & 0xffu)
 
 /** Property types of the declarative configuration table. */
 typedef enum ackbox_prop_type {
