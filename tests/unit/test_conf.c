@@ -7,6 +7,8 @@
 #include <ackbox/plugin.h>
 #include <ackbox/store.h>
 
+#include "plugin_list.h"
+
 static int set(ackbox_conf *c, const char *k, const char *v, char *err)
 {
 	return ackbox_conf_set(c, k, v, err, 256);
@@ -61,6 +63,43 @@ Test(conf, urls_and_schemes)
 	cr_assert_eq(set(c, "store.url", "sqlite:///tmp/x.db", err), 0);
 	cr_assert_eq(set(c, "transport.url", "loopback://b1", err), 0);
 	ackbox_conf_destroy(c);
+}
+
+/*
+ * Every scheme a plugin folder declares (plugin_list.h, generated from the
+ * folders): a built one is served, for the right kind of URL only; one that
+ * is not built is refused with ACKBOX_ERR_NOT_BUILT naming the CMake option
+ * and the Debian package that would build it.
+ */
+#define DECLARED(scheme, plugin, is_store, built, option, package)                                 \
+	check_declared(scheme, plugin, is_store, built, option, package);
+
+static void check_declared(const char *scheme, const char *plugin, int is_store, int built,
+                           const char *option, const char *package)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	char url[128], err[256] = "";
+	const char *key = is_store ? "store.url" : "transport.url";
+	const char *other = is_store ? "transport.url" : "store.url";
+	int rc;
+	snprintf(url, sizeof(url), "%s://127.0.0.1/x", scheme);
+	rc = set(c, key, url, err);
+	if (built) {
+		cr_assert_eq(rc, 0, "plugin %s declares scheme %s but does not serve it: %s", plugin,
+		             scheme, err);
+		cr_assert_eq(set(c, other, url, err), ACKBOX_ERR_UNKNOWN_SCHEME, "%s", url);
+		cr_assert(strstr(err, is_store ? "is a store" : "is a transport"), "%s", err);
+	} else {
+		cr_assert_eq(rc, ACKBOX_ERR_NOT_BUILT, "%s: %s", url, err);
+		cr_assert(strstr(err, scheme) && strstr(err, option) && strstr(err, package),
+		          "not built, but the error does not say how to build it: %s", err);
+	}
+	ackbox_conf_destroy(c);
+}
+
+Test(conf, declared_schemes_are_served_or_say_how_to_build_them)
+{
+	ACKBOX_PLUGIN_SCHEMES(DECLARED)
 }
 
 Test(conf, new_without_store_url_opens_nothing)
