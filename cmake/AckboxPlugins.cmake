@@ -21,14 +21,17 @@ include_guard(GLOBAL)
 #   [SOURCES <file>...]        relative to the folder
 #   [LIBS <target>...]         linked into libackbox (privately)
 #   [INCLUDE_DIRS <dir>...]
-#   [PUBLIC_HEADERS <file>...] installed with ackbox's headers)
+#   [PUBLIC_HEADERS <file>...] installed with ackbox's headers
+#   [BENCH_SOURCES <file>...]  ackbox-bench's part for this transport (a raw
+#                              publisher, examples/bench/bench.h), compiled
+#                              into ackbox-bench and linked with LIBS)
 #
 # Sets ACKBOX_BUILT_<NAME> to ON or OFF for the whole build. packages.debian
 # in the folder ("build: <package>..." and "test: <package>..." lines) names
 # what Debian must have to build it and to run its tests.
 function(ackbox_plugin name)
   cmake_parse_arguments(P "ALWAYS" "TRANSPORT;STORE;FOUND;DOC"
-    "SCHEMES;SOURCES;LIBS;INCLUDE_DIRS;PUBLIC_HEADERS" ${ARGN})
+    "SCHEMES;SOURCES;LIBS;INCLUDE_DIRS;PUBLIC_HEADERS;BENCH_SOURCES" ${ARGN})
   string(TOUPPER "${name}" NAME)
   string(MAKE_C_IDENTIFIER "${NAME}" NAME)
   set(where "${CMAKE_CURRENT_SOURCE_DIR}/CMakeLists.txt")
@@ -123,6 +126,11 @@ function(ackbox_plugin name)
     get_filename_component(h ${h} ABSOLUTE BASE_DIR ${CMAKE_CURRENT_SOURCE_DIR})
     set_property(TARGET ackbox APPEND PROPERTY PUBLIC_HEADER ${h})
   endforeach()
+  if(P_BENCH_SOURCES)
+    list(TRANSFORM P_BENCH_SOURCES PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/)
+    set_property(GLOBAL PROPERTY ACKBOX_PLUGIN_${name}_bench_sources "${P_BENCH_SOURCES}")
+    set_property(GLOBAL PROPERTY ACKBOX_PLUGIN_${name}_bench_libs "${P_LIBS}")
+  endif()
 endfunction()
 
 # ackbox_add_plugin_folders(<parent>...): adds every <parent>/<name>/ that has
