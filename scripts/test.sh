@@ -25,7 +25,7 @@ if [ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ]; then
   cmake -S . -B "$BUILD_DIR-sanitize" -DCMAKE_BUILD_TYPE=Debug -DACKBOX_SANITIZE=ON \
         -DCMAKE_C_FLAGS="-Werror" >/dev/null
   cmake --build "$BUILD_DIR-sanitize" -j"$(nproc)"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$(cd "$BUILD_DIR-sanitize" && pwd)/lsan.supp \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir "$BUILD_DIR-sanitize" --output-on-failure --timeout 600 \
           -LE first_pass_only "$@"
