@@ -61,6 +61,10 @@ static const ackbox_prop core_props[] = {
 	 "The same bound in payload bytes."},
 	{"log.level", ACKBOX_PROP_ENUM, "warn", 0, 0, "error|warn|info|debug",
 	 "Least severe level passed to the log callback (default stderr)."},
+	{"plugin.load", ACKBOX_PROP_STRING, NULL, 0, 0, NULL,
+	 "Plugins to load from shared objects (ackbox_plugin_load), comma-separated paths; "
+	 "setting it again loads more. Each is loaded when the key is set, for the whole process, "
+	 "so set it before the URLs and keys that name its schemes."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /*
@@ -220,11 +224,79 @@ int abx_scheme_check(int is_store, const char *scheme, const char *key, char *er
 	return ACKBOX_ERR_UNKNOWN_SCHEME;
 }
 
+/* Sets key to a copy of value, replacing an earlier value. */
+static int kv_put(ackbox_conf *conf, const char *key, const char *value)
+{
+	struct abx_kv *kv;
+	for (kv = conf->kv; kv; kv = kv->next) {
+		if (strcmp(kv->key, key) == 0) {
+			char *v = strdup(value);
+			if (!v)
+				return ACKBOX_ERR_NOMEM;
+			free(kv->value);
+			kv->value = v;
+			return 0;
+		}
+	}
+	kv = calloc(1, sizeof(*kv));
+	if (!kv || !(kv->key = strdup(key)) || !(kv->value = strdup(value))) {
+		if (kv)
+			free(kv->key);
+		free(kv);
+		return ACKBOX_ERR_NOMEM;
+	}
+	kv->next = conf->kv;
+	conf->kv = kv;
+	return 0;
+}
+
+/*
+ * plugin.load: loads every comma-separated path of value now, and sets
+ * *joined to what the key then holds (the earlier value, a comma, value),
+ * to be freed by the caller.
+ */
+static int plugin_load_set(const ackbox_conf *conf, const char *value, char **joined,
+                           char *errstr, size_t errstr_size)
+{
+	const char *old = ackbox_conf_get(conf, "plugin.load");
+	char why[512];
+	size_t n;
+	for (const char *s = value; *s;) {
+		char path[4096];
+		size_t len = strcspn(s, ",");
+		const char *b = s, *e = s + len;
+		while (b < e && isspace((unsigned char)*b))
+			b++;
+		while (e > b && isspace((unsigned char)e[-1]))
+			e--;
+		if (e > b) {
+			int rc;
+			if ((size_t)(e - b) >= sizeof(path)) {
+				ackbox_errstr_set(errstr, errstr_size, "plugin.load: path too long");
+				return ACKBOX_ERR_BAD_VALUE;
+			}
+			memcpy(path, b, (size_t)(e - b));
+			path[e - b] = '\0';
+			rc = ackbox_plugin_load(path, why, sizeof(why));
+			if (rc) {
+				ackbox_errstr_set(errstr, errstr_size, "plugin.load: %s", why);
+				return rc;
+			}
+		}
+		s += len + (s[len] == ',');
+	}
+	n = (old ? strlen(old) + 1 : 0) + strlen(value) + 1;
+	if (!(*joined = malloc(n)))
+		return ACKBOX_ERR_NOMEM;
+	snprintf(*joined, n, "%s%s%s", old ? old : "", old ? "," : "", value);
+	return 0;
+}
+
 int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char *errstr,
                     size_t errstr_size)
 {
 	const ackbox_prop *p;
-	struct abx_kv *kv;
+	char *joined = NULL;
 	int rc;
 
 	if (!conf || !key || !value) {
@@ -236,6 +308,12 @@ int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char 
 		rc = prop_check(p, key, value, errstr, errstr_size);
 		if (rc)
 			return rc;
+		if (strcmp(key, "plugin.load") == 0) {
+			rc = plugin_load_set(conf, value, &joined, errstr, errstr_size);
+			if (rc)
+				return rc;
+			value = joined;
+		}
 	} else {
 		const char *owner = NULL;
 		int found = abx_plugin_prop_find(key, &p, &owner);
@@ -269,26 +347,9 @@ int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char 
 				return rc;
 		}
 	}
-	for (kv = conf->kv; kv; kv = kv->next) {
-		if (strcmp(kv->key, key) == 0) {
-			char *v = strdup(value);
-			if (!v)
-				return ACKBOX_ERR_NOMEM;
-			free(kv->value);
-			kv->value = v;
-			return 0;
-		}
-	}
-	kv = calloc(1, sizeof(*kv));
-	if (!kv || !(kv->key = strdup(key)) || !(kv->value = strdup(value))) {
-		if (kv)
-			free(kv->key);
-		free(kv);
-		return ACKBOX_ERR_NOMEM;
-	}
-	kv->next = conf->kv;
-	conf->kv = kv;
-	return 0;
+	rc = kv_put(conf, key, value);
+	free(joined);
+	return rc;
 }
 
 const char *ackbox_conf_get(const ackbox_conf *conf, const char *key)

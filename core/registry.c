@@ -5,6 +5,8 @@
  * are NULL, so the core never calls a slot an older plugin does not have.
  */
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -47,6 +49,21 @@ static pthread_mutex_t reg_mtx = PTHREAD_MUTEX_INITIALIZER;
 static ackbox_transport_ops extra_tx[MAX_EXTRA];
 static ackbox_store_ops extra_st[MAX_EXTRA];
 static size_t n_extra_tx, n_extra_st;
+
+/*
+ * A stage (plugin_load.c): while a plugin's entry point runs, what it
+ * registers on this thread is held here and reaches the registry only if
+ * all of it succeeded, so a plugin that fails half-way leaves nothing behind
+ * and its shared object can be closed again.
+ */
+struct abx_reg_stage {
+	ackbox_transport_ops tx[MAX_EXTRA];
+	ackbox_store_ops st[MAX_EXTRA];
+	size_t ntx, nst;
+	int first_rc;       /* the first registration error, 0 if none */
+	char first_err[256];
+};
+static _Thread_local abx_reg_stage *cur_stage;
 
 static int tx_has_scheme(const ackbox_transport_ops *t, const char *scheme)
 {
@@ -208,82 +225,182 @@ static int st_normalise(const ackbox_store_ops *ops, ackbox_store_ops *out, char
 	return 0;
 }
 
-/* The first scheme of t that a transport already serves, or NULL. Locks: reg_mtx held. */
-static const char *tx_taken_locked(const ackbox_transport_ops *t)
+/* Is scheme served by the transport in the stage st (NULL: none)? */
+static int staged_tx(const abx_reg_stage *st, const char *scheme)
+{
+	for (size_t i = 0; st && i < st->ntx; i++)
+		if (tx_has_scheme(&st->tx[i], scheme))
+			return 1;
+	return 0;
+}
+
+static int staged_st(const abx_reg_stage *st, const char *scheme)
+{
+	for (size_t i = 0; st && i < st->nst; i++)
+		if (st_has_scheme(&st->st[i], scheme))
+			return 1;
+	return 0;
+}
+
+/* The first scheme of t that a transport already serves (or one staged in
+ * st), or NULL. Locks: reg_mtx held. */
+static const char *tx_taken_locked(const ackbox_transport_ops *t, const abx_reg_stage *st)
 {
 	for (const char *const *s = t->schemes; *s; s++)
-		if (tx_find_locked(*s))
+		if (tx_find_locked(*s) || staged_tx(st, *s))
 			return *s;
 	return NULL;
 }
 
-/* The first of t's scheme and aliases that a store already serves. Locks: reg_mtx held. */
-static const char *st_taken_locked(const ackbox_store_ops *t)
+/* The first of t's scheme and aliases that a store already serves (or one
+ * staged in st). Locks: reg_mtx held. */
+static const char *st_taken_locked(const ackbox_store_ops *t, const abx_reg_stage *st)
 {
-	if (st_find_locked(t->scheme))
+	if (st_find_locked(t->scheme) || staged_st(st, t->scheme))
 		return t->scheme;
 	for (const char *const *s = t->aliases; s && *s; s++)
-		if (st_find_locked(*s))
+		if (st_find_locked(*s) || staged_st(st, *s))
 			return *s;
 	return NULL;
 }
 
-/* Appends a checked transport. Locks: reg_mtx held. */
-static int tx_add_locked(const ackbox_transport_ops *t, char *errstr, size_t errstr_size)
+/*
+ * Appends a checked transport to the registry, or to the stage st if not
+ * NULL (nothing is appended to the registry then); schemes must be free in
+ * both. Locks: reg_mtx held.
+ */
+static int tx_add_locked(const ackbox_transport_ops *t, abx_reg_stage *st, char *errstr,
+                         size_t errstr_size)
 {
-	const char *taken = tx_taken_locked(t);
+	const char *taken = tx_taken_locked(t, st);
+	size_t *n = st ? &st->ntx : &n_extra_tx;
 	if (taken) {
 		ackbox_errstr_set(errstr, errstr_size, "transport scheme '%s' is already registered",
 		                  taken);
 		return ACKBOX_ERR_INVALID;
 	}
-	if (n_extra_tx == MAX_EXTRA) {
+	if (*n + (st ? n_extra_tx : 0) >= MAX_EXTRA) {
 		ackbox_errstr_set(errstr, errstr_size, "too many registered transports (%d)",
 		                  MAX_EXTRA);
 		return ACKBOX_ERR_INVALID;
 	}
-	extra_tx[n_extra_tx++] = *t;
+	(st ? st->tx : extra_tx)[(*n)++] = *t;
 	return 0;
 }
 
-/* Appends a checked store. Locks: reg_mtx held. */
-static int st_add_locked(const ackbox_store_ops *t, char *errstr, size_t errstr_size)
+/* The same for a store. Locks: reg_mtx held. */
+static int st_add_locked(const ackbox_store_ops *t, abx_reg_stage *st, char *errstr,
+                         size_t errstr_size)
 {
-	const char *taken = st_taken_locked(t);
+	const char *taken = st_taken_locked(t, st);
+	size_t *n = st ? &st->nst : &n_extra_st;
 	if (taken) {
 		ackbox_errstr_set(errstr, errstr_size, "store scheme '%s' is already registered",
 		                  taken);
 		return ACKBOX_ERR_INVALID;
 	}
-	if (n_extra_st == MAX_EXTRA) {
+	if (*n + (st ? n_extra_st : 0) >= MAX_EXTRA) {
 		ackbox_errstr_set(errstr, errstr_size, "too many registered stores (%d)", MAX_EXTRA);
 		return ACKBOX_ERR_INVALID;
 	}
-	extra_st[n_extra_st++] = *t;
+	(st ? st->st : extra_st)[(*n)++] = *t;
 	return 0;
+}
+
+/* Remembers the first failed registration of a stage: a plugin that
+ * ignores the error still fails to load. */
+static int stage_note(abx_reg_stage *st, int rc, const char *errstr)
+{
+	if (rc && st && !st->first_rc) {
+		st->first_rc = rc;
+		snprintf(st->first_err, sizeof(st->first_err), "%s", errstr ? errstr : "");
+	}
+	return rc;
 }
 
 int ackbox_transport_register(const ackbox_transport_ops *ops, char *errstr, size_t errstr_size)
 {
 	ackbox_transport_ops t;
-	int rc = tx_normalise(ops, &t, errstr, errstr_size);
+	char why[256] = "";
+	int rc = tx_normalise(ops, &t, why, sizeof(why));
+	if (!rc) {
+		pthread_mutex_lock(&reg_mtx);
+		rc = tx_add_locked(&t, cur_stage, why, sizeof(why));
+		pthread_mutex_unlock(&reg_mtx);
+	}
 	if (rc)
-		return rc;
-	pthread_mutex_lock(&reg_mtx);
-	rc = tx_add_locked(&t, errstr, errstr_size);
-	pthread_mutex_unlock(&reg_mtx);
-	return rc;
+		ackbox_errstr_set(errstr, errstr_size, "%s", why);
+	return stage_note(cur_stage, rc, why);
 }
 
 int ackbox_store_register(const ackbox_store_ops *ops, char *errstr, size_t errstr_size)
 {
 	ackbox_store_ops t;
-	int rc = st_normalise(ops, &t, errstr, errstr_size);
+	char why[256] = "";
+	int rc = st_normalise(ops, &t, why, sizeof(why));
+	if (!rc) {
+		pthread_mutex_lock(&reg_mtx);
+		rc = st_add_locked(&t, cur_stage, why, sizeof(why));
+		pthread_mutex_unlock(&reg_mtx);
+	}
 	if (rc)
-		return rc;
+		ackbox_errstr_set(errstr, errstr_size, "%s", why);
+	return stage_note(cur_stage, rc, why);
+}
+
+abx_reg_stage *abx_registry_stage_begin(void)
+{
+	abx_reg_stage *st = calloc(1, sizeof(*st));
+	if (st)
+		cur_stage = st;
+	return st;
+}
+
+int abx_registry_stage_end(abx_reg_stage *st, int commit, char *errstr, size_t errstr_size)
+{
+	int rc = 0;
+	cur_stage = NULL;
+	if (!commit) {
+		free(st);
+		return 0;
+	}
+	if (st->first_rc) {
+		ackbox_errstr_set(errstr, errstr_size, "%s", st->first_err);
+		rc = st->first_rc;
+	} else if (st->ntx + st->nst == 0) {
+		ackbox_errstr_set(errstr, errstr_size, "it registered no transport and no store");
+		rc = ACKBOX_ERR_INVALID;
+	}
+	/* another thread may have taken a scheme since: check again, then add
+	 * all or nothing */
 	pthread_mutex_lock(&reg_mtx);
-	rc = st_add_locked(&t, errstr, errstr_size);
+	for (size_t i = 0; !rc && i < st->ntx; i++) {
+		const char *taken = tx_taken_locked(&st->tx[i], NULL);
+		if (taken) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "transport scheme '%s' is already registered", taken);
+			rc = ACKBOX_ERR_INVALID;
+		}
+	}
+	for (size_t i = 0; !rc && i < st->nst; i++) {
+		const char *taken = st_taken_locked(&st->st[i], NULL);
+		if (taken) {
+			ackbox_errstr_set(errstr, errstr_size, "store scheme '%s' is already registered",
+			                  taken);
+			rc = ACKBOX_ERR_INVALID;
+		}
+	}
+	if (!rc && (n_extra_tx + st->ntx > MAX_EXTRA || n_extra_st + st->nst > MAX_EXTRA)) {
+		ackbox_errstr_set(errstr, errstr_size, "too many registered plugins (%d of a kind)",
+		                  MAX_EXTRA);
+		rc = ACKBOX_ERR_INVALID;
+	}
+	for (size_t i = 0; !rc && i < st->ntx; i++)
+		extra_tx[n_extra_tx++] = st->tx[i];
+	for (size_t i = 0; !rc && i < st->nst; i++)
+		extra_st[n_extra_st++] = st->st[i];
 	pthread_mutex_unlock(&reg_mtx);
+	free(st);
 	return rc;
 }
 

@@ -111,6 +111,52 @@ ACKBOX_API int64_t ackbox_wall_ms(void);
 ACKBOX_API void ackbox_errstr_set(char *errstr, size_t errstr_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * ---- Plugins in shared objects ----
+ *
+ * A plugin built outside ackbox is a shared object that exports one entry
+ * point, ackbox_plugin_entry, which registers its transports and stores with
+ * ackbox_transport_register / ackbox_store_register:
+ *
+ *     ACKBOX_PLUGIN_EXPORT int ackbox_plugin_entry(char *errstr, size_t errstr_size)
+ *     {
+ *             return ackbox_transport_register(&my_transport, errstr, errstr_size);
+ *     }
+ *
+ * It returns 0, or a negative ackbox_err with errstr set. What it registers
+ * counts only if it returns 0 and every registration succeeded; otherwise
+ * none of it is kept and the object is closed again. It runs once per
+ * process and object, on the thread that loads it. examples/plugin_out_of_tree/
+ * is a complete one; docs/plugins.md says how to build it against an
+ * installed ackbox.
+ */
+
+/** The entry point's name and type. */
+#define ACKBOX_PLUGIN_ENTRY_NAME "ackbox_plugin_entry"
+typedef int ackbox_plugin_entry_fn(char *errstr, size_t errstr_size);
+
+/** Exports a symbol from a plugin built with hidden visibility. */
+#define ACKBOX_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/** The entry point a plugin defines (declared here so that its type is checked). */
+ACKBOX_PLUGIN_EXPORT int ackbox_plugin_entry(char *errstr, size_t errstr_size);
+
+/**
+ * Loads the plugin in the shared object at path (dlopen) and runs its entry
+ * point, for the whole process: its schemes and keys are known to every
+ * configuration and handle made afterwards. Loading the same object again
+ * does nothing and returns 0. A loaded object is never unloaded.
+ * The configuration key plugin.load calls it.
+ *
+ * Returns 0; ACKBOX_ERR_BAD_VALUE if path is not a file or cannot be loaded
+ * (errstr has the loader's reason: a missing library, an undefined symbol);
+ * ACKBOX_ERR_ABI if it exports no ackbox_plugin_entry, or a table it
+ * registers has an ABI this ackbox does not serve (errstr names both
+ * versions); or the entry point's own error. errstr always names path.
+ * Thread-safe; loads are serialised.
+ */
+ACKBOX_API int ackbox_plugin_load(const char *path, char *errstr, size_t errstr_size);
+
 #ifdef __cplusplus
 }
 #endif
