@@ -206,9 +206,10 @@ int abx_scheme_check(int is_store, const char *scheme, const char *key, char *er
 	const known_scheme *k = known(is_store, scheme);
 	if (k) {
 		ackbox_errstr_set(errstr, errstr_size,
-		                  "%s: scheme '%s' is not built into this ackbox (install %s and "
-		                  "rebuild with -D%s=ON)",
-		                  key, scheme, k->package[0] ? k->package : "its library", k->option);
+		                  "%s: scheme '%s' is not built into this ackbox (%s%s%srebuild with "
+		                  "-D%s=ON)",
+		                  key, scheme, k->package[0] ? "install " : "", k->package,
+		                  k->package[0] ? " and " : "", k->option);
 		return ACKBOX_ERR_NOT_BUILT;
 	}
 	if (known(!is_store, scheme) ||
@@ -324,10 +325,12 @@ int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char 
 			if (pl > 0 && pl < sizeof(prefix)) {
 				memcpy(prefix, key, pl);
 				prefix[pl] = '\0';
-				if (known(-1, prefix)) {
+				const known_scheme *k = known(-1, prefix);
+				if (k) {
 					ackbox_errstr_set(errstr, errstr_size,
-					                  "%s: plugin '%s' is not built into this ackbox",
-					                  key, prefix);
+					                  "%s: plugin '%s' is not built into this ackbox "
+					                  "(rebuild with -D%s=ON)",
+					                  key, prefix, k->option);
 					return ACKBOX_ERR_NOT_BUILT;
 				}
 			}

@@ -1,11 +1,11 @@
 # ackbox_add_crash_tests(<transport> FIXTURE <fixture> ADAPTER <crash_adapter.sh>
-#                        [POINTS])
+#                        [MODES kill9 outage] [POINTS])
 #
 # Adds the crash and outage suite (docs/reliability.md) for one transport:
 # crash_kill9_<transport> (the CLI's publish killed with -9 at random moments,
 # then a relay delivers the rest) and crash_outage_<transport> (the broker
-# stopped mid-stream), run by tests/crash/harness.sh against the broker that
-# FIXTURE started. That fixture must be the transport's own (the tests kill
+# stopped mid-stream), or those MODES names, run by tests/crash/harness.sh
+# against the broker that FIXTURE started. That fixture must be the transport's own (the tests kill
 # and restart its broker). ADAPTER tells the harness how to reach, consume
 # from, stop and start that broker (the interface is in harness.sh). With
 # POINTS, also crash_point_<point>_<transport> for every crash point of the
@@ -17,7 +17,7 @@
 include_guard(GLOBAL)
 
 function(ackbox_add_crash_tests broker)
-  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "" ${ARGN})
+  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "MODES" ${ARGN})
   if(NOT C_FIXTURE OR NOT C_ADAPTER)
     message(FATAL_ERROR "ackbox_add_crash_tests(${broker}): FIXTURE and ADAPTER are required")
   endif()
@@ -29,7 +29,10 @@ function(ackbox_add_crash_tests broker)
   set(envfile ${ACKBOX_FIXTURE_DIR}/${C_FIXTURE}/env)
   set(env "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;CRASH_RESULTS=${CMAKE_BINARY_DIR}/crash-results.txt")
   set(names "")
-  foreach(mode kill9 outage)
+  if(NOT C_MODES)
+    set(C_MODES kill9 outage)
+  endif()
+  foreach(mode ${C_MODES})
     set(name crash_${mode}_${broker})
     add_test(NAME ${name}
       COMMAND bash ${harness} ${broker} ${mode} $<TARGET_FILE:ackbox-cli> ${envfile} ${adapter})

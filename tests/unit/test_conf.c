@@ -93,6 +93,9 @@ static void check_declared(const char *scheme, const char *plugin, int is_store,
 		cr_assert_eq(rc, ACKBOX_ERR_NOT_BUILT, "%s: %s", url, err);
 		cr_assert(strstr(err, scheme) && strstr(err, option) && strstr(err, package),
 		          "not built, but the error does not say how to build it: %s", err);
+		snprintf(url, sizeof(url), "%s.window", scheme); /* a key of the plugin */
+		cr_assert_eq(set(c, url, "1", err), ACKBOX_ERR_NOT_BUILT, "%s: %s", url, err);
+		cr_assert(strstr(err, option), "%s", err);
 	}
 	ackbox_conf_destroy(c);
 }
