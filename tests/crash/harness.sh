@@ -74,6 +74,7 @@ pub_sets=(--stall-seconds $((outage + 120)))
 # the transport's side: crash_url, crash_sets, the consumer, the fault
 # shellcheck disable=SC1090
 . "$adapter"
+# shellcheck disable=SC2154 # crash_url and crash_sets come from the adapter
 url=$crash_url
 sets+=("${crash_sets[@]}")
 

@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154
+# shellcheck shell=bash disable=SC2154,SC2034
 # The crash harness's view of the Kafka mock cluster (tests/crash/harness.sh
 # sources this after the fixture's env file; the interface is in that file's
 # header).

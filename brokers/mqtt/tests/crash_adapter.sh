@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154
+# shellcheck shell=bash disable=SC2154,SC2034
 # The crash harness's view of mosquitto (tests/crash/harness.sh sources this
 # after the fixture's env file; the interface is in that file's header).
 adapter_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
