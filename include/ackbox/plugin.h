@@ -126,7 +126,8 @@ ACKBOX_API void ackbox_errstr_set(char *errstr, size_t errstr_size, const char *
  * It returns 0, or a negative ackbox_err with errstr set. What it registers
  * counts only if it returns 0 and every registration succeeded; otherwise
  * none of it is kept and the object is closed again. It runs once per
- * process and object, on the thread that loads it. examples/plugin_out_of_tree/
+ * process and object, on the thread that loads it, and must not load
+ * plugins itself (loads are serialised). examples/plugin_out_of_tree/
  * is a complete one; docs/plugins.md says how to build it against an
  * installed ackbox.
  */
