@@ -10,7 +10,7 @@ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)" >/dev/null
 
 work=$(mktemp -d /tmp/ackbox-demo.XXXXXX)
-fixture="$PWD/tests/fixtures/rabbitmq.sh"
+fixture="$PWD/brokers/amqp/tests/rabbitmq.sh"
 cleanup() { bash "$fixture" stop "$work/rabbit" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
