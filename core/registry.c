@@ -22,6 +22,7 @@
 static const size_t tx_minor_size[] = {
 	END_OF(ackbox_transport_ops, close),    /* 1.0 */
 	END_OF(ackbox_transport_ops, validate), /* 1.1 */
+	END_OF(ackbox_transport_ops, validate), /* 1.2: ackbox_tx_info grew, not the table */
 };
 static const size_t st_minor_size[] = {
 	END_OF(ackbox_store_ops, has_pending), /* 1.0 */

@@ -16,8 +16,11 @@ extern "C" {
  * The transport ABI this header describes. Minors (see plugin.h):
  *   1.0  abi_version .. close
  *   1.1  validate
+ *   1.2  ackbox_tx_info.system_name (the table itself did not grow: a plugin
+ *        built with this header writes a field an older core does not have,
+ *        so it must not load there)
  */
-#define ACKBOX_TRANSPORT_ABI_VERSION ACKBOX_ABI_VERSION(1, 1)
+#define ACKBOX_TRANSPORT_ABI_VERSION ACKBOX_ABI_VERSION(1, 2)
 
 /** The core's side of a transport instance. Opaque. */
 typedef struct ackbox_tx_host ackbox_tx_host;
@@ -107,8 +110,8 @@ typedef struct ackbox_tx_msg {
 typedef struct ackbox_tx_info {
 	int max_inflight;        /* the window: unconfirmed messages the core allows at once */
 	size_t max_message_size; /* 0: no transport limit */
-	/* Added after ABI 1.0: the core zeroes the struct, so an older plugin
-	 * leaves these 0/NULL. */
+	/* ABI 1.2 (the core zeroes the struct, so an older plugin leaves it
+	 * NULL): */
 	const char *system_name; /* OpenTelemetry messaging.system ("rabbitmq", "kafka");
 	                            NULL: the URL scheme. A static string. */
 } ackbox_tx_info;
