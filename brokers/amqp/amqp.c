@@ -716,8 +716,16 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		if (!entries)
 			return ACKBOX_TX_BUSY;
 		for (size_t i = 0; i < m->header_count; i++) {
-			entries[i].key = amqp_cstring_bytes(m->headers[i].name);
-			entries[i].value.kind = AMQP_FIELD_KIND_BYTES;
+			const char *name = m->headers[i].name;
+			entries[i].key = amqp_cstring_bytes(name);
+			/* W3C trace context as a long string, which is what the
+			 * OpenTelemetry RabbitMQ instrumentations read; other
+			 * headers as the bytes they are. The encoded size is the
+			 * same either way. */
+			entries[i].value.kind =
+			    strcmp(name, "traceparent") == 0 || strcmp(name, "tracestate") == 0
+			        ? AMQP_FIELD_KIND_UTF8
+			        : AMQP_FIELD_KIND_BYTES;
 			entries[i].value.value.bytes.len = m->headers[i].value_len;
 			entries[i].value.value.bytes.bytes = (void *)m->headers[i].value;
 		}

@@ -207,3 +207,45 @@ Test(metrics, health_follows_the_broker)
 	cr_assert_eq(ackbox_health(ab, err, sizeof(err)), ACKBOX_ERR_CLOSED);
 	ackbox_destroy(ab);
 }
+
+/* W3C trace context: well-formed headers pass, malformed ones are refused
+ * at publish with the reason, and nothing is stored. */
+Test(metrics, malformed_trace_context_is_refused_at_publish)
+{
+	static const struct {
+		const char *name, *value;
+		int ok;
+	} cases[] = {
+	    {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", 1},
+	    {"traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", 1},
+	    {"traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", 0},
+	    {"traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", 0},
+	    {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", 0},
+	    {"traceparent", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", 0},
+	    {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", 0},
+	    {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", 0},
+	    {"tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", 1},
+	    {"tracestate", "no equals sign", 0},
+	    {"tracestate", "a=1\n", 0},
+	    {"x-other", "anything at all", 1},
+	};
+	ackbox *ab = open_kv(NULL, NULL);
+	int stored = 0;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ackbox_header h = {cases[i].name, cases[i].value, strlen(cases[i].value)};
+		ackbox_msg m = {.topic = "orders", .payload = "x", .payload_len = 1, .headers = &h,
+		                .header_count = 1};
+		char err[512] = "";
+		int rc = ackbox_publish(ab, &m, NULL, err, sizeof(err));
+		if (cases[i].ok) {
+			cr_assert_eq(rc, 0, "case %zu (%s: %s): %s", i, cases[i].name, cases[i].value, err);
+			stored++;
+		} else {
+			cr_assert_eq(rc, ACKBOX_ERR_INVALID, "case %zu (%s: %s) accepted", i,
+			             cases[i].name, cases[i].value);
+			cr_assert(strstr(err, cases[i].name), "case %zu: %s", i, err);
+		}
+	}
+	cr_assert_eq(stats(ab).pending.sending, (uint64_t)stored, "refused ones were not stored");
+	ackbox_destroy(ab);
+}
