@@ -82,6 +82,8 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	if (!ab)
 		return ACKBOX_ERR_NOMEM;
 	ab->conf = conf;
+	ab->opened_mono_ms = ackbox_mono_ms();
+	atomic_store(&ab->stats.state_since_ms, ab->opened_mono_ms);
 	pthread_mutex_init(&ab->gate_mtx, NULL);
 	pthread_cond_init(&ab->gate_cond, NULL);
 	pthread_mutex_init(&ab->store_mtx, NULL);
@@ -231,6 +233,83 @@ void ackbox_destroy(ackbox *ab)
 /* Publish                                                              */
 /* ------------------------------------------------------------------ */
 
+static int is_lower_hex(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static int all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != '0')
+			return 0;
+	return 1;
+}
+
+/*
+ * W3C Trace Context travels as the headers "traceparent" and "tracestate"
+ * (each transport puts headers where its ecosystem reads them: the AMQP
+ * headers table, Kafka headers, MQTT 5 user properties). A malformed one is
+ * refused at publish rather than dropped: a trace that silently breaks at
+ * the outbox is worse than an error the developer sees at once.
+ */
+int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size)
+{
+	const char *v = h->value;
+	size_t n = h->value_len;
+	if (strcmp(h->name, "traceparent") == 0) {
+		/* version "-" trace-id "-" parent-id "-" flags; version 00 is 55
+		 * bytes, a later version may append "-..." */
+		if (n < 55 || !is_lower_hex(v, 2) || v[2] != '-' || !is_lower_hex(v + 3, 32) ||
+		    v[35] != '-' || !is_lower_hex(v + 36, 16) || v[52] != '-' ||
+		    !is_lower_hex(v + 53, 2) || memcmp(v, "ff", 2) == 0 ||
+		    (memcmp(v, "00", 2) == 0 && n != 55) || (n > 55 && v[55] != '-')) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent is not W3C Trace Context "
+			                  "(version-traceid-parentid-flags in lower-case hex, e.g. "
+			                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)");
+			return ACKBOX_ERR_INVALID;
+		}
+		if (all_zero(v + 3, 32) || all_zero(v + 36, 16)) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent has an all-zero trace-id or "
+			                  "parent-id, which W3C Trace Context forbids");
+			return ACKBOX_ERR_INVALID;
+		}
+	} else if (strcmp(h->name, "tracestate") == 0) {
+		size_t members = 1;
+		if (n > 512) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate is %zu bytes; W3C Trace Context "
+			                  "allows 512",
+			                  n);
+			return ACKBOX_ERR_INVALID;
+		}
+		for (size_t i = 0; i < n; i++) {
+			unsigned char c = (unsigned char)v[i];
+			if (c == ',')
+				members++;
+			else if (c < 0x20 || c > 0x7e) {
+				ackbox_errstr_set(errstr, errstr_size,
+				                  "publish: header tracestate has a byte 0x%02x that is not "
+				                  "printable ASCII",
+				                  c);
+				return ACKBOX_ERR_INVALID;
+			}
+		}
+		if (members > 32 || (n && !memchr(v, '=', n))) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate must be at most 32 key=value "
+			                  "members separated by commas");
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
 /* Checks one message and copies it into one allocation. */
 static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errstr,
                    size_t errstr_size)
@@ -269,6 +348,8 @@ static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errst
 			                  "publish: header %zu has no name or a NULL value", i);
 			return ACKBOX_ERR_INVALID;
 		}
+		if (abx_trace_header_check(&m->headers[i], errstr, errstr_size) != 0)
+			return ACKBOX_ERR_INVALID;
 	}
 	/* What the transport could never send is refused now, not stored to
 	 * loop or fail later (a wildcard MQTT topic, a 256-byte routing key). */
@@ -411,6 +492,7 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 	abx_fresh *one[1];
 	bool led = false;
 	int rc = 0;
+	int64_t t0_us = abx_mono_us();
 
 	if (!ab || (!msgs && n)) {
 		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
@@ -474,8 +556,12 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 		abx_log_release();
 
 	rc = req.rc;
-	if (rc)
+	if (rc) {
 		ackbox_errstr_set(errstr, errstr_size, "%s", req.err);
+	} else {
+		atomic_fetch_add_explicit(&ab->stats.published, n, memory_order_relaxed);
+		abx_hist_add(&ab->stats.durable, abx_mono_us() - t0_us, n);
+	}
 	for (size_t i = 0; i < n; i++)
 		abx_fresh_free(req.msgs[i]); /* NULL where the relay took it */
 	if (req.msgs != one)
@@ -923,6 +1009,46 @@ int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, s
 	if (rc)
 		return rc;
 	rc = gated_purge_ids(ab, ids, n, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_stats_get(ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
+                     size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_stats_get(ab, out, out_size, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out || !out_len)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_metrics_text(ab, out, out_len, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_health(ackbox *ab, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_health(ab, errstr, errstr_size);
 	gate_leave(ab);
 	return rc;
 }

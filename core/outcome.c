@@ -77,6 +77,23 @@ void abx_report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcom
 		abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
 		return;
 	}
+	/*
+	 * An ACKED report does not wait for its delete to be applied: the
+	 * broker has the message, and a crash before the delete only sends it
+	 * again (a duplicate, reported again by the next process). It leaves
+	 * with the batch of events that brought it (abx_release_acks), so the
+	 * application hears of a confirm without the delete batching's delay.
+	 * FAILED and DROPPED reports still follow their change: whoever reads
+	 * the store after such a report finds the state it says.
+	 */
+	if (st == ACKBOX_MSG_ACKED) {
+		if (r->ack_tail)
+			r->ack_tail->next = it;
+		else
+			r->ack_head = it;
+		r->ack_tail = it;
+		return;
+	}
 	if (r->rep_tail)
 		r->rep_tail->next = it;
 	else
@@ -85,12 +102,24 @@ void abx_report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcom
 	r->nreports++;
 }
 
+void abx_release_acks(abx_relay *r)
+{
+	if (!r->ack_head)
+		return;
+	abx_report_push_list(r->ab, r->ack_head, r->ack_tail);
+	r->ack_head = r->ack_tail = NULL;
+	abx_progress(r->ab);
+}
+
 /* The broker confirmed e (through any of its attempts): delete, report once. */
 void abx_on_acked(abx_relay *r, entry *e)
 {
 	if (e->state == E_DONE)
 		return; /* a second confirm for a message already acked */
 	ABX_CRASH_POINT("after_confirm");
+	atomic_fetch_add_explicit(&r->ab->stats.acked, 1, memory_order_relaxed);
+	/* from the id's time (when publish made it) to now, wall clock */
+	abx_hist_add(&r->ab->stats.ack, (ackbox_wall_ms() - ackbox_id_time_ms(&e->id)) * 1000, 1);
 	abx_change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 	abx_report_add(r, e, ACKBOX_MSG_ACKED, ACKBOX_OUTCOME_NONE, 0, 0, "");
 	if (e->state == E_READY) {
@@ -163,12 +192,14 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 	e->attempts = v.attempts;
 	abx_entry_drop_data(r, e);
 	if (v.action == ABX_DO_DELETE) {
+		atomic_fetch_add_explicit(&ab->stats.dropped, 1, memory_order_relaxed);
 		abx_poisoned_forget(r, e);
 		abx_change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
 		abx_report_add(r, e, ACKBOX_MSG_DROPPED, oc, code, retriable, reason);
 		e->state = E_DONE;
 	} else if (v.action == ABX_DO_FAIL) {
 		char full[800];
+		atomic_fetch_add_explicit(&ab->stats.failed, 1, memory_order_relaxed);
 		abx_poisoned_forget(r, e);
 		snprintf(full, sizeof(full), "%s (after %d attempt%s)", reason, e->attempts,
 		         e->attempts == 1 ? "" : "s");
@@ -185,6 +216,7 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		int64_t due = ackbox_wall_ms() + delay;
 		int64_t at = ackbox_mono_ms() + delay + 1;
 		assert(v.action == ABX_DO_RETRY);
+		atomic_fetch_add_explicit(&ab->stats.retried, 1, memory_order_relaxed);
 		abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
 		e->state = E_WAITING;
 		if (abx_heap_push(&r->retry_at, at) != 0)
@@ -238,6 +270,7 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 			abx_report_push_list(ab, r->rep_head, r->rep_tail);
 		abx_store_unlock(ab);
 		r->apply_stuck = rc < 0;
+		atomic_store(&ab->stats.store_stuck, rc < 0);
 		if (rc < 0) {
 			/* keep them and try again: a report must not precede its change */
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",

@@ -158,6 +158,7 @@ void abx_on_lost(abx_relay *r, tok *t, const char *why, int code)
 	e->refs++; /* keep e alive across abx_tok_drop */
 	abx_tok_drop(r, t);
 	e->refs--;
+	atomic_fetch_add_explicit(&r->ab->stats.in_doubt, 1, memory_order_relaxed);
 	if (alone && !r->blame) {
 		abx_blame_hold(r, e, why, code);
 		return;

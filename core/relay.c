@@ -36,6 +36,8 @@ int64_t abx_backoff_ms(abx_relay *r, int n)
 /* The connection is up (connect() returned 0, or CONNECTED was reported). */
 void abx_on_connected(abx_relay *r, int64_t now)
 {
+	atomic_fetch_add_explicit(&r->ab->stats.connects, 1, memory_order_relaxed);
+	atomic_store(&r->ab->stats.state_since_ms, now);
 	if (r->blame) {
 		if (r->blame_dropped)
 			abx_blame_convict(r);
@@ -110,6 +112,8 @@ void abx_on_disconnected(abx_relay *r, const char *why, int code)
 	}
 	if (!was_connected)
 		return; /* a second report of the same drop */
+	atomic_fetch_add_explicit(&r->ab->stats.disconnects, 1, memory_order_relaxed);
+	atomic_store(&r->ab->stats.state_since_ms, now);
 	if (r->answers || r->conn_blamed || now - r->connected_at >= STABLE_CONN_MS)
 		r->flaps = 0;
 	else
@@ -374,6 +378,7 @@ static void send_ready(abx_relay *r, int64_t now)
 		free(hs);
 		if (rc == ACKBOX_TX_SENT) {
 			e->sends++;
+			abx_stats_sent(&r->ab->stats, m.topic);
 			r->lost_alone = false;
 			ABX_CRASH_POINT("after_send");
 			continue;
@@ -444,6 +449,7 @@ static void take_inbox(abx_relay *r)
 		handle_event(r, &evs[i]);
 		free(evs[i].reason);
 	}
+	abx_release_acks(r);
 }
 
 static void try_connect(abx_relay *r, int64_t now)

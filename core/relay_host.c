@@ -148,6 +148,13 @@ bool abx_relay_connected(abx_relay *r)
 	return r && atomic_load(&r->connected);
 }
 
+const char *abx_relay_system(abx_relay *r)
+{
+	if (!r)
+		return NULL;
+	return r->info.system_name ? r->info.system_name : r->ops->schemes[0];
+}
+
 size_t abx_relay_max_message(abx_relay *r)
 {
 	return r ? r->info.max_message_size : 0;
@@ -207,6 +214,10 @@ static void relay_free(abx_relay *r)
 	free(r->changes);
 	free(r->change_texts);
 	for (abx_report_item *it = r->rep_head, *nx; it; it = nx) {
+		nx = it->next;
+		free(it);
+	}
+	for (abx_report_item *it = r->ack_head, *nx; it; it = nx) {
 		nx = it->next;
 		free(it);
 	}

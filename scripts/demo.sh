@@ -18,7 +18,7 @@ cmake -S . -B "$BUILD_DIR-crashpoints" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACKBO
 cmake --build "$BUILD_DIR-crashpoints" --target order_service -j"$(nproc)" >/dev/null
 
 work=$(mktemp -d /tmp/ackbox-demo.XXXXXX)
-fixture="$PWD/tests/fixtures/rabbitmq.sh"
+fixture="$PWD/brokers/amqp/tests/rabbitmq.sh"
 cleanup() { bash "$fixture" stop "$work/rabbit" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 

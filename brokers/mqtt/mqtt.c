@@ -17,6 +17,9 @@
 #include <ackbox/mqtt.h>
 #include <ackbox/transport.h>
 
+/* OpenTelemetry messaging.system for the metrics */
+#define SYSTEM_NAME "mqtt"
+
 #include "mqtt_check.h"
 
 /* paho's out-of-memory code (PAHO_MEMORY_ERROR in its private Heap.h) */
@@ -127,6 +130,7 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	for (int i = 0; i < c->npubs; i++)
 		c->pubs[i].c = c;
 	info->max_inflight = c->window;
+	info->system_name = SYSTEM_NAME;
 	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
 }

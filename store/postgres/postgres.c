@@ -1579,6 +1579,9 @@ static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	return rc < 0 ? rc : 1;
 }
 
+/* "postgresql://" is libpq's own spelling of a connection URL. */
+static const char *const pg_aliases[] = {"postgresql", NULL};
+
 const ackbox_store_ops ackbox_postgres_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1600,6 +1603,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.purge = pg_purge,
 	.has_pending = pg_has_pending,
 	.force = pg_force,
+	.aliases = pg_aliases,
 };
 
 /* ------------------------------------------------------------------ */

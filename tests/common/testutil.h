@@ -43,7 +43,7 @@ static inline long long tu_wall_ms(void)
  */
 static inline const char *tu_fixture(const char *fixture, const char *key)
 {
-	static char value[1024];
+	static char value[1200]; /* a whole line fits: no truncation */
 	const char *dir = getenv("ACKBOX_FIXTURE_DIR");
 	char path[1024], line[1200];
 	size_t klen = strlen(key);

@@ -2,8 +2,8 @@
 # Crash and outage harness: proves "nothing accepted is lost" with the real
 # `ackbox` CLI, a real broker and an independent consumer.
 #
-#   harness.sh BROKER MODE CLI FIXTURE_ENV
-#     BROKER       amqp | mqtt | kafka
+#   harness.sh BROKER MODE CLI FIXTURE_ENV ADAPTER
+#     BROKER       the transport's name, for messages and result lines
 #     MODE         kill9   `ackbox publish` SIGKILLed at a random moment, then
 #                          `ackbox relay --until-empty` delivers the rest
 #                  outage  the broker stopped for CRASH_OUTAGE_S seconds
@@ -13,26 +13,41 @@
 #                          dies at CRASH_POINT; then `ackbox relay` as in kill9
 #     CLI          the ackbox binary
 #     FIXTURE_ENV  the env file the broker fixture wrote
+#     ADAPTER      the transport's crash_adapter.sh (in its plugin folder,
+#                  declared with ackbox_add_crash_tests): sourced after
+#                  FIXTURE_ENV, it sets
+#                    crash_url         the transport URL
+#                    crash_sets        extra CLI arguments (--set KEY=VALUE ...)
+#                  and defines
+#                    consumer_start TOPIC    before publishing: an independent
+#                                            consumer, or what it needs
+#                    consumer_collect TOPIC WANT
+#                                            prints the first word of every
+#                                            message that arrived, one per line
+#                                            (WANT: the ledger's numbers, sorted)
+#                    broker_down             the fault: the broker stops
+#                    broker_up PUBPID TOPIC  it starts again with its data
+#                  It may use $work (scratch dir), $size (payload bytes), $n,
+#                  fail MESSAGE, and append background pids to pids.
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
 #   CRASH_RESULTS (file to append result lines to).
 #
 # The ledger: `ackbox publish --ledger` appends each range of sequence
 # numbers as soon as the store has accepted it. Every number in the ledger
-# must be read back by the consumer (amqp-consume, mosquitto_sub, kcat):
-# lost = ledger - received must be 0. Duplicates are counted and reported.
-# No row may be left sending or retrying, and none may be FAILED.
+# must be read back by the consumer: lost = ledger - received must be 0.
+# Duplicates are counted and reported. No row may be left sending or
+# retrying, and none may be FAILED.
 set -euo pipefail
-broker=${1:?broker} mode=${2:?mode} cli=${3:?cli} envfile=${4:?fixture env}
+broker=${1:?broker} mode=${2:?mode} cli=${3:?cli} envfile=${4:?fixture env} adapter=${5:?adapter}
 trials=${CRASH_TRIALS:-3}
 [ "$mode" = outage ] && trials=${CRASH_OUTAGE_TRIALS:-1}
 [ "$mode" = point ] && trials=1
 n=${CRASH_N:-5000}
 outage=${CRASH_OUTAGE_S:-30}
 size=32
-here=$(cd "$(dirname "$0")" && pwd)
-fixtures=$here/../fixtures
 [ -f "$envfile" ] || { echo "harness: broker fixture did not start ($envfile missing)" >&2; exit 1; }
+[ -f "$adapter" ] || { echo "harness: no crash adapter $adapter" >&2; exit 1; }
 # shellcheck disable=SC1090
 . "$envfile"
 base=${ACKBOX_TEST_TMP:-/tmp}
@@ -56,62 +71,12 @@ pub_sets=(--stall-seconds $((outage + 120)))
 # an outage trial keeps the warnings (transport disconnected, with how many
 # messages were unconfirmed then) for the report of a losing trial
 [ "$mode" = outage ] && pub_sets+=(--set log.level=warn)
-case "$broker" in
-amqp)  url=$AMQP_URL; sets+=(--set amqp.declare_queue=true) ;;
-mqtt)  url=$MQTT_URL ;;
-kafka) url=$KAFKA_URL ;;
-*) fail "unknown broker $broker" ;;
-esac
-
-# ---- the independent consumers ----
-sub_pid=""
-consumer_start() { # topic
-  if [ "$broker" = amqp ]; then
-    # The queue exists, durably, before the fault: RabbitMQ killed within
-    # milliseconds of a queue's declaration (which the relay would do on its
-    # first send) can come back without the queue, and with it go messages
-    # it had confirmed. Applications declare their queues up front too.
-    amqp-declare-queue --url="$AMQP_URL" -q "$1" -d > /dev/null ||
-      fail "cannot declare queue $1"
-    return 0
-  fi
-  [ "$broker" = mqtt ] || return 0
-  # a persistent session subscribed before anything is published; it
-  # reconnects by itself after a broker restart
-  mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -c -i "c-$1" -t "$1" -E
-  mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -c -i "c-$1" -t "$1" > "$work/$1.mqtt" 2>/dev/null &
-  sub_pid=$!
-  pids+=("$sub_pid")
-}
-
-# Prints the sequence number of every message received on topic, one per line.
-consumer_collect() { # topic ledger_expanded
-  local t=$1 want=$2
-  case "$broker" in
-  amqp)
-    local count
-    count=$(bash "$fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" | awk -v q="$t" '$1==q {print $2}')
-    # no queue: nothing was ever sent (the relay declares it on the first
-    # send); every ledger number then counts as lost below
-    [ -n "$count" ] && [ "$count" -gt 0 ] || return 0
-    timeout 300 amqp-consume --url="$AMQP_URL" -q "$t" -c "$count" cat | fold -w "$size" | awk '{print $1}'
-    ;;
-  mqtt)
-    # wait (bounded) until every ledger number arrived, then stop reading
-    local deadline=$((SECONDS + 120))
-    while [ $SECONDS -lt $deadline ]; do
-      if [ -z "$(comm -23 "$want" <(awk '{print $1}' "$work/$t.mqtt" | sort -u))" ]; then break; fi
-      sleep 0.2
-    done
-    kill "$sub_pid" 2>/dev/null || true
-    wait "$sub_pid" 2>/dev/null || true
-    awk '{print $1}' "$work/$t.mqtt"
-    ;;
-  kafka)
-    timeout 120 kcat -C -b "$KAFKA_BOOTSTRAP" -t "$t" -o beginning -e -q -f '%s\n' | awk '{print $1}'
-    ;;
-  esac
-}
+# the transport's side: crash_url, crash_sets, the consumer, the fault
+# shellcheck disable=SC1090
+. "$adapter"
+# shellcheck disable=SC2154 # crash_url and crash_sets come from the adapter
+url=$crash_url
+sets+=("${crash_sets[@]}")
 
 # ---- checks ----
 totals_trials=0 totals_accepted=0 totals_lost=0 totals_dups=0
@@ -152,36 +117,6 @@ wait_ledger() { # ledger pid
     [ $SECONDS -lt $deadline ] || fail "publish stored nothing within 30 s"
     sleep 0.01
   done
-}
-
-broker_down() {
-  case "$broker" in
-  amqp)  bash "$fixtures/rabbitmq.sh" kill "$RABBITMQ_FIXTURE_DIR" ;;   # SIGKILL: a crash
-  mqtt)  bash "$fixtures/mosquitto.sh" term "$MOSQUITTO_FIXTURE_DIR" ;; # see docs/brokers/mqtt.md
-  kafka) bash "$fixtures/kafka-mock.sh" down "$KAFKA_FIXTURE_DIR" ;;
-  esac
-}
-
-broker_up() { # publisher pid (mqtt: held while the subscriber re-attaches)
-  case "$broker" in
-  amqp)  bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" >/dev/null ;;
-  kafka) bash "$fixtures/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR" ;;
-  mqtt)
-    # mosquitto 2.0.11 queues nothing for a restored offline session until its
-    # client reconnects (docs/brokers/mqtt.md): hold the publisher until the
-    # subscriber is back, so the test measures ackbox, not that broker limit
-    kill -STOP "$1" 2>/dev/null || true
-    local before
-    before=$(grep -c "as c-$2 " "$MOSQUITTO_FIXTURE_DIR/log" || true)
-    bash "$fixtures/mosquitto.sh" restart "$MOSQUITTO_FIXTURE_DIR" >/dev/null
-    local deadline=$((SECONDS + 30))
-    until [ "$(grep -c "as c-$2 " "$MOSQUITTO_FIXTURE_DIR/log" || true)" -gt "$before" ]; do
-      [ $SECONDS -lt $deadline ] || { kill -CONT "$1" 2>/dev/null; fail "subscriber did not reconnect"; }
-      sleep 0.1
-    done
-    kill -CONT "$1" 2>/dev/null || true
-    ;;
-  esac
 }
 
 for i in $(seq 1 "$trials"); do

@@ -5,7 +5,7 @@
 # relay deliver it; stuck SENDING messages -> fail, requeue, purge --id, and
 # the relay sends only what is left; bad input -> the documented exit code,
 # one stderr line, nothing written. Synchronisation is the CLI's own exit, never a sleep.
-# usage: cli_test.sh PATH/TO/ackbox PATH/TO/tests/fixtures/rabbitmq.sh [FIXTURE_NAME]
+# usage: cli_test.sh PATH/TO/ackbox PATH/TO/brokers/amqp/tests/rabbitmq.sh [FIXTURE_NAME]
 # FIXTURE_NAME (default rabbitmq) is the ctest fixture whose env file to read.
 set -euo pipefail
 usage="usage: cli_test.sh ACKBOX_BINARY RABBITMQ_FIXTURE_SCRIPT [FIXTURE_NAME]"
