@@ -33,7 +33,10 @@ struct rd_kafka_headers_s;
  */
 ACKBOX_API int ackbox_kafka_message_id(const struct rd_kafka_message_s *msg, ackbox_id *out);
 
-/** The same from headers already taken with rd_kafka_message_headers(). */
+/**
+ * The same from headers already taken with rd_kafka_message_headers().
+ * Threading: any thread; reads hdrs only. Ownership: the caller keeps hdrs.
+ */
 ACKBOX_API int ackbox_kafka_headers_id(const struct rd_kafka_headers_s *hdrs, ackbox_id *out);
 
 #ifdef __cplusplus

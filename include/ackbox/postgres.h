@@ -63,6 +63,8 @@ ACKBOX_API int ackbox_pg_install_schema(PGconn *conn, const char *schema, char *
  * before ackbox_pg_inbox_record: record does not create the table itself,
  * since on PostgreSQL a missing table aborts the caller's transaction and a
  * check before every insert would cost a second round trip per message.
+ * Threading: whatever conn allows (one thread at a time). Ownership: the
+ * caller keeps conn.
  */
 ACKBOX_API int ackbox_pg_inbox_install_schema(PGconn *conn, const char *schema, char *errstr,
                                               size_t errstr_size);

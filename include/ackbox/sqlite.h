@@ -83,8 +83,11 @@ ACKBOX_API int ackbox_sqlite_inbox_record(sqlite3 *db, const char *consumer, con
 ACKBOX_API int ackbox_sqlite_inbox_cleanup(sqlite3 *db, const char *consumer, int64_t window_ms,
                                            size_t max_rows, char *errstr, size_t errstr_size);
 
-/** Creates the inbox table in db if missing (idempotent), in db's open
- * transaction if there is one. Optional: record creates it on first use. */
+/**
+ * Creates the inbox table in db if missing (idempotent), in db's open
+ * transaction if there is one. Optional: record creates it on first use.
+ * Threading: whatever db allows. Ownership: the caller keeps db.
+ */
 ACKBOX_API int ackbox_sqlite_inbox_install_schema(sqlite3 *db, char *errstr, size_t errstr_size);
 
 #ifdef __cplusplus
