@@ -59,7 +59,9 @@ static const char *const field_name[F_COUNT] = {
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
 	"'payload','last_error','last_code','lease'}\n"
 
-/* Creates the meta hash, or reads it; refuses keys of another type. */
+/* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
+ * creates it if asked ('!none' if it is missing and not created); refuses
+ * keys of another type. */
 static const char lua_open[] =
     "local t = redis.call('TYPE', KEYS[1])['ok']\n"
     "if t == 'hash' then\n"
@@ -70,6 +72,7 @@ static const char lua_open[] =
     "  local u = redis.call('TYPE', KEYS[i])['ok']\n"
     "  if u ~= 'none' then return {'!type', KEYS[i], u} end\n"
     "end\n"
+    "if ARGV[4] ~= '1' then return {'!none', KEYS[1]} end\n"
     "redis.call('HSET', KEYS[1], 'schema', ARGV[2], 'version', ARGV[3])\n"
     "return {ARGV[2], ARGV[3]}\n";
 
@@ -273,6 +276,7 @@ typedef struct rd_ctx {
 	int64_t cmd_ms;
 	char sha[SC_COUNT][41];
 	const ackbox_conf *conf; /* for logging; outlives the store (the handle owns it) */
+	int absent; /* no {P}:meta yet (store.create=insert): the first insert writes it */
 } rd_ctx;
 
 static const ackbox_prop rd_props[] = {
@@ -875,19 +879,23 @@ static int load_scripts(rd_ctx *c, char *errstr, size_t errstr_size)
 	return 0;
 }
 
-/* Creates or checks {P}:meta; refuses a foreign layout or a newer version. */
-static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
+/*
+ * Checks {P}:meta, creating it if `create`; refuses a foreign layout or a
+ * newer version. Returns 1 if it is missing and was not created.
+ */
+static int check_schema(rd_ctx *c, int create, char *errstr, size_t errstr_size)
 {
 	args a;
 	redisReply *r;
 	char ver[8];
-	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
+	int rc = args_init(&a, SCRIPT_HEAD + 3, 1);
 	if (rc)
 		return rc;
 	args_script(c, &a, SC_OPEN);
 	args_str(&a, SCHEMA_NAME);
 	snprintf(ver, sizeof(ver), "%d", SCHEMA_VERSION);
 	args_str(&a, ver);
+	args_str(&a, create ? "1" : "0");
 	rc = run_script(c, &a, SC_OPEN, "checking the schema", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -897,6 +905,8 @@ static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
 		rc = ACKBOX_ERR_STORE;
 		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply checking the schema",
 		                  c->where);
+	} else if (strcmp(r->element[0]->str, "!none") == 0) {
+		rc = 1;
 	} else if (strcmp(r->element[0]->str, "!type") == 0) {
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 		ackbox_errstr_set(errstr, errstr_size,
@@ -923,6 +933,7 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
                    char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	const char *create = ackbox_conf_get(conf, "store.create");
 	int rc = parse_url(c, url, errstr, errstr_size);
 	c->conf = conf;
 	if (rc == 0) {
@@ -937,7 +948,19 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	if (rc == 0)
 		rc = load_scripts(c, errstr, errstr_size);
 	if (rc == 0)
-		rc = check_schema(c, errstr, errstr_size);
+		rc = check_schema(c, !create || strcmp(create, "open") == 0, errstr, errstr_size);
+	if (rc == 1 && create && strcmp(create, "insert") == 0) {
+		/* nothing is written until a message is: until then every key
+		 * reads as empty, which is what this store holds */
+		c->absent = 1;
+		rc = 0;
+	} else if (rc == 1) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: no ackbox store here (%s does not exist; store.create=never: "
+		                  "it is not created)",
+		                  c->where, c->keys[K_META]);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	}
 	if (rc)
 		rd_close(c);
 	return rc;
@@ -962,6 +985,12 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent) {
+		rc = check_schema(c, 1, errstr, errstr_size);
+		if (rc)
+			return rc;
+		c->absent = 0;
+	}
 	ids = malloc(n * sizeof(*ids));
 	flags = malloc(n * sizeof(*flags));
 	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 1 + 9 * n, 1 + 2 * n) != 0) {

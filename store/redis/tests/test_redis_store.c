@@ -447,6 +447,45 @@ Test(redis, foreign_keys_and_newer_schemas_are_refused)
 	redisFree(r);
 }
 
+static int count_keys(redisContext *r, const char *pattern, int *outside);
+
+/* store.create=never (admin tools): a mistyped prefix is an error and
+ * writes no key; =insert writes {P}:meta with the first message only. */
+Test(redis, create_never_and_insert_write_no_key_before_a_message)
+{
+	redisContext *r = connect_to(fixture_port());
+	ackbox *ab;
+	ackbox_counts c;
+	ackbox_msg m = {.topic = "t", .payload = "x", .payload_len = 1};
+	redisReply *rep;
+	char err[512] = "", pattern[128];
+	int rc;
+
+	snprintf(pattern, sizeof(pattern), "{%s}:*", prefix);
+	rc = open_handle(&ab, url, "store.create", "never", err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_STORE_SCHEMA, "rc %d: %s", rc, err);
+	cr_assert(strstr(err, "no ackbox store") && strstr(err, prefix), "%s", err);
+	cr_assert_eq(count_keys(r, pattern, NULL), 0, "never wrote a key");
+
+	cr_assert_eq(open_handle(&ab, url, "store.create", "insert", err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0);
+	cr_assert_eq(count_keys(r, pattern, NULL), 0, "opening and reading wrote no key");
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	rep = cmd(r, "HGET {%s}:meta schema", prefix);
+	cr_assert(rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "ackbox-outbox") == 0,
+	          "the first message wrote the meta hash");
+	freeReplyObject(rep);
+	ackbox_destroy(ab);
+	cr_assert_eq(open_handle(&ab, url, "store.create", "never", err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending, 1);
+	ackbox_destroy(ab);
+	redisFree(r);
+}
+
 Test(redis, a_damaged_row_is_skipped_by_claim_and_reported_by_get)
 {
 	redisContext *r = connect_to(fixture_port());
