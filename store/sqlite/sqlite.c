@@ -315,6 +315,7 @@ typedef struct sq_schema {
 	int meta;   /* ackbox_meta, naming our schema and a version we understand */
 	int batch;  /* the packed-batch tables */
 	int owners; /* ackbox_owner */
+	int tables; /* tables of any kind: none is an empty database */
 } sq_schema;
 
 /* Reads the schema marker; refuses a foreign or newer schema. Reads only:
@@ -330,7 +331,8 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 	                        "SELECT (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
 	                        " name='ackbox_meta'), (SELECT count(*) FROM sqlite_master WHERE"
 	                        " type='table' AND name='ackbox_batch_out'), (SELECT count(*) FROM"
-	                        " sqlite_master WHERE type='table' AND name='ackbox_owner')",
+	                        " sqlite_master WHERE type='table' AND name='ackbox_owner'),"
+	                        " (SELECT count(*) FROM sqlite_master WHERE type='table')",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
@@ -339,6 +341,7 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 		have->meta = sqlite3_column_int(s, 0);
 		have->batch = sqlite3_column_int(s, 1);
 		have->owners = sqlite3_column_int(s, 2);
+		have->tables = sqlite3_column_int(s, 3);
 	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
@@ -483,6 +486,57 @@ static int materialize(sq_ctx *c, char *errstr, size_t errstr_size)
 	return 0;
 }
 
+/*
+ * The rest of an open, on a database that holds ackbox's schema (or that
+ * mode open may create it in): upgrade or create what is missing, WAL,
+ * statements. Only a new file is written at open, and an older schema
+ * upgraded by a handle that sends: `ackbox status` on a store a service is
+ * using must not wait for, or block, its writes, nor change the file.
+ */
+static int finish_open(sq_ctx *c, const sq_schema *have, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (have->meta && !have->batch && c->create == SQ_CREATE_NEVER && !c->sender) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': written by an older ackbox; a relay or a publish "
+		                  "on it upgrades it (this handle changes no schema)",
+		                  c->path);
+		return ACKBOX_ERR_STORE_SCHEMA;
+	}
+	c->has_owners = have->owners;
+	if (!have->meta || !have->batch || (!have->owners && c->sender))
+		rc = create_schema(c, errstr, errstr_size);
+	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
+		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
+	return rc ? rc : prepare_all(c, errstr, errstr_size);
+}
+
+static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
+
+/*
+ * A store.create=never handle that found an empty database looks again at
+ * its relay's claims: once another process has created the store in it, it
+ * is opened for real and recovered as at open. Returns 1 if it is open now,
+ * 0 if still empty, or an error.
+ */
+static int take_up(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	sq_schema have;
+	int rc;
+	if (!c->db || c->create != SQ_CREATE_NEVER)
+		return 0;
+	rc = check_schema(c, &have, errstr, errstr_size);
+	if (rc || !have.meta)
+		return rc;
+	rc = finish_open(c, &have, errstr, errstr_size);
+	if (rc)
+		return rc;
+	c->absent = 0;
+	if (c->relay && (rc = sq_recover_now(c, now_ms, errstr, errstr_size)) != 0)
+		return rc;
+	return 1;
+}
+
 static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
                    char *errstr, size_t errstr_size)
 {
@@ -536,11 +590,18 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		return rc;
 	}
 	c->has_owners = have.owners;
-	if (!have.meta && c->create == SQ_CREATE_INSERT) {
-		c->absent = 1; /* another application's file: ours is added by the first insert */
-		return 0;
-	}
-	if (!have.meta && c->create == SQ_CREATE_NEVER) {
+	if (!have.meta && (c->create == SQ_CREATE_INSERT || !have.tables)) {
+		/*
+		 * Ours is added by the first insert to another application's
+		 * database (insert), or an empty database (what a process killed
+		 * while it created the store leaves) reads as an empty store and
+		 * is taken up once its schema appears (never).
+		 */
+		if (c->create != SQ_CREATE_OPEN) {
+			c->absent = 1;
+			return 0;
+		}
+	} else if (!have.meta && c->create == SQ_CREATE_NEVER) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "sqlite store '%s': not an ackbox store (no ackbox_meta table); "
 		                  "store.create=never: nothing is created in it",
@@ -548,30 +609,10 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		sq_close(c);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	if (have.meta && !have.batch && c->create == SQ_CREATE_NEVER && !c->sender) {
-		ackbox_errstr_set(errstr, errstr_size,
-		                  "sqlite store '%s': written by an older ackbox; a relay or a publish "
-		                  "on it upgrades it (this handle changes no schema)",
-		                  c->path);
+	rc = finish_open(c, &have, errstr, errstr_size);
+	if (rc)
 		sq_close(c);
-		return ACKBOX_ERR_STORE_SCHEMA;
-	}
-	/*
-	 * Only a new file is written at open, and an older schema upgraded by a
-	 * handle that sends: `ackbox status` on a store a service is using must
-	 * not wait for, or block, its writes, nor change the file.
-	 */
-	if (!have.meta || !have.batch || (!have.owners && c->sender))
-		rc = create_schema(c, errstr, errstr_size);
-	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
-		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
-	if (rc == 0)
-		rc = prepare_all(c, errstr, errstr_size);
-	if (rc) {
-		sq_close(c);
-		return rc;
-	}
-	return 0;
+	return rc;
 }
 
 static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
@@ -697,8 +738,8 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	size_t n = 0, nb, rows;
 	int rc, stop = 0;
 
-	if (c->absent)
-		return 0;
+	if (c->absent && (rc = take_up(c, now_ms, errstr, errstr_size)) <= 0)
+		return rc;
 	if (limit > c->cap_seqs) {
 		int64_t *ns = realloc(c->seqs, limit * sizeof(*ns));
 		if (!ns)
@@ -894,14 +935,9 @@ static int exec_changes(sq_ctx *c, const char *sql, const int64_t *args, int nar
  * live relay holds stay its own, so a second publisher on the file neither
  * resends nor counts them. The first claim unpacks recovered batches.
  */
-static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
+static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
 {
-	sq_ctx *c = vctx;
-	int rc;
-	c->relay = 1;
-	if (c->absent)
-		return 0; /* nothing to recover; the first insert registers */
-	rc = begin(c, 1);
+	int rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
 	rc = sq_owner_register(c, now_ms, errstr, errstr_size);
@@ -915,6 +951,15 @@ static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_si
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
 	return 0;
+}
+
+static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	c->relay = 1;
+	if (c->absent)
+		return 0; /* nothing to recover; the first insert or claim registers */
+	return sq_recover_now(c, now_ms, errstr, errstr_size);
 }
 
 static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr_size)

@@ -354,3 +354,42 @@ Test(owner, create_insert_makes_the_file_with_the_first_message)
 	cr_assert_eq(open_mode(&ab, "never", NULL, err, sizeof(err)), 0, "%s", err);
 	ackbox_destroy(ab);
 }
+
+/* What a process killed while it created the store leaves: an empty file.
+ * A relay and an admin handle (never) read it as an empty store, write
+ * nothing, and the relay takes the store up once another process has made
+ * it there. */
+Test(owner, an_empty_file_is_an_empty_store_until_the_store_appears)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("empty");
+	ackbox *relay, *admin, *producer;
+	ackbox_counts c;
+	ackbox_conf *conf;
+	ackbox_msg m = {.topic = "t", .payload = "x", .payload_len = 1};
+	struct stat sb;
+	char err[512] = "";
+	FILE *f = fopen(path, "w");
+	cr_assert(f);
+	fclose(f);
+
+	cr_assert_eq(open_mode(&admin, "never", NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_counts_get(admin, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0);
+	ackbox_destroy(admin);
+	conf = relay_conf("empty", "2s");
+	TU_SET(conf, "store.create", "never");
+	cr_assert_eq(ackbox_new(&relay, conf, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(relay, 1000), 0, "nothing pending");
+	cr_assert_eq(stat(path, &sb), 0);
+	cr_assert_eq(sb.st_size, 0, "nothing was written to the empty file");
+
+	/* a producer without a relay makes the store and stores three */
+	cr_assert_eq(open_mode(&producer, "open", NULL, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ackbox_publish(producer, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(producer);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 3, 5000),
+	          "the relay took the store up and sent them (%zu)", ackbox_loopback_received(lb));
+	cr_assert_eq(ackbox_flush(relay, 5000), 0);
+	ackbox_destroy(relay);
+}
