@@ -4,9 +4,11 @@
  * its number in the lease word (sqlite_int.h), and no other relay claims
  * them while its process lives. A process that is gone (killed, crashed)
  * is noticed by the next relay that opens the file, or by a running one
- * within about a second, and its rows become anyone's at once: crash
- * recovery stays prompt, and two live publishers on one file never take
- * each other's messages.
+ * within about a second, and unregistered: its rows, whose owner nobody
+ * registers any more (AUTOINCREMENT never reuses a number), are anyone's
+ * and due at once. Crash recovery stays prompt, and two live publishers on
+ * one file never take each other's messages. No row is rewritten to change
+ * hands: a backlog of large packed batches costs nothing at a close.
  *
  * A process is named by its pid, its start time (field 22 of
  * /proc/PID/stat, so a reused pid is another process), the kernel's boot
@@ -171,48 +173,36 @@ int sq_owner_register(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_siz
 }
 
 /*
- * Rows and batches of no registered owner become anyone's, due now. At open
- * (crash recovery) also those of nobody and this relay's own that are
- * leased into the future: what no other live relay holds.
+ * Rows and batches whose owner is gone (not registered, or nobody's) are
+ * anyone's already: claims take what no other registered owner holds.
+ * This makes them due now where they were leased into the future: those of
+ * the owners just found gone, and at open (crash recovery) those of nobody
+ * and this relay's own too. Only leased rows are written, as recovery
+ * always did: a large backlog of due rows and batches is not rewritten.
  */
 static int adopt(sq_ctx *c, int64_t now_ms, int at_open)
 {
 	int64_t a[3] = {now_ms, at_open, c->owner};
 	int rc = exec_i64(c,
-	                  "UPDATE ackbox_outbox"
-	                  " SET lease = CASE WHEN (lease >> 32) = ?3 THEN lease"
-	                  " ELSE lease & 4294967295 END,"
-	                  " due_ms = CASE WHEN due_ms > ?1 THEN ?1 ELSE due_ms END"
-	                  " WHERE state < 2"
+	                  "UPDATE ackbox_outbox SET due_ms = ?1 WHERE state < 2 AND due_ms > ?1"
 	                  " AND (lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3)"
-	                  " AND ((lease >> 32) NOT IN (0, ?3) OR (?2 AND due_ms > ?1))",
+	                  " AND (?2 OR (lease >> 32) NOT IN (0, ?3))",
 	                  a, 3);
 	if (rc == SQLITE_OK)
 		rc = exec_i64(c,
-		              "UPDATE ackbox_batch"
-		              " SET lease = CASE WHEN (lease >> 32) = ?3 THEN lease"
-		              " ELSE lease & 4294967295 END,"
-		              " due_ms = CASE WHEN due_ms > ?1 THEN ?1 ELSE due_ms END"
-		              " WHERE (lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3)"
-		              " AND ((lease >> 32) NOT IN (0, ?3) OR (?2 AND due_ms > ?1))",
+		              "UPDATE ackbox_batch SET due_ms = ?1 WHERE due_ms > ?1"
+		              " AND (lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3)"
+		              " AND (?2 OR (lease >> 32) NOT IN (0, ?3))",
 		              a, 3);
 	return rc;
 }
 
-/* The rows of an owner this process cannot check whose lease ran out. */
-static int expire(sq_ctx *c, int64_t owner, int64_t now_ms)
+/* An owner this process cannot check: its rows are claimed once due (its
+ * lease ran out), as before owners existed. Noted for this connection only. */
+static int foreign(sq_ctx *c, int64_t owner)
 {
-	int64_t a[2] = {owner, now_ms};
-	int rc = exec_i64(c,
-	                  "UPDATE ackbox_outbox SET lease = lease & 4294967295"
-	                  " WHERE state < 2 AND due_ms <= ?2 AND (lease >> 32) = ?1",
-	                  a, 2);
-	if (rc == SQLITE_OK)
-		rc = exec_i64(c,
-		              "UPDATE ackbox_batch SET lease = lease & 4294967295"
-		              " WHERE due_ms <= ?2 AND (lease >> 32) = ?1",
-		              a, 2);
-	return rc;
+	int64_t a[1] = {owner};
+	return exec_i64(c, "INSERT OR IGNORE INTO temp.ackbox_foreign(owner) VALUES(?1)", a, 1);
 }
 
 int sq_owner_check(sq_ctx *c, int64_t now_ms, int at_open, char *errstr, size_t errstr_size)
@@ -279,7 +269,7 @@ int sq_owner_check(sq_ctx *c, int64_t now_ms, int at_open, char *errstr, size_t 
 			rc = exec_i64(c, "DELETE FROM ackbox_owner WHERE owner = ?1", a, 1);
 			gone++;
 		} else if (st == OWNER_UNKNOWN) {
-			rc = expire(c, ids[i], now_ms);
+			rc = foreign(c, ids[i]);
 		}
 	}
 	free(others);
@@ -309,18 +299,9 @@ int sq_owner_unregister(sq_ctx *c)
 	int rc;
 	if (!c->owner)
 		return SQLITE_OK;
-	/* due as they are: a store keeps everything across a close */
-	rc = exec_i64(c,
-	              "UPDATE ackbox_outbox SET lease = lease & 4294967295"
-	              " WHERE state < 2 AND (lease >> 32) = ?1",
-	              a, 1);
-	if (rc == SQLITE_OK)
-		rc = exec_i64(c,
-		              "UPDATE ackbox_batch SET lease = lease & 4294967295"
-		              " WHERE (lease >> 32) = ?1",
-		              a, 1);
-	if (rc == SQLITE_OK)
-		rc = exec_i64(c, "DELETE FROM ackbox_owner WHERE owner = ?1", a, 1);
+	/* its rows keep their lease word: of an owner nobody registers any more
+	 * (ids are never reused), they are anyone's, due as they are */
+	rc = exec_i64(c, "DELETE FROM ackbox_owner WHERE owner = ?1", a, 1);
 	if (rc == SQLITE_OK)
 		c->owner = 0;
 	return rc;

@@ -66,9 +66,9 @@ static const char *const pk_sql[PK_COUNT] = {
                    " updated_ms, topic, msg_key, content_type, headers, payload, last_error,"
                    " last_code, lease)"
                    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    /* batches of nobody, or this relay's (sqlite_int.h: the owner is lease >> 32) */
+    /* not another registered relay's (sqlite_int.h) */
     [PK_DUE] = "SELECT bseq, n, due_ms, lease FROM ackbox_batch WHERE due_ms <= ?1"
-               " AND (lease >> 32) IN (0, ?3) ORDER BY due_ms LIMIT ?2",
+               " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
     [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = ?3 WHERE bseq = ?2",
     [PK_NEXT] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch WHERE bseq > ?1"
                 " ORDER BY bseq LIMIT 1",
@@ -342,9 +342,10 @@ static int batch_row_delete(sq_ctx *c, int64_t bseq, int64_t lease, char *errstr
 
 int sq_pack_open(sq_ctx *c, char *errstr, size_t errstr_size)
 {
+	char buf[512];
 	for (int i = 0; i < PK_COUNT; i++) {
-		int rc = sqlite3_prepare_v3(c->db, pk_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->pk[i],
-		                            NULL);
+		int rc = sqlite3_prepare_v3(c->db, sq_stmt_sql(c, pk_sql[i], buf, sizeof(buf)), -1,
+		                            SQLITE_PREPARE_PERSISTENT, &c->pk[i], NULL);
 		if (rc != SQLITE_OK)
 			return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
 	}

@@ -92,9 +92,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms, updated_ms,"
                   " topic, msg_key, content_type, headers, payload, lease)"
                   " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    /* rows of nobody, or this relay's: a live relay's rows are its own */
+    /* not another registered relay's: a live relay's rows are its own
+     * (owner.c); sq_stmt_sql() drops this for a file without owners */
     [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
-                     " AND (lease >> 32) IN (0, ?3) ORDER BY due_ms LIMIT ?2",
+                     " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
     /* every claim takes a new lease (sq_lease_next); a change carrying an
      * older one is from an owner whose lease ran out: skipped */
     [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1,"
@@ -453,11 +454,28 @@ static int create_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 	return 0;
 }
 
+const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size)
+{
+	const char *at = strstr(sql, " AND " SQ_NOT_HELD);
+	if (c->has_owners || !at)
+		return sql;
+	/* an older file nobody upgraded: nobody owns anything */
+	snprintf(buf, size, "%.*s%s", (int)(at - sql), sql, at + strlen(" AND " SQ_NOT_HELD));
+	return buf;
+}
+
 static int prepare_all(sq_ctx *c, char *errstr, size_t errstr_size)
 {
+	char buf[1024];
+	/* per connection, not in the file: owners it cannot check (owner.c) */
+	int rc = sqlite3_exec(c->db,
+	                      "CREATE TEMP TABLE IF NOT EXISTS ackbox_foreign(owner INTEGER PRIMARY KEY)",
+	                      NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
 	for (int i = 0; i < ST_COUNT; i++) {
-		int rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
-		                            &c->st[i], NULL);
+		rc = sqlite3_prepare_v3(c->db, sq_stmt_sql(c, stmt_sql[i], buf, sizeof(buf)), -1,
+		                        SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
 		if (rc != SQLITE_OK)
 			return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
 	}

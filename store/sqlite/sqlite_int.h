@@ -57,12 +57,19 @@ typedef enum sq_create {
 
 /*
  * A lease word is (owner << 32) | counter: the owner is the row of
- * ackbox_owner of the relay that inserted or last claimed the row (0:
- * nobody, anyone may claim it when due), the counter goes up with every
- * claim. Changes carry the whole word, so fencing compares both.
+ * ackbox_owner of the relay that inserted or last claimed the row, the
+ * counter goes up with every claim. Changes carry the whole word, so
+ * fencing compares both. A row whose owner is 0 or no longer registered is
+ * anyone's when due; one of another registered relay is that relay's,
+ * unless this connection cannot check it (temp.ackbox_foreign).
  */
 #define SQ_LEASE_COUNTER 0xffffffffLL
-#define SQ_LEASE_OWNER(l) ((int64_t)(l) >> 32)
+
+/* A claim's filter: not held by another registered relay (?3 is this one),
+ * unless this connection cannot check that relay. */
+#define SQ_NOT_HELD                                                                                \
+	"(lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3"                   \
+	" AND owner NOT IN (SELECT owner FROM temp.ackbox_foreign))"
 
 typedef struct sq_ctx {
 	sqlite3 *db;
@@ -111,6 +118,10 @@ typedef struct sq_pack_iter {
 int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
              size_t errstr_size);
 
+/* sql as prepared on this file: without the owner filter (SQ_NOT_HELD) when
+ * the file has no ackbox_owner table (an older one a handle must not upgrade). */
+const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size);
+
 /* The lease a claim by `owner` gives a row that had `old`. */
 static inline int64_t sq_lease_next(int64_t old, int64_t owner)
 {
@@ -132,11 +143,11 @@ int sq_owner_register(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_siz
 
 /*
  * Inside a transaction: looks at the other registered owners. One whose
- * process is gone is unregistered and its SENDING/RETRYING rows and
- * batches become anyone's, due now; one this process cannot check (another
- * pid namespace) keeps its rows until their lease runs out. at_open also
- * takes every row of no live owner that is leased into the future (crash
- * recovery). Returns 0 or an error.
+ * process is gone is unregistered, and its SENDING/RETRYING rows and
+ * batches leased into the future become due now; one this process cannot
+ * check (another pid namespace) keeps its rows until their lease runs out.
+ * at_open also makes due what nobody and this relay hold (crash recovery).
+ * Returns 0 or an error.
  */
 int sq_owner_check(sq_ctx *c, int64_t now_ms, int at_open, char *errstr, size_t errstr_size);
 
@@ -144,10 +155,10 @@ int sq_owner_check(sq_ctx *c, int64_t now_ms, int at_open, char *errstr, size_t 
 int sq_owner_due_check(sq_ctx *c, int64_t now_ms);
 
 /*
- * At close, inside the caller's transaction: this relay's rows and batches
- * become anyone's (due as they are: another relay takes them when their
- * lease runs out, the next one to open at once) and its registration goes.
- * Returns SQLITE_OK or an SQLite error.
+ * At close, inside the caller's transaction: this relay's registration
+ * goes, and with it its hold on its rows and batches (due as they are:
+ * another relay takes them when their lease runs out, the next one to open
+ * at once). Returns SQLITE_OK or an SQLite error.
  */
 int sq_owner_unregister(sq_ctx *c);
 
