@@ -29,6 +29,12 @@ static const ackbox_prop core_props[] = {
 	{"store.sync", ACKBOX_PROP_ENUM, "full", 0, 0, "full|normal|off",
 	 "full: publish returns after fsync; normal: survives a process crash but not a power "
 	 "loss; off: no guarantee (tests only)."},
+	{"store.create", ACKBOX_PROP_ENUM, "open", 0, 0, "open|insert|never",
+	 "When a store that does not exist yet (SQLite file, Redis keys, PostgreSQL tables) is "
+	 "created. open: by ackbox_new. insert: by the first message stored; until then the "
+	 "handle reads an empty store and writes nothing. never: a missing store, or one "
+	 "without ackbox's schema, fails ackbox_new with a store error, and a handle without "
+	 "transport.url changes no schema (admin tools)."},
 	{"store.poll_interval", ACKBOX_PROP_DURATION, "200ms", 5, 60000, NULL,
 	 "How often an idle relay looks for rows written by others (the transactional entry "
 	 "point, other processes, requeue)."},
