@@ -66,6 +66,8 @@ typedef enum opt_id {
 	OPT_YES,
 	OPT_SET,
 	OPT_HELP,
+	OPT_OPENMETRICS,
+	OPT_METRICS_LISTEN,
 	OPT_N
 } opt_id;
 
@@ -186,5 +188,12 @@ extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(void);
 /* Dies of the signal that stopped us, so a shell sees 130/143. */
 void cli_die_of_stop_signal(void);
+
+/* ---- metrics_http.c: relay --metrics-listen ---- */
+typedef struct cli_metrics cli_metrics;
+/* Serves /metrics and /healthz of ab on listen ("127.0.0.1:9187") until
+ * cli_metrics_stop; an exit code (EXIT_USAGE for a bad or busy address). */
+int cli_metrics_start(const char *listen, ackbox *ab, cli_metrics **out);
+void cli_metrics_stop(cli_metrics *m);
 
 #endif /* ACKBOX_CLI_H */

@@ -47,6 +47,8 @@ static const struct option_def {
 	{"yes", OPT_YES, false, FOR(CMD_PURGE)},
 	{"set", OPT_SET, true, ALL_CMDS}, /* repeatable */
 	{"help", OPT_HELP, false, ALL_CMDS},
+	{"openmetrics", OPT_OPENMETRICS, false, FOR(CMD_STATUS)},
+	{"metrics-listen", OPT_METRICS_LISTEN, true, FOR(CMD_RELAY)},
 };
 
 static const char common_help[] =
@@ -266,6 +268,11 @@ int cli_make_conf(const cli_args *a, bool with_transport, cli_store_use use,
 		return EXIT_STORE;
 	}
 	ackbox_conf_set_log_cb(conf, cli_on_log, NULL);
+	/* plugins first: the URLs below may name their schemes */
+	for (size_t i = 0; i < a->nsets; i++)
+		if (strncmp(a->sets[i], "plugin.load=", 12) == 0 &&
+		    !conf_set(conf, "plugin.load", a->sets[i] + 12))
+			goto usage;
 	if (!conf_set(conf, "store.create", create[use]) ||
 	    (a->val[OPT_STORE] && !conf_set(conf, "store.url", a->val[OPT_STORE])) ||
 	    (with_transport && a->val[OPT_TRANSPORT] &&
@@ -291,6 +298,8 @@ int cli_make_conf(const cli_args *a, bool with_transport, cli_store_use use,
 			                cli_commands[a->cmd].name);
 			goto usage;
 		}
+		if (strcmp(key, "plugin.load") == 0)
+			continue; /* set first, above */
 		if (!conf_set(conf, key, eq + 1))
 			goto usage;
 	}

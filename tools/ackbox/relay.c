@@ -84,6 +84,7 @@ int cli_relay(cli_args *a)
 	int64_t start, deadline = INT64_MAX;
 	int rc, code;
 	bool until_empty = a->given[OPT_UNTIL_EMPTY], empty = false, counted = false;
+	cli_metrics *metrics = NULL;
 	uint64_t pending = 0;
 
 	/* from the start: a service manager may stop it while it opens */
@@ -102,6 +103,13 @@ int cli_relay(cli_args *a)
 		cli_say("%s", err);
 		ackbox_destroy(ab);
 		return EXIT_STORE;
+	}
+	if (a->given[OPT_METRICS_LISTEN]) {
+		rc = cli_metrics_start(a->val[OPT_METRICS_LISTEN], ab, &metrics);
+		if (rc) {
+			ackbox_destroy(ab);
+			return rc;
+		}
 	}
 
 	cli_progress_init(&pg, c0.sending + c0.retrying);
@@ -151,6 +159,7 @@ int cli_relay(cli_args *a)
 	else if (code == EXIT_ALL_GOOD && c1.failed)
 		code = EXIT_SOME_FAILED;
 	/* what it holds in flight stays stored, and is due for the next relay */
+	cli_metrics_stop(metrics); /* no request may use ab past this */
 	ackbox_destroy(ab);
 	return code;
 }

@@ -4,6 +4,7 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <ackbox/plugin.h> /* ackbox_wall_ms */
 
@@ -18,6 +19,22 @@ int cli_status(cli_args *a)
 	int rc = cli_open_admin(a, &ab);
 	if (rc)
 		return rc;
+	if (a->given[OPT_OPENMETRICS]) {
+		/* what relay --metrics-listen serves, once; counters are this
+		 * handle's (zero), the store's counts are everyone's */
+		char *text = NULL;
+		size_t len = 0;
+		rc = ackbox_metrics_text(ab, &text, &len, err, sizeof(err));
+		ackbox_destroy(ab);
+		if (rc) {
+			free(text);
+			cli_say("%s", err);
+			return cli_exit_for(rc);
+		}
+		fwrite(text, 1, len, stdout);
+		free(text);
+		return EXIT_ALL_GOOD;
+	}
 	rc = ackbox_counts_get(ab, &c, err, sizeof(err));
 	ackbox_destroy(ab);
 	if (rc) {
