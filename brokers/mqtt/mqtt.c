@@ -4,6 +4,7 @@
  * threads; this file turns those answers into reports and nothing more.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -74,8 +75,10 @@ static const char *conf(mqtt_ctx *c, const char *key)
 	return ackbox_conf_get(ackbox_tx_conf(c->host), key);
 }
 
-static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
-                     char *errstr, size_t errstr_size)
+static const char *const no_query[] = {NULL};
+
+static int open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size)
 {
 	mqtt_ctx *c = vctx;
 	int tls = strcmp(url->scheme, "mqtts") == 0;
@@ -86,6 +89,9 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	c->host = host;
 	pthread_mutex_init(&c->mtx, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	/* no query parameters: the settings are mqtt.* keys */
+	if (ackbox_url_query_check(url, "transport.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (strchr(url->hosts, ',')) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "transport.url: mqtt takes one broker (host:port), not a list");
@@ -106,7 +112,19 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	}
 	c->user = url->user ? strdup(url->user) : NULL;
 	c->password = url->password ? strdup(url->password) : NULL;
-	c->cafile = conf(c, "mqtt.cafile") ? strdup(conf(c, "mqtt.cafile")) : NULL;
+	if (conf(c, "mqtt.cafile")) {
+		/* unreadable: a configuration error now (CLI exit 2), not an
+		 * unreachable broker at every connect */
+		const char *ca = conf(c, "mqtt.cafile");
+		char shown[256];
+		if (access(ca, R_OK) != 0) {
+			ackbox_escape(ca, strlen(ca), shown, sizeof(shown));
+			ackbox_errstr_set(errstr, errstr_size, "mqtt.cafile: cannot read '%s': %s", shown,
+			                  strerror(errno));
+			return ACKBOX_ERR_BAD_VALUE;
+		}
+		c->cafile = strdup(ca);
+	}
 	ackbox_parse_bool(conf(c, "mqtt.verify"), &b);
 	c->verify = b;
 	c->qos = atoi(conf(c, "mqtt.qos"));
@@ -125,6 +143,20 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	info->system_name = SYSTEM_NAME;
 	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
+}
+
+static void mqtt_close(void *vctx);
+
+/* close() is not called when open fails: free what was made here. */
+static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                     char *errstr, size_t errstr_size)
+{
+	int rc = open_(vctx, url, host, info, errstr, errstr_size);
+	if (rc) {
+		mqtt_close(vctx);
+		memset(vctx, 0, sizeof(mqtt_ctx));
+	}
+	return rc;
 }
 
 /* ---- paho callbacks: any paho thread; they only report ---- */

@@ -908,10 +908,16 @@ static int split_hosts(const char *hosts, char **host_out, char **port_out)
 static int parse_query(const ackbox_url *url, char *schema, size_t schema_size, char **keys,
                        char **vals, size_t *n, char *errstr, size_t errstr_size)
 {
-	char *q = strdup(url->query), *save = NULL;
-	PQconninfoOption *defs = PQconndefaults();
-	int rc = 0;
+	char *q, *save = NULL;
+	PQconninfoOption *defs;
+	int rc;
 
+	/* each parameter once and with a value; the names are checked below */
+	rc = ackbox_url_query_check(url, "store.url", NULL, errstr, errstr_size);
+	if (rc)
+		return rc;
+	q = strdup(url->query);
+	defs = PQconndefaults();
 	if (!q || !defs) {
 		free(q);
 		PQconninfoFree(defs);

@@ -698,21 +698,11 @@ static int64_t conf_ms(const ackbox_conf *conf, const char *key, int64_t def)
 /* redis://[user:password@]host[:port][/db][?prefix=NAME] */
 static int parse_url(rd_ctx *c, const ackbox_url *url, char *errstr, size_t errstr_size)
 {
+	static const char *const known[] = {"prefix", NULL};
 	char prefix[256] = "ackbox";
-	const char *q;
 
-	for (q = url->query; *q;) {
-		size_t kl = strcspn(q, "=&");
-		if (!(kl == 6 && strncmp(q, "prefix", 6) == 0)) {
-			ackbox_errstr_set(errstr, errstr_size,
-			                  "store.url: unknown parameter '%.*s' (redis:// knows prefix)",
-			                  (int)kl, q);
-			return ACKBOX_ERR_BAD_URL;
-		}
-		q += strcspn(q, "&");
-		if (*q)
-			q++;
-	}
+	if (ackbox_url_query_check(url, "store.url", known, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (ackbox_url_query_get(url, "prefix", prefix, sizeof(prefix)) &&
 	    (!prefix[0] || strlen(prefix) > 100 ||
 	     prefix[strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

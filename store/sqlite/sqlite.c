@@ -341,8 +341,12 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	const char *bt = ackbox_conf_get(conf, "sqlite.busy_timeout");
 	struct stat sb;
 
+	static const char *const no_query[] = {NULL};
+
 	c->wal_fd = -1;
 	c->conf = conf;
+	if (ackbox_url_query_check(url, "store.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	c->path = url_to_path(url);
 	if (!c->path)
 		return ACKBOX_ERR_NOMEM;

@@ -8,6 +8,8 @@
 
 #include <ackbox/plugin.h>
 
+#include "plugin_list.h"
+
 static const char *esc(const char *s, size_t n)
 {
 	static char out[512];
@@ -166,4 +168,69 @@ Test(echo, one_rule_for_query_parameters)
 	/* a name is escaped when echoed */
 	cr_assert_eq(qcheck("amqp://h?%1b=1", amqp, err, sizeof(err)), ACKBOX_ERR_BAD_URL);
 	cr_assert_neq(strstr(err, "'%1b'"), NULL, "names are compared and shown as written: %s", err);
+}
+
+/*
+ * The rule holds for every plugin this build has, found from the plugin
+ * folders (plugin_list.h): an unknown parameter, a duplicated one and an
+ * empty one are refused by ackbox_new with ACKBOX_ERR_BAD_URL naming it,
+ * before anything connects (the hosts are unreachable).
+ */
+typedef struct scheme_row {
+	const char *scheme;
+	int is_store, built;
+} scheme_row;
+
+#define ROW(scheme, plugin, is_store, built, option, package) {scheme, is_store, built},
+static const scheme_row schemes[] = {ACKBOX_PLUGIN_SCHEMES(ROW){NULL, 0, 0}};
+#undef ROW
+
+static int open_with(const char *store_url, const char *tx_url, char *err, size_t n)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	int rc = ackbox_conf_set(c, "store.url", store_url, err, n);
+	if (rc == 0 && tx_url)
+		rc = ackbox_conf_set(c, "transport.url", tx_url, err, n);
+	if (rc == 0)
+		rc = ackbox_new(&ab, c, err, n);
+	if (rc == 0)
+		ackbox_destroy(ab);
+	else
+		ackbox_conf_destroy(c);
+	return rc;
+}
+
+Test(echo, every_plugin_refuses_unknown_duplicated_and_empty_parameters)
+{
+	char dir_url[1200], url[512], err[512];
+	char *dir = tu_tmpdir("echo");
+	const char *bad[][2] = {{"?ackbox_no_such=1", "unknown parameter 'ackbox_no_such'"},
+	                        {"?ackbox_no_such=", "'ackbox_no_such'"},
+	                        {NULL, NULL}};
+	int sqlite_built = 0, checked = 0;
+	for (const scheme_row *r = schemes; r->scheme; r++)
+		sqlite_built |= r->built && strcmp(r->scheme, "sqlite") == 0;
+	cr_assert(sqlite_built, "this test opens transports over an SQLite store");
+	snprintf(dir_url, sizeof(dir_url), "sqlite://%s/outbox.db", dir);
+	for (const scheme_row *r = schemes; r->scheme; r++) {
+		if (!r->built)
+			continue;
+		for (int i = 0; bad[i][0]; i++) {
+			if (r->is_store && strcmp(r->scheme, "sqlite") == 0)
+				snprintf(url, sizeof(url), "sqlite://%s/q.db%s", dir, bad[i][0]);
+			else
+				snprintf(url, sizeof(url), "%s://127.0.0.1:1/x%s", r->scheme, bad[i][0]);
+			int rc = r->is_store ? open_with(url, NULL, err, sizeof(err))
+			                     : open_with(dir_url, url, err, sizeof(err));
+			cr_assert_eq(rc, ACKBOX_ERR_BAD_URL, "%s: %d %s", url, rc, err);
+			cr_assert_neq(strstr(err, bad[i][1]), NULL, "%s: %s", url, err);
+			cr_assert_neq(strstr(err, r->is_store ? "store.url" : "transport.url"), NULL,
+			              "%s: %s", url, err);
+		}
+		checked++;
+	}
+	cr_assert_gt(checked, 1);
+	tu_rmrf(dir);
+	free(dir);
 }
