@@ -332,6 +332,38 @@ static char *url_to_path(const ackbox_url *url)
 	return p;
 }
 
+/*
+ * Messages are business data: a new store file is created readable by its
+ * owner only (0600, whatever the umask), and SQLite gives its -wal and -shm
+ * files the mode of the database file. An existing file keeps its mode; one
+ * that others may read is named in a warning. sb: stat of the path, or
+ * st_mode 0 if there is no file yet.
+ */
+static int create_private(sq_ctx *c, struct stat *sb, char *errstr, size_t errstr_size)
+{
+	if (stat(c->path, sb) == 0) {
+		if (sb->st_mode & 077)
+			ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "sqlite",
+			                 "store file %s has mode %04o: others may read the messages in "
+			                 "it (chmod 600 it; new stores are created 0600)",
+			                 c->path, (unsigned)(sb->st_mode & 07777));
+		return 0;
+	}
+	int fd = open(c->path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+	if (fd < 0 && errno != EEXIST) { /* EEXIST: another process made it just now */
+		int e = errno;
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': open failed: cannot create the file: %s", c->path,
+		                  strerror(e));
+		return e == ENOSPC                  ? ACKBOX_ERR_STORE_FULL
+		       : e == EACCES || e == EROFS ? ACKBOX_ERR_STORE_READONLY
+		                                   : ACKBOX_ERR_STORE;
+	}
+	if (fd >= 0)
+		close(fd);
+	return 0;
+}
+
 static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
                    char *errstr, size_t errstr_size)
 {
@@ -371,6 +403,11 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		                  c->path, strerror(errno));
 		sq_close(c);
 		return ACKBOX_ERR_STORE_READONLY;
+	}
+	rc = create_private(c, &sb, errstr, errstr_size);
+	if (rc) {
+		sq_close(c);
+		return rc;
 	}
 	rc = sqlite3_open_v2(c->path, &c->db,
 	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
