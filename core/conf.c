@@ -29,6 +29,18 @@ static const ackbox_prop core_props[] = {
 	{"store.sync", ACKBOX_PROP_ENUM, "full", 0, 0, "full|normal|off",
 	 "full: publish returns after fsync; normal: survives a process crash but not a power "
 	 "loss; off: no guarantee (tests only)."},
+	{"store.max_messages", ACKBOX_PROP_INT, "0", 0, 1LL << 40, NULL,
+	 "Most messages the store may hold, in every state (FAILED too); 0: no bound. A publish "
+	 "that would pass it waits or is refused (store.full_policy) and stores nothing, so a "
+	 "broker outage cannot fill the disk."},
+	{"store.max_bytes", ACKBOX_PROP_INT, "0", 0, 1LL << 50, NULL,
+	 "Most payload bytes the store may hold (indexes, headers, WAL and free pages come on "
+	 "top); 0: no bound. Needs a store that measures its bytes (all three do)."},
+	{"store.full_policy", ACKBOX_PROP_ENUM, "reject", 0, 0, "reject|block",
+	 "When a bound would be passed: reject returns ACKBOX_ERR_FULL at once; block waits up to "
+	 "store.full_timeout for acks to make room, then returns ACKBOX_ERR_FULL."},
+	{"store.full_timeout", ACKBOX_PROP_DURATION, "10s", 0, MS_DAY, NULL,
+	 "How long a publish waits for room with store.full_policy=block."},
 	{"store.poll_interval", ACKBOX_PROP_DURATION, "200ms", 5, 60000, NULL,
 	 "How often an idle relay looks for rows written by others (the transactional entry "
 	 "point, other processes, requeue)."},

@@ -311,7 +311,9 @@ ACKBOX_API void ackbox_destroy(ackbox *ab);
  * *id_out (may be NULL) receives its id. Concurrent callers share one
  * commit (group commit). The caller keeps ownership of msg.
  * Errors: ACKBOX_ERR_INVALID, ACKBOX_ERR_TOO_LARGE, ACKBOX_ERR_STORE*,
- * ACKBOX_ERR_CLOSED; on error nothing was stored.
+ * ACKBOX_ERR_CLOSED, ACKBOX_ERR_FULL (the store holds store.max_messages
+ * or store.max_bytes: at once with store.full_policy=reject, after up to
+ * store.full_timeout with block); on error nothing was stored.
  */
 ACKBOX_API int ackbox_publish(ackbox *ab, const ackbox_msg *msg, ackbox_id *id_out,
                               char *errstr, size_t errstr_size);

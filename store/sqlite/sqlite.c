@@ -805,6 +805,41 @@ static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+/*
+ * For the backlog bound: rows in every state, members of packed batches not
+ * yet final (acks held in memory subtracted, as counts() does), and payload
+ * bytes, where a packed batch counts with its whole blob until its row goes
+ * (high, never low). Two index-free scans; the core asks rarely.
+ */
+static int sq_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	uint64_t packed = 0;
+	int64_t oldest = 0;
+	int rc = sqlite3_prepare_v2(c->db,
+	                            "SELECT (SELECT count(*) FROM ackbox_outbox),"
+	                            " (SELECT coalesce(sum(length(payload)), 0) FROM ackbox_outbox),"
+	                            " (SELECT coalesce(sum(length(data)), 0) FROM ackbox_batch)",
+	                            -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "measuring", errstr, errstr_size);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*messages = (uint64_t)sqlite3_column_int64(s, 0);
+		*bytes = (uint64_t)sqlite3_column_int64(s, 1) + (uint64_t)sqlite3_column_int64(s, 2);
+	}
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sq_error(c->db, rc, c->path, "measuring", errstr, errstr_size);
+	rc = sq_pack_counts(c, &packed, &oldest, errstr, errstr_size);
+	if (rc)
+		return rc;
+	*messages += packed;
+	return 0;
+}
+
 static int sq_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
@@ -1085,6 +1120,7 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.has_pending = sq_has_pending,
 	.sync = sq_sync,
 	.force = sq_force,
+	.usage = sq_usage,
 };
 
 /* ------------------------------------------------------------------ */
