@@ -25,7 +25,9 @@ struct abx_kv {
 /* The core's properties. docs/configuration.md is generated from this table. */
 static const ackbox_prop core_props[] = {
 	{"store.url", ACKBOX_PROP_URL, NULL, 0, 0, NULL,
-	 "Where messages are kept, e.g. sqlite:///var/lib/app/outbox.db (required)."},
+	 "Where messages are kept, e.g. sqlite:///var/lib/app/outbox.db (required). env:NAME "
+	 "reads the URL from the environment variable NAME, file:PATH from the first line of "
+	 "the file PATH, so a password stays off the command line."},
 	{"store.sync", ACKBOX_PROP_ENUM, "full", 0, 0, "full|normal|off",
 	 "full: publish returns after fsync; normal: survives a process crash but not a power "
 	 "loss; off: no guarantee (tests only)."},
@@ -46,7 +48,8 @@ static const ackbox_prop core_props[] = {
 	 "point, other processes, requeue)."},
 	{"transport.url", ACKBOX_PROP_URL, NULL, 0, 0, NULL,
 	 "The broker, as scheme://...: the scheme picks the transport (docs/brokers/). Without "
-	 "it the handle stores messages for another relay."},
+	 "it the handle stores messages for another relay. env:NAME and file:PATH as for "
+	 "store.url."},
 	{"transport.connect_timeout", ACKBOX_PROP_DURATION, "5s", 100, 600000, NULL,
 	 "How long one connection attempt may take."},
 	{"transport.require_connect", ACKBOX_PROP_BOOL, "false", 0, 0, NULL,
@@ -308,17 +311,39 @@ static int plugin_load_set(const ackbox_conf *conf, const char *value, char **jo
 	return 0;
 }
 
+static int set_checked(ackbox_conf *conf, const char *key, const char *value, char *errstr,
+                       size_t errstr_size);
+
 int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char *errstr,
                     size_t errstr_size)
 {
 	const ackbox_prop *p;
-	char *joined = NULL;
+	char *secret = NULL;
 	int rc;
 
 	if (!conf || !key || !value) {
 		ackbox_errstr_set(errstr, errstr_size, "ackbox_conf_set: NULL argument");
 		return ACKBOX_ERR_INVALID;
 	}
+	/* a URL may come from the environment or a file (secret.c) */
+	p = core_prop_find(key);
+	if (p && p->type == ACKBOX_PROP_URL) {
+		rc = abx_secret_resolve(key, value, &secret, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
+	rc = set_checked(conf, key, secret ? secret : value, errstr, errstr_size);
+	abx_secret_free(secret);
+	return rc;
+}
+
+static int set_checked(ackbox_conf *conf, const char *key, const char *value, char *errstr,
+                       size_t errstr_size)
+{
+	const ackbox_prop *p;
+	char *joined = NULL;
+	int rc;
+
 	p = core_prop_find(key);
 	if (p) {
 		rc = prop_check(p, key, value, errstr, errstr_size);

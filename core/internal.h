@@ -138,6 +138,14 @@ void abx_stats_sent(abx_stats *s, const char *topic);
  * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
 int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size);
 
+/* ---- secrets (secret.c) ---- */
+/* For a URL key: "env:NAME" or "file:PATH" become *out, the URL they hold
+ * (free with abx_secret_free); any other value leaves *out NULL. 0 or
+ * ACKBOX_ERR_BAD_VALUE naming the variable or file. */
+int abx_secret_resolve(const char *key, const char *value, char **out, char *errstr,
+                       size_t errstr_size);
+void abx_secret_free(char *s);
+
 /* ---- the backlog bound (bound.c): store.max_messages, store.max_bytes ---- */
 typedef struct abx_bound {
 	uint64_t max_msgs, max_bytes; /* 0: no bound */

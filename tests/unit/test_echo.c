@@ -234,3 +234,58 @@ Test(echo, every_plugin_refuses_unknown_duplicated_and_empty_parameters)
 	tu_rmrf(dir);
 	free(dir);
 }
+
+/*
+ * Secrets off the command line: store.url and transport.url take env:NAME
+ * and file:PATH; errors name the variable or the file, never the URL's
+ * password; a URL that does not parse is echoed redacted.
+ */
+Test(echo, urls_come_from_the_environment_or_a_file)
+{
+	char dir_path[1100], file[1200], err[512];
+	char *dir = tu_tmpdir("secret");
+	ackbox_conf *c = ackbox_conf_new();
+	FILE *f;
+
+	setenv("ACKBOX_TEST_URL", "amqp://svc:s3cret@127.0.0.1:5672/prod", 1);
+	cr_assert_eq(ackbox_conf_set(c, "transport.url", "env:ACKBOX_TEST_URL", err, sizeof(err)), 0,
+	             "%s", err);
+	cr_assert_str_eq(ackbox_conf_get(c, "transport.url"), "amqp://svc:s3cret@127.0.0.1:5672/prod");
+	unsetenv("ACKBOX_NO_SUCH_VAR");
+	cr_assert_eq(ackbox_conf_set(c, "transport.url", "env:ACKBOX_NO_SUCH_VAR", err, sizeof(err)),
+	             ACKBOX_ERR_BAD_VALUE);
+	cr_assert_neq(strstr(err, "ACKBOX_NO_SUCH_VAR is not set"), NULL, "%s", err);
+	cr_assert_str_eq(ackbox_conf_get(c, "transport.url"), "amqp://svc:s3cret@127.0.0.1:5672/prod",
+	                 "a failed set changes nothing");
+	setenv("ACKBOX_TEST_URL", "amqp://svc:s3cret@127.0.0.1:99999/", 1);
+	cr_assert_eq(ackbox_conf_set(c, "transport.url", "env:ACKBOX_TEST_URL", err, sizeof(err)),
+	             ACKBOX_ERR_BAD_URL);
+	cr_assert_eq(strstr(err, "s3cret"), NULL, "%s", err);
+
+	snprintf(dir_path, sizeof(dir_path), "%s", dir);
+	snprintf(file, sizeof(file), "%s/store-url", dir_path);
+	f = fopen(file, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "sqlite://%s/outbox.db\n# a comment line is not read\n", dir_path);
+	fclose(f);
+	char ref[1300], want[1300];
+	snprintf(ref, sizeof(ref), "file:%s", file);
+	snprintf(want, sizeof(want), "sqlite://%s/outbox.db", dir_path);
+	cr_assert_eq(ackbox_conf_set(c, "store.url", ref, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(ackbox_conf_get(c, "store.url"), want, "the first line, without its newline");
+	cr_assert_eq(ackbox_conf_set(c, "store.url", "file:/nonexistent/url", err, sizeof(err)),
+	             ACKBOX_ERR_BAD_VALUE);
+	cr_assert_neq(strstr(err, "cannot read '/nonexistent/url'"), NULL, "%s", err);
+	cr_assert_eq(ackbox_conf_set(c, "store.url", "file:/dev/null", err, sizeof(err)),
+	             ACKBOX_ERR_BAD_VALUE, "not a regular file: %s", err);
+	ackbox_conf_destroy(c);
+	/* a handle opens with what the file says */
+	ackbox *ab = NULL;
+	c = ackbox_conf_new();
+	cr_assert_eq(ackbox_conf_set(c, "store.url", ref, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+	unsetenv("ACKBOX_TEST_URL");
+	tu_rmrf(dir);
+	free(dir);
+}
