@@ -352,8 +352,12 @@ static int amqp_connect_(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	                               &ptab, AMQP_SASL_METHOD_PLAIN, c->user, c->password);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
 		reply_text(r, why, sizeof(why));
-		ackbox_errstr_set(errstr, errstr_size, "amqp: login to %s:%d vhost '%s' as '%s' failed: %s",
-		                  c->host_name, c->port, c->vhost, c->user, why);
+		ackbox_errstr_set(errstr, errstr_size, "amqp: login to %s:%d vhost '%s' as '%s' failed: %s%s",
+		                  c->host_name, c->port, c->vhost, c->user, why,
+		                  reply_code(r) == AMQP_ACCESS_REFUSED
+		                      ? " (a wrong user or password, or a user without access to "
+		                        "this vhost)"
+		                      : "");
 		teardown(c);
 		return ACKBOX_ERR_TRANSPORT;
 	}
