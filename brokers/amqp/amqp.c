@@ -429,14 +429,16 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 {
 	amqp_message_t msg;
 	amqp_rpc_reply_t r = amqp_read_message(c->conn, CHANNEL, &msg, 0);
-	char why[512];
+	char why[512], ex[128], rk[300];
 	ackbox_id id;
 	char idtext[ACKBOX_ID_STRLEN];
 
-	snprintf(why, sizeof(why), "%u %.*s (exchange '%.*s', routing key '%.*s')", ret->reply_code,
-	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, (int)ret->exchange.len,
-	         (char *)ret->exchange.bytes, (int)ret->routing_key.len,
-	         (char *)ret->routing_key.bytes);
+	/* names echoed back by the broker are shown escaped: a routing key may
+	 * hold any byte, and this text reaches logs and `ackbox list` */
+	ackbox_escape(ret->exchange.bytes, ret->exchange.len, ex, sizeof(ex));
+	ackbox_escape(ret->routing_key.bytes, ret->routing_key.len, rk, sizeof(rk));
+	snprintf(why, sizeof(why), "%u %.*s (exchange '%s', routing key '%s')", ret->reply_code,
+	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, ex, rk);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
 		char text[256];
 		reply_text(r, text, sizeof(text));
@@ -677,11 +679,13 @@ static int declare(amqp_ctx *c, const char *queue, uint64_t token)
 	                   amqp_empty_table);
 	r = amqp_get_rpc_reply(c->conn);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		char why[256], text[300];
+		char why[256], text[420];
 		reply_text(r, why, sizeof(why));
 		if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
 		    r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-			snprintf(text, sizeof(text), "declaring queue '%s': %s", queue, why);
+			char q[128];
+			ackbox_escape(queue, strlen(queue), q, sizeof(q));
+			snprintf(text, sizeof(text), "declaring queue '%s': %s", q, why);
 			ackbox_tx_event ev = {ACKBOX_TX_ERROR, token, reply_code(r), 0, text};
 			ackbox_tx_report(c->host, &ev);
 			lost(c, reply_code(r), why);

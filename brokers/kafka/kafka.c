@@ -581,8 +581,9 @@ static int kafka_send(void *vctx, const ackbox_tx_msg *m)
 	{
 		/* the message itself is unacceptable (key and headers over
 		 * message.max.bytes, say): an attempt that failed */
-		char why[512];
-		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s: %s", m->topic,
+		char why[512], topic[128];
+		ackbox_escape(m->topic, strlen(m->topic), topic, sizeof(topic));
+		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s: %s", topic,
 		         rd_kafka_err2name(err), rd_kafka_err2str(err));
 		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, err, 0, why};
 		ackbox_tx_report(c->host, &ev);
@@ -619,8 +620,10 @@ static void check_stale(kafka_ctx *c)
 				continue;
 			ackbox_tx_event ev = {ACKBOX_TX_NOT_SENT, u->token, 0, 1, u->reason};
 			if (terr > 0) {
+				char topic[128];
+				ackbox_escape(u->topic, strlen(u->topic), topic, sizeof(topic));
 				snprintf(why, sizeof(why), "%s: topic '%s': %s", rd_kafka_err2name(terr),
-				         u->topic, rd_kafka_err2str(terr));
+				         topic, rd_kafka_err2str(terr));
 				ev = (ackbox_tx_event){ACKBOX_TX_ERROR, u->token, terr, 1, why};
 			}
 			ackbox_tx_report(c->host, &ev);
