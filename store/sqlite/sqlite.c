@@ -335,20 +335,15 @@ static char *url_to_path(const ackbox_url *url)
 /*
  * Messages are business data: a new store file is created readable by its
  * owner only (0600, whatever the umask), and SQLite gives its -wal and -shm
- * files the mode of the database file. An existing file keeps its mode; one
- * that others may read is named in a warning. sb: stat of the path, or
- * st_mode 0 if there is no file yet.
+ * files the mode of the database file. An existing file keeps its mode
+ * (sq_open warns once it knows the file is a store). sb: stat of the path,
+ * or st_mode 0 if there was no file.
  */
 static int create_private(sq_ctx *c, struct stat *sb, char *errstr, size_t errstr_size)
 {
-	if (stat(c->path, sb) == 0) {
-		if (sb->st_mode & 077)
-			ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "sqlite",
-			                 "store file %s has mode %04o: others may read the messages in "
-			                 "it (chmod 600 it; new stores are created 0600)",
-			                 c->path, (unsigned)(sb->st_mode & 07777));
+	if (stat(c->path, sb) == 0)
 		return 0;
-	}
+	sb->st_mode = 0;
 	int fd = open(c->path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
 	if (fd < 0 && errno != EEXIST) { /* EEXIST: another process made it just now */
 		int e = errno;
@@ -470,6 +465,11 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		sq_close(c);
 		return rc;
 	}
+	if (sb.st_mode & 077)
+		ackbox_store_log(conf, ACKBOX_LOG_WARN, "sqlite",
+		                 "store file %s has mode %04o: others may read the messages in it "
+		                 "(chmod 600 it; new stores are created 0600)",
+		                 c->path, (unsigned)(sb.st_mode & 07777));
 	return 0;
 }
 
