@@ -31,6 +31,12 @@ static const ackbox_prop core_props[] = {
 	{"store.sync", ACKBOX_PROP_ENUM, "full", 0, 0, "full|normal|off",
 	 "full: publish returns after fsync; normal: survives a process crash but not a power "
 	 "loss; off: no guarantee (tests only)."},
+	{"store.create", ACKBOX_PROP_ENUM, "open", 0, 0, "open|insert|never",
+	 "When a store that does not exist yet (SQLite file, Redis keys, PostgreSQL tables) is "
+	 "created. open: by ackbox_new. insert: by the first message stored; until then the "
+	 "handle reads an empty store and writes nothing. never: a missing store, or one "
+	 "without ackbox's schema, fails ackbox_new with a store error, and a handle without "
+	 "transport.url changes no schema (admin tools)."},
 	{"store.max_messages", ACKBOX_PROP_INT, "0", 0, 1LL << 40, NULL,
 	 "Most messages the store may hold, in every state (FAILED too); 0: no bound. A publish "
 	 "that would pass it waits or is refused (store.full_policy) and stores nothing, so a "

@@ -77,12 +77,38 @@ void abx_report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcom
 		abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a report");
 		return;
 	}
+	/*
+	 * An ACKED report does not wait for its delete to be applied: the
+	 * broker has the message, and a crash before the delete only sends it
+	 * again (a duplicate, reported again by the next process). It leaves
+	 * with the batch of events that brought it (abx_release_acks), so the
+	 * application hears of a confirm without the delete batching's delay.
+	 * FAILED and DROPPED reports still follow their change: whoever reads
+	 * the store after such a report finds the state it says.
+	 */
+	if (st == ACKBOX_MSG_ACKED) {
+		if (r->ack_tail)
+			r->ack_tail->next = it;
+		else
+			r->ack_head = it;
+		r->ack_tail = it;
+		return;
+	}
 	if (r->rep_tail)
 		r->rep_tail->next = it;
 	else
 		r->rep_head = it;
 	r->rep_tail = it;
 	r->nreports++;
+}
+
+void abx_release_acks(abx_relay *r)
+{
+	if (!r->ack_head)
+		return;
+	abx_report_push_list(r->ab, r->ack_head, r->ack_tail);
+	r->ack_head = r->ack_tail = NULL;
+	abx_progress(r->ab);
 }
 
 /* The broker confirmed e (through any of its attempts): delete, report once. */

@@ -449,6 +449,7 @@ static void take_inbox(abx_relay *r)
 		handle_event(r, &evs[i]);
 		free(evs[i].reason);
 	}
+	abx_release_acks(r);
 }
 
 static void try_connect(abx_relay *r, int64_t now)

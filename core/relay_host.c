@@ -217,6 +217,10 @@ static void relay_free(abx_relay *r)
 		nx = it->next;
 		free(it);
 	}
+	for (abx_report_item *it = r->ack_head, *nx; it; it = nx) {
+		nx = it->next;
+		free(it);
+	}
 	if (r->wake_fd >= 0)
 		close(r->wake_fd);
 	pthread_mutex_destroy(&r->in_mtx);

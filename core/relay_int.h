@@ -207,6 +207,7 @@ struct abx_relay {
 	size_t nchanges, cap_changes;
 	char **change_texts; /* owned last_error strings, parallel to changes */
 	abx_report_item *rep_head, *rep_tail; /* released after their changes */
+	abx_report_item *ack_head, *ack_tail; /* ACKED: released after each batch of events */
 	size_t nreports;
 	int64_t next_fail_log_at; /* FAILED lines are rate-limited with a report callback */
 	unsigned failed_unlogged;
@@ -247,6 +248,8 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 void abx_on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
                     const char *why);
 int64_t abx_apply_due_at(const abx_relay *r);
+/* Hands the ACKED reports gathered so far to ackbox_poll. */
+void abx_release_acks(abx_relay *r);
 void abx_apply_changes(abx_relay *r, int64_t now, bool force);
 
 /* ---- poison.c ---- */
