@@ -211,7 +211,7 @@ struct abx_relay {
 	char **change_texts; /* owned last_error strings, parallel to changes */
 	ackbox_attempt *notes; /* attempt notes, parallel to changes (at_ms 0: none); their
 	                          texts are owned. Used only if the store keeps history */
-	bool history;          /* the store has the ABI 1.4 history slots */
+	bool history;          /* the store has the ABI 1.5 history slots */
 	abx_report_item *rep_head, *rep_tail; /* released after their changes */
 	abx_report_item *ack_head, *ack_tail; /* ACKED: released after each batch of events */
 	size_t nreports;

@@ -18,9 +18,10 @@ extern "C" {
  *   1.1  sync
  *   1.2  force
  *   1.3  aliases
- *   1.4  apply_noted, force_noted, history (the attempt history)
+ *   1.4  usage
+ *   1.5  apply_noted, force_noted, history (the attempt history)
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 4)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 5)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -75,7 +76,7 @@ typedef enum ackbox_change_kind {
 	ACKBOX_CHANGE_RETRY = 2,   /* state RETRYING, attempts, due_ms, last_error/code */
 	ACKBOX_CHANGE_FAIL = 3,    /* state FAILED, attempts, last_error/code */
 	ACKBOX_CHANGE_RELEASE = 4, /* due_ms only (a lease given back, state unchanged) */
-	ACKBOX_CHANGE_NOTE = 5     /* ABI 1.4, apply_noted() only: the row is unchanged, its
+	ACKBOX_CHANGE_NOTE = 5     /* ABI 1.5, apply_noted() only: the row is unchanged, its
 	                              note is added to its history (an attempt lost in doubt) */
 } ackbox_change_kind;
 
@@ -196,7 +197,22 @@ typedef struct ackbox_store_ops {
 	 */
 	const char *const *aliases;
 
-	/* ---- ABI 1.4: the attempt history ---- */
+	/* ---- ABI 1.4 ---- */
+
+	/**
+	 * Optional (NULL: store.max_bytes cannot be used with this store, and
+	 * store.max_messages counts with counts()). What the store holds now:
+	 * *messages in every state (FAILED too) and *bytes, the sum of their
+	 * payload sizes. The core asks before a commit that store.max_messages
+	 * or store.max_bytes could refuse, so it should be cheap; it may count
+	 * high (SQLite counts a packed batch's bytes whole until its row goes),
+	 * never low: the bound must not be exceeded because a store under-
+	 * counted. Returns 0 or a negative ackbox_err with errstr.
+	 */
+	int (*usage)(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+	             size_t errstr_size);
+
+	/* ---- ABI 1.5: the attempt history ---- */
 
 	/*
 	 * A store of this minor keeps, per message, the last ACKBOX_HISTORY_MAX

@@ -48,7 +48,7 @@
  * cheap however many FAILED rows pile up. Everything is created inside a
  * DO block, object by object, so that a role without CREATE privileges can
  * open a store an owner has set up. ackbox_attempt holds the attempt history
- * (store ABI 1.4): per message the last ACKBOX_HISTORY_MAX notes, in seq
+ * (store ABI 1.5): per message the last ACKBOX_HISTORY_MAX notes, in seq
  * order; an outbox made before it gets it from the first relay or publisher
  * that opens it (the DO block makes only what is missing).
  */
@@ -118,6 +118,7 @@ enum {
 	ST_PURGE,
 	ST_FORCE_FAIL,
 	ST_FORCE_DELETE,
+	ST_USAGE,
 	/* the attempt history: prepared only once ackbox_attempt exists */
 	ST_H_FIRST,
 	ST_H_DELETE = ST_H_FIRST,
@@ -201,6 +202,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " lease = nextval('@S.ackbox_lease_seq'), lease_owner = NULL"
                       " WHERE id = $1::uuid",
     [ST_FORCE_DELETE] = "DELETE FROM @S.ackbox_outbox WHERE id = $1::uuid",
+    /* the backlog bound: a sequential scan; the core asks rarely */
+    [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
+                 " FROM @S.ackbox_outbox",
     /* an ack or drop takes the message's history along, in the same statement */
     [ST_H_DELETE] = "WITH d AS (DELETE FROM @S.ackbox_outbox t USING unnest($1::uuid[], $2::int8[])"
                     " AS c(id, lease) WHERE t.id = c.id AND t.lease = c.lease RETURNING t.id)"
@@ -1050,10 +1054,16 @@ static int split_hosts(const char *hosts, char **host_out, char **port_out)
 static int parse_query(const ackbox_url *url, char *schema, size_t schema_size, char **keys,
                        char **vals, size_t *n, char *errstr, size_t errstr_size)
 {
-	char *q = strdup(url->query), *save = NULL;
-	PQconninfoOption *defs = PQconndefaults();
-	int rc = 0;
+	char *q, *save = NULL;
+	PQconninfoOption *defs;
+	int rc;
 
+	/* each parameter once and with a value; the names are checked below */
+	rc = ackbox_url_query_check(url, "store.url", NULL, errstr, errstr_size);
+	if (rc)
+		return rc;
+	q = strdup(url->query);
+	defs = PQconndefaults();
 	if (!q || !defs) {
 		free(q);
 		PQconninfoFree(defs);
@@ -1697,6 +1707,26 @@ static int pg_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+static int pg_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	PGresult *r;
+	int rc = run(c, ST_USAGE, 0, NULL, NULL, 1, &r, "measuring", errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != 8 || PQgetlength(r, 0, 1) != 8) {
+		PQclear(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply measuring the outbox",
+		                  c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	*messages = (uint64_t)get_be64(PQgetvalue(r, 0, 0));
+	*bytes = (uint64_t)get_be64(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	return 0;
+}
+
 static int pg_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	pg_ctx *c = vctx;
@@ -2022,6 +2052,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.has_pending = pg_has_pending,
 	.force = pg_force,
 	.aliases = pg_aliases,
+	.usage = pg_usage,
 	.apply_noted = pg_apply_noted,
 	.force_noted = pg_force_noted,
 	.history = pg_history,

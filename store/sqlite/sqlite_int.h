@@ -206,7 +206,7 @@ void sq_pack_inserted(sq_ctx *c, int committed);
 /* 1 if this process holds the packed member id (in its map), else 0. */
 int sq_pack_holds(sq_ctx *c, const ackbox_id *id);
 
-/* ---- history.c: the attempt history (store ABI 1.4) ---- */
+/* ---- history.c: the attempt history (store ABI 1.5) ---- */
 /* 1 if ackbox_attempt exists (made first when create), 0 if not, or an error. */
 int sq_hist_table(sq_ctx *c, int create, char *errstr, size_t errstr_size);
 /* Adds a note for id and keeps the last ACKBOX_HISTORY_MAX. In a transaction. */
