@@ -32,7 +32,7 @@ static const ackbox_prop core_props[] = {
 	 "How often an idle relay looks for rows written by others (the transactional entry "
 	 "point, other processes, requeue)."},
 	{"transport.url", ACKBOX_PROP_URL, NULL, 0, 0, NULL,
-	 "The broker: amqp://, amqps://, kafka://, mqtt://, mqtts:// or loopback://. Without it "
+	 "The broker: amqp://, amqps://, kafka://, mqtt://, mqtts://, nats:// or loopback://. Without it "
 	 "the handle stores messages for another relay."},
 	{"transport.connect_timeout", ACKBOX_PROP_DURATION, "5s", 100, 600000, NULL,
 	 "How long one connection attempt may take."},
@@ -75,6 +75,7 @@ static const known_scheme known_transport_schemes[] = {
     {"kafka", "ACKBOX_WITH_KAFKA", "librdkafka-dev"},
     {"mqtt", "ACKBOX_WITH_MQTT", "libpaho-mqtt-dev"},
     {"mqtts", "ACKBOX_WITH_MQTT", "libpaho-mqtt-dev"},
+    {"nats", "ACKBOX_WITH_NATS", "libnats-dev"},
     {"loopback", "(always built)", "-"},
     {NULL, NULL, NULL}};
 static const known_scheme known_store_schemes[] = {

@@ -5,8 +5,9 @@ set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config clang
       libsqlite3-dev librabbitmq-dev librdkafka-dev libpaho-mqtt-dev libhiredis-dev libpq-dev
+      libnats-dev
       libcriterion-dev
-      rabbitmq-server mosquitto mosquitto-clients redis-server postgresql
+      rabbitmq-server mosquitto mosquitto-clients redis-server postgresql nats-server
       kcat amqp-tools sqlite3 jq python3 gnuplot-nox valgrind)
 
 missing=()
