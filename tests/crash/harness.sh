@@ -3,7 +3,7 @@
 # `ackbox` CLI, a real broker and an independent consumer.
 #
 #   harness.sh BROKER MODE CLI FIXTURE_ENV
-#     BROKER       amqp | mqtt | kafka
+#     BROKER       amqp | mqtt | kafka | nats
 #     MODE         kill9   `ackbox publish` SIGKILLed at a random moment, then
 #                          `ackbox relay --until-empty` delivers the rest
 #                  outage  the broker stopped for CRASH_OUTAGE_S seconds
@@ -15,13 +15,17 @@
 #     FIXTURE_ENV  the env file the broker fixture wrote
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
-#   CRASH_RESULTS (file to append result lines to).
+#   CRASH_RESULTS (file to append result lines to), CRASH_NATS_DUMP (nats:
+#   brokers/nats/tests/nats-stream-dump).
 #
 # The ledger: `ackbox publish --ledger` appends each range of sequence
 # numbers as soon as the store has accepted it. Every number in the ledger
-# must be read back by the consumer (amqp-consume, mosquitto_sub, kcat):
+# must be read back by the consumer (amqp-consume, mosquitto_sub, kcat,
+# nats-stream-dump):
 # lost = ledger - received must be 0. Duplicates are counted and reported.
-# No row may be left sending or retrying, and none may be FAILED.
+# No row may be left sending or retrying, and none may be FAILED. On NATS
+# no duplicate may be left either: JetStream drops a resend whose Nats-Msg-Id
+# it holds (within the stream's duplicate window, 2 minutes).
 set -euo pipefail
 broker=${1:?broker} mode=${2:?mode} cli=${3:?cli} envfile=${4:?fixture env}
 trials=${CRASH_TRIALS:-3}
@@ -32,6 +36,7 @@ outage=${CRASH_OUTAGE_S:-30}
 size=32
 here=$(cd "$(dirname "$0")" && pwd)
 fixtures=$here/../fixtures
+NATS_FIXTURE_SCRIPT=$here/../../brokers/nats/tests/nats-server.sh
 [ -f "$envfile" ] || { echo "harness: broker fixture did not start ($envfile missing)" >&2; exit 1; }
 # shellcheck disable=SC1090
 . "$envfile"
@@ -60,6 +65,7 @@ case "$broker" in
 amqp)  url=$AMQP_URL; sets+=(--set amqp.declare_queue=true) ;;
 mqtt)  url=$MQTT_URL ;;
 kafka) url=$KAFKA_URL ;;
+nats)  url=$NATS_URL; dump=${CRASH_NATS_DUMP:?nats needs CRASH_NATS_DUMP} ;;
 *) fail "unknown broker $broker" ;;
 esac
 
@@ -110,6 +116,10 @@ consumer_collect() { # topic ledger_expanded
   kafka)
     timeout 120 kcat -C -b "$KAFKA_BOOTSTRAP" -t "$t" -o beginning -e -q -f '%s\n' | awk '{print $1}'
     ;;
+  nats)
+    # the stream the relay created (nats.stream); none: nothing was sent
+    timeout 120 "$dump" "$NATS_URL" "S_$t" 2>/dev/null | awk '{print $1}' || true
+    ;;
   esac
 }
 
@@ -132,12 +142,21 @@ check_trial() { # trial topic store ledger
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
   local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  if [ "$broker" = nats ]; then
+    # resends the stream recognised by Nats-Msg-Id and dropped (the relay's log)
+    local dropped
+    dropped=$({ cat "$work/relay-$i.err" "$work/publish-$i.err" 2>/dev/null || true; } |
+              { grep -o "recognised [0-9]* resends" || true; } | awk '{s += $2} END {print s + 0}')
+    line="$line dropped_by_stream=$dropped"
+  fi
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
   [ "$lost" -eq 0 ] || fail "trial $i lost $lost accepted message(s), numbers $(comm -23 "$want" <(sort -u "$got") | sort -n | awk 'NR == 1 {lo = $1} {hi = $1; n++} END {printf "%s..%s (%s of them)", lo, hi, n}'); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
   [ "$extra" -eq 0 ] || fail "trial $i received $extra message(s) that were never published"
   [ "$sending" = 0 ] && [ "$retrying" = 0 ] || fail "trial $i left rows pending: $st"
   [ "$failed" = 0 ] || fail "trial $i has $failed FAILED message(s): $("$cli" list --store "$store" --state failed --limit 3)"
+  [ "$broker" != nats ] || [ "$dups" -eq 0 ] ||
+    fail "trial $i: the stream holds $dups duplicate(s); JetStream should have dropped resends by Nats-Msg-Id"
   totals_trials=$((totals_trials + 1))
   totals_accepted=$((totals_accepted + accepted))
   totals_lost=$((totals_lost + lost))
@@ -157,6 +176,7 @@ wait_ledger() { # ledger pid
 broker_down() {
   case "$broker" in
   amqp)  bash "$fixtures/rabbitmq.sh" kill "$RABBITMQ_FIXTURE_DIR" ;;   # SIGKILL: a crash
+  nats)  bash "$NATS_FIXTURE_SCRIPT" kill "$NATS_FIXTURE_DIR" ;;          # SIGKILL (docs/brokers/nats.md)
   mqtt)  bash "$fixtures/mosquitto.sh" term "$MOSQUITTO_FIXTURE_DIR" ;; # see docs/brokers/mqtt.md
   kafka) bash "$fixtures/kafka-mock.sh" down "$KAFKA_FIXTURE_DIR" ;;
   esac
@@ -166,6 +186,7 @@ broker_up() { # publisher pid (mqtt: held while the subscriber re-attaches)
   case "$broker" in
   amqp)  bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" >/dev/null ;;
   kafka) bash "$fixtures/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR" ;;
+  nats)  bash "$NATS_FIXTURE_SCRIPT" restart "$NATS_FIXTURE_DIR" >/dev/null ;;
   mqtt)
     # mosquitto 2.0.11 queues nothing for a restored offline session until its
     # client reconnects (docs/brokers/mqtt.md): hold the publisher until the
@@ -189,6 +210,11 @@ for i in $(seq 1 "$trials"); do
   store="sqlite://$work/outbox-$i.db"
   ledger="$work/ledger-$i"
   : > "$ledger"
+  trial_sets=()
+  # nats: the relay makes the trial's stream (file storage, duplicate window 2 min)
+  # (log.level info: the relay says how many resends the stream dropped)
+  [ "$broker" = nats ] && trial_sets=(--set "nats.stream=S_$topic" --set "nats.stream_subjects=$topic"
+                                      --set log.level=info)
   consumer_start "$topic"
   pub_cli=$cli
   [ "$mode" = point ] && pub_cli=${CRASH_CLI:?point mode needs CRASH_CLI}
@@ -198,7 +224,7 @@ for i in $(seq 1 "$trials"); do
   [ "$mode" = kill9 ] && [ $((i % 2)) -eq 1 ] && batch=10
   ACKBOX_CRASH_AT=${CRASH_POINT:-} \
   "$pub_cli" publish --store "$store" --transport "$url" --topic "$topic" --count "$n" --size "$size" \
-    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
+    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" "${trial_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
   pub=$!
   pids+=("$pub")
   case "$mode" in
@@ -222,7 +248,7 @@ for i in $(seq 1 "$trials"); do
       continue
     fi
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;
@@ -233,7 +259,7 @@ for i in $(seq 1 "$trials"); do
       fail "publish did not die at $CRASH_POINT (exit $rc): $(cat "$work/publish-$i.err")"
     log "trial $i: died at $CRASH_POINT with $(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger") accepted, $("$cli" status --store "$store" --json | jq -c '{sending,retrying}') in the store"
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;
