@@ -37,6 +37,9 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #endif
+#ifdef BENCH_WITH_NATS
+#include <nats/nats.h>
+#endif
 
 #define TOPIC "ackbox-bench"
 #define MAX_SETS 64
@@ -976,6 +979,183 @@ out:
 }
 #endif
 
+#ifdef BENCH_WITH_NATS
+#define NATS_STREAM "ACKBOX_BENCH"
+
+/* "nats://host:port" of --transport (ackbox's URL form is nats's own). */
+static int nats_raw_connect(const char *url, natsConnection **nc, jsCtx **js, jsOptions *jo,
+                            char *err, size_t errn)
+{
+	natsStatus s = natsConnection_ConnectTo(nc, url);
+	if (s == NATS_OK)
+		s = natsConnection_JetStream(js, *nc, jo);
+	if (s != NATS_OK) {
+		snprintf(err, errn, "connecting to %s: %s", url, natsStatus_GetText(s));
+		if (*nc)
+			natsConnection_Destroy(*nc);
+		*nc = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Deletes and creates the file stream both modes publish to (subject
+ * TOPIC), so every round starts from the same server state.
+ */
+static int nats_prepare_stream(const char *url, char *err, size_t errn)
+{
+	natsConnection *nc = NULL;
+	jsCtx *js = NULL;
+	jsStreamConfig cfg;
+	jsStreamInfo *si = NULL;
+	jsErrCode jerr = 0;
+	const char *subjects[] = {TOPIC};
+	if (nats_raw_connect(url, &nc, &js, NULL, err, errn))
+		return -1;
+	js_DeleteStream(js, NATS_STREAM, NULL, NULL); /* absent the first time */
+	jsStreamConfig_Init(&cfg);
+	cfg.Name = NATS_STREAM;
+	cfg.Subjects = subjects;
+	cfg.SubjectsLen = 1;
+	cfg.Storage = js_FileStorage;
+	natsStatus s = js_AddStream(&si, js, &cfg, NULL, &jerr);
+	jsStreamInfo_Destroy(si);
+	jsCtx_Destroy(js);
+	natsConnection_Destroy(nc);
+	if (s != NATS_OK) {
+		snprintf(err, errn, "creating stream %s: %s (JetStream error %d)", NATS_STREAM,
+		         natsStatus_GetText(s), (int)jerr);
+		return -1;
+	}
+	return 0;
+}
+
+typedef struct nats_raw {
+	pthread_mutex_t mtx;
+	pthread_cond_t cond;
+	int inflight;
+	times *t;
+	result *r;
+} nats_raw;
+
+/* The PubAck: nats.c's reply thread. The id carries the sequence number. */
+static void nats_raw_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+	nats_raw *n = closure;
+	const char *id = NULL;
+	int64_t now = now_ns();
+	size_t i = (size_t)-1;
+	(void)js;
+	(void)pae;
+	if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK)
+		i = (size_t)strtoull(id, NULL, 16);
+	pthread_mutex_lock(&n->mtx);
+	if (pa && i < n->t->n) {
+		n->t->ack[i] = now;
+		n->r->acked++;
+	} else {
+		n->r->failed++;
+	}
+	n->inflight--;
+	pthread_cond_signal(&n->cond);
+	pthread_mutex_unlock(&n->mtx);
+	natsMsg_Destroy(msg);
+}
+
+static void nats_raw_wait(nats_raw *n)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 100000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&n->cond, &n->mtx, &ts);
+}
+
+static void raw_nats(const opts *o, times *t, result *r, int64_t deadline)
+{
+	char err[256];
+	char *payload = make_payload(o->size);
+	natsConnection *nc = NULL;
+	jsCtx *js = NULL;
+	jsOptions jo;
+	nats_raw n = {.t = t, .r = r};
+	int window = o->window ? o->window : 1000;
+
+	pthread_mutex_init(&n.mtx, NULL);
+	pthread_cond_init(&n.cond, NULL);
+	jsOptions_Init(&jo);
+	jo.PublishAsync.MaxPending = (int64_t)window * 2; /* our own window is the bound */
+	jo.PublishAsync.AckHandler = nats_raw_ack;
+	jo.PublishAsync.AckHandlerClosure = &n;
+	if (!payload) {
+		fail(r, "out of memory");
+		goto out;
+	}
+	if (nats_prepare_stream(o->url, err, sizeof(err)) ||
+	    nats_raw_connect(o->url, &nc, &js, &jo, err, sizeof(err))) {
+		fail(r, "raw nats: %s", err);
+		goto out;
+	}
+	int64_t start = now_ns();
+	for (size_t i = 0; i < t->n; i++) {
+		jsPubOptions po;
+		natsMsg *m = NULL;
+		char idtext[ACKBOX_ID_STRLEN];
+		int64_t due = pace(o, start, i);
+		pthread_mutex_lock(&n.mtx);
+		while (n.inflight >= window && now_ns() < deadline)
+			nats_raw_wait(&n);
+		if (n.inflight >= window) {
+			pthread_mutex_unlock(&n.mtx);
+			fail(r, "raw nats: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
+			     t->n);
+			goto out;
+		}
+		n.inflight++;
+		pthread_mutex_unlock(&n.mtx);
+		/* what ackbox sends too: a 36-character Nats-Msg-Id (here it holds
+		 * the sequence number, for the ack handler) */
+		snprintf(idtext, sizeof(idtext), "%08x-0000-7000-8000-%012llx",
+		         (unsigned)(i & 0xffffffffu), (unsigned long long)start & 0xffffffffffffULL);
+		jsPubOptions_Init(&po);
+		po.MsgId = idtext;
+		t->pub[i] = o->rate ? due : now_ns();
+		natsStatus s = natsMsg_Create(&m, TOPIC, NULL, payload, (int)o->size);
+		if (s == NATS_OK)
+			s = js_PublishMsgAsync(js, &m, &po);
+		natsMsg_Destroy(m); /* NULL once nats.c took it */
+		if (s != NATS_OK) {
+			pthread_mutex_lock(&n.mtx);
+			n.inflight--;
+			pthread_mutex_unlock(&n.mtx);
+			fail(r, "raw nats: publish: %s", natsStatus_GetText(s));
+			goto out;
+		}
+	}
+	pthread_mutex_lock(&n.mtx);
+	while (n.inflight > 0 && now_ns() < deadline)
+		nats_raw_wait(&n);
+	if (n.inflight > 0)
+		fail(r, "raw nats: round exceeded --max-seconds (%d unanswered)", n.inflight);
+	pthread_mutex_unlock(&n.mtx);
+out:
+	if (js)
+		jsCtx_Destroy(js);
+	if (nc) {
+		natsConnection_Close(nc);
+		natsConnection_Destroy(nc);
+	}
+	/* no callback may run on n after this: wait for the ones still inside */
+	pthread_mutex_lock(&n.mtx);
+	pthread_mutex_unlock(&n.mtx);
+	free(payload);
+}
+#endif
+
 static void run_raw(const opts *o, times *t, result *r, int64_t deadline)
 {
 	(void)t;
@@ -995,6 +1175,12 @@ static void run_raw(const opts *o, times *t, result *r, int64_t deadline)
 #ifdef BENCH_WITH_KAFKA
 	if (strcmp(o->scheme, "kafka") == 0) {
 		raw_kafka(o, t, r, deadline);
+		return;
+	}
+#endif
+#ifdef BENCH_WITH_NATS
+	if (strcmp(o->scheme, "nats") == 0) {
+		raw_nats(o, t, r, deadline);
 		return;
 	}
 #endif
@@ -1263,6 +1449,13 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 		goto out;
 	}
 #endif
+#ifdef BENCH_WITH_NATS
+	if (strcmp(o->scheme, "nats") == 0 && !store_only &&
+	    nats_prepare_stream(o->url, err, sizeof(err)) != 0) {
+		fail(r, "nats: %s", err);
+		goto out;
+	}
+#endif
 	if (!(b.ab = open_ackbox(o, dir, &b, r)))
 		goto out;
 	if (!store_only) {
@@ -1505,7 +1698,8 @@ static void usage_text(FILE *f)
 {
 	fprintf(f,
 	        "usage: ackbox-bench --transport URL [options]\n"
-	        "  --transport URL     amqp://..., mqtt://..., kafka://host:port or kafka://mock\n"
+	        "  --transport URL     amqp://..., mqtt://..., nats://..., kafka://host:port or\n"
+	        "                      kafka://mock\n"
 	        "                      (librdkafka's mock cluster, 3 brokers, in this process)\n"
 	        "  --count N           messages per round (default 100000; --smoke 2000)\n"
 	        "  --size BYTES        payload size (default 256)\n"
