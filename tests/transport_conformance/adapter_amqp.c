@@ -16,7 +16,7 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 #define MAX_MESSAGE 65536
 

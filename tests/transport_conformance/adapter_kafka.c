@@ -15,7 +15,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 #define BROKERS 3
 #define PARTITIONS 3

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 #include "ackbox_loopback.h"
 
 static ackbox_loopback *lb;

@@ -24,7 +24,7 @@
 
 #include <MQTTClient.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 static char fixture_dir[1100];
 static int port;

@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 #define PAIRS 64
 

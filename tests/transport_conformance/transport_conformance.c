@@ -1,7 +1,7 @@
 /*
  * transport_conformance.c - the contract of the transport ABI written as
  * tests, run through the public API against a real broker that an adapter
- * (ackbox_conformance.h) starts, breaks and reads back. The transport under
+ * (<ackbox/conformance.h>) starts, breaks and reads back. The transport under
  * test is wrapped (the "conformance" scheme) so that every send and every
  * report it makes is checked against the rules of include/ackbox/transport.h.
  * docs/plugins.md, "Verifying a transport", lists what each test proves.
@@ -14,7 +14,7 @@
 
 #include <ackbox/transport.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 static const ackbox_tc_adapter *A; /* the adapter under test */
 static char *dir;                  /* this test's directory */

@@ -13,7 +13,7 @@
 
 #include <nats/nats.h>
 
-#include "ackbox_conformance.h"
+#include <ackbox/conformance.h>
 
 static char fixture_dir[1100];
 static int max_payload;

@@ -1,8 +1,8 @@
 /*
- * ackbox_conformance.h (installed as <ackbox/conformance.h>) - the transport
- * conformance suite: one set of tests every transport must pass, run
- * against a real broker that an adapter (this struct of callbacks) starts,
- * breaks and reads back. docs/plugins.md, "Verifying a transport".
+ * ackbox/conformance.h - the transport conformance suite: one set of tests
+ * every transport must pass, run against a real broker that an adapter
+ * (this struct of callbacks) starts, breaks and reads back. docs/plugins.md,
+ * "Verifying a transport".
  *
  * A transport's conformance program is its adapter plus:
  *
