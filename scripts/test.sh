@@ -22,7 +22,7 @@ echo "test.sh: first pass done after $((SECONDS - start)) s"
 
 # The crash suite, the CLI and scale-out runs (and their broker fixtures),
 # benchmarks, valgrind and fuzzing run in the first pass only.
-skip_in_sanitize_pass='^(crash_|bench\.|valgrind|fuzz_|cli_end_to_end|pg_scaleout|fixture\.(rabbitmq_cli|rabbitmq_crash|mosquitto_crash|pg_rabbitmq|kafka-mock)\.)'
+skip_in_sanitize_pass='^(crash_|bench\.|valgrind|fuzz_|cli_end_to_end|pg_scaleout|fixture\.(rabbitmq_cli|rabbitmq_crash|mosquitto_crash|nats_crash|pg_rabbitmq|kafka-mock)\.)'
 
 # Then the unit, store and broker tests again, built with AddressSanitizer +
 # UBSan, and built with ThreadSanitizer (Debug builds: assert()s are on).
