@@ -1123,6 +1123,9 @@ static void raw_nats(const opts *o, times *t, result *r, int64_t deadline)
 		         (unsigned)(i & 0xffffffffu), (unsigned long long)start & 0xffffffffffffULL);
 		jsPubOptions_Init(&po);
 		po.MsgId = idtext;
+		/* what ackbox sets too: a PubAck wait below retry.timeout (nats.ack_wait,
+		 * 3/4 of the default 10 s), so a lost PubAck is answered */
+		po.MaxWait = 7500;
 		t->pub[i] = o->rate ? due : now_ns();
 		natsStatus s = natsMsg_Create(&m, TOPIC, NULL, payload, (int)o->size);
 		if (s == NATS_OK)
