@@ -53,9 +53,9 @@ Test(conf, urls_and_schemes)
 	cr_assert_eq(set(c, "transport.url", "amqp://h:99999/", err), ACKBOX_ERR_BAD_URL);
 	cr_assert(strstr(err, "65535"), "%s", err);
 	cr_assert_eq(set(c, "transport.url", "amqp://h:12a/", err), ACKBOX_ERR_BAD_URL);
-	cr_assert_eq(set(c, "transport.url", "nats://localhost:4222", err),
+	cr_assert_eq(set(c, "transport.url", "pulsar://localhost:6650", err),
 	             ACKBOX_ERR_UNKNOWN_SCHEME);
-	cr_assert(strstr(err, "nats"), "%s", err);
+	cr_assert(strstr(err, "pulsar"), "%s", err);
 	cr_assert_eq(set(c, "store.url", "amqp://localhost/", err), ACKBOX_ERR_UNKNOWN_SCHEME);
 	cr_assert(strstr(err, "not a store"), "%s", err);
 	cr_assert_eq(set(c, "store.url", "sqlite:///tmp/x.db", err), 0);
