@@ -173,6 +173,7 @@ struct ackbox {
 	int64_t store_poll_ms;
 	int64_t connect_timeout_ms;
 	size_t fresh_max_msgs, fresh_max_bytes;
+	bool ordered; /* delivery.order=key: see docs/ordering.md */
 
 	abx_relay *relay; /* NULL without transport.url */
 	abx_stats stats;

@@ -70,6 +70,34 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS ackbox_batch_out(bseq INTEGER NOT NULL, idx INTEGER NOT NULL,"
     " PRIMARY KEY(bseq, idx)) WITHOUT ROWID;";
 
+/*
+ * Per-key order (delivery.order=key, docs/ordering.md). `head` is 1 on the
+ * oldest row (lowest id) of each key, in any state; triggers keep it so for
+ * every writer of the file, the application's transactional enqueue
+ * included. The ordered claim takes only heads and rows without a key, from
+ * a partial index that holds nothing else, so a deep backlog of one key
+ * costs nothing per claim. Installed by the first handle that opens the
+ * file with delivery.order=key (one transaction), kept afterwards.
+ */
+static const char order_sql[] =
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_key ON ackbox_outbox(msg_key, id)"
+    " WHERE msg_key IS NOT NULL;"
+    "UPDATE ackbox_outbox SET head = 1 WHERE msg_key IS NOT NULL AND head = 0 AND NOT EXISTS"
+    " (SELECT 1 FROM ackbox_outbox p WHERE p.msg_key = ackbox_outbox.msg_key"
+    " AND p.id < ackbox_outbox.id);"
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_ready ON ackbox_outbox(due_ms)"
+    " WHERE state < 2 AND (msg_key IS NULL OR head = 1);"
+    "CREATE TRIGGER IF NOT EXISTS ackbox_outbox_head_ins AFTER INSERT ON ackbox_outbox"
+    " WHEN new.msg_key IS NOT NULL BEGIN"
+    " UPDATE ackbox_outbox SET head = 1 WHERE seq = new.seq AND NOT EXISTS"
+    " (SELECT 1 FROM ackbox_outbox p WHERE p.msg_key = new.msg_key AND p.id < new.id);"
+    " END;"
+    "CREATE TRIGGER IF NOT EXISTS ackbox_outbox_head_del AFTER DELETE ON ackbox_outbox"
+    " WHEN old.head = 1 AND old.msg_key IS NOT NULL BEGIN"
+    " UPDATE ackbox_outbox SET head = 1 WHERE seq = (SELECT seq FROM ackbox_outbox"
+    " WHERE msg_key = old.msg_key ORDER BY id LIMIT 1);"
+    " END;";
+
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
 	"headers, payload, last_error, last_code, lease"
@@ -208,6 +236,7 @@ static void sq_close(void *vctx)
 	sq_ctx *c = vctx;
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(c->st[i]);
+	sqlite3_finalize(c->claim_ordered);
 	sq_pack_close(c);
 	if (c->db)
 		sqlite3_close_v2(c->db);
@@ -320,6 +349,66 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 	return have_batch; /* a file from before packed batches gets their tables */
 }
 
+/* One integer from a query without parameters; -1 on error. */
+static int query_int(sq_ctx *c, const char *sql)
+{
+	sqlite3_stmt *s;
+	int v = -1;
+	if (sqlite3_prepare_v2(c->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		v = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	return v;
+}
+
+/* Whether the file has the per-key order objects (head column, triggers). */
+static int order_present(sq_ctx *c)
+{
+	return query_int(c, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+	                    " AND name = 'ackbox_outbox_head_del'") == 1;
+}
+
+/*
+ * delivery.order=key: installs the per-key order objects if the file lacks
+ * them (one transaction, so every writer sees all or none) and prepares
+ * the ordered claim.
+ */
+static int order_open(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	int rc = SQLITE_OK;
+	if (!order_present(c)) {
+		rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+		if (rc == SQLITE_OK && query_int(c, "SELECT count(*) FROM pragma_table_info("
+		                                    "'ackbox_outbox') WHERE name = 'head'") == 0)
+			rc = sqlite3_exec(c->db,
+			                  "ALTER TABLE ackbox_outbox ADD COLUMN head INTEGER NOT NULL"
+			                  " DEFAULT 0",
+			                  NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(c->db, order_sql, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+		if (rc != SQLITE_OK) {
+			rc = sq_error(c->db, rc, c->path, "installing per-key order", errstr,
+			              errstr_size);
+			sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+			return rc;
+		}
+	}
+	c->order_installed = 1;
+	c->ordered = 1;
+	/* the WHERE repeats the partial index's, so the planner uses it */
+	rc = sqlite3_prepare_v3(c->db,
+	                        "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND"
+	                        " (msg_key IS NULL OR head = 1) AND due_ms <= ?1"
+	                        " ORDER BY due_ms LIMIT ?2",
+	                        -1, SQLITE_PREPARE_PERSISTENT, &c->claim_ordered, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+	return 0;
+}
+
 /* sqlite:///abs/path.db or sqlite://relative/path.db */
 static char *url_to_path(const ackbox_url *url)
 {
@@ -428,6 +517,17 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	if (rc) {
 		sq_close(c);
 		return rc;
+	}
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		if (order && strcmp(order, "key") == 0)
+			rc = order_open(c, errstr, errstr_size);
+		else
+			c->order_installed = order_present(c);
+		if (rc) {
+			sq_close(c);
+			return rc;
+		}
 	}
 	return 0;
 }
@@ -556,6 +656,17 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	if (c->ordered) {
+		/* every message a row, then only the oldest of each key (order_sql) */
+		rc = sq_pack_unpack_due(c, now_ms, errstr, errstr_size);
+		if (rc < 0) {
+			rollback(c);
+			return rc;
+		}
+		s = c->claim_ordered;
+		nb = 0;
+		goto rows;
+	}
 	/* Packed batches get half the room first, rows what is left, then
 	 * batches the rest: neither waits behind a backlog of the other. */
 	rc = sq_pack_claim(c, now_ms, lease_until_ms, limit / 2 ? limit / 2 : 1, cb, opaque, &stop,
@@ -565,6 +676,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 		return rc;
 	}
 	nb = (size_t)rc;
+rows:
 	sqlite3_bind_int64(s, 1, now_ms);
 	sqlite3_bind_int64(s, 2, nb < limit ? (sqlite3_int64)(limit - nb) : 0);
 	/* Collect first, update after: moving a row in the index being scanned
@@ -594,7 +706,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 		}
 	}
 	rows = n;
-	if (!stop && nb + rows < limit) {
+	if (!stop && nb + rows < limit && !c->ordered) {
 		rc = sq_pack_claim(c, now_ms, lease_until_ms, limit - nb - rows, cb, opaque, &stop,
 		                   errstr, errstr_size);
 		if (rc < 0) {
@@ -1022,6 +1134,44 @@ static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	return 1;
 }
 
+/*
+ * Keys whose head (oldest row) is FAILED. Read-only; a file never opened
+ * with delivery.order=key has no heads and so no blocked keys.
+ */
+static int sq_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                           char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	int rc, n = 0, stop = 0;
+	if (!c->order_installed && !(c->order_installed = order_present(c)))
+		return 0;
+	rc = sqlite3_prepare_v2(c->db,
+	                        "SELECT f.msg_key, f.id, (SELECT count(*) FROM ackbox_outbox p"
+	                        " WHERE p.msg_key = f.msg_key AND p.state < 2)"
+	                        " FROM ackbox_outbox f WHERE f.state = 2 AND f.head = 1"
+	                        " AND f.msg_key IS NOT NULL ORDER BY f.seq LIMIT ?1",
+	                        -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "blocked keys", errstr, errstr_size);
+	sqlite3_bind_int64(s, 1, limit ? (sqlite3_int64)limit : -1);
+	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		ackbox_store_blocked b;
+		memset(&b, 0, sizeof(b));
+		b.key = sqlite3_column_blob(s, 0);
+		b.key_len = (size_t)sqlite3_column_bytes(s, 0);
+		if (sqlite3_column_bytes(s, 1) == 16)
+			memcpy(b.failed_id.b, sqlite3_column_blob(s, 1), 16);
+		b.waiting = (uint64_t)sqlite3_column_int64(s, 2);
+		n++;
+		stop = cb(&b, opaque);
+	}
+	sqlite3_finalize(s);
+	if (!stop && rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, "blocked keys", errstr, errstr_size);
+	return n;
+}
+
 const ackbox_store_ops ackbox_sqlite_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1044,6 +1194,7 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.has_pending = sq_has_pending,
 	.sync = sq_sync,
 	.force = sq_force,
+	.blocked_keys = sq_blocked_keys,
 };
 
 /* ------------------------------------------------------------------ */

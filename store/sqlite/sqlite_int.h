@@ -68,6 +68,11 @@ typedef struct sq_ctx {
 	size_t cap_slots, nslots;
 	sq_batch *batches; /* doubly linked */
 	sq_batch *fresh;   /* written by the open transaction, kept if it commits */
+
+	/* delivery.order=key (docs/ordering.md) */
+	int ordered;                /* this handle claims in key order, writes no batches */
+	int order_installed;        /* the file has the head column and its triggers */
+	sqlite3_stmt *claim_ordered; /* prepared when ordered */
 } sq_ctx;
 
 /* Walks the packed members that are not final, batch by batch (in the
@@ -127,6 +132,10 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
  */
 int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                   size_t errstr_size);
+
+/* Inside claim()'s transaction, ordered mode: writes every due batch out
+ * as rows. Returns the rows written, or an error. */
+int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
 
 /* Members not yet final, and the oldest one's created_ms (0 if none). */
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,
