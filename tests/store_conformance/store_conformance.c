@@ -2531,7 +2531,14 @@ Test(order, rows_written_unordered_are_claimed_in_key_order_after_reopen)
 
 #include "ordercheck.h"
 
+static ackbox *api_open_ordered_t(const char *broker, int max_attempts, const char *timeout);
+
 static ackbox *api_open_ordered(const char *broker, int max_attempts)
+{
+	return api_open_ordered_t(broker, max_attempts, "1s");
+}
+
+static ackbox *api_open_ordered_t(const char *broker, int max_attempts, const char *timeout)
 {
 	ackbox_conf *c = ackbox_conf_new();
 	ackbox *ab = NULL;
@@ -2543,7 +2550,7 @@ static ackbox *api_open_ordered(const char *broker, int max_attempts)
 	TU_SET(c, "log.level", "error");
 	TU_SET(c, "transport.url", lb);
 	TU_SET(c, "delivery.order", "key");
-	TU_SET(c, "retry.timeout", "1s");
+	TU_SET(c, "retry.timeout", timeout);
 	TU_SET(c, "retry.max_attempts", att);
 	TU_SET(c, "retry.backoff.initial", "20ms");
 	TU_SET(c, "retry.backoff.max", "100ms");
@@ -2690,5 +2697,142 @@ Test(order_api, a_failed_message_holds_back_only_its_key_until_requeued)
 	tu_order_init(&o, 3);
 	loopback_order(lb, &o);
 	cr_assert_eq(o.violations, 0, "%s", o.first_violation);
+	ackbox_destroy(ab);
+}
+
+static void publish_text(ackbox *ab, const char *topic, const char *key, const char *payload,
+                         ackbox_id *id)
+{
+	ackbox_msg m = {0};
+	char err[512] = "";
+	m.topic = topic;
+	m.key = key;
+	m.key_len = strlen(key);
+	m.payload = payload;
+	m.payload_len = strlen(payload);
+	cr_assert_eq(ackbox_publish(ab, &m, id, err, sizeof(err)), 0, "publish %s: %s", payload,
+	             err);
+}
+
+Test(order_api, a_poison_message_blocks_its_key_while_the_others_flow)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("ordpoison");
+	ackbox_blocked_key bk;
+	char err[512] = "";
+	ackbox_id poison;
+	tu_order o;
+	ackbox *ab;
+
+	ackbox_loopback_set_poison(lb, "poison");
+	ab = api_open_ordered("ordpoison", 2);
+	publish_keyed(ab, 4, 0, 1, 4, "orders");
+	publish_text(ab, "poison", "k0", "poison", &poison); /* drops the connection */
+	publish_keyed(ab, 4, 1, 10, 4, "orders");
+	cr_assert(TU_WAIT_UNTIL(api_counts(ab).failed == 1, 60000), "the poison message FAILED");
+	cr_assert_eq(ackbox_blocked_keys(ab, 0, blocked_count, &bk, err, sizeof(err)), 1, "%s", err);
+	cr_assert(memcmp(&bk.failed_id, &poison, sizeof(poison)) == 0);
+	cr_assert_eq(ackbox_purge_failed(ab, INT64_MAX, err, sizeof(err)), 1, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0, "k0 goes on once the poison message is purged");
+	tu_order_init(&o, 4);
+	loopback_order(lb, &o);
+	cr_assert_eq(o.violations, 0, "%s", o.first_violation);
+	ackbox_destroy(ab);
+}
+
+Test(order_api, a_message_deleted_in_flight_holds_its_key_until_its_attempt_ends)
+{
+	/* The store lets k0:1 go as soon as k0:0 is deleted; the relay still
+	 * has k0:0's attempt outstanding and must not send k0:1 before it is
+	 * answered or timed out (retry.timeout 3 s here). */
+	ackbox_loopback *lb = ackbox_loopback_get("ordguard");
+	char err[512] = "";
+	ackbox_id first, second;
+	ackbox *ab;
+
+	ackbox_loopback_script(lb, ACKBOX_LB_DROP, 1, 0); /* kept, never confirmed */
+	ab = api_open_ordered_t("ordguard", 5, "3s");
+	publish_text(ab, "orders", "k0", "k0:0", &first);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 1, 10000));
+	cr_assert_eq(ackbox_purge_ids(ab, &first, 1, err, sizeof(err)), 1, "%s", err);
+	publish_text(ab, "orders", "k0", "k0:1", &second);
+	cr_assert(!TU_WAIT_UNTIL(ackbox_loopback_received(lb) > 1, 500),
+	          "k0:1 went while k0:0's attempt was still outstanding");
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_count_id(lb, &second) == 1, 15000),
+	          "k0:1 goes once k0:0's attempt timed out");
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	ackbox_destroy(ab);
+}
+
+typedef struct order_racer {
+	ackbox *ab;
+	int thread;
+} order_racer;
+
+static void *order_race_publish(void *arg)
+{
+	order_racer *r = arg;
+	char err[512] = "", key[8], payload[32];
+	for (int i = 0; i < 40; i++) {
+		ackbox_msg m = {0};
+		snprintf(key, sizeof(key), "k%d", i % 4);
+		snprintf(payload, sizeof(payload), "t%d:%d", r->thread, i);
+		m.topic = "orders";
+		m.key = key;
+		m.key_len = strlen(key);
+		m.payload = payload;
+		m.payload_len = strlen(payload);
+		if (ackbox_publish(r->ab, &m, NULL, err, sizeof(err)) != 0)
+			return (void *)1;
+	}
+	return NULL;
+}
+
+Test(order_api, racing_publishers_first_deliveries_follow_id_order_per_key)
+{
+	/* Four threads publish to the same four keys at once: per key, the
+	 * first deliveries come in id order (the ids are made in commit order). */
+	ackbox_loopback *lb = ackbox_loopback_get("ordrace");
+	pthread_t th[4];
+	order_racer rs[4];
+	ackbox_id last[4];
+	unsigned char seen_any[4] = {0};
+	ackbox *ab;
+
+	for (int i = 0; i < 10; i++) {
+		ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 7, 0);
+		ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, 0);
+	}
+	ab = api_open_ordered("ordrace", 1000);
+	for (int t = 0; t < 4; t++) {
+		rs[t].ab = ab;
+		rs[t].thread = t;
+		cr_assert_eq(pthread_create(&th[t], NULL, order_race_publish, &rs[t]), 0);
+	}
+	for (int t = 0; t < 4; t++) {
+		void *ret;
+		pthread_join(th[t], &ret);
+		cr_assert_null(ret, "a publisher failed");
+	}
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	size_t n = ackbox_loopback_received(lb), firsts = 0;
+	for (size_t i = 0; i < n; i++) {
+		char payload[32];
+		size_t len = sizeof(payload) - 1;
+		ackbox_id id;
+		int t, seq;
+		cr_assert_eq(ackbox_loopback_message(lb, i, &id, NULL, 0, payload, &len, NULL), 0);
+		payload[len < sizeof(payload) ? len : sizeof(payload) - 1] = '\0';
+		if (ackbox_loopback_accepted(lb, i) != 1)
+			continue;
+		cr_assert_eq(sscanf(payload, "t%d:%d", &t, &seq), 2, "payload %s", payload);
+		int k = seq % 4, cmp = seen_any[k] ? memcmp(&id, &last[k], sizeof(id)) : 1;
+		if (cmp <= 0)
+			continue; /* a duplicate of one seen before (or its nacked try) */
+		last[k] = id;
+		seen_any[k] = 1;
+		firsts++;
+	}
+	cr_assert_eq(firsts, 160, "every message's first delivery came after the one before it "
+	                          "in its key (in id order): %zu of 160", firsts);
 	ackbox_destroy(ab);
 }
