@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config clang libcriterion-dev
       jq python3 gnuplot-nox valgrind
-      prometheus) # promtool checks the metrics text
+      prometheus libmicrohttpd-dev curl) # promtool checks the metrics text; relay --metrics-listen
 # "build: pkg..." and "test: pkg..." lines of brokers/*/ and store/*/packages.debian
 for f in brokers/*/packages.debian store/*/packages.debian; do
   [ -f "$f" ] || continue

@@ -18,10 +18,11 @@ extern "C" {
  *   1.1  sync
  *   1.2  force
  *   1.3  aliases
- *   1.4  blocked_keys (and with it, per-key order: see claim() and
+ *   1.4  usage
+ *   1.5  blocked_keys (and with it, per-key order: see claim() and
  *        docs/ordering.md)
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 4)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 5)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -67,7 +68,7 @@ typedef struct ackbox_store_row {
 /** Return non-zero to stop the iteration. */
 typedef int (*ackbox_store_row_cb)(const ackbox_store_row *row, void *opaque);
 
-/** A key whose oldest message is FAILED (ABI 1.4). Valid during the callback only. */
+/** A key whose oldest message is FAILED (ABI 1.5). Valid during the callback only. */
 typedef struct ackbox_store_blocked {
 	const void *key;
 	size_t key_len;
@@ -211,6 +212,21 @@ typedef struct ackbox_store_ops {
 	const char *const *aliases;
 
 	/* ---- ABI 1.4 ---- */
+
+	/**
+	 * Optional (NULL: store.max_bytes cannot be used with this store, and
+	 * store.max_messages counts with counts()). What the store holds now:
+	 * *messages in every state (FAILED too) and *bytes, the sum of their
+	 * payload sizes. The core asks before a commit that store.max_messages
+	 * or store.max_bytes could refuse, so it should be cheap; it may count
+	 * high (SQLite counts a packed batch's bytes whole until its row goes),
+	 * never low: the bound must not be exceeded because a store under-
+	 * counted. Returns 0 or a negative ackbox_err with errstr.
+	 */
+	int (*usage)(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+	             size_t errstr_size);
+
+	/* ---- ABI 1.5 ---- */
 
 	/**
 	 * Optional (NULL: the store cannot keep per-key order, and a handle

@@ -143,6 +143,7 @@ enum {
 	ST_PURGE,
 	ST_FORCE_FAIL,
 	ST_FORCE_DELETE,
+	ST_USAGE,
 	/* per-key order: prepared only once it is installed */
 	ST_ORDER_FIRST,
 	ST_CHECK = ST_ORDER_FIRST,
@@ -212,6 +213,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " lease = nextval('@S.ackbox_lease_seq'), lease_owner = NULL"
                       " WHERE id = $1::uuid",
     [ST_FORCE_DELETE] = "DELETE FROM @S.ackbox_outbox WHERE id = $1::uuid",
+    /* the backlog bound: a sequential scan; the core asks rarely */
+    [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
+                 " FROM @S.ackbox_outbox",
     /* new keyed rows, oldest first: head if nothing older of the key exists
      * (only ever set: a promotion racing this is never undone) */
     [ST_CHECK] = "UPDATE @S.ackbox_outbox t SET checked = true, head = t.head OR NOT EXISTS"
@@ -276,6 +280,7 @@ typedef struct pg_ctx {
 	char *setup_sql;
 	int durable;  /* store.sync=full: inserts wait for the WAL flush */
 	int ready;    /* session set up and statements prepared on conn */
+	int absent;   /* no outbox tables yet (store.create=insert): the first insert makes them */
 	int ordered;  /* delivery.order=key: ordered claims */
 	int order_installed; /* the store has the per-key order objects: keep them */
 	pg_arr arr[N_ARRAYS];
@@ -671,6 +676,12 @@ static int reconnect(pg_ctx *c, char *errstr, size_t errstr_size)
 
 static int ensure(pg_ctx *c, char *errstr, size_t errstr_size)
 {
+	if (c->absent) {
+		/* no tables to prepare statements on (store.create=insert) */
+		if (PQstatus(c->conn) != CONNECTION_OK)
+			PQreset(c->conn);
+		return PQstatus(c->conn) == CONNECTION_OK ? 0 : connect_error(c, errstr, errstr_size);
+	}
 	if (c->ready && PQstatus(c->conn) == CONNECTION_OK)
 		return 0;
 	return reconnect(c, errstr, errstr_size);
@@ -692,6 +703,12 @@ static int run(pg_ctx *c, int st, int nparams, const char *const *vals, const in
 	int rc = ensure(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent) {
+		/* what a statement finds in tables that do not exist yet: nothing */
+		if (out && !(*out = PQmakeEmptyPGresult(c->conn, PGRES_TUPLES_OK)))
+			return ACKBOX_ERR_NOMEM;
+		return 0;
+	}
 	snprintf(name, sizeof(name), "ackbox_%d", st);
 	r = PQexecPrepared(c->conn, name, nparams, vals, lens, binary, 1);
 	if (!res_ok(r) && first && PQstatus(c->conn) == CONNECTION_BAD) {
@@ -729,6 +746,8 @@ static int run_rows(pg_ctx *c, int st, int nparams, const char *const *vals, con
 	int rc = ensure(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent)
+		return 0;
 	snprintf(name, sizeof(name), "ackbox_%d", st);
 	for (int attempt = 0;; attempt++) {
 		PGresult *r, *failed = NULL;
@@ -1047,10 +1066,16 @@ static int split_hosts(const char *hosts, char **host_out, char **port_out)
 static int parse_query(const ackbox_url *url, char *schema, size_t schema_size, char **keys,
                        char **vals, size_t *n, char *errstr, size_t errstr_size)
 {
-	char *q = strdup(url->query), *save = NULL;
-	PQconninfoOption *defs = PQconndefaults();
-	int rc = 0;
+	char *q, *save = NULL;
+	PQconninfoOption *defs;
+	int rc;
 
+	/* each parameter once and with a value; the names are checked below */
+	rc = ackbox_url_query_check(url, "store.url", NULL, errstr, errstr_size);
+	if (rc)
+		return rc;
+	q = strdup(url->query);
+	defs = PQconndefaults();
 	if (!q || !defs) {
 		free(q);
 		PQconninfoFree(defs);
@@ -1211,17 +1236,29 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	}
 	/* a store has no log channel; NOTICEs would go to stderr */
 	PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		c->ordered = order && strcmp(order, "key") == 0;
+	}
 	rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
+	v = ackbox_conf_get(conf, "store.create");
+	if (rc == 0 && !have && v && strcmp(v, "never") == 0) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "postgres at %s: no ackbox outbox in schema \"%s\" (store.create=never: "
+		                  "it is not created)",
+		                  c->where, c->schema);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	} else if (rc == 0 && !have && v && strcmp(v, "insert") == 0) {
+		c->absent = 1; /* the first insert installs it, and per-key order */
+		return 0;
+	}
 	if (rc == 0 && !have) {
 		rc = install(c->conn, c->schema, c->where, errstr, errstr_size);
 		if (rc == 0)
 			rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
 	}
-	if (rc == 0) {
-		const char *order = ackbox_conf_get(conf, "delivery.order");
-		c->ordered = order && strcmp(order, "key") == 0;
+	if (rc == 0)
 		rc = order_open(c, errstr, errstr_size);
-	}
 	if (rc == 0)
 		rc = session_init(c, errstr, errstr_size);
 	if (rc) {
@@ -1254,6 +1291,29 @@ static int arrays_failed(pg_ctx *c, int n)
 	return 0;
 }
 
+/* The tables a store.create=insert handle did not find, made by its first insert. */
+static int materialize(pg_ctx *c, char *errstr, size_t errstr_size)
+{
+	int have = 0, rc = ensure(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = install(c->conn, c->schema, c->where, errstr, errstr_size);
+	if (rc == 0)
+		rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
+	if (rc == 0 && !have) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "postgres at %s: the outbox tables in schema \"%s\" are still missing "
+		                  "after creating them",
+		                  c->where, c->schema);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	}
+	if (rc == 0)
+		rc = order_open(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	c->absent = 0;
+	return session_init(c, errstr, errstr_size);
+}
+
 static int pg_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
                      size_t errstr_size)
 {
@@ -1267,6 +1327,8 @@ static int pg_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		    (rc = check_text(c, "content type", recs[i].content_type, errstr, errstr_size)))
 			return rc;
 	}
+	if (c->absent && (rc = materialize(c, errstr, errstr_size)) != 0)
+		return rc;
 	rc = tx_begin(c, c->durable, errstr, errstr_size);
 	if (rc)
 		return rc;
@@ -1592,6 +1654,26 @@ static int pg_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+static int pg_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	PGresult *r;
+	int rc = run(c, ST_USAGE, 0, NULL, NULL, 1, &r, "measuring", errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != 8 || PQgetlength(r, 0, 1) != 8) {
+		PQclear(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply measuring the outbox",
+		                  c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	*messages = (uint64_t)get_be64(PQgetvalue(r, 0, 0));
+	*bytes = (uint64_t)get_be64(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	return 0;
+}
+
 static int pg_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	pg_ctx *c = vctx;
@@ -1818,6 +1900,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.force = pg_force,
 	.blocked_keys = pg_blocked_keys,
 	.aliases = pg_aliases,
+	.usage = pg_usage,
 };
 
 /* ------------------------------------------------------------------ */

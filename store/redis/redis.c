@@ -8,10 +8,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -29,17 +31,24 @@
  *
  *   {P}:meta      hash: schema, version
  *   {P}:m:<id>    hash per message: state attempts created updated due topic
- *                 key ct headers payload last_error last_code lease
+ *                 key ct headers payload last_error last_code lease owner
  *   {P}:due       zset of SENDING/RETRYING ids by due_ms    (claim, recover, has_pending)
  *   {P}:created   zset of SENDING/RETRYING ids by created_ms (oldest pending)
  *   {P}:s0 :s1 :s2  zsets, score 0, of ids per state: lexicographic = id order
  *                 (list by state; counts by ZCARD)
  *   {P}:all       zset, score 0, of every id (list all)
  *   {P}:failed    zset of FAILED ids by updated_ms (purge by age)
+ *   {P}:bytes     string: the sum of every stored payload's length (the
+ *                 backlog bound, store.max_bytes), kept by every script that
+ *                 adds or removes a message; made at open for a store from
+ *                 before it
  *
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
  * a change whose lease differs from the stored one is skipped (fencing).
+ * `owner` names the relay handle that inserted or last claimed the message
+ * (owner_name()): crash recovery at open takes only leases whose process is
+ * gone, never those of a live relay (another publisher on the same prefix).
  *
  * Per-key order (delivery.order=key, docs/ordering.md), once installed
  * (meta field order = 1; every script then keeps these, whatever the
@@ -50,9 +59,9 @@
  *   {P}:ready     zset by due_ms of the rows an ordered claim may take:
  *                 pending and either without a key or the head of theirs
  */
-enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_COUNT };
-static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",
-                                                "s1",   "s2",  "all",     "failed"};
+enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_BYTES, K_COUNT };
+static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",   "s1",
+                                                "s2",   "all", "failed",  "bytes"};
 
 /* The fields of a row, in the order every script and HMGET returns them. */
 enum { F_STATE, F_ATTEMPTS, F_CREATED, F_UPDATED, F_DUE, F_TOPIC, F_KEY, F_CT, F_HEADERS,
@@ -101,15 +110,26 @@ static const char *const field_name[F_COUNT] = {
 #define LUA_PRELUDE                                                                                \
 	"local MP = ARGV[1]\n"                                                                     \
 	"local K_DUE, K_CREATED, K_ALL, K_FAILED = KEYS[2], KEYS[3], KEYS[7], KEYS[8]\n"          \
+	"local K_BYTES = KEYS[9]\n"                                                               \
+	"local function FORGET(k) redis.call('DECRBY', K_BYTES, redis.call('HSTRLEN', k, 'payload')) end\n" \
 	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
 	"'payload','last_error','last_code','lease'}\n"                                           \
 	LUA_ORDER
 
-/* Creates the meta hash, or reads it; refuses keys of another type. */
+/* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
+ * creates it if asked ('!none' if it is missing and not created); refuses
+ * keys of another type. */
 static const char lua_open[] =
     "local t = redis.call('TYPE', KEYS[1])['ok']\n"
     "if t == 'hash' then\n"
+    "  if redis.call('EXISTS', KEYS[9]) == 0 then\n"
+    "    local sum = 0\n"
+    "    for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do\n"
+    "      sum = sum + redis.call('HSTRLEN', ARGV[1] .. id, 'payload')\n"
+    "    end\n"
+    "    redis.call('SET', KEYS[9], sum)\n"
+    "  end\n"
     "  local m = redis.call('HMGET', KEYS[1], 'schema', 'version')\n"
     "  return {m[1] or '', m[2] or ''}\n"
     "elseif t ~= 'none' then return {'!type', KEYS[1], t} end\n"
@@ -117,13 +137,16 @@ static const char lua_open[] =
     "  local u = redis.call('TYPE', KEYS[i])['ok']\n"
     "  if u ~= 'none' then return {'!type', KEYS[i], u} end\n"
     "end\n"
+    "if ARGV[4] ~= '1' then return {'!none', KEYS[1]} end\n"
     "redis.call('HSET', KEYS[1], 'schema', ARGV[2], 'version', ARGV[3])\n"
+    "redis.call('SET', KEYS[9], 0)\n"
     "return {ARGV[2], ARGV[3]}\n";
 
-/* ARGV: MP, n, then per record: id created due topic flags key ct headers payload.
- * Checks every id first, so a batch is stored whole or not at all. */
+/* ARGV: MP, n, then per record: id created due topic flags key ct headers payload,
+ * then the owner. Checks every id first, so a batch is stored whole or not at all. */
 static const char lua_insert[] = LUA_PRELUDE
     "local n = tonumber(ARGV[2])\n"
+    "local owner = ARGV[3 + n * 9]\n"
     "local seen = {}\n"
     "for i = 0, n - 1 do\n"
     "  local id = ARGV[3 + i * 9]\n"
@@ -137,11 +160,12 @@ static const char lua_insert[] = LUA_PRELUDE
     "  local id, created, due, flags = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]\n"
     "  local h = {'state', '0', 'attempts', '0', 'created', created, 'updated', created,\n"
     "             'due', due, 'topic', ARGV[b + 3], 'payload', ARGV[b + 8],\n"
-    "             'last_code', '0', 'lease', '0'}\n"
+    "             'last_code', '0', 'lease', '0', 'owner', owner}\n"
     "  if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = ARGV[b + 5] end\n"
     "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
     "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
     "  redis.call('HSET', MP .. id, unpack(h))\n"
+    "  redis.call('INCRBY', K_BYTES, #ARGV[b + 8])\n"
     "  redis.call('ZADD', K_DUE, due, id)\n"
     "  redis.call('ZADD', K_CREATED, created, id)\n"
     "  redis.call('ZADD', SK(0), 0, id)\n"
@@ -150,10 +174,10 @@ static const char lua_insert[] = LUA_PRELUDE
     "end\n"
     "return n\n";
 
-/* ARGV: MP, now, lease_until, limit, mode ('o': ordered, from {P}:ready).
- * Returns id, fields, id, fields, ... */
+/* ARGV: MP, now, lease_until, limit, owner, mode ('o': ordered, from
+ * {P}:ready). Returns id, fields, id, fields, ... */
 static const char lua_claim[] = LUA_PRELUDE
-    "local from = (ARGV[5] == 'o') and K_READY or K_DUE\n"
+    "local from = (ARGV[6] == 'o') and K_READY or K_DUE\n"
     "local ids = redis.call('ZRANGEBYSCORE', from, '-inf', ARGV[2],\n"
     "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
     "local out = {}\n"
@@ -161,7 +185,7 @@ static const char lua_claim[] = LUA_PRELUDE
     "  local k = MP .. id\n"
     "  if redis.call('EXISTS', k) == 1 then\n"
     "    redis.call('HINCRBY', k, 'lease', 1)\n"
-    "    redis.call('HSET', k, 'due', ARGV[3])\n"
+    "    redis.call('HSET', k, 'due', ARGV[3], 'owner', ARGV[5])\n"
     "    redis.call('ZADD', K_DUE, ARGV[3], id)\n"
     "    if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[3], id) end\n"
     "    out[#out + 1] = id\n"
@@ -186,6 +210,7 @@ static const char lua_apply[] = LUA_PRELUDE
     "  local st = cur[1]\n"
     "  if st and cur[2] == ARGV[b + 2] then\n"
     "    if kind == '1' then\n"
+    "      FORGET(k)\n"
     "      redis.call('DEL', k)\n"
     "      ord_gone(id, cur[3] or nil)\n"
     "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
@@ -219,16 +244,33 @@ static const char lua_apply[] = LUA_PRELUDE
     "end\n"
     "return done\n";
 
-/* ARGV: MP, now, max. Leased rows (due later than now) become due now. */
+/* ARGV: MP, now, offset, count. Rows leased into the future (due later
+ * than now), with their owners: id, owner, id, owner, ... */
 static const char lua_recover[] = LUA_PRELUDE
     "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '(' .. ARGV[2], '+inf',\n"
-    "                       'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "                       'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))\n"
+    "local out = {}\n"
     "for _, id in ipairs(ids) do\n"
-    "  redis.call('HSET', MP .. id, 'due', ARGV[2])\n"
-    "  redis.call('ZADD', K_DUE, ARGV[2], id)\n"
-    "  if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[2], id) end\n"
+    "  out[#out + 1] = id\n"
+    "  out[#out + 1] = redis.call('HGET', MP .. id, 'owner') or ''\n"
     "end\n"
-    "return #ids\n";
+    "return out\n";
+
+/* ARGV: MP, now, then id, owner pairs: each row still leased into the
+ * future and still of that owner becomes due now. Returns the count. */
+static const char lua_take[] = LUA_PRELUDE
+    "local now, n = tonumber(ARGV[2]), 0\n"
+    "for i = 3, #ARGV, 2 do\n"
+    "  local k = MP .. ARGV[i]\n"
+    "  local cur = redis.call('HMGET', k, 'owner', 'due')\n"
+    "  if cur[2] and (cur[1] or '') == ARGV[i + 1] and tonumber(cur[2]) > now then\n"
+    "    redis.call('HSET', k, 'due', ARGV[2])\n"
+    "    redis.call('ZADD', K_DUE, ARGV[2], ARGV[i])\n"
+    "    if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[2], ARGV[i]) end\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 /* A consistent snapshot: sending, retrying, failed, oldest created (or nil). */
 static const char lua_counts[] = LUA_PRELUDE
@@ -280,6 +322,7 @@ static const char lua_purge[] = LUA_PRELUDE
     "  redis.call('ZREM', K_FAILED, id)\n"
     "  local cur = redis.call('HMGET', k, 'state', 'key')\n"
     "  if cur[1] == '2' then\n"
+    "    FORGET(k)\n"
     "    redis.call('DEL', k)\n"
     "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_ALL, id)\n"
     "    ord_gone(id, cur[2] or nil)\n"
@@ -301,6 +344,7 @@ static const char lua_force[] = LUA_PRELUDE
     "redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "redis.call('ZREM', SK(st), id)\n"
     "if kind == '1' then\n"
+    "  FORGET(k)\n"
     "  redis.call('DEL', k)\n"
     "  redis.call('ZREM', K_ALL, id); redis.call('ZREM', K_FAILED, id)\n"
     "  ord_gone(id, cur[2] or nil)\n"
@@ -352,12 +396,19 @@ static const char lua_blocked[] = LUA_PRELUDE
     "end\n"
     "return out\n";
 
+/* Messages in every state and their payload bytes (the backlog bound). */
+static const char lua_usage[] = LUA_PRELUDE
+    "return {redis.call('ZCARD', K_ALL), tonumber(redis.call('GET', K_BYTES) or '0')}\n";
+
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
-static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert,  lua_claim,
-                                              lua_apply,  lua_recover, lua_counts,
-                                              lua_page,   lua_requeue, lua_purge,
-                                              lua_force,  lua_order_build, lua_blocked};
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
+static const char *const scripts[SC_COUNT] = {
+    [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
+    [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
+    [SC_PAGE] = lua_page,       [SC_REQUEUE] = lua_requeue, [SC_PURGE] = lua_purge,
+    [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_USAGE] = lua_usage,
+    [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
+};
 
 typedef struct rd_ctx {
 	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
@@ -374,6 +425,8 @@ typedef struct rd_ctx {
 	char sha[SC_COUNT][41];
 	const ackbox_conf *conf; /* for logging; outlives the store (the handle owns it) */
 	int ordered;            /* delivery.order=key: claims from {P}:ready */
+	int absent; /* no {P}:meta yet (store.create=insert): the first insert writes it */
+	char owner[256]; /* this handle, as messages name their relay (owner_name) */
 } rd_ctx;
 
 static const ackbox_prop rd_props[] = {
@@ -454,12 +507,14 @@ static void args_u64(args *a, uint64_t x)
 	args_str(a, a->num[a->nnum++]);
 }
 
-/* EVALSHA <sha> 8 <keys> <MP>: the head every script call starts with. */
+/* EVALSHA <sha> 9 <keys> <MP>: the head every script call starts with. */
+#define NKEYS_TEXT "9"
+_Static_assert(K_COUNT == 9, "NKEYS_TEXT must say how many keys a script gets");
 static void args_script(rd_ctx *c, args *a, int which)
 {
 	args_str(a, "EVALSHA");
 	args_str(a, c->sha[which]);
-	args_str(a, "8");
+	args_str(a, NKEYS_TEXT);
 	for (int k = 0; k < K_COUNT; k++)
 		args_str(a, c->keys[k]);
 	args_str(a, c->msg_prefix);
@@ -764,6 +819,95 @@ static int walk_rows(rd_ctx *c, const redisReply *r, ackbox_store_row_cb cb, voi
 }
 
 /* ------------------------------------------------------------------ */
+/* Owners: which relay holds a message                                  */
+/* ------------------------------------------------------------------ */
+
+/* The first line of a small file, without its newline; "" if unreadable. */
+static void first_line(const char *path, char *out, size_t n)
+{
+	FILE *f = fopen(path, "re");
+	out[0] = '\0';
+	if (!f)
+		return;
+	if (!fgets(out, (int)n, f))
+		out[0] = '\0';
+	out[strcspn(out, "\n")] = '\0';
+	fclose(f);
+}
+
+/* The start time of process pid (clock ticks after boot): 0, or -1 if
+ * there is no such process or it has ended (a zombie). */
+static int proc_start(long long pid, long long *start)
+{
+	char path[64], buf[1024], *p, state;
+	int field;
+	snprintf(path, sizeof(path), "/proc/%lld/stat", pid);
+	first_line(path, buf, sizeof(buf));
+	p = strrchr(buf, ')'); /* the command name may hold anything */
+	if (!p || sscanf(p + 1, " %c", &state) != 1 || state == 'Z' || state == 'X')
+		return -1;
+	for (field = 3, p++; field < 22 && p; field++)
+		p = strchr(p + 1, ' ');
+	return p && sscanf(p, " %lld", start) == 1 ? 0 : -1;
+}
+
+/* host|boot id|pid namespace|pid|start|handle: what names a relay */
+static void process_name(char *out, size_t n, long long *pid)
+{
+	char host[128] = "", boot[64], ns[64] = "";
+	long long start = -1;
+	ssize_t l;
+	*pid = (long long)getpid();
+	gethostname(host, sizeof(host) - 1);
+	first_line("/proc/sys/kernel/random/boot_id", boot, sizeof(boot));
+	l = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
+	ns[l > 0 ? l : 0] = '\0';
+	proc_start(*pid, &start);
+	snprintf(out, n, "%s|%s|%s|%lld|%lld", host, boot, ns, *pid, start);
+}
+
+static void owner_name(rd_ctx *c)
+{
+	static atomic_uint handles;
+	char proc[224];
+	long long pid;
+	process_name(proc, sizeof(proc), &pid);
+	snprintf(c->owner, sizeof(c->owner), "%s|%u", proc, atomic_fetch_add(&handles, 1) + 1);
+}
+
+/*
+ * Whether recovery may take a message whose owner is `o`: one of this
+ * handle, of no owner (an older ackbox), or of a process that is gone (on
+ * this host: no such process, another start time, an earlier boot). A
+ * live process's, another handle's in this one, and one on another host
+ * or in another pid namespace (it cannot be checked) are left alone.
+ */
+static int owner_gone(const rd_ctx *c, const char *o)
+{
+	struct {
+		char host[128], boot[64], ns[64];
+		long long pid, start;
+	} me, it;
+	char mine[224];
+	long long pid, start;
+	if (!o[0] || strcmp(o, c->owner) == 0)
+		return 1;
+	process_name(mine, sizeof(mine), &pid);
+	if (sscanf(mine, "%127[^|]|%63[^|]|%63[^|]|%lld|%lld", me.host, me.boot, me.ns, &me.pid,
+	           &me.start) != 5 ||
+	    sscanf(o, "%127[^|]|%63[^|]|%63[^|]|%lld|%lld|", it.host, it.boot, it.ns, &it.pid,
+	           &it.start) != 5)
+		return 0; /* no /proc here or there: not ours to judge */
+	if (strcmp(me.host, it.host) != 0)
+		return 0; /* another host */
+	if (strcmp(me.boot, it.boot) != 0)
+		return 1; /* this host rebooted since */
+	if (strcmp(me.ns, it.ns) != 0)
+		return 0; /* another pid namespace */
+	return proc_start(it.pid, &start) != 0 || start != it.start;
+}
+
+/* ------------------------------------------------------------------ */
 /* Open and close                                                       */
 /* ------------------------------------------------------------------ */
 
@@ -799,21 +943,11 @@ static int64_t conf_ms(const ackbox_conf *conf, const char *key, int64_t def)
 /* redis://[user:password@]host[:port][/db][?prefix=NAME] */
 static int parse_url(rd_ctx *c, const ackbox_url *url, char *errstr, size_t errstr_size)
 {
+	static const char *const known[] = {"prefix", NULL};
 	char prefix[256] = "ackbox";
-	const char *q;
 
-	for (q = url->query; *q;) {
-		size_t kl = strcspn(q, "=&");
-		if (!(kl == 6 && strncmp(q, "prefix", 6) == 0)) {
-			ackbox_errstr_set(errstr, errstr_size,
-			                  "store.url: unknown parameter '%.*s' (redis:// knows prefix)",
-			                  (int)kl, q);
-			return ACKBOX_ERR_BAD_URL;
-		}
-		q += strcspn(q, "&");
-		if (*q)
-			q++;
-	}
+	if (ackbox_url_query_check(url, "store.url", known, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (ackbox_url_query_get(url, "prefix", prefix, sizeof(prefix)) &&
 	    (!prefix[0] || strlen(prefix) > 100 ||
 	     prefix[strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -976,19 +1110,23 @@ static int load_scripts(rd_ctx *c, char *errstr, size_t errstr_size)
 	return 0;
 }
 
-/* Creates or checks {P}:meta; refuses a foreign layout or a newer version. */
-static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
+/*
+ * Checks {P}:meta, creating it if `create`; refuses a foreign layout or a
+ * newer version. Returns 1 if it is missing and was not created.
+ */
+static int check_schema(rd_ctx *c, int create, char *errstr, size_t errstr_size)
 {
 	args a;
 	redisReply *r;
 	char ver[8];
-	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
+	int rc = args_init(&a, SCRIPT_HEAD + 3, 1);
 	if (rc)
 		return rc;
 	args_script(c, &a, SC_OPEN);
 	args_str(&a, SCHEMA_NAME);
 	snprintf(ver, sizeof(ver), "%d", SCHEMA_VERSION);
 	args_str(&a, ver);
+	args_str(&a, create ? "1" : "0");
 	rc = run_script(c, &a, SC_OPEN, "checking the schema", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -998,6 +1136,8 @@ static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
 		rc = ACKBOX_ERR_STORE;
 		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply checking the schema",
 		                  c->where);
+	} else if (strcmp(r->element[0]->str, "!none") == 0) {
+		rc = 1;
 	} else if (strcmp(r->element[0]->str, "!type") == 0) {
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 		ackbox_errstr_set(errstr, errstr_size,
@@ -1070,8 +1210,10 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
                    char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	const char *create = ackbox_conf_get(conf, "store.create");
 	int rc = parse_url(c, url, errstr, errstr_size);
 	c->conf = conf;
+	owner_name(c);
 	if (rc == 0) {
 		int64_t cto = conf_ms(conf, "redis.connect_timeout", 5000);
 		c->cmd_ms = conf_ms(conf, "redis.timeout", 30000);
@@ -1084,11 +1226,24 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	if (rc == 0)
 		rc = load_scripts(c, errstr, errstr_size);
 	if (rc == 0)
-		rc = check_schema(c, errstr, errstr_size);
+		rc = check_schema(c, !create || strcmp(create, "open") == 0, errstr, errstr_size);
+	if (rc == 1 && create && strcmp(create, "insert") == 0) {
+		/* nothing is written until a message is: until then every key
+		 * reads as empty, which is what this store holds */
+		c->absent = 1;
+		rc = 0;
+	} else if (rc == 1) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: no ackbox store here (%s does not exist; store.create=never: "
+		                  "it is not created)",
+		                  c->where, c->keys[K_META]);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	}
 	if (rc == 0) {
 		const char *order = ackbox_conf_get(conf, "delivery.order");
 		c->ordered = order && strcmp(order, "key") == 0;
-		if (c->ordered)
+		/* an absent store gets it with its meta hash, at the first insert */
+		if (c->ordered && !c->absent)
 			rc = order_install(c, errstr, errstr_size);
 	}
 	if (rc)
@@ -1115,9 +1270,17 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent) {
+		rc = check_schema(c, 1, errstr, errstr_size);
+		if (rc == 0 && c->ordered)
+			rc = order_install(c, errstr, errstr_size);
+		if (rc)
+			return rc;
+		c->absent = 0;
+	}
 	ids = malloc(n * sizeof(*ids));
 	flags = malloc(n * sizeof(*flags));
-	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 1 + 9 * n, 1 + 2 * n) != 0) {
+	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 2 + 9 * n, 1 + 2 * n) != 0) {
 		free(ids);
 		free(flags);
 		return ACKBOX_ERR_NOMEM;
@@ -1141,6 +1304,7 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		args_bin(&a, w->headers, w->headers_len);
 		args_bin(&a, w->payload, w->payload_len);
 	}
+	args_str(&a, c->owner);
 	rc = run_script(c, &a, SC_INSERT, "insert", &r, errstr, errstr_size);
 	args_fini(&a);
 	free(ids);
@@ -1229,12 +1393,13 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
-	if (args_init(&a, SCRIPT_HEAD + 4, 3) != 0)
+	if (args_init(&a, SCRIPT_HEAD + 5, 3) != 0)
 		return ACKBOX_ERR_NOMEM;
 	args_script(c, &a, SC_CLAIM);
 	args_i64(&a, now_ms);
 	args_i64(&a, lease_until_ms);
 	args_u64(&a, limit);
+	args_str(&a, c->owner);
 	args_str(&a, c->ordered ? "o" : "-");
 	rc = run_script(c, &a, SC_CLAIM, "claim", &r, errstr, errstr_size);
 	args_fini(&a);
@@ -1318,12 +1483,60 @@ static int rd_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb,
 	return n;
 }
 
+/*
+ * Crash recovery at open: of the rows leased into the future, those of this
+ * handle, of no owner, or of a relay whose process is gone become due now;
+ * those of a live relay (another publisher on this prefix) stay its own,
+ * and those of one this process cannot check are taken by the claims once
+ * their lease runs out. Pages of SWEEP ids; the ones left in place are
+ * skipped by offset.
+ */
 static int rd_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	int64_t skipped = 0;
 	int rc = ready(c, errstr, errstr_size);
-	if (rc == 0)
-		rc = sweep(c, SC_RECOVER, "recovery", now_ms, NULL, errstr, errstr_size);
+	while (rc == 0) {
+		args a, t;
+		redisReply *r, *tr;
+		size_t k, take = 0;
+		rc = args_init(&a, SCRIPT_HEAD + 3, 3);
+		if (rc)
+			return rc;
+		args_script(c, &a, SC_RECOVER);
+		args_i64(&a, now_ms);
+		args_i64(&a, skipped);
+		args_u64(&a, SWEEP);
+		rc = run_script(c, &a, SC_RECOVER, "recovery", &r, errstr, errstr_size);
+		args_fini(&a);
+		if (rc)
+			return rc;
+		k = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
+		rc = args_init(&t, SCRIPT_HEAD + 1 + 2 * k, 1);
+		if (rc) {
+			freeReplyObject(r);
+			return rc;
+		}
+		args_script(c, &t, SC_TAKE);
+		args_i64(&t, now_ms);
+		for (size_t i = 0; i < k; i++) {
+			const redisReply *id = r->element[2 * i], *ow = r->element[2 * i + 1];
+			if (!is_str(id) || !is_str(ow) || !owner_gone(c, ow->str))
+				continue;
+			args_bin(&t, id->str, id->len);
+			args_bin(&t, ow->str, ow->len);
+			take++;
+		}
+		if (take)
+			rc = run_script(c, &t, SC_TAKE, "recovery", &tr, errstr, errstr_size);
+		if (take && rc == 0)
+			freeReplyObject(tr);
+		args_fini(&t);
+		freeReplyObject(r);
+		skipped += (int64_t)(k - take);
+		if (k < SWEEP)
+			break;
+	}
 	return rc < 0 ? rc : 0;
 }
 
@@ -1356,6 +1569,33 @@ static int rd_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	/* a sorted-set score: a double, exact for millisecond times */
 	out->oldest_pending_ms = is_str(r->element[3]) ? (int64_t)strtod(r->element[3]->str, NULL)
 	                                               : 0;
+	freeReplyObject(r);
+	return 0;
+}
+
+static int rd_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	args a;
+	redisReply *r;
+	int rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD, 0) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_USAGE);
+	rc = run_script(c, &a, SC_USAGE, "measuring", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+		freeReplyObject(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply measuring", c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	*messages = (uint64_t)num(r->element[0]);
+	*bytes = (uint64_t)num(r->element[1]);
 	freeReplyObject(r);
 	return 0;
 }
@@ -1572,5 +1812,6 @@ const ackbox_store_ops ackbox_redis_store = {
 	.purge = rd_purge,
 	.has_pending = rd_has_pending,
 	.force = rd_force,
+	.usage = rd_usage,
 	.blocked_keys = rd_blocked_keys,
 };

@@ -14,6 +14,8 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
+
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -540,4 +542,190 @@ Test(kafka, ordered_keys_arrive_in_order_through_produce_errors_and_a_leader_out
 	             o.violations, o.first_violation);
 	cr_assert_eq(tu_order_in_order(&o), KEYS * PER_KEY, "every message arrived");
 	cr_log_info("kafka ordered: %d messages, %ld duplicates", KEYS * PER_KEY, o.dups);
+}
+
+/* ---- credentials and TLS (docs/brokers/kafka.md: what the mock allows) ---- */
+
+static pthread_mutex_t log_mtx = PTHREAD_MUTEX_INITIALIZER;
+static char logged[65536];
+static size_t logged_len;
+
+static void on_log_all(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	(void)level;
+	(void)o;
+	pthread_mutex_lock(&log_mtx);
+	if (logged_len < sizeof(logged) - 1)
+		logged_len += (size_t)snprintf(logged + logged_len, sizeof(logged) - logged_len,
+		                               "%s: %s\n", component, msg);
+	if (logged_len >= sizeof(logged))
+		logged_len = sizeof(logged) - 1;
+	pthread_mutex_unlock(&log_mtx);
+}
+
+/* url with user information, on the test's cluster */
+static void url_with(char *out, size_t n, const char *userinfo)
+{
+	snprintf(out, n, "kafka://%s@%s", userinfo, url + strlen("kafka://"));
+}
+
+/*
+ * kafka://user:password@host authenticates with SASL/PLAIN (it is not
+ * dropped): librdkafka 2.0's mock cluster speaks neither SASL nor TLS, so
+ * it refuses, and the error says SASL; ACKBOX_ERR_TRANSPORT (the CLI's exit
+ * 4); the password is in no error and no log line at debug level; the
+ * message published meanwhile waits and is delivered by a handle whose URL
+ * has no credentials.
+ */
+Test(kafka, credentials_in_the_url_mean_sasl_and_the_password_is_never_printed)
+{
+	seen s = {0};
+	char u[600], err[512] = "";
+	ackbox *ab = NULL;
+	url_with(u, sizeof(u), "svc:Kafka5ecretPw");
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "transport.url", u);
+	TU_SET(c, "transport.require_connect", "true");
+	TU_SET(c, "transport.connect_timeout", "5s");
+	TU_SET(c, "log.level", "debug");
+	TU_SET(c, "kafka.debug", "security,broker,conf");
+	ackbox_conf_set_log_cb(c, on_log_all, NULL);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_TRANSPORT, "%s", err);
+	ackbox_conf_destroy(c);
+	cr_assert_neq(strstr(err, "SASL"), NULL, "the error does not name SASL: %s", err);
+	cr_assert_null(strstr(err, "Kafka5ecretPw"), "%s", err);
+
+	c = make_conf(&s);
+	TU_SET(c, "transport.url", u);
+	TU_SET(c, "log.level", "debug");
+	TU_SET(c, "kafka.debug", "security,broker,conf");
+	ackbox_conf_set_log_cb(c, on_log_all, NULL);
+	ab = open_ab(c);
+	publish_range(ab, "t.sasl", 0, 1);
+	cr_assert_eq(ackbox_flush(ab, 2000), ACKBOX_ERR_TIMEOUT, "nothing goes without SASL");
+	ackbox_destroy(ab);
+	pthread_mutex_lock(&log_mtx);
+	cr_assert(strstr(logged, "sasl") || strstr(logged, "SASL"), "librdkafka said nothing of SASL");
+	cr_assert_null(strstr(logged, "Kafka5ecretPw"), "the password was logged");
+	pthread_mutex_unlock(&log_mtx);
+
+	ab = open_ab(make_conf(&s));
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0, "delivered without the credentials");
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+/* What cannot work is a configuration error (CLI exit 2), found at open. */
+Test(kafka, credentials_and_tls_settings_that_cannot_work_are_refused)
+{
+	seen s = {0};
+	char u[600], err[512];
+	ackbox *ab = NULL;
+	struct {
+		const char *userinfo, *key, *value, *says;
+		int rc;
+	} cases[] = {
+	    {"svc", NULL, NULL, "needs both a user and a password", ACKBOX_ERR_BAD_URL},
+	    {"svc:pw", "kafka.security.protocol", "ssl", "kafka.security.protocol is 'ssl'",
+	     ACKBOX_ERR_BAD_VALUE},
+	    {"svc:pw", "kafka.sasl.username", "other", "give them once", ACKBOX_ERR_BAD_VALUE},
+	    {NULL, "kafka.ssl.ca.location", "/nonexistent/ca.pem",
+	     "kafka.ssl.ca.location: cannot read '/nonexistent/ca.pem'", ACKBOX_ERR_BAD_VALUE},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ackbox_conf *c = make_conf(&s);
+		if (cases[i].userinfo) {
+			url_with(u, sizeof(u), cases[i].userinfo);
+			TU_SET(c, "transport.url", u);
+		}
+		if (cases[i].key)
+			TU_SET(c, cases[i].key, cases[i].value);
+		cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), cases[i].rc, "case %zu: %s", i, err);
+		cr_assert_neq(strstr(err, cases[i].says), NULL, "case %zu: %s", i, err);
+		ackbox_conf_destroy(c);
+	}
+	/* the URL rules */
+	ackbox_conf *c = make_conf(&s);
+	snprintf(u, sizeof(u), "%s?acks=1", url);
+	TU_SET(c, "transport.url", u);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_URL, "%s", err);
+	cr_assert_neq(strstr(err, "unknown parameter 'acks'"), NULL, "%s", err);
+	ackbox_conf_destroy(c);
+}
+
+/* TLS to a cluster without it: the error says the handshake failed. */
+Test(kafka, tls_to_a_cluster_without_tls_names_the_cause)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = NULL;
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "kafka.security.protocol", "ssl");
+	TU_SET(c, "transport.require_connect", "true");
+	TU_SET(c, "transport.connect_timeout", "5s");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_TRANSPORT, "%s", err);
+	cr_assert(strstr(err, "SSL") || strstr(err, "TLS"), "%s", err);
+	ackbox_conf_destroy(c);
+}
+
+/*
+ * W3C trace context given at publish reaches an independent consumer as
+ * Kafka headers, byte for byte, also when the message is stored by one
+ * handle and sent by a handle opened afterwards (as after a crash).
+ */
+Test(kafka, trace_context_reaches_the_consumer_unchanged)
+{
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+	ackbox_header h[2] = {{"traceparent", tp, sizeof(tp) - 1}, {"tracestate", ts, sizeof(ts) - 1}};
+	ackbox_msg m = {.topic = "t.trace", .payload = "seq:1", .payload_len = 5, .headers = h,
+	                .header_count = 2};
+	char err[512] = "", bs[512];
+	seen s = {0};
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.trace", PARTITIONS, 3), 0);
+
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "transport.url", "kafka://127.0.0.1:1"); /* stored, not sent */
+	TU_SET(c, "transport.connect_timeout", "200ms");
+	ackbox *store_only = open_ab(c);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+	ackbox *ab = open_ab(make_conf(&s));
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	snprintf(bs, sizeof(bs), "%s", url + strlen("kafka://"));
+	rd_kafka_conf_set(conf, "bootstrap.servers", bs, err, sizeof(err));
+	rd_kafka_conf_set(conf, "group.id", "ackbox-trace", err, sizeof(err));
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+	cr_assert(rk, "%s", err);
+	rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(PARTITIONS);
+	for (int p = 0; p < PARTITIONS; p++)
+		rd_kafka_topic_partition_list_add(parts, "t.trace", p)->offset =
+		    RD_KAFKA_OFFSET_BEGINNING;
+	cr_assert_eq(rd_kafka_assign(rk, parts), 0);
+	rd_kafka_topic_partition_list_destroy(parts);
+	rd_kafka_message_t *msg = NULL;
+	long long deadline = tu_mono_ms() + 30000;
+	while (!msg && tu_mono_ms() < deadline) {
+		msg = rd_kafka_consumer_poll(rk, 200);
+		if (msg && msg->err) {
+			rd_kafka_message_destroy(msg);
+			msg = NULL;
+		}
+	}
+	cr_assert(msg != NULL, "nothing consumed from t.trace in 30 s");
+	rd_kafka_headers_t *hs = NULL;
+	const void *v = NULL;
+	size_t vl = 0;
+	cr_assert_eq(rd_kafka_message_headers(msg, &hs), 0);
+	cr_assert_eq(rd_kafka_header_get_last(hs, "traceparent", &v, &vl), 0, "no traceparent");
+	cr_assert(vl == sizeof(tp) - 1 && memcmp(v, tp, vl) == 0, "traceparent changed");
+	cr_assert_eq(rd_kafka_header_get_last(hs, "tracestate", &v, &vl), 0, "no tracestate");
+	cr_assert(vl == sizeof(ts) - 1 && memcmp(v, ts, vl) == 0, "tracestate changed");
+	rd_kafka_message_destroy(msg);
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
 }

@@ -1081,3 +1081,57 @@ Test(mqtt, ordered_keys_arrive_in_order_through_refusals_and_cuts)
 	cr_log_info("mqtt ordered: %d messages, %d refused by the proxy, %ld duplicates",
 	            KEYS * PER_KEY, (int)px.nacked, o.dups);
 }
+
+/*
+ * W3C trace context given at publish reaches an independent MQTT 5
+ * subscriber as user properties, unchanged, also when the message is stored
+ * by one handle and sent by a relay opened afterwards (as after a crash).
+ */
+Test(mqtt, trace_context_reaches_the_subscriber_unchanged)
+{
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+	ackbox_header h[2] = {{"traceparent", tp, sizeof(tp) - 1}, {"tracestate", ts, sizeof(ts) - 1}};
+	ackbox_msg m = {.topic = "t/trace", .payload = "seq:1", .payload_len = 5, .headers = h,
+	                .header_count = 2};
+	char err[512] = "";
+	seen s = {0};
+	sub_subscribe_and_leave("sub-trace", "t/trace");
+
+	ackbox *store_only = open_ab(&s, NULL, NULL, NULL);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), NULL, NULL);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+
+	MQTTClient cl = sub_connect("sub-trace");
+	char *topic = NULL;
+	int tlen = 0;
+	MQTTClient_message *msg = NULL;
+	int rc = MQTTClient_receive(cl, &topic, &tlen, &msg, 10000);
+	cr_assert(rc == MQTTCLIENT_SUCCESS && msg != NULL, "nothing received in 10 s (%d)", rc);
+	int found = 0;
+	for (int i = 0; i < msg->properties.count; i++) {
+		MQTTProperty *q = &msg->properties.array[i];
+		const char *want = NULL;
+		if (q->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+			continue;
+		if (q->value.data.len == 11 && memcmp(q->value.data.data, "traceparent", 11) == 0)
+			want = tp;
+		else if (q->value.data.len == 10 && memcmp(q->value.data.data, "tracestate", 10) == 0)
+			want = ts;
+		if (!want)
+			continue;
+		cr_assert(q->value.value.len == (int)strlen(want) &&
+		              memcmp(q->value.value.data, want, strlen(want)) == 0,
+		          "%.*s changed on the way", q->value.data.len, q->value.data.data);
+		found++;
+	}
+	cr_assert_eq(found, 2, "traceparent and tracestate both arrived");
+	MQTTClient_freeMessage(&msg);
+	MQTTClient_free(topic);
+	MQTTClient_disconnect5(cl, 1000, MQTTREASONCODE_SUCCESS, NULL);
+	MQTTClient_destroy(&cl);
+}
