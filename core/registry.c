@@ -492,3 +492,8 @@ const ackbox_store_ops *ackbox_store_lookup(const char *scheme)
 {
 	return abx_store_find(scheme);
 }
+
+const ackbox_transport_ops *ackbox_transport_lookup(const char *scheme)
+{
+	return abx_transport_find(scheme);
+}

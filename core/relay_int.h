@@ -124,6 +124,10 @@ typedef struct tx_ev {
 
 struct ackbox_tx_host {
 	abx_relay *relay;
+	/* ackbox_tx_set_tap: set in the transport's open(), before any thread
+	 * that reports exists; read by every reporter after that */
+	ackbox_tx_tap tap;
+	void *tap_opaque;
 };
 
 struct abx_relay {

@@ -73,6 +73,13 @@ ACKBOX_API void ackbox_loopback_set_poison(ackbox_loopback *lb, const char *topi
  */
 ACKBOX_API void ackbox_loopback_set_quiet_drops(ackbox_loopback *lb, int on);
 
+/**
+ * Makes every send to `topic` answered NACK (406 "rejected by loopback
+ * broker"), as a broker refuses what it will not store. NULL stops it.
+ * Thread-safe.
+ */
+ACKBOX_API void ackbox_loopback_set_nack_topic(ackbox_loopback *lb, const char *topic);
+
 /** Sends to the poison topic so far. */
 ACKBOX_API size_t ackbox_loopback_poison_hits(ackbox_loopback *lb);
 

@@ -1,5 +1,5 @@
 # ackbox_add_crash_tests(<transport> FIXTURE <fixture> ADAPTER <crash_adapter.sh>
-#                        [MODES kill9 outage] [POINTS])
+#                        [MODES kill9 outage] [POINTS] [ENVIRONMENT <KEY=value>...])
 #
 # Adds the crash and outage suite (docs/reliability.md) for one transport:
 # crash_kill9_<transport> (the CLI's publish killed with -9 at random moments,
@@ -9,7 +9,9 @@
 # and restart its broker). ADAPTER tells the harness how to reach, consume
 # from, stop and start that broker (the interface is in harness.sh). With
 # POINTS, also crash_point_<point>_<transport> for every crash point of the
-# core (a CLI built with ACKBOX_CRASH_POINTS dies there).
+# core (a CLI built with ACKBOX_CRASH_POINTS dies there). ENVIRONMENT is
+# set for every one of these tests (the adapter reads it: the path of a
+# consumer built in the folder, say; values may be generator expressions).
 #
 # A transport's tests/CMakeLists.txt calls it; tests/CMakeLists.txt includes
 # this file before adding them. Every test and the fixture carry the label
@@ -17,7 +19,7 @@
 include_guard(GLOBAL)
 
 function(ackbox_add_crash_tests broker)
-  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "MODES" ${ARGN})
+  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "MODES;ENVIRONMENT" ${ARGN})
   if(NOT C_FIXTURE OR NOT C_ADAPTER)
     message(FATAL_ERROR "ackbox_add_crash_tests(${broker}): FIXTURE and ADAPTER are required")
   endif()
@@ -28,6 +30,7 @@ function(ackbox_add_crash_tests broker)
   set(harness ${PROJECT_SOURCE_DIR}/tests/crash/harness.sh)
   set(envfile ${ACKBOX_FIXTURE_DIR}/${C_FIXTURE}/env)
   set(env "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;CRASH_RESULTS=${CMAKE_BINARY_DIR}/crash-results.txt")
+  list(APPEND env ${C_ENVIRONMENT})
   set(names "")
   if(NOT C_MODES)
     set(C_MODES kill9 outage)

@@ -29,6 +29,19 @@
 #                    broker_up PUBPID TOPIC  it starts again with its data
 #                  It may use $work (scratch dir), $size (payload bytes), $n,
 #                  fail MESSAGE, and append background pids to pids.
+#                  Optional:
+#                    trial_sets        consumer_start may fill this array with
+#                                      extra CLI arguments for the trial's
+#                                      publish and relay (a stream named
+#                                      after TOPIC, say); emptied before it
+#                    crash_no_duplicates=1
+#                                      the broker drops a resend of a message
+#                                      it holds (by the id on the wire): a
+#                                      duplicate read back fails the trial
+#                    trial_note TRIAL  prints " key=value" fields to append
+#                                      to the trial's result line (it may
+#                                      read $work/publish-TRIAL.err and
+#                                      $work/relay-TRIAL.err)
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
 #   CRASH_RESULTS (file to append result lines to).
@@ -97,12 +110,15 @@ check_trial() { # trial topic store ledger
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
   local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  if declare -F trial_note >/dev/null; then line="$line$(trial_note "$i")"; fi
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
   [ "$lost" -eq 0 ] || fail "trial $i lost $lost accepted message(s), numbers $(comm -23 "$want" <(sort -u "$got") | sort -n | awk 'NR == 1 {lo = $1} {hi = $1; n++} END {printf "%s..%s (%s of them)", lo, hi, n}'); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
   [ "$extra" -eq 0 ] || fail "trial $i received $extra message(s) that were never published"
   [ "$sending" = 0 ] && [ "$retrying" = 0 ] || fail "trial $i left rows pending: $st"
   [ "$failed" = 0 ] || fail "trial $i has $failed FAILED message(s): $("$cli" list --store "$store" --state failed --limit 3)"
+  [ "${crash_no_duplicates:-0}" != 1 ] || [ "$dups" -eq 0 ] ||
+    fail "trial $i: $dups duplicate(s) read back, from a broker that drops resends by message id"
   totals_trials=$((totals_trials + 1))
   totals_accepted=$((totals_accepted + accepted))
   totals_lost=$((totals_lost + lost))
@@ -124,6 +140,7 @@ for i in $(seq 1 "$trials"); do
   store="sqlite://$work/outbox-$i.db"
   ledger="$work/ledger-$i"
   : > "$ledger"
+  trial_sets=()
   consumer_start "$topic"
   pub_cli=$cli
   [ "$mode" = point ] && pub_cli=${CRASH_CLI:?point mode needs CRASH_CLI}
@@ -133,7 +150,7 @@ for i in $(seq 1 "$trials"); do
   [ "$mode" = kill9 ] && [ $((i % 2)) -eq 1 ] && batch=10
   ACKBOX_CRASH_AT=${CRASH_POINT:-} \
   "$pub_cli" publish --store "$store" --transport "$url" --topic "$topic" --count "$n" --size "$size" \
-    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
+    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" "${trial_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
   pub=$!
   pids+=("$pub")
   case "$mode" in
@@ -157,7 +174,7 @@ for i in $(seq 1 "$trials"); do
       continue
     fi
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;
@@ -168,7 +185,7 @@ for i in $(seq 1 "$trials"); do
       fail "publish did not die at $CRASH_POINT (exit $rc): $(cat "$work/publish-$i.err")"
     log "trial $i: died at $CRASH_POINT with $(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger") accepted, $("$cli" status --store "$store" --json | jq -c '{sending,retrying}') in the store"
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;
