@@ -210,6 +210,7 @@ struct ackbox {
 	int64_t store_poll_ms;
 	int64_t connect_timeout_ms;
 	size_t fresh_max_msgs, fresh_max_bytes;
+	bool ordered; /* delivery.order=key: see docs/ordering.md */
 
 	abx_bound bound;  /* store.max_messages / max_bytes (bound.c) */
 	abx_relay *relay; /* NULL without transport.url */
@@ -240,7 +241,7 @@ static inline void abx_store_unlock(struct ackbox *ab)
 	abx_log_release();
 }
 
-/* The store has the ABI 1.5 attempt-history slots (all three: registry.c
+/* The store has the ABI 1.6 attempt-history slots (all three: registry.c
  * refuses a table with some of them). */
 static inline bool abx_store_keeps_history(const struct ackbox *ab)
 {

@@ -30,7 +30,8 @@ static const size_t st_minor_size[] = {
 	END_OF(ackbox_store_ops, force),       /* 1.2 */
 	END_OF(ackbox_store_ops, aliases),     /* 1.3 */
 	END_OF(ackbox_store_ops, usage),       /* 1.4 */
-	END_OF(ackbox_store_ops, history),     /* 1.5 */
+	END_OF(ackbox_store_ops, blocked_keys), /* 1.5 */
+	END_OF(ackbox_store_ops, history),      /* 1.6 */
 };
 _Static_assert(sizeof(tx_minor_size) / sizeof(tx_minor_size[0]) ==
                    ACKBOX_ABI_MINOR(ACKBOX_TRANSPORT_ABI_VERSION) + 1,

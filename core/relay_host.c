@@ -208,6 +208,7 @@ static void relay_free(abx_relay *r)
 	}
 	abx_map_fini(&r->by_id);
 	abx_map_fini(&r->tokens);
+	abx_map_fini(&r->key_holder);
 	abx_poisoned_clear(r);
 	free(r->back);
 	abx_heap_fini(&r->retry_at);

@@ -7,6 +7,7 @@
  *   outcome.c     what an outcome does: store changes and delivery reports,
  *                 batched and applied in order (through machine.c's rules)
  *   poison.c      suspects, probing and blame for a dropped connection
+ *   order.c       per-key order: one message per key held at a time
  *   queues.c      the messages held in memory: entries, their queues, the
  *                 tokens of their attempts
  *   relay_host.c  the transport host API, the publishers' side (inbox), and
@@ -37,7 +38,8 @@ enum entry_state {
 	E_WAITING,  /* back in the store until due; only superseded tokens hold it */
 	E_DONE,     /* final outcome reached; only superseded tokens hold it */
 	E_REQUEUE,  /* going back to a queue at the next send round (r->back), data present */
-	E_HELD      /* sent alone and lost with the connection: being judged (r->blame) */
+	E_HELD,     /* sent alone and lost with the connection: being judged (r->blame) */
+	E_PARKED    /* claimed, waiting for another message of its key (order.c), data present */
 };
 
 /* One message the relay holds in memory. */
@@ -58,6 +60,8 @@ typedef struct entry {
 	/* for the report (ackbox_report.last_outcome and last_attempt_ms) */
 	ackbox_outcome last_oc;
 	int64_t last_at;
+	bool key_held;      /* holds its key (delivery.order=key, order.c) */
+	uint64_t keyh;      /* hash of its key, 0 if none (order.c) */
 } entry;
 
 /* One attempt outstanding in the transport. */
@@ -215,7 +219,7 @@ struct abx_relay {
 	char **change_texts; /* owned last_error strings, parallel to changes */
 	ackbox_attempt *notes; /* attempt notes, parallel to changes (at_ms 0: none); their
 	                          texts are owned. Used only if the store keeps history */
-	bool history;          /* the store has the ABI 1.5 history slots */
+	bool history;          /* the store has the ABI 1.6 history slots */
 	abx_report_item *rep_head, *rep_tail; /* released after their changes */
 	abx_report_item *ack_head, *ack_tail; /* ACKED: released after each batch of events */
 	size_t nreports;
@@ -226,6 +230,11 @@ struct abx_relay {
 	int64_t last_apply_at;   /* when changes were last applied */
 	bool apply_stuck;        /* the store refused the last apply */
 	char last_connect_error[256];
+
+	/* delivery.order=key (order.c) */
+	abx_map key_holder;  /* key hash -> the entry holding the key */
+	entry *parked;       /* entries waiting for their key, linked by next */
+	size_t nparked;
 };
 
 
@@ -279,6 +288,15 @@ void abx_blame_convict(abx_relay *r);
 void abx_on_lost(abx_relay *r, tok *t, const char *why, int code);
 void abx_enqueue_claimed(abx_relay *r, entry *e);
 entry *abx_next_to_send(abx_relay *r, bool *alone);
+
+/* ---- order.c ---- */
+/* With delivery.order=key: true if e may be queued now (it holds its key,
+ * or has none); otherwise e is parked until the key's holder is resolved. */
+bool abx_order_admit(abx_relay *r, entry *e);
+/* e is resolved (done, or back in the store): its key goes to the oldest
+ * entry parked for it, which is queued. */
+void abx_order_release(abx_relay *r, entry *e);
+void abx_order_unpark(abx_relay *r, entry *e);
 
 /* ---- relay.c ---- */
 int64_t abx_backoff_ms(abx_relay *r, int n);

@@ -104,6 +104,14 @@ ACKBOX_API int ackbox_loopback_message(ackbox_loopback *lb, size_t i, ackbox_id 
                                        size_t topic_size, void *payload, size_t *payload_len,
                                        size_t *header_count);
 
+/**
+ * Whether the broker kept the i-th received message (confirmed it, or kept
+ * it and lost the confirm: CONFIRM, DROP, IN_DOUBT), as a consumer would
+ * see it; 0 if it refused it (NACK, RETURN, ERROR). ACKBOX_ERR_NOT_FOUND
+ * past the end.
+ */
+ACKBOX_API int ackbox_loopback_accepted(ackbox_loopback *lb, size_t i);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,6 +28,7 @@ typedef struct rx {
 	void *payload;
 	size_t payload_len;
 	size_t header_count;
+	ackbox_lb_action action; /* what the broker did with it */
 } rx;
 
 struct ackbox_loopback {
@@ -256,6 +257,18 @@ int ackbox_loopback_message(ackbox_loopback *lb, size_t i, ackbox_id *id, char *
 	return rc;
 }
 
+int ackbox_loopback_accepted(ackbox_loopback *lb, size_t i)
+{
+	int rc = ACKBOX_ERR_NOT_FOUND;
+	pthread_mutex_lock(&lb->mtx);
+	if (i < lb->nmsgs) {
+		ackbox_lb_action a = lb->msgs[i].action;
+		rc = a == ACKBOX_LB_CONFIRM || a == ACKBOX_LB_DROP || a == ACKBOX_LB_IN_DOUBT;
+	}
+	pthread_mutex_unlock(&lb->mtx);
+	return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* The transport                                                        */
 /* ------------------------------------------------------------------ */
@@ -411,6 +424,7 @@ static int lb_send(void *vctx, const ackbox_tx_msg *m)
 			memcpy(slot->payload, m->payload, m->payload_len);
 		slot->payload_len = m->payload_len;
 		slot->header_count = m->header_count;
+		slot->action = a;
 	}
 	pthread_mutex_unlock(&c->lb->mtx);
 

@@ -1,8 +1,8 @@
 /*
  * history-cost.c - what the attempt history costs the SQLite relay: N
  * messages published in batches of 500 through the in-process loopback
- * broker and flushed, with the store's history slots (ABI 1.5) and with the
- * same store registered as ABI 1.4 (the core then writes no notes), rounds
+ * broker and flushed, with the store's history slots (ABI 1.6) and with the
+ * same store registered as ABI 1.5 (the core then writes no notes), rounds
  * alternating. "nack" makes the broker nack the first N sends, so every
  * message leaves one note and is sent twice; "acked-after-a-failure" first
  * fails one message (max_attempts 1), so that the history table is not
@@ -134,11 +134,12 @@ int main(int argc, char **argv)
 	char err[256];
 	const ackbox_store_ops *real = ackbox_store_lookup("sqlite");
 
-	/* the same store as an ABI 1.4 table: no history slots */
+	/* the same store as an ABI 1.5 table: no history slots */
 	old = *real;
-	old.abi_version = ACKBOX_ABI_VERSION(1, 4);
-	old.struct_size = (uint32_t)(offsetof(ackbox_store_ops, usage) + sizeof(old.usage));
-	old.scheme = "sqlite14";
+	old.abi_version = ACKBOX_ABI_VERSION(1, 5);
+	old.struct_size =
+	    (uint32_t)(offsetof(ackbox_store_ops, blocked_keys) + sizeof(old.blocked_keys));
+	old.scheme = "sqlite15";
 	old.aliases = no_alias;
 	if (ackbox_store_register(&old, err, sizeof(err)) != 0) {
 		fprintf(stderr, "register: %s\n", err);
@@ -150,7 +151,7 @@ int main(int argc, char **argv)
 		int first = r % 2;
 		for (int k = 0; k < 2; k++) {
 			int hist = (k == 0) != first;
-			double cpu, rate = round_once(hist ? "sqlite" : "sqlite14", n, nack,
+			double cpu, rate = round_once(hist ? "sqlite" : "sqlite15", n, nack,
 			                              argc > 4 ? argc - 4 : 0, argv + (argc > 4 ? 4 : argc),
 			                              &cpu);
 			printf("round %d  %-12s %8.0f msg/s  %6.1f us CPU/msg\n", r + 1,

@@ -19,9 +19,11 @@ extern "C" {
  *   1.2  force
  *   1.3  aliases
  *   1.4  usage
- *   1.5  apply_noted, force_noted, history (the attempt history)
+ *   1.5  blocked_keys (and with it, per-key order: see claim() and
+ *        docs/ordering.md)
+ *   1.6  apply_noted, force_noted, history (the attempt history)
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 5)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 6)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -70,13 +72,23 @@ typedef int (*ackbox_store_attempt_cb)(const ackbox_attempt *a, void *opaque);
 /** Return non-zero to stop the iteration. */
 typedef int (*ackbox_store_row_cb)(const ackbox_store_row *row, void *opaque);
 
+/** A key whose oldest message is FAILED (ABI 1.5). Valid during the callback only. */
+typedef struct ackbox_store_blocked {
+	const void *key;
+	size_t key_len;
+	ackbox_id failed_id;  /* the FAILED message at the head of the key */
+	uint64_t waiting;     /* pending messages of the key behind it */
+} ackbox_store_blocked;
+
+typedef int (*ackbox_store_blocked_cb)(const ackbox_store_blocked *b, void *opaque);
+
 /** A state change decided by the core. */
 typedef enum ackbox_change_kind {
 	ACKBOX_CHANGE_DELETE = 1,  /* acked or dropped */
 	ACKBOX_CHANGE_RETRY = 2,   /* state RETRYING, attempts, due_ms, last_error/code */
 	ACKBOX_CHANGE_FAIL = 3,    /* state FAILED, attempts, last_error/code */
 	ACKBOX_CHANGE_RELEASE = 4, /* due_ms only (a lease given back, state unchanged) */
-	ACKBOX_CHANGE_NOTE = 5     /* ABI 1.5, apply_noted() only: the row is unchanged, its
+	ACKBOX_CHANGE_NOTE = 5     /* ABI 1.6, apply_noted() only: the row is unchanged, its
 	                              note is added to its history (an attempt lost in doubt) */
 } ackbox_change_kind;
 
@@ -122,6 +134,14 @@ typedef struct ackbox_store_ops {
 	 * due first, setting their due_ms to lease_until_ms so no other claim
 	 * returns them until then. Calls cb per row; returns the count. Need not
 	 * be durable: a lost lease only makes a row due earlier.
+	 *
+	 * Per-key order (a store with blocked_keys, opened with the key
+	 * delivery.order=key in conf): a row with a key is returned only if it
+	 * is the oldest row (lowest id) of that key in ANY state, so a leased or
+	 * FAILED oldest row holds back every later row of its key, and the next
+	 * one becomes claimable only once the oldest is deleted. Rows without a
+	 * key are claimed as above. insert() must then keep every row visible to
+	 * this rule (SQLite does not pack batches).
 	 */
 	int (*claim)(void *ctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
 	             ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size);
@@ -212,7 +232,21 @@ typedef struct ackbox_store_ops {
 	int (*usage)(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
 	             size_t errstr_size);
 
-	/* ---- ABI 1.5: the attempt history ---- */
+	/* ---- ABI 1.5 ---- */
+
+	/**
+	 * Optional (NULL: the store cannot keep per-key order, and a handle
+	 * with delivery.order=key refuses to open on it). Filling it promises
+	 * claim()'s per-key rule when conf says delivery.order=key at open.
+	 * Calls cb for each key whose oldest message is FAILED (it blocks the
+	 * key until an operator requeues or deletes it), in no set order, at most
+	 * `limit` (0 = no limit). A store never opened with delivery.order=key
+	 * may report none. Read-only. Returns the count.
+	 */
+	int (*blocked_keys)(void *ctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+	                    char *errstr, size_t errstr_size);
+
+	/* ---- ABI 1.6: the attempt history ---- */
 
 	/*
 	 * A store of this minor keeps, per message, the last ACKBOX_HISTORY_MAX

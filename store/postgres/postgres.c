@@ -48,7 +48,7 @@
  * cheap however many FAILED rows pile up. Everything is created inside a
  * DO block, object by object, so that a role without CREATE privileges can
  * open a store an owner has set up. ackbox_attempt holds the attempt history
- * (store ABI 1.5): per message the last ACKBOX_HISTORY_MAX notes, in seq
+ * (store ABI 1.6): per message the last ACKBOX_HISTORY_MAX notes, in seq
  * order; an outbox made before it gets it from the first relay or publisher
  * that opens it (the DO block makes only what is missing).
  */
@@ -97,6 +97,44 @@ static const char install_sql[] =
     "END IF; "
     "END $ackbox$;";
 
+/*
+ * Per-key order (delivery.order=key, docs/ordering.md), installed by the
+ * first handle that opens the store with it. `head` marks the oldest row
+ * (lowest id) of a key; the ordered claim takes heads and rows without a
+ * key from a partial index that holds nothing else, so a key's backlog
+ * costs nothing per claim, and SKIP LOCKED with the lease keeps a key on one
+ * relay. Inserts set nothing (the application's transactional enqueue
+ * included: no lock, no trigger in its transaction): a new keyed row is
+ * `checked` false, and an ordered claim first checks such rows (head if no
+ * older row of its key exists). When a head (or an unchecked row) is
+ * deleted, its key goes into ackbox_key_free in the same transaction, before
+ * the delete, and an ordered claim promotes the key's oldest row. Both only
+ * ever set head, never clear it, so two relays racing cannot lose a key; a
+ * promotion that finds the next row not yet committed is made up for by
+ * that row's own check.
+ */
+static const char order_install_sql[] =
+    "SELECT pg_advisory_xact_lock(" ADVISORY_CLASS ", hashtext('@N'));"
+    "DO $ackbox$ BEGIN "
+    "ALTER TABLE @S.ackbox_outbox ADD COLUMN IF NOT EXISTS head boolean NOT NULL DEFAULT false; "
+    "ALTER TABLE @S.ackbox_outbox ADD COLUMN IF NOT EXISTS checked boolean NOT NULL"
+    " DEFAULT false; "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_key ON @S.ackbox_outbox(msg_key, id)"
+    " WHERE msg_key IS NOT NULL; "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_ready ON @S.ackbox_outbox(due_ms)"
+    " WHERE state < 2 AND (msg_key IS NULL OR head); "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_unchecked ON @S.ackbox_outbox(id)"
+    " WHERE NOT checked AND msg_key IS NOT NULL; "
+    "CREATE TABLE IF NOT EXISTS @S.ackbox_key_free(msg_key bytea PRIMARY KEY); "
+    "END $ackbox$;";
+
+/* At every ordered open: every key gets its oldest row promoted, which
+ * repairs whatever a handle without delivery.order left (it does not keep
+ * heads when it deletes). */
+static const char order_seed_sql[] =
+    "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT msg_key FROM @S.ackbox_outbox"
+    " WHERE msg_key IS NOT NULL ON CONFLICT DO NOTHING";
+
 #define ROW_COLS                                                                                   \
 	"t.id, t.state, t.attempts, t.created_ms, t.updated_ms, t.due_ms, t.topic, t.msg_key, "   \
 	"t.content_type, t.headers, t.payload, t.last_error, t.last_code, t.lease"
@@ -119,6 +157,15 @@ enum {
 	ST_FORCE_FAIL,
 	ST_FORCE_DELETE,
 	ST_USAGE,
+	/* per-key order: prepared only once it is installed */
+	ST_ORDER_FIRST,
+	ST_CHECK = ST_ORDER_FIRST,
+	ST_PROMOTE,
+	ST_CLAIM_ORDERED,
+	ST_KEYFREE_DELETE,
+	ST_KEYFREE_PURGE,
+	ST_KEYFREE_FORCE,
+	ST_BLOCKED,
 	/* the attempt history: prepared only once ackbox_attempt exists */
 	ST_H_FIRST,
 	ST_H_DELETE = ST_H_FIRST,
@@ -205,6 +252,47 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* the backlog bound: a sequential scan; the core asks rarely */
     [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
                  " FROM @S.ackbox_outbox",
+    /* new keyed rows, oldest first: head if nothing older of the key exists
+     * (only ever set: a promotion racing this is never undone) */
+    [ST_CHECK] = "UPDATE @S.ackbox_outbox t SET checked = true, head = t.head OR NOT EXISTS"
+                 " (SELECT 1 FROM @S.ackbox_outbox p WHERE p.msg_key = t.msg_key AND p.id < t.id)"
+                 " FROM (SELECT id FROM @S.ackbox_outbox WHERE NOT checked AND msg_key IS NOT NULL"
+                 " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED) u WHERE t.id = u.id",
+    /* keys whose head went: their oldest row becomes the head */
+    [ST_PROMOTE] = "WITH f AS (DELETE FROM @S.ackbox_key_free k WHERE k.msg_key IN"
+                   " (SELECT msg_key FROM @S.ackbox_key_free LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+                   " RETURNING k.msg_key)"
+                   " UPDATE @S.ackbox_outbox t SET head = true FROM f CROSS JOIN LATERAL"
+                   " (SELECT o.id FROM @S.ackbox_outbox o WHERE o.msg_key = f.msg_key"
+                   " ORDER BY o.id LIMIT 1) n WHERE t.id = n.id AND NOT t.head",
+    /* the WHERE repeats ackbox_outbox_ready's, so the planner uses it */
+    [ST_CLAIM_ORDERED] = "UPDATE @S.ackbox_outbox t SET due_ms = $2::int8,"
+                         " lease = nextval('@S.ackbox_lease_seq'),"
+                         " lease_owner = $3::text"
+                         " FROM (SELECT id FROM @S.ackbox_outbox WHERE state < 2 AND"
+                         " (msg_key IS NULL OR head) AND due_ms <= $1::int8"
+                         " ORDER BY due_ms LIMIT $4::int8 FOR UPDATE SKIP LOCKED) d"
+                         " WHERE t.id = d.id RETURNING " ROW_COLS,
+    /* before a delete, in its transaction: the keys it frees (ordered by
+     * key, and locking their rows, so a promotion cannot consume one before
+     * the delete commits) */
+    [ST_KEYFREE_DELETE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT t.msg_key"
+                          " FROM @S.ackbox_outbox t JOIN unnest($1::uuid[], $2::int8[])"
+                          " AS c(id, lease) ON t.id = c.id AND t.lease = c.lease"
+                          " WHERE t.msg_key IS NOT NULL AND (t.head OR NOT t.checked) ORDER BY 1"
+                          " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_KEYFREE_PURGE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT msg_key"
+                         " FROM @S.ackbox_outbox WHERE state = 2 AND updated_ms < $1::int8"
+                         " AND msg_key IS NOT NULL AND (head OR NOT checked) ORDER BY 1"
+                         " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_KEYFREE_FORCE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT msg_key"
+                         " FROM @S.ackbox_outbox WHERE id = $1::uuid"
+                         " AND msg_key IS NOT NULL AND (head OR NOT checked)"
+                         " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_BLOCKED] = "SELECT f.msg_key, f.id, (SELECT count(*) FROM @S.ackbox_outbox p"
+                   " WHERE p.msg_key = f.msg_key AND p.state < 2)"
+                   " FROM @S.ackbox_outbox f WHERE f.state = 2 AND f.head"
+                   " AND f.msg_key IS NOT NULL LIMIT $1::int8",
     /* an ack or drop takes the message's history along, in the same statement */
     [ST_H_DELETE] = "WITH d AS (DELETE FROM @S.ackbox_outbox t USING unnest($1::uuid[], $2::int8[])"
                     " AS c(id, lease) WHERE t.id = c.id AND t.lease = c.lease RETURNING t.id)"
@@ -262,6 +350,8 @@ typedef struct pg_ctx {
 	int absent;   /* no outbox tables yet (store.create=insert): the first insert makes them */
 	int sender;   /* a relay or publisher (transport.url set): may add ackbox_attempt */
 	int has_hist; /* ackbox_attempt exists and its statements are prepared */
+	int ordered;  /* delivery.order=key: ordered claims */
+	int order_installed; /* the store has the per-key order objects: keep them */
 	pg_arr arr[N_ARRAYS];
 } pg_ctx;
 
@@ -622,7 +712,11 @@ static int session_init(pg_ctx *c, char *errstr, size_t errstr_size)
 		return rc;
 	}
 	PQclear(r);
-	rc = prepare(c, 0, c->has_hist ? ST_COUNT : ST_H_FIRST, errstr, errstr_size);
+	rc = prepare(c, 0, ST_ORDER_FIRST, errstr, errstr_size);
+	if (rc == 0 && c->order_installed)
+		rc = prepare(c, ST_ORDER_FIRST, ST_H_FIRST, errstr, errstr_size);
+	if (rc == 0 && c->has_hist)
+		rc = prepare(c, ST_H_FIRST, ST_COUNT, errstr, errstr_size);
 	if (rc)
 		return rc;
 	c->ready = 1;
@@ -990,6 +1084,55 @@ static int add_history(pg_ctx *c, const ackbox_conf *conf, int hist, char *errst
 	return 0;
 }
 
+/* Runs one of the order SQL texts (schema expanded) as one transaction. */
+static int order_exec(pg_ctx *c, const char *tmpl, const char *what, char *errstr,
+                      size_t errstr_size)
+{
+	char *sql = expand(tmpl, c->schema);
+	PGresult *r;
+	int rc = 0;
+	if (!sql)
+		return ACKBOX_ERR_NOMEM;
+	r = PQexec(c->conn, sql);
+	free(sql);
+	if (!res_ok(r))
+		rc = pg_error(c->conn, r, c->where, c->schema, what, errstr, errstr_size);
+	PQclear(r);
+	return rc;
+}
+
+/*
+ * Finds whether the per-key order objects are there; a handle with
+ * delivery.order=key installs them if not, and seeds ackbox_key_free.
+ */
+static int order_open(pg_ctx *c, char *errstr, size_t errstr_size)
+{
+	char name[160];
+	const char *params[1] = {name};
+	PGresult *r;
+	int rc;
+	snprintf(name, sizeof(name), "\"%s\".ackbox_key_free", c->schema);
+	r = PQexecParams(c->conn, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, params, NULL, NULL,
+	                 0);
+	if (!res_ok(r) || PQntuples(r) != 1) {
+		rc = pg_error(c->conn, r, c->where, c->schema, "reading the schema", errstr,
+		              errstr_size);
+		PQclear(r);
+		return rc;
+	}
+	c->order_installed = PQgetvalue(r, 0, 0)[0] == 't';
+	PQclear(r);
+	if (!c->ordered)
+		return 0;
+	if (!c->order_installed) {
+		rc = order_exec(c, order_install_sql, "installing per-key order", errstr, errstr_size);
+		if (rc)
+			return rc;
+		c->order_installed = 1;
+	}
+	return order_exec(c, order_seed_sql, "seeding per-key order", errstr, errstr_size);
+}
+
 static void ignore_notice(void *arg, const char *msg)
 {
 	(void)arg;
@@ -1224,6 +1367,10 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	}
 	/* a store has no log channel; NOTICEs would go to stderr */
 	PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		c->ordered = order && strcmp(order, "key") == 0;
+	}
 	c->sender = ackbox_conf_get(conf, "transport.url") != NULL;
 	rc = check_schema(c->conn, c->schema, c->where, &have, &hist, errstr, errstr_size);
 	c->has_hist = hist == HIST_OK;
@@ -1235,7 +1382,7 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		                  c->where, c->schema);
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 	} else if (rc == 0 && !have && v && strcmp(v, "insert") == 0) {
-		c->absent = 1; /* the first insert installs it */
+		c->absent = 1; /* the first insert installs it, and per-key order */
 		return 0;
 	}
 	if (rc == 0 && !have) {
@@ -1247,6 +1394,8 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	}
 	if (rc == 0 && have && !c->has_hist && c->sender)
 		rc = add_history(c, conf, hist, errstr, errstr_size);
+	if (rc == 0)
+		rc = order_open(c, errstr, errstr_size);
 	if (rc == 0)
 		rc = session_init(c, errstr, errstr_size);
 	if (rc) {
@@ -1295,6 +1444,8 @@ static int materialize(pg_ctx *c, char *errstr, size_t errstr_size)
 		                  c->where, c->schema);
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 	}
+	if (rc == 0)
+		rc = order_open(c, errstr, errstr_size);
 	if (rc)
 		return rc;
 	c->absent = 0;
@@ -1453,6 +1604,19 @@ static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	put_be64(now_b, (uint64_t)now_ms);
 	put_be64(until_b, (uint64_t)lease_until_ms);
 	put_be64(lim_b, (uint64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+	if (c->ordered) {
+		/* heads first: new rows checked, freed keys promoted (autocommit
+		 * each; see order_install_sql) */
+		int rc = run(c, ST_CHECK, 0, NULL, NULL, 1, NULL, "claim (new keyed rows)", errstr,
+		             errstr_size);
+		if (rc == 0)
+			rc = run(c, ST_PROMOTE, 0, NULL, NULL, 1, NULL, "claim (freed keys)", errstr,
+			         errstr_size);
+		if (rc)
+			return rc;
+		return run_rows(c, ST_CLAIM_ORDERED, 4, vals, lens, claim_row, &a, "claim", errstr,
+		                errstr_size);
+	}
 	/* Autocommit, asynchronous commit: a lost lease only makes rows due
 	 * early. Rows after a stop stay leased to us until the lease runs out. */
 	return run_rows(c, ST_CLAIM, 4, vals, lens, claim_row, &a, "claim", errstr, errstr_size);
@@ -1528,6 +1692,14 @@ static int apply_kind(pg_ctx *c, const ackbox_store_change *ch, size_t n, ackbox
 		                  "postgres at %s: out of memory building %zu state changes", c->where,
 		                  count);
 		return ACKBOX_ERR_NOMEM;
+	}
+	if (kind == ACKBOX_CHANGE_DELETE && c->order_installed) {
+		/* in the delete's transaction (pg_apply opens one), before it */
+		int rc = run(c, ST_KEYFREE_DELETE, 2, vals, lens, *first, NULL, "state change",
+		             errstr, errstr_size);
+		*first = 0;
+		if (rc)
+			return rc;
 	}
 	np = na;
 	if (kind == ACKBOX_CHANGE_RETRY || kind == ACKBOX_CHANGE_FAIL) {
@@ -1644,6 +1816,8 @@ static int pg_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	/* One statement: autocommit. Several: one transaction. Either way
 	 * asynchronous commit (the session default): a lost change only makes
 	 * a message be sent again (and a lost note is a lost note). */
+	if (seen[ACKBOX_CHANGE_DELETE] && c->order_installed)
+		kinds++; /* the freed keys and the delete: one transaction */
 	if (kinds + noted > 1) {
 		rc = tx_begin(c, 0, errstr, errstr_size);
 		if (rc)
@@ -1803,13 +1977,19 @@ static int affected(PGresult *r)
 }
 
 /* Administrative changes commit durably: an operator expects them to stick. */
-static int admin_run(pg_ctx *c, int st, int nparams, const char *const *vals, const int *lens,
-                     const char *what, char *errstr, size_t errstr_size)
+/* Runs st in a durable transaction; first `pre` (-1: none) with the same
+ * parameters. Returns st's row count. */
+static int admin_run_pre(pg_ctx *c, int pre, int st, int nparams, const char *const *vals,
+                         const int *lens, const char *what, char *errstr, size_t errstr_size)
 {
 	PGresult *r;
 	int rc = tx_begin(c, 1, errstr, errstr_size), n;
 	if (rc)
 		return rc;
+	if (pre >= 0 && (rc = run(c, pre, nparams, vals, lens, 0, NULL, what, errstr, errstr_size))) {
+		tx_abort(c);
+		return rc;
+	}
 	rc = run(c, st, nparams, vals, lens, 0, &r, what, errstr, errstr_size);
 	if (rc) {
 		tx_abort(c);
@@ -1856,6 +2036,12 @@ static int hist_check(pg_ctx *c, char *errstr, size_t errstr_size)
 	return 1;
 }
 
+static int admin_run(pg_ctx *c, int st, int nparams, const char *const *vals, const int *lens,
+                     const char *what, char *errstr, size_t errstr_size)
+{
+	return admin_run_pre(c, -1, st, nparams, vals, lens, what, errstr, errstr_size);
+}
+
 static int pg_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms, char *errstr,
                       size_t errstr_size)
 {
@@ -1891,8 +2077,8 @@ static int pg_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 		return rc;
 	put_be64(b, (uint64_t)older_than_ms);
 	/* with the outbox's history: the messages' notes go in the same statement */
-	return admin_run(c, rc ? ST_H_PURGE : ST_PURGE, 1, vals, lens, "purge", errstr,
-	                 errstr_size);
+	return admin_run_pre(c, c->order_installed ? ST_KEYFREE_PURGE : -1,
+	                     rc ? ST_H_PURGE : ST_PURGE, 1, vals, lens, "purge", errstr, errstr_size);
 }
 
 /*
@@ -1908,7 +2094,11 @@ static int force_delete_noted(pg_ctx *c, const ackbox_id *id, char *errstr, size
 	rc = tx_begin(c, 1, errstr, errstr_size);
 	if (rc)
 		return rc;
-	rc = run(c, ST_FORCE_DELETE, 1, vals, lens, 0, &r, "force", errstr, errstr_size);
+	/* per-key order: the key the message frees, first (as admin_run_pre) */
+	if (c->order_installed)
+		rc = run(c, ST_KEYFREE_FORCE, 1, vals, lens, 0, NULL, "force", errstr, errstr_size);
+	if (rc == 0)
+		rc = run(c, ST_FORCE_DELETE, 1, vals, lens, 0, &r, "force", errstr, errstr_size);
 	if (rc == 0) {
 		n = affected(r);
 		PQclear(r);
@@ -1942,7 +2132,8 @@ static int pg_force_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	if (ch->kind == ACKBOX_CHANGE_DELETE && hist) {
 		rc = force_delete_noted(c, &ch->id, errstr, errstr_size);
 	} else if (ch->kind == ACKBOX_CHANGE_DELETE) {
-		rc = admin_run(c, ST_FORCE_DELETE, 1, vals, lens, "force", errstr, errstr_size);
+		rc = admin_run_pre(c, c->order_installed ? ST_KEYFREE_FORCE : -1, ST_FORCE_DELETE, 1,
+		                   vals, lens, "force", errstr, errstr_size);
 	} else {
 		if (ch->last_error && !(err = utf8_clean(ch->last_error)))
 			return ACKBOX_ERR_NOMEM;
@@ -2027,6 +2218,38 @@ static int pg_history(void *vctx, const ackbox_id *id, ackbox_store_attempt_cb c
 	return count;
 }
 
+/* Keys whose head (oldest row) is FAILED; none if per-key order was never installed. */
+static int pg_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                           char *errstr, size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	char lim_b[8];
+	const char *vals[1] = {lim_b};
+	int lens[1] = {8}, n = 0, rc;
+	PGresult *r;
+	if (!c->order_installed)
+		return 0;
+	put_be64(lim_b, (uint64_t)(limit && limit < INT64_MAX ? limit : INT64_MAX));
+	rc = run(c, ST_BLOCKED, 1, vals, lens, 1, &r, "blocked keys", errstr, errstr_size);
+	if (rc)
+		return rc;
+	for (int i = 0; i < PQntuples(r); i++) {
+		ackbox_store_blocked b;
+		if (PQgetlength(r, i, 1) != 16 || PQgetlength(r, i, 2) != 8)
+			continue;
+		memset(&b, 0, sizeof(b));
+		b.key = PQgetvalue(r, i, 0);
+		b.key_len = (size_t)PQgetlength(r, i, 0);
+		memcpy(b.failed_id.b, PQgetvalue(r, i, 1), 16);
+		b.waiting = (uint64_t)get_be64(PQgetvalue(r, i, 2));
+		n++;
+		if (cb(&b, opaque))
+			break;
+	}
+	PQclear(r);
+	return n;
+}
+
 /* "postgresql://" is libpq's own spelling of a connection URL. */
 static const char *const pg_aliases[] = {"postgresql", NULL};
 
@@ -2051,6 +2274,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.purge = pg_purge,
 	.has_pending = pg_has_pending,
 	.force = pg_force,
+	.blocked_keys = pg_blocked_keys,
 	.aliases = pg_aliases,
 	.usage = pg_usage,
 	.apply_noted = pg_apply_noted,

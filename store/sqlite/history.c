@@ -1,5 +1,5 @@
 /*
- * history.c - the attempt history of the SQLite store (store ABI 1.5): a
+ * history.c - the attempt history of the SQLite store (store ABI 1.6): a
  * table ackbox_attempt of (id, n) -> one note, the last ACKBOX_HISTORY_MAX
  * per message, written in the transaction of the change it comes with.
  * Kept apart from the rows, so a packed member needs no row to have one.

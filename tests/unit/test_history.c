@@ -1,7 +1,7 @@
 /*
- * test_history.c - the attempt history (store ABI 1.5) through the loopback
+ * test_history.c - the attempt history (store ABI 1.6) through the loopback
  * transport and the SQLite store: what each attempt left, kept across a
- * reopen, an operator's fail, the report's view; and a store of ABI 1.4
+ * reopen, an operator's fail, the report's view; and a store of ABI 1.5
  * that gets no history call.
  */
 #include "testutil.h"
@@ -203,7 +203,7 @@ Test(history, in_doubt_is_noted_and_the_history_is_trimmed)
 	ackbox_destroy(ab);
 }
 
-/* ---- a store of ABI 1.4: the SQLite store without the history slots ---- */
+/* ---- a store of ABI 1.5: the SQLite store without the history slots ---- */
 
 static const ackbox_store_ops *real;
 static int trapped;
@@ -232,7 +232,7 @@ static int trap_history(void *ctx, const ackbox_id *id, ackbox_store_attempt_cb 
 	return ACKBOX_ERR_INTERNAL;
 }
 
-Test(history, a_1_4_store_gets_no_history_call)
+Test(history, a_1_5_store_gets_no_history_call)
 {
 	static ackbox_store_ops old;
 	static const char *const no_alias[] = {NULL};
@@ -241,16 +241,17 @@ Test(history, a_1_4_store_gets_no_history_call)
 	real = ackbox_store_lookup("sqlite");
 	cr_assert(real);
 	old = *real;
-	old.abi_version = ACKBOX_ABI_VERSION(1, 4);
-	/* the table as a 1.4 header made it; the traps lie past its end */
-	old.struct_size = (uint32_t)(offsetof(ackbox_store_ops, usage) + sizeof(old.usage));
-	old.scheme = "sqlite14";
+	old.abi_version = ACKBOX_ABI_VERSION(1, 5);
+	/* the table as a 1.5 header made it; the traps lie past its end */
+	old.struct_size =
+	    (uint32_t)(offsetof(ackbox_store_ops, blocked_keys) + sizeof(old.blocked_keys));
+	old.scheme = "sqlite15";
 	old.aliases = no_alias;
 	old.apply_noted = trap_apply_noted;
 	old.force_noted = trap_force_noted;
 	old.history = trap_history;
 	cr_assert_eq(ackbox_store_register(&old, err, sizeof(err)), 0, "%s", err);
-	snprintf(url, sizeof(url), "sqlite14://%s/old.db", dir);
+	snprintf(url, sizeof(url), "sqlite15://%s/old.db", dir);
 
 	ackbox *ab = open_at(url, "old", &g);
 	ackbox_loopback *lb = ackbox_loopback_get("old");
@@ -260,9 +261,9 @@ Test(history, a_1_4_store_gets_no_history_call)
 	cr_assert_eq(g.failed, 1);
 	cr_assert_eq(g.r.last_outcome, ACKBOX_OUTCOME_NACK, "the report's view needs no store");
 	shown s = show(ab, &id);
-	cr_assert_eq(s.kept, 0, "history not kept by a 1.4 store");
+	cr_assert_eq(s.kept, 0, "history not kept by a 1.5 store");
 	cr_assert_eq(s.n, 0);
 	cr_assert_eq(ackbox_fail(ab, &id, "op", err, sizeof(err)), 1, "%s", err);
-	cr_assert_eq(trapped, 0, "no slot past 1.4 was called");
+	cr_assert_eq(trapped, 0, "no slot past 1.5 was called");
 	ackbox_destroy(ab);
 }
