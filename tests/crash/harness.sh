@@ -15,7 +15,19 @@
 #     FIXTURE_ENV  the env file the broker fixture wrote
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
-#   CRASH_RESULTS (file to append result lines to).
+#   CRASH_RESULTS (file to append result lines to),
+#   CRASH_AMQP_DECLARE (before: the harness declares every trial's queue
+#   before the first trial and restarts RabbitMQ cleanly, so that the
+#   declarations are on disk before any fault; relay: the relay declares
+#   each queue on its first send, a few hundred ms before the fault, as in
+#   the losing trial of docs/reliability.md),
+#   AMQP_DRAIN (tests/tools/amqp-drain: reads a queue in well under a second;
+#   without it amqp-consume, which forks a command per message),
+#   CRASH_CONTINUE=1 (a trial that lost messages is recorded and the next
+#   one runs; the exit status is still non-zero at the end).
+# A losing trial keeps its files (store, ledger, what publish said, the
+# broker's log and, for AMQP outages, the queues right after the restart)
+# in a directory it names.
 #
 # The ledger: `ackbox publish --ledger` appends each range of sequence
 # numbers as soon as the store has accepted it. Every number in the ledger
@@ -38,13 +50,19 @@ fixtures=$here/../fixtures
 base=${ACKBOX_TEST_TMP:-/tmp}
 mkdir -p "$base"
 work=$(mktemp -d "$base/crash-$broker-$mode-XXXXXX")
+declare_mode=${CRASH_AMQP_DECLARE:-before}
 pids=()
+keep=0 losses=0
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ "$keep" = 1 ]; then
+    echo "harness $broker/$mode: evidence kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
-fail() { echo "harness $broker/$mode: FAIL: $*" >&2; exit 1; }
+fail() { keep=1; echo "harness $broker/$mode: FAIL: $*" >&2; exit 1; }
 log() { echo "harness $broker/$mode: $*"; }
 
 # Settings that make a test run brisk: quick reconnects after the outage.
@@ -57,7 +75,10 @@ pub_sets=(--stall-seconds $((outage + 120)))
 # messages were unconfirmed then) for the report of a losing trial
 [ "$mode" = outage ] && pub_sets+=(--set log.level=warn)
 case "$broker" in
-amqp)  url=$AMQP_URL; sets+=(--set amqp.declare_queue=true) ;;
+amqp)  url=$AMQP_URL
+       # declared ahead, the queue is not declared again: if RabbitMQ ever
+       # lost it, publishes would come back unroutable, not fill a new one
+       [ "$declare_mode" = relay ] && sets+=(--set amqp.declare_queue=true) ;;
 mqtt)  url=$MQTT_URL ;;
 kafka) url=$KAFKA_URL ;;
 *) fail "unknown broker $broker" ;;
@@ -65,16 +86,25 @@ esac
 
 # ---- the independent consumers ----
 sub_pid=""
+# RabbitMQ SIGKILLed within about 2 s of a durable queue's declaration can
+# come back without the queue, and with it go the messages it confirmed in
+# it: mnesia logs the declaration's commit record, but its "committed"
+# decision only later (docs/reliability.md, tests/crash/amqp-declare-kill.sh).
+# Applications declare their queues ahead of traffic; so does the harness:
+# every trial's queue before the first trial, then a clean restart (SIGTERM),
+# after which each declaration is on disk.
+amqp_declare_ahead() {
+  [ "$broker" = amqp ] && [ "$declare_mode" = before ] || return 0
+  for i in $(seq 1 "$trials"); do
+    amqp-declare-queue --url="$AMQP_URL" -q "crash_${mode}_$$_$i" -d > /dev/null ||
+      fail "cannot declare queue crash_${mode}_$$_$i"
+  done
+  bash "$fixtures/rabbitmq.sh" term "$RABBITMQ_FIXTURE_DIR"
+  bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" > /dev/null
+}
+
 consumer_start() { # topic
-  if [ "$broker" = amqp ]; then
-    # The queue exists, durably, before the fault: RabbitMQ killed within
-    # milliseconds of a queue's declaration (which the relay would do on its
-    # first send) can come back without the queue, and with it go messages
-    # it had confirmed. Applications declare their queues up front too.
-    amqp-declare-queue --url="$AMQP_URL" -q "$1" -d > /dev/null ||
-      fail "cannot declare queue $1"
-    return 0
-  fi
+  [ "$broker" = amqp ] && return 0 # declared ahead, or by the relay (amqp.declare_queue)
   [ "$broker" = mqtt ] || return 0
   # a persistent session subscribed before anything is published; it
   # reconnects by itself after a broker restart
@@ -84,17 +114,31 @@ consumer_start() { # topic
   pids+=("$sub_pid")
 }
 
+# The number of messages in queue $1, or "absent".
+amqp_count() {
+  if [ -n "${AMQP_DRAIN:-}" ]; then
+    "$AMQP_DRAIN" --count "$AMQP_URL" "$1"
+  else
+    bash "$fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" |
+      awk -v q="$1" '$1 == q {print $2; found = 1} END {if (!found) print "absent"}'
+  fi
+}
+
 # Prints the sequence number of every message received on topic, one per line.
 consumer_collect() { # topic ledger_expanded
   local t=$1 want=$2
   case "$broker" in
   amqp)
     local count
-    count=$(bash "$fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" | awk -v q="$t" '$1==q {print $2}')
+    count=$(amqp_count "$t")
     # no queue: nothing was ever sent (the relay declares it on the first
     # send); every ledger number then counts as lost below
-    [ -n "$count" ] && [ "$count" -gt 0 ] || return 0
-    timeout 300 amqp-consume --url="$AMQP_URL" -q "$t" -c "$count" cat | fold -w "$size" | awk '{print $1}'
+    [ "$count" != absent ] && [ "$count" -gt 0 ] || return 0
+    if [ -n "${AMQP_DRAIN:-}" ]; then
+      timeout 300 "$AMQP_DRAIN" "$AMQP_URL" "$t" | awk '{print $1}'
+    else
+      timeout 300 amqp-consume --url="$AMQP_URL" -q "$t" -c "$count" cat | fold -w "$size" | awk '{print $1}'
+    fi
     ;;
   mqtt)
     # wait (bounded) until every ledger number arrived, then stop reading
@@ -114,6 +158,26 @@ consumer_collect() { # topic ledger_expanded
 }
 
 # ---- checks ----
+# "lo..hi" per run of consecutive numbers read on stdin (sorted), at most 8
+ranges() {
+  awk 'NR == 1 {lo = $1; hi = $1; next}
+       $1 == hi + 1 {hi = $1; next}
+       {out = out sep lo ".." hi; sep = ", "; lo = $1; hi = $1; n++}
+       END {if (NR) {out = out sep lo ".." hi; n++}
+            if (n > 8) {split(out, a, ", "); out = a[1] ", ... (" n " runs), " a[n]}
+            print out " (" NR " numbers)"}'
+}
+
+# A losing trial: what the broker said about the topic goes with the files.
+keep_evidence() { # trial topic
+  keep=1
+  case "$broker" in
+  amqp)  cp "$RABBITMQ_FIXTURE_DIR"/log/*.log "$work/" 2>/dev/null || true
+         grep -h "$2" "$RABBITMQ_FIXTURE_DIR"/log/*.log > "$work/broker-log-$1" 2>/dev/null || true ;;
+  mqtt)  cp "$MOSQUITTO_FIXTURE_DIR/log" "$work/mosquitto.log" 2>/dev/null || true ;;
+  kafka) cp "$KAFKA_FIXTURE_DIR/log" "$work/kafka-mock.log" 2>/dev/null || true ;;
+  esac
+}
 totals_trials=0 totals_accepted=0 totals_lost=0 totals_dups=0
 check_trial() { # trial topic store ledger
   local i=$1 t=$2 store=$3 ledger=$4
@@ -131,10 +195,18 @@ check_trial() { # trial topic store ledger
   lost=$(comm -23 "$want" <(sort -u "$got") | wc -l)
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
-  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}$([ "$broker" = amqp ] && echo " declare=$declare_mode") trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed$([ -s "$work/queue-after-restart-$i" ] && echo " confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")")"
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
-  [ "$lost" -eq 0 ] || fail "trial $i lost $lost accepted message(s), numbers $(comm -23 "$want" <(sort -u "$got") | sort -n | awk 'NR == 1 {lo = $1} {hi = $1; n++} END {printf "%s..%s (%s of them)", lo, hi, n}'); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
+  if [ "$lost" -ne 0 ]; then
+    comm -23 "$want" <(sort -u "$got") | sort -n > "$work/lost-$i"
+    keep_evidence "$i" "$t"
+    local what
+    what="trial $i lost $lost accepted message(s), numbers $(ranges < "$work/lost-$i"); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
+    [ "${CRASH_CONTINUE:-0}" = 1 ] || fail "$what"
+    echo "harness $broker/$mode: LOSS: $what" >&2
+    losses=$((losses + 1))
+  fi
   [ "$extra" -eq 0 ] || fail "trial $i received $extra message(s) that were never published"
   [ "$sending" = 0 ] && [ "$retrying" = 0 ] || fail "trial $i left rows pending: $st"
   [ "$failed" = 0 ] || fail "trial $i has $failed FAILED message(s): $("$cli" list --store "$store" --state failed --limit 3)"
@@ -162,9 +234,24 @@ broker_down() {
   esac
 }
 
-broker_up() { # publisher pid (mqtt: held while the subscriber re-attaches)
+broker_up() { # publisher pid, topic, trial (mqtt: held while the subscriber re-attaches)
   case "$broker" in
-  amqp)  bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" >/dev/null ;;
+  amqp)
+    # The publisher is held while RabbitMQ comes back, so that the queue is
+    # counted as the broker recovered it, before anything is resent. Nothing
+    # can be confirmed while the broker is down: the accepted messages no
+    # longer in the store were confirmed before the kill, and the recovered
+    # queue must hold at least that many (packed members acked only in the
+    # publisher's memory still count as stored: a lower bound).
+    kill -STOP "$1" 2>/dev/null || true
+    local pending accepted_now
+    pending=$("$cli" status --store "$store" --json | jq -r '.sending + .retrying')
+    accepted_now=$(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger")
+    echo $((accepted_now - pending)) > "$work/confirmed-before-kill-$3"
+    bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" >/dev/null
+    amqp_count "$2" > "$work/queue-after-restart-$3" 2>&1 || true
+    kill -CONT "$1" 2>/dev/null || true
+    ;;
   kafka) bash "$fixtures/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR" ;;
   mqtt)
     # mosquitto 2.0.11 queues nothing for a restored offline session until its
@@ -184,6 +271,7 @@ broker_up() { # publisher pid (mqtt: held while the subscriber re-attaches)
   esac
 }
 
+amqp_declare_ahead
 for i in $(seq 1 "$trials"); do
   topic="crash_${mode}_$$_$i"
   store="sqlite://$work/outbox-$i.db"
@@ -242,7 +330,7 @@ for i in $(seq 1 "$trials"); do
     broker_down
     log "trial $i: broker down for ${outage}s mid-stream"
     sleep "$outage" # the length of the outage is the fault being injected
-    broker_up "$pub" "$topic"
+    broker_up "$pub" "$topic" "$i"
     rc=0
     wait "$pub" || rc=$?
     [ "$rc" -eq 0 ] || fail "publish exited $rc after the outage: $(cat "$work/publish-$i.err")"
@@ -253,3 +341,4 @@ for i in $(seq 1 "$trials"); do
   check_trial "$i" "$topic" "$store" "$ledger"
 done
 log "TOTAL trials=$totals_trials accepted=$totals_accepted lost=$totals_lost duplicates=$totals_dups"
+[ "$losses" -eq 0 ] || { echo "harness $broker/$mode: FAIL: $losses trial(s) lost messages" >&2; exit 1; }
