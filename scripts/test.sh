@@ -18,9 +18,10 @@ cmake --build "$BUILD_DIR" -j"$(nproc)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 "$@"
 echo "test.sh: first pass done after $((SECONDS - start)) s"
 
-# The crash suite, the CLI and scale-out runs (and their broker fixtures),
+# The crash suite (with the network faults and the short soak), the CLI and
+# scale-out runs (and their broker fixtures),
 # benchmarks, valgrind and fuzzing run in the first pass only.
-skip_in_sanitize_pass='^(crash_|bench\.|valgrind|fuzz_|cli_end_to_end|pg_scaleout|fixture\.(rabbitmq_cli|rabbitmq_crash|mosquitto_crash|pg_rabbitmq|kafka-mock)\.)'
+skip_in_sanitize_pass='^(crash_|bench\.|valgrind|fuzz_|cli_end_to_end|pg_scaleout|fixture\.(rabbitmq_cli|rabbitmq_crash|mosquitto_crash|pg_rabbitmq|kafka-mock|kafka-mock-proxied)\.)'
 if [ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ]; then
   cmake -S . -B "$BUILD_DIR-sanitize" -DCMAKE_BUILD_TYPE=Debug -DACKBOX_SANITIZE=ON \
         -DCMAKE_C_FLAGS="-Werror" >/dev/null

@@ -8,6 +8,9 @@
  *   amqp-drain --count URL QUEUE   print the queue's message count, or
  *                                  "absent" if it does not exist (a passive
  *                                  declare), and read nothing
+ *   amqp-drain --declare URL QUEUE...  declare each QUEUE durable, on one
+ *                                  connection (the crash suite declares its
+ *                                  queues ahead of the faults)
  *
  * URL is amqp://user:password@host:port[/vhost]. Exit 0, or 1 with a line on
  * stderr naming what failed.
@@ -40,6 +43,7 @@ static int die(const char *what, amqp_rpc_reply_t r)
 int main(int argc, char **argv)
 {
 	int count_only = argc > 1 && strcmp(argv[1], "--count") == 0;
+	int declare = argc > 1 && strcmp(argv[1], "--declare") == 0;
 	struct amqp_connection_info ci;
 	char *url;
 	amqp_connection_state_t conn;
@@ -47,15 +51,16 @@ int main(int argc, char **argv)
 	amqp_rpc_reply_t r;
 	struct timeval tv = {30, 0};
 
-	if (argc != 3 + count_only) {
-		fprintf(stderr, "usage: amqp-drain [--count] URL QUEUE\n");
+	int opt = count_only || declare;
+	if (declare ? argc < 4 : argc != 3 + opt) {
+		fprintf(stderr, "usage: amqp-drain [--count] URL QUEUE | --declare URL QUEUE...\n");
 		return 2;
 	}
-	url = strdup(argv[1 + count_only]);
-	const char *queue = argv[2 + count_only];
+	url = strdup(argv[1 + opt]);
+	const char *queue = argv[2 + opt];
 	amqp_default_connection_info(&ci);
 	if (!url || amqp_parse_url(url, &ci) != AMQP_STATUS_OK) {
-		fprintf(stderr, "amqp-drain: cannot parse %s\n", argv[1 + count_only]);
+		fprintf(stderr, "amqp-drain: cannot parse %s\n", argv[1 + opt]);
 		return 2;
 	}
 	conn = amqp_new_connection();
@@ -73,6 +78,19 @@ int main(int argc, char **argv)
 	r = amqp_get_rpc_reply(conn);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL)
 		return die("channel.open", r);
+	if (declare) {
+		for (int i = 3; i < argc; i++) {
+			amqp_queue_declare(conn, CHANNEL, amqp_cstring_bytes(argv[i]), 0, 1, 0, 0,
+			                   amqp_empty_table);
+			r = amqp_get_rpc_reply(conn);
+			if (r.reply_type != AMQP_RESPONSE_NORMAL)
+				return die(argv[i], r);
+		}
+		amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+		amqp_destroy_connection(conn);
+		free(url);
+		return 0;
+	}
 	if (count_only) {
 		amqp_queue_declare_ok_t *ok = amqp_queue_declare(
 		    conn, CHANNEL, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
