@@ -53,7 +53,8 @@ static const char schema_sql[] =
     " payload BLOB NOT NULL,"
     " last_error TEXT,"
     " last_code INTEGER NOT NULL DEFAULT 0,"
-    " lease INTEGER NOT NULL DEFAULT 0);"
+    " lease INTEGER NOT NULL DEFAULT 0,"
+    " payload_len INTEGER);"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_due ON ackbox_outbox(due_ms, created_ms)"
     " WHERE state < 2;"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_troubled ON ackbox_outbox(state, seq)"
@@ -72,7 +73,14 @@ static const char schema_sql[] =
 
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
-	"headers, payload, last_error, last_code, lease"
+	"headers, payload, last_error, last_code, lease, payload_len"
+
+/* Rows record the length of their payload (payload_len) when written, so
+ * that a claim can tell a damaged row: its payload no longer that long, or
+ * an id that is not 16 bytes. Rows written before there was the column
+ * have NULL there and are not checked. Files from before get the column. */
+static const char add_payload_len_sql[] =
+    "ALTER TABLE ackbox_outbox ADD COLUMN payload_len INTEGER";
 
 
 /* Acks come in bursts: one DELETE statement for this many rows costs less
@@ -86,8 +94,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_INSERT] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms, updated_ms,"
-                  " topic, msg_key, content_type, headers, payload)"
-                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
+                  " topic, msg_key, content_type, headers, payload, payload_len)"
+                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
                      " ORDER BY due_ms LIMIT ?2",
     /* every claim takes a new lease; a change carrying an older one is from
@@ -103,6 +111,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PENDING_ANY] = "SELECT 1 WHERE EXISTS(SELECT 1 FROM ackbox_outbox WHERE state < 2)"
                        " OR EXISTS(SELECT 1 FROM ackbox_batch)",
     [ST_DELETE_MANY] = "DELETE FROM ackbox_outbox WHERE lease = ?1 AND id IN (" Q64 ")",
+    /* a claim's verdict on a row whose bytes are damaged (see ROW_COLS) */
+    [ST_DAMAGED] = "UPDATE ackbox_outbox SET state = 2, last_error = ?1, last_code = 0,"
+                   " updated_ms = ?2 WHERE seq = ?3",
 };
 
 static const ackbox_prop sq_props[] = {
@@ -215,6 +226,7 @@ static void sq_close(void *vctx)
 		close(c->wal_fd);
 	free(c->path);
 	free(c->seqs);
+	free(c->damaged);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -265,8 +277,28 @@ static int wal_check(sq_ctx *c)
 	return 0;
 }
 
+/* Adds payload_len to an ackbox_outbox from before it (inside the caller's
+ * transaction); nothing if it is there. */
+static int add_payload_len(sqlite3 *db)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = sqlite3_prepare_v2(db,
+	                            "SELECT count(*) FROM pragma_table_info('ackbox_outbox')"
+	                            " WHERE name='payload_len'",
+	                            -1, &s, NULL);
+	int have = 0;
+	if (rc != SQLITE_OK)
+		return rc;
+	if ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		have = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return rc;
+	return have ? SQLITE_OK : sqlite3_exec(db, add_payload_len_sql, NULL, NULL, NULL);
+}
+
 /* Reads the schema marker; refuses a foreign or newer schema. Returns 1 if
- * the schema is there, 0 if the file has none yet. */
+ * the schema is there whole, 0 if the file has none yet or lacks a part. */
 static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = NULL;
@@ -276,7 +308,8 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 	rc = sqlite3_prepare_v2(c->db,
 	                        "SELECT (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
 	                        " name='ackbox_meta'), (SELECT count(*) FROM sqlite_master WHERE"
-	                        " type='table' AND name='ackbox_batch_out')",
+	                        " type='table' AND name='ackbox_batch_out'), (SELECT count(*)"
+	                        " FROM pragma_table_info('ackbox_outbox') WHERE name='payload_len')",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
@@ -284,6 +317,7 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 	if (rc == SQLITE_ROW) {
 		have_meta = sqlite3_column_int(s, 0);
 		have_batch = sqlite3_column_int(s, 1);
+		c->have_payload_len = sqlite3_column_int(s, 2);
 	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
@@ -317,7 +351,9 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 		                  c->path, version, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	return have_batch; /* a file from before packed batches gets their tables */
+	/* a file from before packed batches gets their tables, one from before
+	 * payload_len the column */
+	return have_batch && c->have_payload_len;
 }
 
 /* sqlite:///abs/path.db or sqlite://relative/path.db */
@@ -405,8 +441,11 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	 * service is using must not wait for, or block, its writes. */
 	if (rc == 1)
 		rc = SQLITE_OK;
-	else if ((rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK)
+	else if ((rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK) {
 		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = add_payload_len(c->db);
+	}
 	if (rc == SQLITE_OK && !sqlite3_get_autocommit(c->db))
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
@@ -479,6 +518,7 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 			sqlite3_bind_null(s, 7);
 		sqlite3_bind_blob(s, 8, r->payload_len ? r->payload : "", (int)r->payload_len,
 		                  SQLITE_STATIC);
+		sqlite3_bind_int64(s, 9, (sqlite3_int64)r->payload_len);
 		rc = sqlite3_step(s);
 		sqlite3_reset(s);
 		if (rc != SQLITE_DONE) {
@@ -512,6 +552,56 @@ static int sq_sync(void *vctx, char *errstr, size_t errstr_size)
 	return 0;
 }
 
+/* Whether the current row of a ROW_COLS statement is damaged, with why. */
+static int row_damaged(sqlite3_stmt *s, char *why, size_t why_size)
+{
+	int idl = sqlite3_column_bytes(s, 1);
+	if (idl != 16) {
+		snprintf(why, why_size, "stored bytes damaged: the id is %d bytes, not 16", idl);
+		return 1;
+	}
+	if (sqlite3_column_type(s, 15) != SQLITE_NULL) {
+		int64_t want = sqlite3_column_int64(s, 15), have = sqlite3_column_bytes(s, 11);
+		if (want != have) {
+			snprintf(why, why_size,
+			         "stored bytes damaged: the payload is %lld bytes, %lld were stored (%s)",
+			         (long long)have, (long long)want,
+			         have < want ? "truncated" : "longer than written");
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Fails the damaged rows a claim found (inside its transaction), each with
+ * its reason, and logs each once: they are FAILED now, never claimed again.
+ * The store does this itself, as the core can only be handed rows it can
+ * trust, and it has no outcome for "the store's bytes are bad".
+ */
+static int fail_damaged(sq_ctx *c, const sq_damaged *d, size_t n, char *errstr,
+                        size_t errstr_size)
+{
+	sqlite3_stmt *u = c->st[ST_DAMAGED];
+	int64_t now = ackbox_wall_ms();
+	for (size_t i = 0; i < n; i++) {
+		int rc;
+		sqlite3_bind_text(u, 1, d[i].why, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(u, 2, now);
+		sqlite3_bind_int64(u, 3, d[i].seq);
+		rc = sqlite3_step(u);
+		sqlite3_reset(u);
+		sqlite3_clear_bindings(u);
+		if (rc != SQLITE_DONE)
+			return sq_error(c->db, rc, c->path, "failing a damaged row", errstr, errstr_size);
+		if (c->conf)
+			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "sqlite",
+			                 "store '%s': message %s (row %lld) FAILED: %s", c->path, d[i].id,
+			                 (long long)d[i].seq, d[i].why);
+	}
+	return 0;
+}
+
 /* Fills a row from the current result of a ROW_COLS statement. */
 static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
 {
@@ -536,6 +626,31 @@ static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
 	row->last_error = (const char *)sqlite3_column_text(s, 12);
 	row->last_code = sqlite3_column_int(s, 13);
 	row->lease = (uint64_t)sqlite3_column_int64(s, 14);
+}
+
+/* Notes the current row of a claim as damaged (why), for fail_damaged(). */
+static int damaged_add(sq_ctx *c, sqlite3_stmt *s, const char *why)
+{
+	sq_damaged *d;
+	if (c->ndamaged == c->cap_damaged) {
+		size_t cap = c->cap_damaged ? 2 * c->cap_damaged : 8;
+		d = realloc(c->damaged, cap * sizeof(*d));
+		if (!d)
+			return -1;
+		c->damaged = d;
+		c->cap_damaged = cap;
+	}
+	d = &c->damaged[c->ndamaged++];
+	d->seq = sqlite3_column_int64(s, 0);
+	snprintf(d->why, sizeof(d->why), "%s", why);
+	if (sqlite3_column_bytes(s, 1) == 16) {
+		ackbox_id id;
+		memcpy(id.b, sqlite3_column_blob(s, 1), 16);
+		ackbox_id_format(&id, d->id);
+	} else {
+		snprintf(d->id, sizeof(d->id), "(id unreadable)");
+	}
+	return 0;
 }
 
 static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
@@ -571,6 +686,14 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	 * could make the scan meet it again. */
 	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
 		ackbox_store_row row;
+		char why[sizeof(((sq_damaged *)0)->why)];
+		if (row_damaged(s, why, sizeof(why))) {
+			if (damaged_add(c, s, why) != 0) {
+				rc = SQLITE_NOMEM;
+				break;
+			}
+			continue;
+		}
 		read_row(s, &row);
 		row.lease++; /* the lease this claim takes (the UPDATE below) */
 		c->seqs[n++] = sqlite3_column_int64(s, 0);
@@ -579,6 +702,13 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	sqlite3_reset(s);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
 		rc = sq_error(c->db, rc, c->path, "claim", errstr, errstr_size);
+		c->ndamaged = 0;
+		rollback(c);
+		return rc;
+	}
+	rc = fail_damaged(c, c->damaged, c->ndamaged, errstr, errstr_size);
+	c->ndamaged = 0;
+	if (rc) {
 		rollback(c);
 		return rc;
 	}
@@ -1056,6 +1186,8 @@ int ackbox_sqlite_install_schema(sqlite3 *db, char *errstr, size_t errstr_size)
 	if (!db)
 		return ACKBOX_ERR_INVALID;
 	rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = add_payload_len(db);
 	if (rc != SQLITE_OK)
 		return sq_error(db, rc, sqlite3_db_filename(db, "main"), "creating the schema", errstr,
 		                errstr_size);
@@ -1066,8 +1198,8 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
                           size_t errstr_size)
 {
 	static const char sql[] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
-	                          " updated_ms, topic, msg_key, content_type, headers, payload)"
-	                          " VALUES(?1, 0, 0, ?2, ?2, ?2, ?3, ?4, ?5, ?6, ?7)";
+	                          " updated_ms, topic, msg_key, content_type, headers, payload,"
+	                          " payload_len) VALUES(?1, 0, 0, ?2, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 	const char *path;
 	sqlite3_stmt *s = NULL;
 	ackbox_id id;
@@ -1085,8 +1217,9 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
 	path = sqlite3_db_filename(db, "main");
 	rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
 	if (rc != SQLITE_OK) {
-		/* first use on this database: the outbox table is created inside the
-		 * application's transaction, so it rolls back with it too */
+		/* first use on this database (or on a file from before payload_len):
+		 * the outbox table is created inside the application's transaction,
+		 * so it rolls back with it too */
 		rc = ackbox_sqlite_install_schema(db, errstr, errstr_size);
 		if (rc)
 			return rc;
@@ -1115,6 +1248,7 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
 	if (hl)
 		sqlite3_bind_blob(s, 6, hbuf, (int)hl, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 7, m->payload_len ? m->payload : "", (int)m->payload_len, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 8, (sqlite3_int64)m->payload_len);
 	rc = sqlite3_step(s);
 	sqlite3_finalize(s);
 	free(hbuf);

@@ -25,8 +25,16 @@ enum {
 	ST_RELEASE,
 	ST_PENDING_ANY,
 	ST_DELETE_MANY,
+	ST_DAMAGED,
 	ST_COUNT
 };
+
+/* A row a claim found damaged: failed by the store before the claim ends. */
+typedef struct sq_damaged {
+	int64_t seq;
+	char id[40];
+	char why[160];
+} sq_damaged;
 
 /* packed.c's statements */
 enum {
@@ -61,6 +69,9 @@ typedef struct sq_ctx {
 	int wal_fd;    /* our descriptor of <path>-wal for sync(), -1 if none */
 	ino_t wal_ino;
 	int need_sync; /* an insert committed without fsync since the last sync() */
+	int have_payload_len; /* the file's ackbox_outbox has the column */
+	sq_damaged *damaged;  /* rows the claim under way found damaged */
+	size_t ndamaged, cap_damaged;
 
 	/* packed batches this instance wrote and still has members of */
 	sqlite3_stmt *pk[PK_COUNT];
