@@ -306,6 +306,8 @@ for i in $(seq 1 "$trials"); do
       # killed before it created its store: then it cannot have accepted anything
       [ ! -s "$ledger" ] || fail "trial $i: a ledger but no store file"
       log "trial $i: killed before the store existed; nothing accepted, nothing to deliver"
+      [ -n "${CRASH_RESULTS:-}" ] &&
+        echo "broker=$broker mode=$mode trial=$i n=$n accepted=0 received=0 lost=0 duplicates=0 no_store=1" >> "$CRASH_RESULTS"
       totals_trials=$((totals_trials + 1))
       continue
     fi
