@@ -45,7 +45,7 @@ for i in $(seq 1 "$cycles"); do
   rm -f "$RABBITMQ_FIXTURE_DIR/pid"
   on_disk=$(grep -lF "$q" "$mnesia"/*.LOG "$mnesia"/rabbit_durable_queue.* 2>/dev/null | xargs -r -n1 basename | tr '\n' ',' || true)
   # KEEP_MNESIA=DIR: a copy of mnesia's files as the kill left them, per cycle
-  # (tests/crash/mnesia-decisions.sh reads a transaction log)
+  # (tests/crash/mnesia-decisions.escript reads its transaction log)
   [ -z "${KEEP_MNESIA:-}" ] || cp -r "$mnesia" "$KEEP_MNESIA/cycle-$i"
   bash "$fixture" restart "$RABBITMQ_FIXTURE_DIR" > /dev/null
   after=$("$drain" --count "$AMQP_URL" "$q")
