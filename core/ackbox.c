@@ -82,6 +82,10 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	if (!ab)
 		return ACKBOX_ERR_NOMEM;
 	ab->conf = conf;
+	ab->opened_mono_ms = ackbox_mono_ms();
+	atomic_store(&ab->stats.state_since_ms, ab->opened_mono_ms);
+	pthread_mutex_init(&ab->gate_mtx, NULL);
+	pthread_cond_init(&ab->gate_cond, NULL);
 	pthread_mutex_init(&ab->store_mtx, NULL);
 	pthread_mutex_init(&ab->gc_mtx, NULL);
 	pthread_cond_init(&ab->gc_cond, NULL);
@@ -137,22 +141,79 @@ fail:
 	return rc;
 }
 
+/*
+ * The gate. A call enters before it touches the store or the relay and
+ * leaves when it is done; ackbox_close() sets `closing` and waits until
+ * nobody is inside. Both sides use sequentially consistent atomics: a call
+ * that read closing == 0 incremented `inside` before, so the closer, which
+ * reads `inside` after setting closing, waits for it.
+ */
+static void gate_leave(ackbox *ab)
+{
+	if (atomic_fetch_sub(&ab->inside, 1) == 1 && atomic_load(&ab->closing)) {
+		pthread_mutex_lock(&ab->gate_mtx);
+		pthread_cond_broadcast(&ab->gate_cond);
+		pthread_mutex_unlock(&ab->gate_mtx);
+	}
+}
+
+static int gate_enter(ackbox *ab, char *errstr, size_t errstr_size)
+{
+	atomic_fetch_add(&ab->inside, 1);
+	if (atomic_load(&ab->closing)) {
+		gate_leave(ab);
+		ackbox_errstr_set(errstr, errstr_size, "the handle is closed");
+		return ACKBOX_ERR_CLOSED;
+	}
+	return 0;
+}
+
+void ackbox_close(ackbox *ab)
+{
+	if (!ab)
+		return;
+	pthread_mutex_lock(&ab->gate_mtx);
+	if (ab->close_state) {
+		/* closed, or another thread is closing it: wait for that */
+		while (ab->close_state != 2)
+			pthread_cond_wait(&ab->gate_cond, &ab->gate_mtx);
+		pthread_mutex_unlock(&ab->gate_mtx);
+		return;
+	}
+	ab->close_state = 1;
+	atomic_store(&ab->closing, 1);
+	pthread_mutex_unlock(&ab->gate_mtx);
+
+	/* a poll or flush waiting for reports returns now */
+	pthread_mutex_lock(&ab->rep_mtx);
+	pthread_cond_broadcast(&ab->rep_cond);
+	pthread_mutex_unlock(&ab->rep_mtx);
+
+	pthread_mutex_lock(&ab->gate_mtx);
+	while (atomic_load(&ab->inside) > 0)
+		pthread_cond_wait(&ab->gate_cond, &ab->gate_mtx);
+	pthread_mutex_unlock(&ab->gate_mtx);
+
+	/* nobody is inside and nobody can enter: stop the relay (the last
+	 * changes are applied), then close the store */
+	abx_relay_stop(ab);
+	if (ab->store_ctx) {
+		ab->store_ops->close(ab->store_ctx);
+		free(ab->store_ctx);
+		ab->store_ctx = NULL;
+	}
+	pthread_mutex_lock(&ab->gate_mtx);
+	ab->close_state = 2;
+	pthread_cond_broadcast(&ab->gate_cond);
+	pthread_mutex_unlock(&ab->gate_mtx);
+}
+
 void ackbox_destroy(ackbox *ab)
 {
 	abx_report_item *it, *next;
 	if (!ab)
 		return;
-	ab->closing = 1;
-	abx_relay_stop(ab);
-	/* Wait out a group-commit leader still inside the store. */
-	pthread_mutex_lock(&ab->gc_mtx);
-	while (ab->gc_leader_active)
-		pthread_cond_wait(&ab->gc_cond, &ab->gc_mtx);
-	pthread_mutex_unlock(&ab->gc_mtx);
-	if (ab->store_ctx) {
-		ab->store_ops->close(ab->store_ctx);
-		free(ab->store_ctx);
-	}
+	ackbox_close(ab);
 	for (it = ab->rep_head; it; it = next) {
 		next = it->next;
 		free(it);
@@ -162,6 +223,8 @@ void ackbox_destroy(ackbox *ab)
 	pthread_cond_destroy(&ab->gc_cond);
 	pthread_mutex_destroy(&ab->rep_mtx);
 	pthread_cond_destroy(&ab->rep_cond);
+	pthread_mutex_destroy(&ab->gate_mtx);
+	pthread_cond_destroy(&ab->gate_cond);
 	ackbox_conf_destroy(ab->conf);
 	free(ab);
 }
@@ -169,6 +232,83 @@ void ackbox_destroy(ackbox *ab)
 /* ------------------------------------------------------------------ */
 /* Publish                                                              */
 /* ------------------------------------------------------------------ */
+
+static int is_lower_hex(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static int all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != '0')
+			return 0;
+	return 1;
+}
+
+/*
+ * W3C Trace Context travels as the headers "traceparent" and "tracestate"
+ * (each transport puts headers where its ecosystem reads them: the AMQP
+ * headers table, Kafka headers, MQTT 5 user properties). A malformed one is
+ * refused at publish rather than dropped: a trace that silently breaks at
+ * the outbox is worse than an error the developer sees at once.
+ */
+int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size)
+{
+	const char *v = h->value;
+	size_t n = h->value_len;
+	if (strcmp(h->name, "traceparent") == 0) {
+		/* version "-" trace-id "-" parent-id "-" flags; version 00 is 55
+		 * bytes, a later version may append "-..." */
+		if (n < 55 || !is_lower_hex(v, 2) || v[2] != '-' || !is_lower_hex(v + 3, 32) ||
+		    v[35] != '-' || !is_lower_hex(v + 36, 16) || v[52] != '-' ||
+		    !is_lower_hex(v + 53, 2) || memcmp(v, "ff", 2) == 0 ||
+		    (memcmp(v, "00", 2) == 0 && n != 55) || (n > 55 && v[55] != '-')) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent is not W3C Trace Context "
+			                  "(version-traceid-parentid-flags in lower-case hex, e.g. "
+			                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)");
+			return ACKBOX_ERR_INVALID;
+		}
+		if (all_zero(v + 3, 32) || all_zero(v + 36, 16)) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent has an all-zero trace-id or "
+			                  "parent-id, which W3C Trace Context forbids");
+			return ACKBOX_ERR_INVALID;
+		}
+	} else if (strcmp(h->name, "tracestate") == 0) {
+		size_t members = 1;
+		if (n > 512) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate is %zu bytes; W3C Trace Context "
+			                  "allows 512",
+			                  n);
+			return ACKBOX_ERR_INVALID;
+		}
+		for (size_t i = 0; i < n; i++) {
+			unsigned char c = (unsigned char)v[i];
+			if (c == ',')
+				members++;
+			else if (c < 0x20 || c > 0x7e) {
+				ackbox_errstr_set(errstr, errstr_size,
+				                  "publish: header tracestate has a byte 0x%02x that is not "
+				                  "printable ASCII",
+				                  c);
+				return ACKBOX_ERR_INVALID;
+			}
+		}
+		if (members > 32 || (n && !memchr(v, '=', n))) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate must be at most 32 key=value "
+			                  "members separated by commas");
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	return 0;
+}
 
 /* Checks one message and copies it into one allocation. */
 static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errstr,
@@ -208,6 +348,8 @@ static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errst
 			                  "publish: header %zu has no name or a NULL value", i);
 			return ACKBOX_ERR_INVALID;
 		}
+		if (abx_trace_header_check(&m->headers[i], errstr, errstr_size) != 0)
+			return ACKBOX_ERR_INVALID;
 	}
 	/* What the transport could never send is refused now, not stored to
 	 * loop or fail later (a wildcard MQTT topic, a 256-byte routing key). */
@@ -301,9 +443,9 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 			r->payload_len = f->payload_len;
 		}
 	}
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->insert(ab->store_ctx, recs, n, err, sizeof(err));
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	/* The flush to disk runs without the lock, so the relay's deletes go
 	 * on meanwhile. Only one leader runs at a time: never two syncs. If it
 	 * fails, the rows may still be sent later; a publish that returned an
@@ -343,12 +485,14 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 		q->rc = 0;
 }
 
-int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
+static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
                          char *errstr, size_t errstr_size)
 {
 	struct abx_gc_req req;
 	abx_fresh *one[1];
+	bool led = false;
 	int rc = 0;
+	int64_t t0_us = abx_mono_us();
 
 	if (!ab || (!msgs && n)) {
 		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
@@ -356,10 +500,6 @@ int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id
 	}
 	if (n == 0)
 		return 0;
-	if (ab->closing) {
-		ackbox_errstr_set(errstr, errstr_size, "publish: handle is closing");
-		return ACKBOX_ERR_CLOSED;
-	}
 	memset(&req, 0, sizeof(req));
 	req.msgs = n == 1 ? one : calloc(n, sizeof(*req.msgs));
 	if (!req.msgs)
@@ -393,6 +533,11 @@ int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id
 			ab->gc_queue_head = ab->gc_queue_tail = NULL;
 			ab->gc_leader_active = true;
 			pthread_mutex_unlock(&ab->gc_mtx);
+			/* The leader holds the other publishers: a log callback that
+			 * publishes must not run before it lets them go (it would wait
+			 * for itself). Its lines wait until then. */
+			abx_log_hold();
+			led = true;
 			commit_batch(ab, batch);
 			pthread_mutex_lock(&ab->gc_mtx);
 			for (struct abx_gc_req *q = batch, *nx; q; q = nx) {
@@ -407,10 +552,16 @@ int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id
 		}
 	}
 	pthread_mutex_unlock(&ab->gc_mtx);
+	if (led)
+		abx_log_release();
 
 	rc = req.rc;
-	if (rc)
+	if (rc) {
 		ackbox_errstr_set(errstr, errstr_size, "%s", req.err);
+	} else {
+		atomic_fetch_add_explicit(&ab->stats.published, n, memory_order_relaxed);
+		abx_hist_add(&ab->stats.durable, abx_mono_us() - t0_us, n);
+	}
 	for (size_t i = 0; i < n; i++)
 		abx_fresh_free(req.msgs[i]); /* NULL where the relay took it */
 	if (req.msgs != one)
@@ -477,7 +628,7 @@ static void abs_deadline(struct timespec *ts, int timeout_ms)
 	}
 }
 
-int ackbox_poll(ackbox *ab, int timeout_ms)
+static int gated_poll(ackbox *ab, int timeout_ms)
 {
 	abx_report_item *list, *next;
 	int n = 0;
@@ -487,7 +638,7 @@ int ackbox_poll(ackbox *ab, int timeout_ms)
 	if (!ab->rep_head && timeout_ms != 0) {
 		struct timespec dl;
 		abs_deadline(&dl, timeout_ms > 0 ? timeout_ms : 0);
-		while (!ab->rep_head) {
+		while (!ab->rep_head && !atomic_load(&ab->closing)) {
 			if (timeout_ms < 0)
 				pthread_cond_wait(&ab->rep_cond, &ab->rep_mtx);
 			else if (pthread_cond_timedwait(&ab->rep_cond, &ab->rep_mtx, &dl) == ETIMEDOUT)
@@ -508,13 +659,15 @@ int ackbox_poll(ackbox *ab, int timeout_ms)
 	return n;
 }
 
-int ackbox_flush(ackbox *ab, int timeout_ms)
+static int gated_flush(ackbox *ab, int timeout_ms)
 {
 	int64_t deadline = timeout_ms < 0 ? INT64_MAX : ackbox_mono_ms() + timeout_ms;
 	if (!ab)
 		return ACKBOX_ERR_INVALID;
 	for (;;) {
 		ackbox_counts c;
+		if (atomic_load(&ab->closing))
+			return ACKBOX_ERR_CLOSED;
 		char err[256];
 		uint64_t seen;
 		int rc;
@@ -523,7 +676,7 @@ int ackbox_flush(ackbox *ab, int timeout_ms)
 		seen = ab->progress;
 		pthread_mutex_unlock(&ab->rep_mtx);
 		ackbox_poll(ab, 0);
-		pthread_mutex_lock(&ab->store_mtx);
+		abx_store_lock(ab);
 		if (ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, has_pending)) {
 			rc = ab->store_ops->has_pending(ab->store_ctx, err, sizeof(err));
 			c.sending = rc > 0;
@@ -531,7 +684,7 @@ int ackbox_flush(ackbox *ab, int timeout_ms)
 		} else {
 			rc = ab->store_ops->counts(ab->store_ctx, &c, err, sizeof(err));
 		}
-		pthread_mutex_unlock(&ab->store_mtx);
+		abx_store_unlock(ab);
 		/* a store error may pass (a database restarting): keep asking until
 		 * the deadline, then say what the store said */
 		if (rc < 0 && ackbox_mono_ms() >= deadline)
@@ -557,21 +710,26 @@ int ackbox_flush(ackbox *ab, int timeout_ms)
 
 int ackbox_connected(ackbox *ab)
 {
-	return ab && abx_relay_connected(ab->relay) ? 1 : 0;
+	int up;
+	if (!ab || gate_enter(ab, NULL, 0) != 0)
+		return 0;
+	up = abx_relay_connected(ab->relay) ? 1 : 0;
+	gate_leave(ab);
+	return up;
 }
 
 /* ------------------------------------------------------------------ */
 /* Administration                                                       */
 /* ------------------------------------------------------------------ */
 
-int ackbox_counts_get(ackbox *ab, ackbox_counts *out, char *errstr, size_t errstr_size)
+static int gated_counts_get(ackbox *ab, ackbox_counts *out, char *errstr, size_t errstr_size)
 {
 	int rc;
 	if (!ab || !out)
 		return ACKBOX_ERR_INVALID;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->counts(ab->store_ctx, out, errstr, errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	return rc;
 }
 
@@ -615,54 +773,54 @@ static int stored_cb(const ackbox_store_row *row, void *opaque)
 	return stop;
 }
 
-int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, void *opaque,
+static int gated_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, void *opaque,
                 char *errstr, size_t errstr_size)
 {
 	struct stored_ctx c = {cb, opaque, 0};
 	int rc;
 	if (!ab || !cb)
 		return ACKBOX_ERR_INVALID;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->list(ab->store_ctx, state, limit, stored_cb, &c, errstr, errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	return rc;
 }
 
-int ackbox_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque, char *errstr,
+static int gated_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque, char *errstr,
                 size_t errstr_size)
 {
 	struct stored_ctx c = {cb, opaque, 0};
 	int rc;
 	if (!ab || !id || !cb)
 		return ACKBOX_ERR_INVALID;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->get(ab->store_ctx, id, stored_cb, &c, errstr, errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	return rc;
 }
 
-int ackbox_requeue(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+static int gated_requeue(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
 {
 	int rc;
 	if (!ab || (!ids && n))
 		return ACKBOX_ERR_INVALID;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->requeue(ab->store_ctx, n ? ids : NULL, n, ackbox_wall_ms(), errstr,
 	                            errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	if (rc > 0 && ab->relay)
 		abx_relay_poke(ab->relay);
 	return rc;
 }
 
-int ackbox_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, size_t errstr_size)
+static int gated_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, size_t errstr_size)
 {
 	int rc;
 	if (!ab)
 		return ACKBOX_ERR_INVALID;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->purge(ab->store_ctx, older_than_ms, errstr, errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	return rc;
 }
 
@@ -676,9 +834,9 @@ static int force_one(ackbox *ab, ackbox_change_kind kind, const ackbox_id *id, c
 	c.kind = kind;
 	c.id = *id;
 	c.last_error = reason;
-	pthread_mutex_lock(&ab->store_mtx);
+	abx_store_lock(ab);
 	rc = ab->store_ops->force(ab->store_ctx, &c, ackbox_wall_ms(), errstr, errstr_size);
-	pthread_mutex_unlock(&ab->store_mtx);
+	abx_store_unlock(ab);
 	return rc;
 }
 
@@ -691,7 +849,7 @@ static int force_supported(ackbox *ab, const char *what, char *errstr, size_t er
 	return ACKBOX_ERR_INVALID;
 }
 
-int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errstr,
+static int gated_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errstr,
                 size_t errstr_size)
 {
 	char text[512];
@@ -706,7 +864,7 @@ int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errst
 	return force_one(ab, ACKBOX_CHANGE_FAIL, id, text, errstr, errstr_size);
 }
 
-int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+static int gated_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
 {
 	int rc, done = 0;
 	if (!ab || (!ids && n))
@@ -723,4 +881,174 @@ int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, s
 		done++;
 	}
 	return done;
+}
+
+int ackbox_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_publish_batch(ab, msgs, n, ids_out, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_poll(ackbox *ab, int timeout_ms)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, NULL, 0);
+	if (rc)
+		return rc;
+	rc = gated_poll(ab, timeout_ms);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_flush(ackbox *ab, int timeout_ms)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, NULL, 0);
+	if (rc)
+		return rc;
+	rc = gated_flush(ab, timeout_ms);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_counts_get(ackbox *ab, ackbox_counts *out, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_counts_get(ab, out, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, void *opaque, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_list(ab, state, limit, cb, opaque, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_show(ab, id, cb, opaque, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_requeue(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_requeue(ab, ids, n, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_purge_failed(ab, older_than_ms, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_fail(ab, id, reason, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_purge_ids(ab, ids, n, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_stats_get(ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
+                     size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_stats_get(ab, out, out_size, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab || !out || !out_len)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_metrics_text(ab, out, out_len, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+int ackbox_health(ackbox *ab, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = abx_health(ab, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
 }

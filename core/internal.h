@@ -10,6 +10,7 @@
 #include <ackbox/store.h>
 #include <ackbox/transport.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -37,11 +38,19 @@ struct ackbox_conf {
 int64_t abx_conf_int(const ackbox_conf *conf, const char *key);
 int abx_conf_bool(const ackbox_conf *conf, const char *key);
 
+/* Monotonic microseconds (latency histograms). */
+int64_t abx_mono_us(void);
+
 /* ---- logging ---- */
 void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *component, const char *fmt,
              ...) __attribute__((format(printf, 4, 5)));
 void abx_logv(const ackbox_conf *conf, ackbox_log_level lvl, const char *component,
               const char *fmt, va_list ap);
+
+/* Log lines made between hold and release (nestable, per thread) are
+ * handed to the log callback at the outermost release. */
+void abx_log_hold(void);
+void abx_log_release(void);
 
 /* ---- crash points (test-only build switch ACKBOX_CRASH_POINTS) ---- */
 #ifdef ACKBOX_CRASH_POINTS
@@ -80,12 +89,54 @@ void abx_relay_push_fresh(abx_relay *r, abx_fresh *head, abx_fresh *tail);
 /* Tells the relay the store may hold due rows it has not seen. */
 void abx_relay_poke(abx_relay *r);
 bool abx_relay_connected(abx_relay *r);
+/* The transport's OpenTelemetry messaging.system (or scheme); NULL if no relay. */
+const char *abx_relay_system(abx_relay *r);
 /* The transport's message size limit, 0 if none (or no relay). */
 size_t abx_relay_max_message(abx_relay *r);
 /* Asks the transport whether m could ever be sent (its validate op); 0 if
  * so or if it has no such op. Any thread. */
 int abx_relay_validate(abx_relay *r, const ackbox_msg *m, char *errstr, size_t errstr_size);
 void abx_fresh_free(abx_fresh *f);
+
+/* ---- metrics (stats.c): atomics, written anywhere, read by any thread ---- */
+typedef struct abx_hist {
+	atomic_uint_least64_t count, sum_us;
+	atomic_uint_least64_t buckets[ACKBOX_HIST_BUCKETS + 1];
+} abx_hist;
+
+/* Sends per destination. The relay thread alone adds entries (publishing
+ * n with release after filling one); readers look at the first n. */
+#define ABX_MAX_DESTINATIONS 64
+typedef struct abx_dest {
+	char name[128];
+	atomic_uint_least64_t sent;
+} abx_dest;
+
+typedef struct abx_stats {
+	atomic_uint_least64_t published, acked, failed, dropped, retried, in_doubt, sent;
+	atomic_uint_least64_t connects, disconnects;
+	atomic_int_least64_t state_since_ms; /* mono ms of the last connect or disconnect */
+	atomic_bool store_stuck;            /* the relay's last apply failed */
+	abx_hist durable, ack;
+	abx_dest dests[ABX_MAX_DESTINATIONS];
+	atomic_int ndests;
+	atomic_uint_least64_t other_dest_sent; /* past ABX_MAX_DESTINATIONS */
+} abx_stats;
+
+void abx_hist_add(abx_hist *h, int64_t us, uint64_t n);
+struct ackbox;
+/* The bodies of ackbox_stats_get, ackbox_metrics_text, ackbox_health. */
+int abx_stats_get(struct ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
+                  size_t errstr_size);
+int abx_metrics_text(struct ackbox *ab, char **out, size_t *out_len, char *errstr,
+                     size_t errstr_size);
+int abx_health(struct ackbox *ab, char *errstr, size_t errstr_size);
+/* Counts a send to topic (relay thread only). */
+void abx_stats_sent(abx_stats *s, const char *topic);
+
+/* A "traceparent" or "tracestate" header must be W3C Trace Context; other
+ * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
+int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size);
 
 /* ---- the handle (ackbox.c) ---- */
 typedef struct abx_report_item {
@@ -124,8 +175,32 @@ struct ackbox {
 	size_t fresh_max_msgs, fresh_max_bytes;
 
 	abx_relay *relay; /* NULL without transport.url */
-	volatile int closing;
+	abx_stats stats;
+	int64_t opened_mono_ms;
+
+	/* The gate (ackbox.c): every call that uses the store or the relay is
+	 * inside it; ackbox_close shuts it and waits for them to leave. */
+	atomic_int closing;
+	atomic_int inside;
+	pthread_mutex_t gate_mtx;
+	pthread_cond_t gate_cond;
+	int close_state; /* 0 open, 1 closing, 2 closed; under gate_mtx */
 };
+
+/* The store lock: every store call holds it, taken and released in the
+ * same function. Log lines made meanwhile (by the store, or the core) reach
+ * the log callback after it is released. */
+static inline void abx_store_lock(struct ackbox *ab)
+{
+	pthread_mutex_lock(&ab->store_mtx);
+	abx_log_hold();
+}
+
+static inline void abx_store_unlock(struct ackbox *ab)
+{
+	pthread_mutex_unlock(&ab->store_mtx);
+	abx_log_release();
+}
 
 /* A report item holding copies of r's texts; NULL if out of memory. */
 abx_report_item *abx_report_new(const ackbox_report *r);

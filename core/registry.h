@@ -16,6 +16,19 @@ const ackbox_transport_ops *abx_transport_find(const char *scheme);
 const ackbox_store_ops *abx_store_find(const char *scheme);
 
 /*
+ * Staging for plugin_load.c. Between begin and end, what this thread
+ * registers is checked as usual but held back. end(commit = 1) adds all of
+ * it and returns 0, or adds nothing and returns the first registration
+ * error (also if the entry point ignored it), ACKBOX_ERR_INVALID if nothing
+ * was registered, or if a scheme was taken meanwhile; errstr says which.
+ * end(commit = 0) drops it. end frees the stage. begin returns NULL if out
+ * of memory.
+ */
+typedef struct abx_reg_stage abx_reg_stage;
+abx_reg_stage *abx_registry_stage_begin(void);
+int abx_registry_stage_end(abx_reg_stage *st, int commit, char *errstr, size_t errstr_size);
+
+/*
  * Checks a URL's scheme for a key ("store.url" or "transport.url"): 0 if a
  * plugin serves it, else ACKBOX_ERR_UNKNOWN_SCHEME or ACKBOX_ERR_NOT_BUILT
  * with errstr set.

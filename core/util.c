@@ -3,6 +3,7 @@
  * parsing, logging and the test-only crash points.
  */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -73,6 +74,13 @@ int64_t ackbox_mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t abx_mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 int64_t ackbox_wall_ms(void)
@@ -149,6 +157,57 @@ static ackbox_log_level log_threshold(const ackbox_conf *conf)
 	return ACKBOX_LOG_WARN;
 }
 
+static void emit(const ackbox_conf *conf, ackbox_log_level lvl, const char *component,
+                 const char *text)
+{
+	if (conf && conf->log_cb) {
+		conf->log_cb(lvl, component, text, conf->log_opaque);
+		return;
+	}
+	fprintf(stderr, "ackbox %s %s: %s\n",
+	        lvl <= ACKBOX_LOG_ERROR ? "error" : lvl <= ACKBOX_LOG_WARN ? "warning"
+	                                        : lvl <= ACKBOX_LOG_INFO  ? "info"
+	                                                                  : "debug",
+	        component, text);
+}
+
+/*
+ * Lines logged while this thread holds an ackbox lock (a store logs a
+ * damaged row inside a claim the relay makes under the store lock) wait
+ * here and reach the log callback once the lock is released: a callback
+ * that calls back into ackbox must not find the lock taken.
+ */
+typedef struct held_line {
+	struct held_line *next;
+	const ackbox_conf *conf;
+	ackbox_log_level lvl;
+	char component[32];
+	char text[];
+} held_line;
+
+static _Thread_local int tl_hold;
+static _Thread_local held_line *tl_head, *tl_tail;
+
+void abx_log_hold(void)
+{
+	tl_hold++;
+}
+
+void abx_log_release(void)
+{
+	assert(tl_hold > 0);
+	if (--tl_hold > 0)
+		return;
+	while (tl_head) {
+		held_line *l = tl_head;
+		tl_head = l->next;
+		if (!tl_head)
+			tl_tail = NULL;
+		emit(l->conf, l->lvl, l->component, l->text);
+		free(l);
+	}
+}
+
 void abx_logv(const ackbox_conf *conf, ackbox_log_level lvl, const char *component,
               const char *fmt, va_list ap)
 {
@@ -156,15 +215,24 @@ void abx_logv(const ackbox_conf *conf, ackbox_log_level lvl, const char *compone
 	if (lvl > log_threshold(conf))
 		return;
 	vsnprintf(buf, sizeof(buf), fmt, ap);
-	if (conf && conf->log_cb) {
-		conf->log_cb(lvl, component, buf, conf->log_opaque);
-		return;
+	if (tl_hold) {
+		size_t n = strlen(buf) + 1;
+		held_line *l = malloc(sizeof(*l) + n);
+		if (l) {
+			l->next = NULL;
+			l->conf = conf;
+			l->lvl = lvl;
+			snprintf(l->component, sizeof(l->component), "%s", component);
+			memcpy(l->text, buf, n);
+			if (tl_tail)
+				tl_tail->next = l;
+			else
+				tl_head = l;
+			tl_tail = l;
+		}
+		return; /* out of memory: the line is lost, never logged under a lock */
 	}
-	fprintf(stderr, "ackbox %s %s: %s\n",
-	        lvl <= ACKBOX_LOG_ERROR ? "error" : lvl <= ACKBOX_LOG_WARN ? "warning"
-	                                        : lvl <= ACKBOX_LOG_INFO  ? "info"
-	                                                                  : "debug",
-	        component, buf);
+	emit(conf, lvl, component, buf);
 }
 
 void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *component, const char *fmt,

@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
 # Regenerates docs/configuration.md from the property tables compiled into a
-# build (core and every built plugin): the tables are the single source.
+# build (core and every built plugin): the tables are the single source. A
+# plugin folder may add a note (its config-note.md) under the introduction.
+# The build must contain every plugin folder, or the page would lose its keys.
+#   BUILD_DIR (default build): a configured and built tree
+#   OUT (default docs/configuration.md): where to write
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
+OUT=${OUT:-docs/configuration.md}
+manifest=$BUILD_DIR/ackbox-plugins.txt
+[ -f "$manifest" ] || { echo "gen-config-doc: $manifest missing: configure $BUILD_DIR first" >&2; exit 1; }
+missing=""
+for f in brokers/*/CMakeLists.txt store/*/CMakeLists.txt; do
+  dir=${f%/CMakeLists.txt}
+  # manifest lines: <name> <kind> <built> <folder> <scheme>...
+  awk -v d="$dir" '$4 == d && $3 == "ON" {found = 1} END {exit !found}' "$manifest" ||
+    missing+=" $dir"
+done
+if [ -n "$missing" ]; then
+  echo "gen-config-doc: $BUILD_DIR does not build$missing; its keys would be missing." >&2
+  echo "gen-config-doc: install what their packages.debian lists and reconfigure." >&2
+  exit 1
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cat > "$tmp/gen.c" <<'C'
@@ -19,10 +38,10 @@ cc -Iinclude "$tmp/gen.c" -L"$BUILD_DIR" -lackbox -Wl,-rpath,"$(cd "$BUILD_DIR" 
   echo "\`scripts/gen-config-doc.sh\`. Durations take \`ms\`, \`s\`, \`m\`, \`h\` suffixes (plain numbers are"
   echo "milliseconds). Plugin keys start with the plugin's scheme; a key of a plugin that is not built is"
   echo "refused with ACKBOX_ERR_NOT_BUILT, any other unknown key with ACKBOX_ERR_UNKNOWN_KEY."
-  echo 'Exception: every `kafka.<property>` is passed to librdkafka unchanged and checked by it when the'
-  echo 'handle opens; the `kafka.*` rows below are only the ones ackbox sets a default for'
-  echo '([docs/brokers/kafka.md](brokers/kafka.md)).'
+  for note in brokers/*/config-note.md store/*/config-note.md; do
+    [ -f "$note" ] && cat "$note"
+  done
   echo
   "$tmp/gen"
-} > docs/configuration.md
-echo "wrote docs/configuration.md"
+} > "$OUT"
+echo "wrote $OUT"

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs what ackbox needs to build, test and demo on Debian 12: compilers,
-# client libraries, and the brokers the tests start themselves.
+# Installs what ackbox needs to build, test and demo on Debian 12: compilers
+# and test tools here, and what each plugin folder's packages.debian lists
+# (its client library, the broker its tests start themselves, their tools).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-PKGS=(build-essential cmake pkg-config clang
-      libsqlite3-dev librabbitmq-dev librdkafka-dev libpaho-mqtt-dev libhiredis-dev libpq-dev
-      libcriterion-dev
-      rabbitmq-server mosquitto mosquitto-clients redis-server postgresql
-      kcat amqp-tools sqlite3 jq python3 gnuplot-nox valgrind)
+PKGS=(build-essential cmake pkg-config clang libcriterion-dev
+      jq python3 gnuplot-nox valgrind
+      prometheus libmicrohttpd-dev curl) # promtool checks the metrics text; relay --metrics-listen
+# "build: pkg..." and "test: pkg..." lines of brokers/*/ and store/*/packages.debian
+for f in brokers/*/packages.debian store/*/packages.debian; do
+  [ -f "$f" ] || continue
+  read -r -a more <<<"$(sed -n 's/^\(build\|test\):[[:space:]]*//p' "$f" | tr '\n' ' ')"
+  PKGS+=("${more[@]}")
+done
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -18,6 +18,9 @@
 
 #include <ackbox/transport.h>
 
+/* OpenTelemetry messaging.system for the metrics */
+#define SYSTEM_NAME "rabbitmq"
+
 #define CHANNEL 1
 
 /* AMQP 0-9-1 short strings (routing key, exchange, content type, field-table
@@ -175,6 +178,7 @@ static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbo
 	if (!c->ring)
 		return ACKBOX_ERR_NOMEM;
 	info->max_inflight = c->window;
+	info->system_name = SYSTEM_NAME;
 	info->max_message_size = 0; /* RabbitMQ's max_message_size is checked by the broker */
 	return 0;
 }
@@ -353,8 +357,12 @@ static void confirm(amqp_ctx *c, uint64_t tag, int multiple, int ack)
 	const char *why = ack ? NULL : "basic.nack (the broker could not take it: queue full with "
 	                               "x-overflow=reject-publish, or an internal error)";
 	if (multiple) {
+		size_t before = c->outstanding;
 		for (uint64_t t = c->base_tag; t <= tag && t < c->next_tag; t++)
 			answer(c, t, kind, 0, why);
+		ackbox_tx_log(c->host, ACKBOX_LOG_DEBUG,
+		              "basic.%s multiple up to tag %llu answered %zu publish(es)",
+		              ack ? "ack" : "nack", (unsigned long long)tag, before - c->outstanding);
 	} else {
 		answer(c, tag, kind, 0, why);
 	}
@@ -708,8 +716,16 @@ static int amqp_send_(void *vctx, const ackbox_tx_msg *m)
 		if (!entries)
 			return ACKBOX_TX_BUSY;
 		for (size_t i = 0; i < m->header_count; i++) {
-			entries[i].key = amqp_cstring_bytes(m->headers[i].name);
-			entries[i].value.kind = AMQP_FIELD_KIND_BYTES;
+			const char *name = m->headers[i].name;
+			entries[i].key = amqp_cstring_bytes(name);
+			/* W3C trace context as a long string, which is what the
+			 * OpenTelemetry RabbitMQ instrumentations read; other
+			 * headers as the bytes they are. The encoded size is the
+			 * same either way. */
+			entries[i].value.kind =
+			    strcmp(name, "traceparent") == 0 || strcmp(name, "tracestate") == 0
+			        ? AMQP_FIELD_KIND_UTF8
+			        : AMQP_FIELD_KIND_BYTES;
 			entries[i].value.value.bytes.len = m->headers[i].value_len;
 			entries[i].value.value.bytes.bytes = (void *)m->headers[i].value;
 		}

@@ -23,6 +23,9 @@
 
 #include <ackbox/transport.h>
 
+/* OpenTelemetry messaging.system for the metrics */
+#define SYSTEM_NAME "kafka"
+
 typedef struct kafka_ctx {
 	ackbox_tx_host *host;
 	rd_kafka_conf_t *conf; /* template; each producer gets a copy */
@@ -288,6 +291,7 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 	rd_kafka_conf_set_log_cb(c->conf, on_log);
 	rd_kafka_conf_set_opaque(c->conf, c);
 	info->max_inflight = c->window;
+	info->system_name = SYSTEM_NAME;
 	return 0;
 }
 

@@ -286,6 +286,7 @@ static int lb_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackb
 		return ACKBOX_ERR_NOMEM;
 	w = ackbox_conf_get(ackbox_tx_conf(host), "loopback.window");
 	info->max_inflight = w ? atoi(w) : 256;
+	info->system_name = "loopback";
 	info->max_message_size = 0;
 	return 0;
 }

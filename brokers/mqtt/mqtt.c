@@ -14,7 +14,11 @@
 
 #include <MQTTAsync.h>
 
+#include <ackbox/mqtt.h>
 #include <ackbox/transport.h>
+
+/* OpenTelemetry messaging.system for the metrics */
+#define SYSTEM_NAME "mqtt"
 
 #include "mqtt_check.h"
 
@@ -33,7 +37,7 @@ typedef struct mqtt_ctx {
 	ackbox_tx_host *host;
 	/* set by open() and never changed: validate reads them on any thread */
 	char *uri, *client_id, *user, *password, *cafile;
-	int qos, v5, keepalive_s, window, verify;
+	int qos, v5, keepalive_s, window, verify, id_in_payload;
 	/* the broker's Maximum Packet Size from its last MQTT 5 CONNACK, 0 if it
 	 * set none; written by paho's thread, read by validate and send */
 	_Atomic uint32_t max_packet;
@@ -64,6 +68,10 @@ static const ackbox_prop mqtt_props[] = {
 	{"cafile", ACKBOX_PROP_STRING, NULL, 0, 0, NULL, "mqtts: CA certificate file (PEM)."},
 	{"verify", ACKBOX_PROP_BOOL, "true", 0, 0, NULL,
 	 "mqtts: verify the broker's certificate."},
+	{"id_in_payload", ACKBOX_PROP_BOOL, "false", 0, 0, NULL,
+	 "Start every payload with a line 'ackbox-id:' + the message id (47 bytes with the "
+	 "newline), so that consumers can deduplicate over MQTT 3.1.1, which has no properties "
+	 "(docs/consumers.md)."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const char *conf(mqtt_ctx *c, const char *key)
@@ -106,6 +114,9 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	c->cafile = conf(c, "mqtt.cafile") ? strdup(conf(c, "mqtt.cafile")) : NULL;
 	ackbox_parse_bool(conf(c, "mqtt.verify"), &b);
 	c->verify = b;
+	b = 0;
+	ackbox_parse_bool(conf(c, "mqtt.id_in_payload"), &b);
+	c->id_in_payload = b;
 	c->qos = atoi(conf(c, "mqtt.qos"));
 	c->v5 = strcmp(conf(c, "mqtt.version"), "5") == 0;
 	ackbox_parse_duration_ms(conf(c, "mqtt.keepalive"), &ka);
@@ -119,6 +130,7 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	for (int i = 0; i < c->npubs; i++)
 		c->pubs[i].c = c;
 	info->max_inflight = c->window;
+	info->system_name = SYSTEM_NAME;
 	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
 }
@@ -525,9 +537,45 @@ static int refuse(mqtt_ctx *c, const ackbox_tx_msg *m, const char *why)
 	return ACKBOX_TX_SENT;
 }
 
+/* With mqtt.id_in_payload, m as it goes on the wire: the payload behind the
+ * id prefix (include/ackbox/mqtt.h), in *buf, which the caller frees.
+ * Returns m itself without the option, NULL when out of memory. */
+static const ackbox_tx_msg *on_wire(mqtt_ctx *c, const ackbox_tx_msg *m, ackbox_tx_msg *copy,
+                                    char **buf)
+{
+	*buf = NULL;
+	if (!c->id_in_payload)
+		return m;
+	*buf = malloc(ACKBOX_MQTT_ID_PREFIX_LEN + 1 + m->payload_len);
+	if (!*buf)
+		return NULL;
+	/* validate may run before the id is known: the size is what counts */
+	snprintf(*buf, ACKBOX_MQTT_ID_PREFIX_LEN + 1, ACKBOX_MQTT_ID_PREFIX "%.36s\n",
+	         m->id_str ? m->id_str : "00000000-0000-0000-0000-000000000000");
+	if (m->payload_len)
+		memcpy(*buf + ACKBOX_MQTT_ID_PREFIX_LEN, m->payload, m->payload_len);
+	*copy = *m;
+	copy->payload = *buf;
+	copy->payload_len = ACKBOX_MQTT_ID_PREFIX_LEN + m->payload_len;
+	return copy;
+}
+
+static int mqtt_send_wire(mqtt_ctx *c, const ackbox_tx_msg *m);
+
 static int mqtt_send(void *vctx, const ackbox_tx_msg *m)
 {
 	mqtt_ctx *c = vctx;
+	ackbox_tx_msg copy;
+	char *buf;
+	const ackbox_tx_msg *w = on_wire(c, m, &copy, &buf);
+	int rc = w ? mqtt_send_wire(c, w) : ACKBOX_TX_BUSY;
+	free(buf);
+	return rc;
+}
+
+/* paho copies the payload before MQTTAsync_sendMessage returns. */
+static int mqtt_send_wire(mqtt_ctx *c, const ackbox_tx_msg *m)
+{
 	MQTTAsync_message msg = MQTTAsync_message_initializer;
 	MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
 	MQTTProperties props = MQTTProperties_initializer;
@@ -605,7 +653,14 @@ not_taken:
 static int mqtt_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
 {
 	mqtt_ctx *c = vctx;
-	return abx_mqtt_check(m, c->v5, c->qos, atomic_load(&c->max_packet), errstr, errstr_size);
+	ackbox_tx_msg copy;
+	char *buf;
+	const ackbox_tx_msg *w = on_wire(c, m, &copy, &buf);
+	int rc = w ? abx_mqtt_check(w, c->v5, c->qos, atomic_load(&c->max_packet), errstr,
+	                            errstr_size)
+	           : ACKBOX_ERR_NOMEM;
+	free(buf);
+	return rc;
 }
 
 static void mqtt_close(void *vctx)

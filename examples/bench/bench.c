@@ -26,86 +26,30 @@
 
 #include <ackbox/ackbox.h>
 
-#ifdef BENCH_WITH_AMQP
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
-#endif
-#ifdef BENCH_WITH_MQTT
-#include <MQTTAsync.h>
-#endif
-#ifdef BENCH_WITH_KAFKA
-#include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>
-#endif
-
-#define TOPIC "ackbox-bench"
-#define MAX_SETS 64
+#include "bench.h"
 
 /* ------------------------------------------------------------------ */
-/* Options and results                                                  */
+/* What the transports' parts use (bench.h)                             */
 /* ------------------------------------------------------------------ */
 
-typedef struct opts {
-	const char *transport; /* as given; "kafka://mock" is replaced by the mock's bootstraps */
-	char url[1024];        /* the URL actually used */
-	char shown[1024];      /* url with its password replaced by *** (for output) */
-	char scheme[16];
-	size_t count, size;
-	int window; /* 0: the transport's default */
-	int threads, rounds, max_seconds;
-	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable;
-	const char *store_dir;
-	const char *sets[MAX_SETS];
-	int nsets;
-	int broker_pid;
-	int poll_sleep_us; /* 0: the poll thread blocks in ackbox_poll(ab, 50) */
-	size_t rate;       /* --rate: offered msgs/s, open loop; 0: as fast as the window allows */
-	const char *latency_file; /* --latency-file: latency distributions written here */
-	bool count_given, rounds_given;
-} opts;
-
-typedef struct result {
-	const char *mode; /* "raw", "reliable", "store-only", "drain" */
-	int round;
-	bool ok;
-	char err[256];
-	size_t count, acked, failed;
-	double secs;           /* first publish to last ack (or last durable in store-only) */
-	double rate;           /* count / secs */
-	double publish_secs;   /* first publish to last publish call returning */
-	double durable_rate;   /* count / publish_secs (reliable only) */
-	double dur_p50, dur_p99; /* ms, publish -> durable (reliable only; <0: n/a) */
-	double ack_p50, ack_p99; /* ms, publish -> ack */
-	double cpu_user, cpu_sys;
-	double broker_cpu;     /* s, -1 when unknown */
-	long peak_rss_kib;     /* VmHWM during the round */
-} result;
-
-static int64_t now_ns(void)
+int64_t bench_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/*
- * --rate: message i of a round is due at start + i / rate, whether or not
- * the sender kept up. Its latencies count from that moment, so a sender held
- * back by a full window or a slow call does not hide the wait
- * (coordinated omission). Without --rate a message is due when it is sent.
- */
-static int64_t due_ns(const opts *o, int64_t start, size_t i)
+int64_t bench_due_ns(const bench_opts *o, int64_t start, size_t i)
 {
 	return start + (int64_t)((double)i * 1e9 / (double)o->rate);
 }
 
-/* Sleeps until message i is due; returns when its latencies count from. */
-static int64_t pace(const opts *o, int64_t start, size_t i)
+int64_t bench_pace(const bench_opts *o, int64_t start, size_t i)
 {
-	int64_t now = now_ns(), due;
+	int64_t now = bench_now_ns(), due;
 	if (!o->rate)
 		return now;
-	due = due_ns(o, start, i);
+	due = bench_due_ns(o, start, i);
 	if (due > now) {
 		struct timespec ts = {due / 1000000000, due % 1000000000};
 		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
@@ -114,7 +58,7 @@ static int64_t pace(const opts *o, int64_t start, size_t i)
 	return due;
 }
 
-static void fail(result *r, const char *fmt, ...)
+void bench_fail(bench_result *r, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -124,15 +68,26 @@ static void fail(result *r, const char *fmt, ...)
 	r->ok = false;
 }
 
-/* Per-message timestamps of one round, indexed by sequence number. */
-typedef struct times {
-	size_t n;
-	int64_t *pub; /* publish call started */
-	int64_t *dur; /* publish call returned (reliable) */
-	int64_t *ack; /* confirm seen; 0: never */
-} times;
+char *bench_payload(size_t size)
+{
+	char *p = malloc(size ? size : 1);
+	if (p)
+		for (size_t i = 0; i < size; i++)
+			p[i] = (char)('a' + i % 26);
+	return p;
+}
 
-static int times_init(times *t, size_t n)
+
+/* The part that knows o->scheme, or NULL if no transport folder brought one. */
+static const bench_transport *transport_of(const bench_opts *o)
+{
+	for (size_t i = 0; bench_transports[i]; i++)
+		if (strcmp(bench_transports[i]->scheme, o->scheme) == 0)
+			return bench_transports[i];
+	return NULL;
+}
+
+static int times_init(bench_times *t, size_t n)
 {
 	t->n = n;
 	t->pub = calloc(n, sizeof(int64_t));
@@ -141,7 +96,7 @@ static int times_init(times *t, size_t n)
 	return t->pub && t->dur && t->ack ? 0 : -1;
 }
 
-static void times_fini(times *t)
+static void times_fini(bench_times *t)
 {
 	free(t->pub);
 	free(t->dur);
@@ -197,7 +152,7 @@ static int lat_add(lat *l, const int64_t *from, const int64_t *to, size_t n)
 
 /* Writes percentiles of raw publish->ack, reliable publish->ack and
  * reliable publish->durable, in ms; "-" where a mode did not run. */
-static int lat_write(const opts *o, lat *ls, int nls)
+static int lat_write(const bench_opts *o, lat *ls, int nls)
 {
 	static const double pcts[] = {0,  10, 20, 30, 40,   50,   60,    70,    80, 90,
 	                              95, 97, 98, 99, 99.5, 99.9, 99.95, 99.99, 100};
@@ -293,7 +248,7 @@ static double tv_s(struct timeval tv)
 	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
-static void usage_end(const usage *u, int broker_pid, result *r)
+static void usage_end(const usage *u, int broker_pid, bench_result *r)
 {
 	struct rusage e;
 	getrusage(RUSAGE_SELF, &e);
@@ -305,7 +260,7 @@ static void usage_end(const usage *u, int broker_pid, result *r)
 }
 
 /* Rate, wall time and ack latency from the timestamps. */
-static void finish_times(result *r, const times *t)
+static void finish_times(bench_result *r, const bench_times *t)
 {
 	int64_t first = 0, last_ack = 0, last_dur = 0;
 	for (size_t i = 0; i < t->n; i++) {
@@ -368,637 +323,21 @@ static bool url_is_loopback(const char *url)
 /* RAW publishers: the client library alone, same window, no store      */
 /* ------------------------------------------------------------------ */
 
-static char *make_payload(size_t size)
+/* The transport folder's raw publisher (its bench_raw.c), after its prepare. */
+static void run_raw(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline)
 {
-	char *p = malloc(size ? size : 1);
-	if (p)
-		for (size_t i = 0; i < size; i++)
-			p[i] = (char)('a' + i % 26);
-	return p;
-}
-
-#ifdef BENCH_WITH_AMQP
-static const char *amqp_reply_err(amqp_rpc_reply_t r)
-{
-	static char buf[160];
-	if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
-		return amqp_error_string2(r.library_error);
-	if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
-		snprintf(buf, sizeof(buf), "server exception (method 0x%08x)", r.reply.id);
-		return buf;
-	}
-	return r.reply_type == AMQP_RESPONSE_NORMAL ? "ok" : "no reply";
-}
-
-/* Connects, opens channel 1 and (optionally) puts it in confirm mode. */
-static amqp_connection_state_t amqp_raw_connect(const char *url, bool confirms, char *err,
-                                                size_t errn)
-{
-	struct amqp_connection_info ci;
-	char *u = strdup(url);
-	amqp_connection_state_t conn = NULL;
-	amqp_socket_t *sock;
-	amqp_rpc_reply_t r;
-	struct timeval tv = {10, 0};
-	int rc;
-
-	if (!u || amqp_parse_url(u, &ci) != AMQP_STATUS_OK) {
-		snprintf(err, errn, "cannot parse %s", url);
-		goto fail;
-	}
-	conn = amqp_new_connection();
-	sock = amqp_tcp_socket_new(conn);
-	if (!sock) {
-		snprintf(err, errn, "amqp_tcp_socket_new failed");
-		goto fail;
-	}
-	rc = amqp_socket_open_noblock(sock, ci.host, ci.port, &tv);
-	if (rc != AMQP_STATUS_OK) {
-		snprintf(err, errn, "connecting to %s:%d: %s", ci.host, ci.port, amqp_error_string2(rc));
-		goto fail;
-	}
-	amqp_set_rpc_timeout(conn, &tv);
-	r = amqp_login(conn, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0,
-	               AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
-	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		snprintf(err, errn, "login: %s", amqp_reply_err(r));
-		goto fail;
-	}
-	amqp_channel_open(conn, 1);
-	r = amqp_get_rpc_reply(conn);
-	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		snprintf(err, errn, "channel.open: %s", amqp_reply_err(r));
-		goto fail;
-	}
-	if (confirms) {
-		amqp_confirm_select(conn, 1);
-		r = amqp_get_rpc_reply(conn);
-		if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-			snprintf(err, errn, "confirm.select: %s", amqp_reply_err(r));
-			goto fail;
-		}
-	}
-	free(u);
-	return conn;
-fail:
-	if (conn)
-		amqp_destroy_connection(conn);
-	free(u);
-	return NULL;
-}
-
-static void amqp_raw_close(amqp_connection_state_t conn)
-{
-	amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
-	amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
-	amqp_destroy_connection(conn);
-}
-
-/*
- * Declares the durable queue both modes publish to (the default exchange
- * routes topic "ackbox-bench" to it) and empties it, so every round starts
- * from the same broker state.
- */
-static int amqp_prepare_queue(const char *url, char *err, size_t errn)
-{
-	amqp_connection_state_t conn = amqp_raw_connect(url, false, err, errn);
-	amqp_rpc_reply_t r;
-	if (!conn)
-		return -1;
-	amqp_queue_declare(conn, 1, amqp_cstring_bytes(TOPIC), 0, 1, 0, 0, amqp_empty_table);
-	r = amqp_get_rpc_reply(conn);
-	if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-		amqp_queue_purge(conn, 1, amqp_cstring_bytes(TOPIC));
-		r = amqp_get_rpc_reply(conn);
-	}
-	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		snprintf(err, errn, "declaring/purging queue %s: %s", TOPIC, amqp_reply_err(r));
-		amqp_destroy_connection(conn);
-		return -1;
-	}
-	amqp_raw_close(conn);
-	return 0;
-}
-
-/* Marks tags [from, to] answered (1-based tags = sequence + 1). */
-static void amqp_raw_answer(times *t, uint8_t *done, uint64_t from, uint64_t to, bool ack,
-                            result *r, int64_t now)
-{
-	for (uint64_t tag = from; tag <= to && tag <= t->n; tag++) {
-		size_t i = (size_t)(tag - 1);
-		if (done[i])
-			continue;
-		done[i] = 1;
-		if (ack) {
-			t->ack[i] = now;
-			r->acked++;
-		} else {
-			r->failed++;
-		}
-	}
-}
-
-static void raw_amqp(const opts *o, times *t, result *r, int64_t deadline)
-{
+	const bench_transport *bt = transport_of(o);
 	char err[256];
-	char *payload = make_payload(o->size);
-	uint8_t *done = calloc(t->n, 1);
-	amqp_connection_state_t conn = NULL;
-	amqp_basic_properties_t p;
-	int window = o->window ? o->window : 1024;
-	uint64_t base = 1; /* lowest tag not yet answered */
-	size_t sent = 0;
-
-	if (!payload || !done) {
-		fail(r, "out of memory");
-		goto out;
-	}
-	if (amqp_prepare_queue(o->url, err, sizeof(err)) != 0 ||
-	    !(conn = amqp_raw_connect(o->url, true, err, sizeof(err)))) {
-		fail(r, "raw amqp: %s", err);
-		goto out;
-	}
-	memset(&p, 0, sizeof(p));
-	/* what ackbox sends too: persistent, with a 36-character message id */
-	p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG;
-	p.delivery_mode = 2;
-	int64_t start = now_ns();
-	while (base <= t->n) {
-		int64_t now = now_ns();
-		if (now > deadline) {
-			fail(r, "raw amqp: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
-			     t->n);
-			break;
-		}
-		/* fill the window */
-		while (sent < t->n && sent + 1 - base < (uint64_t)window) {
-			ackbox_id id;
-			char idtext[ACKBOX_ID_STRLEN];
-			if (o->rate && due_ns(o, start, sent) > now_ns())
-				break; /* not due yet */
-			ackbox_id_new(&id);
-			ackbox_id_format(&id, idtext);
-			p.message_id = amqp_cstring_bytes(idtext);
-			t->pub[sent] = o->rate ? due_ns(o, start, sent) : now_ns();
-			int rc = amqp_basic_publish(conn, 1, amqp_cstring_bytes(""),
-			                            amqp_cstring_bytes(TOPIC), 1, 0, &p,
-			                            (amqp_bytes_t){o->size, payload});
-			if (rc != AMQP_STATUS_OK) {
-				fail(r, "raw amqp: basic.publish: %s", amqp_error_string2(rc));
-				goto out;
-			}
-			sent++;
-			if (sent % 64 == 0)
-				break; /* read confirms now and then while filling */
-		}
-		/* read confirms: wait only when the window is full or all is sent */
-		bool must_wait = sent == t->n || sent + 1 - base >= (uint64_t)window;
-		struct timeval tv = {0, must_wait ? 100000 : 0};
-		if (!must_wait && o->rate) {
-			/* or until the next message is due */
-			int64_t d = (due_ns(o, start, sent) - now_ns()) / 1000;
-			tv.tv_usec = d <= 0 ? 0 : d < 100000 ? (suseconds_t)d : 100000;
-		}
-		for (;;) {
-			amqp_frame_t f;
-			int rc = amqp_simple_wait_frame_noblock(conn, &f, &tv);
-			if (rc == AMQP_STATUS_TIMEOUT)
-				break;
-			if (rc != AMQP_STATUS_OK) {
-				fail(r, "raw amqp: reading confirms: %s", amqp_error_string2(rc));
-				goto out;
-			}
-			tv.tv_usec = 0; /* after the first frame, only what is there already */
-			if (f.frame_type != AMQP_FRAME_METHOD)
-				continue; /* the header/body of a basic.return */
-			now = now_ns();
-			switch (f.payload.method.id) {
-			case AMQP_BASIC_ACK_METHOD: {
-				amqp_basic_ack_t *m = f.payload.method.decoded;
-				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
-				                m->delivery_tag, true, r, now);
-				break;
-			}
-			case AMQP_BASIC_NACK_METHOD: {
-				amqp_basic_nack_t *m = f.payload.method.decoded;
-				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
-				                m->delivery_tag, false, r, now);
-				break;
-			}
-			case AMQP_BASIC_RETURN_METHOD:
-				r->failed++; /* counted again by its ack: the queue must exist */
-				break;
-			case AMQP_CHANNEL_CLOSE_METHOD:
-			case AMQP_CONNECTION_CLOSE_METHOD:
-				fail(r, "raw amqp: the broker closed the channel");
-				goto out;
-			default:
-				break;
-			}
-			while (base <= t->n && done[base - 1])
-				base++;
-		}
-	}
-out:
-	if (conn)
-		amqp_raw_close(conn);
-	free(payload);
-	free(done);
-}
-#endif
-
-#ifdef BENCH_WITH_MQTT
-typedef struct mqtt_raw {
-	pthread_mutex_t mtx;
-	pthread_cond_t cond;
-	int inflight;
-	int connect_state; /* 0 pending, 1 ok, -1 failed */
-	times *t;
-	result *r;
-} mqtt_raw;
-
-static void mqtt_raw_conn_ok(void *ctx, MQTTAsync_successData5 *d)
-{
-	mqtt_raw *m = ctx;
-	(void)d;
-	pthread_mutex_lock(&m->mtx);
-	m->connect_state = 1;
-	pthread_cond_broadcast(&m->cond);
-	pthread_mutex_unlock(&m->mtx);
-}
-
-static void mqtt_raw_conn_fail(void *ctx, MQTTAsync_failureData5 *d)
-{
-	mqtt_raw *m = ctx;
-	(void)d;
-	pthread_mutex_lock(&m->mtx);
-	m->connect_state = -1;
-	pthread_cond_broadcast(&m->cond);
-	pthread_mutex_unlock(&m->mtx);
-}
-
-/* The context of a publish: the shared state and the message's sequence number. */
-typedef struct mqtt_pub {
-	mqtt_raw *m;
-	size_t i;
-} mqtt_pub;
-
-static void mqtt_raw_done(mqtt_pub *p, bool ok)
-{
-	mqtt_raw *m = p->m;
-	int64_t now = now_ns();
-	pthread_mutex_lock(&m->mtx);
-	if (ok) {
-		m->t->ack[p->i] = now;
-		m->r->acked++;
-	} else {
-		m->r->failed++;
-	}
-	m->inflight--;
-	pthread_cond_signal(&m->cond);
-	pthread_mutex_unlock(&m->mtx);
-}
-
-static void mqtt_raw_pub_ok(void *ctx, MQTTAsync_successData5 *d)
-{
-	mqtt_raw_done(ctx, d->reasonCode < 0x80);
-}
-
-static void mqtt_raw_pub_fail(void *ctx, MQTTAsync_failureData5 *d)
-{
-	(void)d;
-	mqtt_raw_done(ctx, false);
-}
-
-/* Waits on m->cond until deadline or 100 ms, whichever is first. Locks: m->mtx held. */
-static void mqtt_raw_wait(mqtt_raw *m)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 100000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&m->cond, &m->mtx, &ts);
-}
-
-static void raw_mqtt(const opts *o, times *t, result *r, int64_t deadline)
-{
-	MQTTAsync client = NULL;
-	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
-	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
-	mqtt_raw m = {.t = t, .r = r};
-	mqtt_pub *pubs = calloc(t->n, sizeof(*pubs));
-	char *payload = make_payload(o->size);
-	char uri[1100], client_id[64];
-	int window = o->window ? o->window : 100;
-	int rc;
-
-	pthread_mutex_init(&m.mtx, NULL);
-	pthread_cond_init(&m.cond, NULL);
-	if (!pubs || !payload) {
-		fail(r, "out of memory");
-		goto out;
-	}
-	snprintf(uri, sizeof(uri), "tcp://%s", strstr(o->url, "://") + 3);
-	snprintf(client_id, sizeof(client_id), "ackbox-bench-raw-%d", (int)getpid());
-	co.MQTTVersion = MQTTVERSION_5;
-	rc = MQTTAsync_createWithOptions(&client, uri, client_id, MQTTCLIENT_PERSISTENCE_NONE, NULL,
-	                                 &co);
-	if (rc != MQTTASYNC_SUCCESS) {
-		client = NULL;
-		fail(r, "raw mqtt: cannot create a client for %s (%d)", uri, rc);
-		goto out;
-	}
-	c.keepAliveInterval = 30;
-	c.cleanstart = 1;
-	c.maxInflight = window;
-	c.connectTimeout = 10;
-	c.onSuccess5 = mqtt_raw_conn_ok;
-	c.onFailure5 = mqtt_raw_conn_fail;
-	c.context = &m;
-	if ((rc = MQTTAsync_connect(client, &c)) != MQTTASYNC_SUCCESS) {
-		fail(r, "raw mqtt: connect %s: %d", uri, rc);
-		goto out;
-	}
-	pthread_mutex_lock(&m.mtx);
-	while (m.connect_state == 0 && now_ns() < deadline)
-		mqtt_raw_wait(&m);
-	pthread_mutex_unlock(&m.mtx);
-	if (m.connect_state != 1) {
-		fail(r, "raw mqtt: cannot connect to %s", uri);
-		goto out;
-	}
-	int64_t start = now_ns();
-	for (size_t i = 0; i < t->n; i++) {
-		MQTTAsync_message msg = MQTTAsync_message_initializer;
-		MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-		MQTTProperties props = MQTTProperties_initializer;
-		MQTTProperty up;
-		ackbox_id id;
-		char idtext[ACKBOX_ID_STRLEN];
-		int64_t due = pace(o, start, i);
-
-		/* the window: at most `window` publishes awaiting PUBACK */
-		pthread_mutex_lock(&m.mtx);
-		while (m.inflight >= window && now_ns() < deadline)
-			mqtt_raw_wait(&m);
-		if (m.inflight >= window) {
-			pthread_mutex_unlock(&m.mtx);
-			fail(r, "raw mqtt: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
-			     t->n);
-			goto out;
-		}
-		m.inflight++;
-		pthread_mutex_unlock(&m.mtx);
-
-		/* what ackbox sends too: the id as a user property */
-		ackbox_id_new(&id);
-		ackbox_id_format(&id, idtext);
-		memset(&up, 0, sizeof(up));
-		up.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
-		up.value.data.data = "ackbox-id";
-		up.value.data.len = 9;
-		up.value.value.data = idtext;
-		up.value.value.len = ACKBOX_ID_STRLEN - 1;
-		MQTTProperties_add(&props, &up);
-		msg.properties = props;
-		msg.payload = payload;
-		msg.payloadlen = (int)o->size;
-		msg.qos = 1;
-		pubs[i].m = &m;
-		pubs[i].i = i;
-		ro.onSuccess5 = mqtt_raw_pub_ok;
-		ro.onFailure5 = mqtt_raw_pub_fail;
-		ro.context = &pubs[i];
-		t->pub[i] = o->rate ? due : now_ns();
-		for (;;) {
-			rc = MQTTAsync_sendMessage(client, TOPIC, &msg, &ro);
-			if (rc != MQTTASYNC_MAX_MESSAGES_INFLIGHT && rc != MQTTASYNC_MAX_BUFFERED_MESSAGES)
-				break;
-			if (now_ns() > deadline)
-				break;
-			usleep(100); /* paho has not freed the slot of a PUBACK we counted yet */
-		}
-		MQTTProperties_free(&props);
-		if (rc != MQTTASYNC_SUCCESS) {
-			pthread_mutex_lock(&m.mtx);
-			m.inflight--;
-			pthread_mutex_unlock(&m.mtx);
-			fail(r, "raw mqtt: sendMessage: %d", rc);
-			goto out;
-		}
-	}
-	pthread_mutex_lock(&m.mtx);
-	while (m.inflight > 0 && now_ns() < deadline)
-		mqtt_raw_wait(&m);
-	if (m.inflight > 0)
-		fail(r, "raw mqtt: round exceeded --max-seconds (%d unanswered)", m.inflight);
-	pthread_mutex_unlock(&m.mtx);
-out:
-	if (client) {
-		MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
-		d.timeout = 1000;
-		MQTTAsync_disconnect(client, &d);
-		usleep(50000);
-		MQTTAsync_destroy(&client); /* waits for paho's threads: no callback runs after */
-	}
-	pthread_cond_destroy(&m.cond);
-	pthread_mutex_destroy(&m.mtx);
-	free(pubs);
-	free(payload);
-}
-#endif
-
-#ifdef BENCH_WITH_KAFKA
-typedef struct kafka_raw {
-	times *t;
-	result *r;
-	size_t inflight;
-} kafka_raw;
-
-static void kafka_raw_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-	kafka_raw *k = opaque;
-	size_t i = (size_t)(uintptr_t)m->_private;
-	(void)rk;
-	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-		k->t->ack[i] = now_ns();
-		k->r->acked++;
-	} else {
-		k->r->failed++;
-	}
-	k->inflight--;
-}
-
-/* The mock cluster of --transport kafka://mock: 3 brokers in this process. */
-static rd_kafka_t *mock_rk;
-static rd_kafka_mock_cluster_t *mock_mc;
-
-static int kafka_mock_start(opts *o)
-{
-	char err[256];
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_conf_set(conf, "log_level", "3", err, sizeof(err));
-	mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-	if (!mock_rk) {
-		fprintf(stderr, "ackbox-bench: %s\n", err);
-		return -1;
-	}
-	mock_mc = rd_kafka_mock_cluster_new(mock_rk, 3);
-	if (!mock_mc) {
-		fprintf(stderr, "ackbox-bench: cannot start librdkafka's mock cluster\n");
-		return -1;
-	}
-	if (rd_kafka_mock_topic_create(mock_mc, TOPIC, 3, 3) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-		fprintf(stderr, "ackbox-bench: cannot create topic %s on the mock cluster\n", TOPIC);
-		return -1;
-	}
-	snprintf(o->url, sizeof(o->url), "kafka://%s", rd_kafka_mock_cluster_bootstraps(mock_mc));
-	return 0;
-}
-
-static void kafka_mock_stop(void)
-{
-	if (mock_mc)
-		rd_kafka_mock_cluster_destroy(mock_mc);
-	if (mock_rk)
-		rd_kafka_destroy(mock_rk);
-}
-
-static void raw_kafka(const opts *o, times *t, result *r, int64_t deadline)
-{
-	char err[512];
-	kafka_raw k = {.t = t, .r = r};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_t *rk = NULL;
-	char *payload = make_payload(o->size);
-	size_t window = o->window ? (size_t)o->window : 10000;
-	/* what ackbox sets (docs/brokers/kafka.md), then the user's kafka.* keys */
-	const char *defaults[][2] = {{"bootstrap.servers", strstr(o->url, "://") + 3},
-	                             {"acks", "all"},
-	                             {"enable.idempotence", "true"},
-	                             {"message.timeout.ms", "8000"},
-	                             {"socket.nagle.disable", "true"},
-	                             {"log_level", "3"}};
-
-	if (!payload) {
-		fail(r, "out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
-		if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof(err))) {
-			fail(r, "raw kafka: %s", err);
-			goto out;
-		}
-	}
-	for (int i = 0; i < o->nsets; i++) {
-		char key[256];
-		const char *eq = strchr(o->sets[i], '=');
-		if (strncmp(o->sets[i], "kafka.", 6) != 0 || !eq)
-			continue;
-		snprintf(key, sizeof(key), "%.*s", (int)(eq - o->sets[i] - 6), o->sets[i] + 6);
-		if (strcmp(key, "window") == 0)
-			continue;
-		if (rd_kafka_conf_set(conf, key, eq + 1, err, sizeof(err))) {
-			fail(r, "raw kafka: %s", err);
-			goto out;
-		}
-	}
-	rd_kafka_conf_set_dr_msg_cb(conf, kafka_raw_dr);
-	rd_kafka_conf_set_opaque(conf, &k);
-	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-	if (!rk) {
-		fail(r, "raw kafka: %s", err);
-		goto out;
-	}
-	conf = NULL; /* rk owns it */
-	int64_t start = now_ns();
-	for (size_t i = 0; i < t->n;) {
-		if (now_ns() > deadline) {
-			fail(r, "raw kafka: round exceeded --max-seconds (%zu of %zu acked)", r->acked,
-			     t->n);
-			goto out;
-		}
-		if (k.inflight >= window) {
-			rd_kafka_poll(rk, 1);
-			continue;
-		}
-		if (o->rate) {
-			/* serve delivery reports until the next message is due */
-			int64_t d = due_ns(o, start, i) - now_ns();
-			if (d > 0) {
-				if (rd_kafka_poll(rk, (int)(d / 1000000)) == 0 && d < 1000000)
-					pace(o, start, i);
-				continue;
-			}
-		}
-		ackbox_id id;
-		char idtext[ACKBOX_ID_STRLEN];
-		rd_kafka_headers_t *hs = rd_kafka_headers_new(1);
-		ackbox_id_new(&id);
-		ackbox_id_format(&id, idtext);
-		rd_kafka_header_add(hs, "ackbox-id", -1, idtext, ACKBOX_ID_STRLEN - 1);
-		t->pub[i] = o->rate ? due_ns(o, start, i) : now_ns();
-		rd_kafka_resp_err_t e = rd_kafka_producev(
-		    rk, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_VALUE(payload, o->size),
-		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs),
-		    RD_KAFKA_V_OPAQUE((void *)(uintptr_t)i), RD_KAFKA_V_END);
-		if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-			rd_kafka_headers_destroy(hs);
-			rd_kafka_poll(rk, 1);
-			continue;
-		}
-		if (e) {
-			rd_kafka_headers_destroy(hs);
-			fail(r, "raw kafka: produce: %s", rd_kafka_err2str(e));
-			goto out;
-		}
-		k.inflight++;
-		i++;
-		if (i % 1000 == 0)
-			rd_kafka_poll(rk, 0);
-	}
-	while (k.inflight > 0 && now_ns() < deadline)
-		rd_kafka_poll(rk, 10);
-	if (k.inflight > 0)
-		fail(r, "raw kafka: round exceeded --max-seconds (%zu unanswered)", k.inflight);
-out:
-	if (rk) {
-		rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-		rd_kafka_poll(rk, 0);
-		rd_kafka_destroy(rk);
-	}
-	if (conf)
-		rd_kafka_conf_destroy(conf);
-	free(payload);
-}
-#endif
-
-static void run_raw(const opts *o, times *t, result *r, int64_t deadline)
-{
-	(void)t;
-	(void)deadline;
-#ifdef BENCH_WITH_AMQP
-	if (strcmp(o->scheme, "amqp") == 0) {
-		raw_amqp(o, t, r, deadline);
+	if (!bt || !bt->run_raw) {
+		bench_fail(r, "no raw publisher for scheme '%s' in this build (%s/bench_raw.c)",
+		           o->scheme, "its transport folder");
 		return;
 	}
-#endif
-#ifdef BENCH_WITH_MQTT
-	if (strcmp(o->scheme, "mqtt") == 0) {
-		raw_mqtt(o, t, r, deadline);
+	if (bt->prepare && bt->prepare(o, err, sizeof(err)) != 0) {
+		bench_fail(r, "raw %s: %s", o->scheme, err);
 		return;
 	}
-#endif
-#ifdef BENCH_WITH_KAFKA
-	if (strcmp(o->scheme, "kafka") == 0) {
-		raw_kafka(o, t, r, deadline);
-		return;
-	}
-#endif
-	fail(r, "no raw publisher for scheme '%s' in this build", o->scheme);
+	bt->run_raw(o, t, r, deadline);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1013,10 +352,10 @@ typedef struct seen {
 } seen;
 
 typedef struct reliable {
-	const opts *o;
+	const bench_opts *o;
 	ackbox *ab;
-	times *t;
-	result *r;
+	bench_times *t;
+	bench_result *r;
 	int64_t deadline;
 	int64_t start;  /* publishing began (--rate counts from it) */
 	ackbox_id *ids; /* by sequence number */
@@ -1035,14 +374,14 @@ static void on_report(const ackbox_report *rep, void *opaque)
 		return; /* a report for a message of an earlier run (--store-dir reused) */
 	seen *s = &b->reports[b->nreports++];
 	s->id = rep->id;
-	s->t = now_ns();
+	s->t = bench_now_ns();
 	s->acked = rep->state == ACKBOX_MSG_ACKED;
 }
 
 static void *poll_thread(void *arg)
 {
 	reliable *b = arg;
-	while (!b->stop && b->nreports < b->expect && now_ns() < b->deadline) {
+	while (!b->stop && b->nreports < b->expect && bench_now_ns() < b->deadline) {
 		if (b->o->poll_sleep_us == 0) {
 			ackbox_poll(b->ab, 50);
 		} else if (ackbox_poll(b->ab, 0) == 0) {
@@ -1074,34 +413,36 @@ static void publish_batches(reliable *b, const char *payload)
 		return;
 	}
 	for (size_t k = 0; k < chunk; k++) {
-		msgs[k].topic = TOPIC;
+		msgs[k].topic = BENCH_TOPIC;
 		msgs[k].payload = payload;
 		msgs[k].payload_len = b->o->size;
 	}
-	const opts *o = b->o;
+	const bench_opts *o = b->o;
 	size_t n;
 	for (size_t i = 0; i < b->t->n && !b->publish_err; i += n) {
 		n = b->t->n - i < chunk ? b->t->n - i : chunk;
-		if (now_ns() > b->deadline) {
+		if (bench_now_ns() > b->deadline) {
 			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
 			break;
 		}
 		if (o->rate) {
 			/* wait for message i, then store every message due by now in one call */
-			pace(o, b->start, i);
-			size_t due = (size_t)((double)(now_ns() - b->start) * (double)o->rate / 1e9) + 1;
+			bench_pace(o, b->start, i);
+			size_t due =
+			    (size_t)((double)(bench_now_ns() - b->start) * (double)o->rate / 1e9) +
+			    1;
 			if (due > i && due - i < n)
 				n = due - i;
 		}
-		int64_t t0 = now_ns();
+		int64_t t0 = bench_now_ns();
 		int rc = ackbox_publish_batch(b->ab, msgs, n, &b->ids[i], err, sizeof(err));
-		int64_t t1 = now_ns();
+		int64_t t1 = bench_now_ns();
 		if (rc) {
 			publish_error(b, rc, err);
 			break;
 		}
 		for (size_t k = 0; k < n; k++) {
-			b->t->pub[i + k] = o->rate ? due_ns(o, b->start, i + k) : t0;
+			b->t->pub[i + k] = o->rate ? bench_due_ns(o, b->start, i + k) : t0;
 			b->t->dur[i + k] = t1;
 		}
 	}
@@ -1120,11 +461,11 @@ static void *publish_worker(void *arg)
 {
 	worker *w = arg;
 	reliable *b = w->b;
-	ackbox_msg m = {.topic = TOPIC, .payload = w->payload, .payload_len = b->o->size};
+	ackbox_msg m = {.topic = BENCH_TOPIC, .payload = w->payload, .payload_len = b->o->size};
 	char err[256];
 	for (size_t i = w->from; i < b->t->n && !b->publish_err; i += w->step) {
-		int64_t due = pace(b->o, b->start, i);
-		int64_t t0 = now_ns();
+		int64_t due = bench_pace(b->o, b->start, i);
+		int64_t t0 = bench_now_ns();
 		if (t0 > b->deadline) {
 			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
 			break;
@@ -1135,7 +476,7 @@ static void *publish_worker(void *arg)
 			break;
 		}
 		b->t->pub[i] = b->o->rate ? due : t0;
-		b->t->dur[i] = now_ns();
+		b->t->dur[i] = bench_now_ns();
 	}
 	return NULL;
 }
@@ -1195,13 +536,14 @@ static void db_remove(const char *dir)
 	}
 }
 
-static ackbox *open_ackbox(const opts *o, const char *dir, reliable *b, result *r)
+static ackbox *open_ackbox(const bench_opts *o, const char *dir, reliable *b, bench_result *r)
 {
 	char err[512], val[1200];
 	ackbox_conf *conf = ackbox_conf_new();
+	const bench_transport *bt;
 	ackbox *ab = NULL;
 	if (!conf) {
-		fail(r, "out of memory");
+		bench_fail(r, "out of memory");
 		return NULL;
 	}
 	snprintf(val, sizeof(val), "sqlite://%s/bench.db", dir);
@@ -1213,9 +555,15 @@ static ackbox *open_ackbox(const opts *o, const char *dir, reliable *b, result *
 		if (ackbox_conf_set(conf, "transport.window", val, err, sizeof(err)))
 			goto bad;
 	}
-	if (strcmp(o->scheme, "amqp") == 0 &&
-	    ackbox_conf_set(conf, "amqp.declare_queue", "true", err, sizeof(err)))
-		goto bad;
+	/* what the transport's part wants (an AMQP queue declared, say) */
+	bt = transport_of(o);
+	for (const char *const *kv = bt ? bt->reliable_sets : NULL; kv && *kv; kv++) {
+		char key[256];
+		const char *eq = strchr(*kv, '=');
+		snprintf(key, sizeof(key), "%.*s", (int)(eq - *kv), *kv);
+		if (ackbox_conf_set(conf, key, eq + 1, err, sizeof(err)))
+			goto bad;
+	}
 	for (int i = 0; i < o->nsets; i++) {
 		char key[256];
 		const char *eq = strchr(o->sets[i], '=');
@@ -1228,7 +576,7 @@ static ackbox *open_ackbox(const opts *o, const char *dir, reliable *b, result *
 		goto bad;
 	return ab;
 bad:
-	fail(r, "ackbox: %s", err);
+	bench_fail(r, "ackbox: %s", err);
 	ackbox_conf_destroy(conf);
 	return NULL;
 }
@@ -1237,11 +585,11 @@ bad:
  * One reliable round. store_only: the broker is expected to be unreachable;
  * only the publish calls are timed and nothing waits for confirms.
  */
-static void run_reliable(const opts *o, const char *dir, times *t, result *r, int64_t deadline,
-                         bool store_only)
+static void run_reliable(const bench_opts *o, const char *dir, bench_times *t, bench_result *r,
+                         int64_t deadline, bool store_only)
 {
 	reliable b = {.o = o, .t = t, .r = r, .deadline = deadline, .cap = t->n, .expect = t->n};
-	char *payload = make_payload(o->size);
+	char *payload = bench_payload(o->size);
 	pthread_t poller;
 	bool polling = false;
 	idmap map = {0};
@@ -1251,39 +599,37 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 	b.ids = calloc(t->n, sizeof(*b.ids));
 	b.reports = calloc(t->n, sizeof(*b.reports));
 	if (!payload || !b.ids || !b.reports) {
-		fail(r, "out of memory");
+		bench_fail(r, "out of memory");
 		goto out;
 	}
 	if (!o->store_dir || !o->drain)
 		db_remove(dir);
-#ifdef BENCH_WITH_AMQP
-	if (strcmp(o->scheme, "amqp") == 0 && !store_only &&
-	    amqp_prepare_queue(o->url, err, sizeof(err)) != 0) {
-		fail(r, "amqp: %s", err);
+	if (!store_only && transport_of(o) && transport_of(o)->prepare &&
+	    transport_of(o)->prepare(o, err, sizeof(err)) != 0) {
+		bench_fail(r, "%s: %s", o->scheme, err);
 		goto out;
 	}
-#endif
 	if (!(b.ab = open_ackbox(o, dir, &b, r)))
 		goto out;
 	if (!store_only) {
 		/* start the clock connected, as the raw publisher does */
-		while (!ackbox_connected(b.ab) && now_ns() < deadline)
+		while (!ackbox_connected(b.ab) && bench_now_ns() < deadline)
 			usleep(1000);
 		if (!ackbox_connected(b.ab)) {
-			fail(r, "ackbox did not connect to %s", o->shown);
+			bench_fail(r, "ackbox did not connect to %s", o->shown);
 			goto out;
 		}
 		if (pthread_create(&poller, NULL, poll_thread, &b) == 0)
 			polling = true;
 	}
-	b.start = now_ns();
+	b.start = bench_now_ns();
 	if (o->threads <= 1) {
 		publish_batches(&b, payload);
 	} else {
 		worker *w = calloc((size_t)o->threads, sizeof(*w));
 		int started = 0;
 		if (!w) {
-			fail(r, "out of memory");
+			bench_fail(r, "out of memory");
 			goto out;
 		}
 		for (int k = 0; k < o->threads; k++) {
@@ -1302,7 +648,7 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 			publish_error(&b, ACKBOX_ERR_INTERNAL, "cannot start publisher threads");
 	}
 	if (b.publish_err) {
-		fail(r, "publish: %s (%s)", ackbox_strerror(b.publish_err), b.publish_errstr);
+		bench_fail(r, "publish: %s (%s)", ackbox_strerror(b.publish_err), b.publish_errstr);
 		b.stop = true;
 	}
 	if (polling) {
@@ -1312,14 +658,14 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 	if (store_only) {
 		ackbox_counts c;
 		if (ackbox_counts_get(b.ab, &c, err, sizeof(err)) != 0)
-			fail(r, "counts: %s", err);
+			bench_fail(r, "counts: %s", err);
 		else if (c.sending + c.retrying < t->n)
-			fail(r, "only %" PRIu64 " of %zu messages are in the store",
+			bench_fail(r, "only %" PRIu64 " of %zu messages are in the store",
 			     c.sending + c.retrying, t->n);
 		r->acked = b.nreports; /* should stay 0: the broker is unreachable */
 	} else {
 		if (idmap_build(&map, b.ids, t->n) != 0) {
-			fail(r, "out of memory");
+			bench_fail(r, "out of memory");
 			goto out;
 		}
 		for (size_t k = 0; k < b.nreports; k++) {
@@ -1334,7 +680,7 @@ static void run_reliable(const opts *o, const char *dir, times *t, result *r, in
 			}
 		}
 		if (r->acked + r->failed < t->n && r->ok)
-			fail(r, "round exceeded --max-seconds (%zu of %zu reported)",
+			bench_fail(r, "round exceeded --max-seconds (%zu of %zu reported)",
 			     r->acked + r->failed, t->n);
 	}
 out:
@@ -1355,7 +701,7 @@ out:
  * --drain: opens an existing store (left by --store-only) with a reachable
  * broker and times how long the backlog takes to be confirmed.
  */
-static void run_drain(const opts *o, const char *dir, result *r, int64_t deadline)
+static void run_drain(const bench_opts *o, const char *dir, bench_result *r, int64_t deadline)
 {
 	ackbox_counts c;
 	char err[256];
@@ -1364,18 +710,18 @@ static void run_drain(const opts *o, const char *dir, result *r, int64_t deadlin
 	if (!(b.ab = open_ackbox(o, dir, &b, r)))
 		return;
 	if (ackbox_counts_get(b.ab, &c, err, sizeof(err)) != 0) {
-		fail(r, "counts: %s", err);
+		bench_fail(r, "counts: %s", err);
 		goto out;
 	}
 	r->count = c.sending + c.retrying;
 	b.cap = b.expect = r->count;
 	b.reports = calloc(r->count ? r->count : 1, sizeof(*b.reports));
 	if (!b.reports) {
-		fail(r, "out of memory");
+		bench_fail(r, "out of memory");
 		goto out;
 	}
-	t0 = now_ns();
-	while (b.nreports < b.expect && now_ns() < deadline)
+	t0 = bench_now_ns();
+	while (b.nreports < b.expect && bench_now_ns() < deadline)
 		ackbox_poll(b.ab, 50);
 	for (size_t k = 0; k < b.nreports; k++) {
 		if (b.reports[k].acked)
@@ -1390,8 +736,8 @@ static void run_drain(const opts *o, const char *dir, result *r, int64_t deadlin
 		r->rate = (double)r->acked / r->secs;
 	}
 	if (r->acked + r->failed < r->count)
-		fail(r, "drain exceeded --max-seconds (%zu of %zu reported)", r->acked + r->failed,
-		     r->count);
+		bench_fail(r, "drain exceeded --max-seconds (%zu of %zu reported)",
+		           r->acked + r->failed, r->count);
 out:
 	ackbox_destroy(b.ab);
 	free(b.reports);
@@ -1409,7 +755,7 @@ static void fmt_ms(char *buf, size_t n, double v)
 		snprintf(buf, n, "%.2f", v);
 }
 
-static void print_row(const result *r)
+static void print_row(const bench_result *r)
 {
 	char a[32], b[32], c[32], d[32], dr[32], bc[32];
 	fmt_ms(a, sizeof(a), r->dur_p50);
@@ -1455,7 +801,7 @@ static void json_num(const char *name, double v, bool comma)
 		putchar(',');
 }
 
-static void print_json_result(const result *r)
+static void print_json_result(const bench_result *r)
 {
 	printf("{\"round\":%d,\"mode\":", r->round);
 	json_str(r->mode);
@@ -1484,7 +830,7 @@ static int cmp_dbl(const void *a, const void *b)
 }
 
 /* The median over rounds of one mode's figure (rate when durable is false). */
-static double median_of(const result *res, int n, const char *mode, bool durable)
+static double median_of(const bench_result *res, int n, const char *mode, bool durable)
 {
 	double v[256];
 	int k = 0;
@@ -1505,8 +851,8 @@ static void usage_text(FILE *f)
 {
 	fprintf(f,
 	        "usage: ackbox-bench --transport URL [options]\n"
-	        "  --transport URL     amqp://..., mqtt://..., kafka://host:port or kafka://mock\n"
-	        "                      (librdkafka's mock cluster, 3 brokers, in this process)\n"
+	        "  --transport URL     the broker, e.g. amqp://127.0.0.1:5672 (any transport of\n"
+	        "                      this build; raw rounds need its folder's bench_raw.c)\n"
 	        "  --count N           messages per round (default 100000; --smoke 2000)\n"
 	        "  --size BYTES        payload size (default 256)\n"
 	        "  --window W          in-flight window for both modes (default: the transport's)\n"
@@ -1520,8 +866,8 @@ static void usage_text(FILE *f)
 	        "                      --threads T, thread k publishes messages k, k+T, ...)\n"
 	        "  --latency-file F    write the latency distributions (percentiles, ms, all\n"
 	        "                      rounds of a mode merged) to F, for plot.sh --latency\n"
-	        "  --set KEY=VALUE     passed to ackbox_conf_set (repeatable); kafka.* keys also\n"
-	        "                      configure the raw Kafka producer\n"
+	        "  --set KEY=VALUE     passed to ackbox_conf_set (repeatable); a raw publisher may\n"
+	        "                      read its own scheme's keys too (kafka.*)\n"
 	        "  --store-dir DIR     where the SQLite store lives (default: a temporary directory,\n"
 	        "                      removed at exit); files in DIR are kept after the run\n"
 	        "  --store-only        broker unreachable: time only the publish calls (durable\n"
@@ -1535,10 +881,17 @@ static void usage_text(FILE *f)
 	        "  --allow-remote      allow brokers that are not on loopback\n"
 	        "  --json              one JSON object instead of the table\n"
 	        "  --smoke             small run; exit 0 only if every figure is complete and sane\n");
+	fprintf(f, "raw publishers in this build:");
+	for (size_t i = 0; bench_transports[i]; i++)
+		fprintf(f, " %s", bench_transports[i]->scheme);
+	fputc('\n', f);
+	for (size_t i = 0; bench_transports[i]; i++)
+		if (bench_transports[i]->url_help)
+			fprintf(f, "  %s\n", bench_transports[i]->url_help);
 }
 
 /* o->shown: o->url without its password, for everything the bench prints. */
-static void url_shown(opts *o)
+static void url_shown(bench_opts *o)
 {
 	const char *auth = strstr(o->url, "://") ? strstr(o->url, "://") + 3 : o->url;
 	const char *at = strchr(auth, '@'), *colon = strchr(auth, ':');
@@ -1565,7 +918,7 @@ static bool in_range(size_t n, unsigned long long lo, unsigned long long hi)
 	return (unsigned long long)n >= lo && (unsigned long long)n <= hi;
 }
 
-static int parse_args(int argc, char **argv, opts *o)
+static int parse_args(int argc, char **argv, bench_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->count = 100000;
@@ -1623,7 +976,7 @@ static int parse_args(int argc, char **argv, opts *o)
 			NUM(o->poll_sleep_us, 0, 1000000);
 		} else if (strcmp(a, "--set") == 0) {
 			NEED();
-			if (!strchr(v, '=') || o->nsets >= MAX_SETS) {
+			if (!strchr(v, '=') || o->nsets >= BENCH_MAX_SETS) {
 				fprintf(stderr, "ackbox-bench: --set %s: expected KEY=VALUE\n", v);
 				return -1;
 			}
@@ -1690,26 +1043,21 @@ static int parse_args(int argc, char **argv, opts *o)
 
 int main(int argc, char **argv)
 {
-	opts o;
+	bench_opts o;
+	const bench_transport *bt;
 	char tmpl[] = "/tmp/ackbox-bench-XXXXXX";
 	const char *dir;
-	result *res;
+	bench_result *res;
 	int nres = 0, maxres;
 	bool ok = true;
 	lat lats[3] = {{0}}; /* raw ack, reliable ack, reliable durable */
 
 	if (parse_args(argc, argv, &o) != 0)
 		return 2;
-	if (strcmp(o.transport, "kafka://mock") == 0) {
-#ifdef BENCH_WITH_KAFKA
-		if (kafka_mock_start(&o) != 0)
-			return 1;
-#else
-		fprintf(stderr, "ackbox-bench: built without Kafka\n");
-		return 2;
-#endif
-	}
-	url_shown(&o); /* after kafka://mock became the mock's bootstraps */
+	bt = transport_of(&o);
+	if (bt && bt->setup && bt->setup(&o) != 0)
+		return 1;
+	url_shown(&o); /* after setup (kafka://mock becomes the mock's bootstraps) */
 	if (!o.allow_remote && !url_is_loopback(o.url)) {
 		fprintf(stderr, "ackbox-bench: %s is not a loopback address (--allow-remote)\n",
 		        o.shown);
@@ -1749,17 +1097,17 @@ int main(int argc, char **argv)
 			bool raw = (round % 2 == 1) == (k == 0);
 			if ((raw && o.no_raw) || (!raw && o.no_reliable))
 				continue;
-			result *r = &res[nres++];
-			times t;
+			bench_result *r = &res[nres++];
+			bench_times t;
 			usage u;
-			int64_t deadline = now_ns() + (int64_t)o.max_seconds * 1000000000;
+			int64_t deadline = bench_now_ns() + (int64_t)o.max_seconds * 1000000000;
 			r->round = round;
 			r->ok = true;
 			r->count = o.count;
 			r->mode = raw ? "raw" : o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
 			r->dur_p50 = r->dur_p99 = r->ack_p50 = r->ack_p99 = -1;
 			if (times_init(&t, o.count) != 0) {
-				fail(r, "out of memory");
+				bench_fail(r, "out of memory");
 				times_fini(&t);
 				continue;
 			}
@@ -1777,7 +1125,7 @@ int main(int argc, char **argv)
 			    (raw ? lat_add(&lats[0], t.pub, t.ack, t.n)
 			         : lat_add(&lats[1], t.pub, t.ack, t.n) ||
 			               lat_add(&lats[2], t.pub, t.dur, t.n)))
-				fail(r, "out of memory for --latency-file");
+				bench_fail(r, "out of memory for --latency-file");
 			if (o.store_only) {
 				r->secs = r->publish_secs;
 				r->rate = r->durable_rate;
@@ -1799,7 +1147,7 @@ int main(int argc, char **argv)
 	size_t lat_want[3] = {0, 0, 0};
 	getrusage(RUSAGE_SELF, &ru);
 	for (int i = 0; i < nres; i++) {
-		const result *r = &res[i];
+		const bench_result *r = &res[i];
 		bool sane = r->ok && r->rate > 0;
 		if (strcmp(r->mode, "store-only") == 0)
 			sane = sane && r->durable_rate > 0 && r->dur_p99 >= 0;
@@ -1873,9 +1221,8 @@ int main(int argc, char **argv)
 		db_remove(dir);
 		rmdir(dir);
 	}
-#ifdef BENCH_WITH_KAFKA
-	kafka_mock_stop();
-#endif
+	if (bt && bt->setup && bt->teardown)
+		bt->teardown();
 	free(res);
 	if (o.smoke && !ok)
 		fprintf(stderr, "ackbox-bench: smoke check failed\n");

@@ -7,6 +7,15 @@
  * usage: order_service --db FILE --transport URL [--broker-ctl CMD]
  * CMD is run as `CMD stop`, `CMD start` and `CMD fix TOPIC` to stop and
  * restart the broker and to fix an unroutable topic (scripts/demo.sh).
+ *
+ * usage: order_service --db FILE --transport URL --orders N [--topic T]
+ *                      [--set KEY=VALUE ...] [--quiet]
+ * places N more orders (N may be 0), then starts the relay and waits until
+ * every stored message is confirmed: what scripts/demo.sh and the consumer
+ * tests (tests/inbox) publish with. Linked with a library built with
+ * ACKBOX_CRASH_POINTS and run with ACKBOX_CRASH_AT=after_confirm, it dies
+ * at the first confirm, before any delete: the next run sends every
+ * message again, and the broker holds duplicates.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -22,6 +31,7 @@
 
 static int acked, failed;
 static int quiet_logs = 1; /* the relay's own log lines matter only during the outage */
+static int quiet;          /* --orders ... --quiet: the summary line only */
 
 static void on_report(const ackbox_report *r, void *opaque)
 {
@@ -30,7 +40,8 @@ static void on_report(const ackbox_report *r, void *opaque)
 	ackbox_id_format(&r->id, id);
 	if (r->state == ACKBOX_MSG_ACKED) {
 		acked++;
-		printf("    confirmed by the broker: message %s (%s)\n", id, r->topic);
+		if (!quiet)
+			printf("    confirmed by the broker: message %s (%s)\n", id, r->topic);
 	} else {
 		failed++;
 		printf("    FAILED: message %s (%s): %s\n", id, r->topic, r->reason);
@@ -74,7 +85,8 @@ static void place_order(sqlite3 *db, int n, const char *topic)
 	if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
 		die("commit", sqlite3_errmsg(db));
 	ackbox_id_format(&id, idtext);
-	printf("  order %d accepted; its message %s is stored with it\n", n, idtext);
+	if (!quiet)
+		printf("  order %d accepted; its message %s is stored with it\n", n, idtext);
 }
 
 static void show_counts(ackbox *ab, const char *when)
@@ -114,28 +126,99 @@ static void wait_delivered(ackbox *ab, int seconds)
 		printf("  (still waiting after %d s)\n", seconds);
 }
 
+/*
+ * --orders N: N more orders first, all stored before the relay starts (so a
+ * crash at the first confirm leaves every one of them for the next run),
+ * then the relay sends whatever the outbox holds.
+ */
+static int orders_mode(const char *dbpath, const char *transport, int count, const char *topic,
+                       char **sets, int nsets)
+{
+	char url[1200], err[512];
+	sqlite3 *db;
+	sqlite3_stmt *s;
+	ackbox_conf *conf;
+	ackbox *ab;
+	int next = 1, rc;
+
+	if (sqlite3_open(dbpath, &db) != SQLITE_OK)
+		die(dbpath, sqlite3_errmsg(db));
+	sqlite3_busy_timeout(db, 5000);
+	sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, item TEXT, qty INT)",
+	             NULL, NULL, NULL);
+	if (ackbox_sqlite_install_schema(db, err, sizeof(err)) != 0)
+		die("schema", err);
+	if (sqlite3_prepare_v2(db, "SELECT coalesce(max(id), 0) + 1 FROM orders", -1, &s, NULL) ==
+	        SQLITE_OK &&
+	    sqlite3_step(s) == SQLITE_ROW)
+		next = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	for (int i = 0; i < count; i++)
+		place_order(db, next + i, topic);
+
+	conf = ackbox_conf_new();
+	snprintf(url, sizeof(url), "sqlite://%s", dbpath);
+	if (ackbox_conf_set(conf, "store.url", url, err, sizeof(err)) ||
+	    ackbox_conf_set(conf, "transport.url", transport, err, sizeof(err)) ||
+	    ackbox_conf_set(conf, "store.poll_interval", "50ms", err, sizeof(err)))
+		die("configuration", err);
+	for (int i = 0; i < nsets; i++) {
+		char *eq = strchr(sets[i], '=');
+		if (!eq)
+			die("--set", "wants KEY=VALUE");
+		*eq = '\0';
+		if (ackbox_conf_set(conf, sets[i], eq + 1, err, sizeof(err)))
+			die("configuration", err);
+	}
+	ackbox_conf_set_report_cb(conf, on_report, NULL);
+	ackbox_conf_set_log_cb(conf, on_log, NULL);
+	if (ackbox_new(&ab, conf, err, sizeof(err)) != 0)
+		die("ackbox", err);
+	rc = ackbox_flush(ab, 120000);
+	printf("%d order(s) placed; %d message(s) confirmed by the broker, %d failed%s\n", count,
+	       acked, failed, rc ? " (still waiting after 120 s)" : "");
+	ackbox_destroy(ab);
+	sqlite3_close(db);
+	return rc || failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-	const char *dbpath = NULL, *transport = NULL, *ctl = NULL;
+	const char *dbpath = NULL, *transport = NULL, *ctl = NULL, *topic = "orders";
 	char url[1200], err[512];
+	char *sets[32];
 	sqlite3 *db;
 	ackbox_conf *conf;
 	ackbox *ab;
-	int n = 0;
+	int n = 0, orders = -1, nsets = 0;
 
-	for (int i = 1; i + 1 < argc; i += 2) {
-		if (strcmp(argv[i], "--db") == 0)
-			dbpath = argv[i + 1];
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--quiet") == 0)
+			quiet = 1;
+		else if (i + 1 == argc)
+			break;
+		else if (strcmp(argv[i], "--db") == 0)
+			dbpath = argv[++i];
 		else if (strcmp(argv[i], "--transport") == 0)
-			transport = argv[i + 1];
+			transport = argv[++i];
 		else if (strcmp(argv[i], "--broker-ctl") == 0)
-			ctl = argv[i + 1];
+			ctl = argv[++i];
+		else if (strcmp(argv[i], "--orders") == 0)
+			orders = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--topic") == 0)
+			topic = argv[++i];
+		else if (strcmp(argv[i], "--set") == 0 && nsets < 32)
+			sets[nsets++] = argv[++i];
 	}
 	if (!dbpath || !transport) {
-		fprintf(stderr, "usage: order_service --db FILE --transport URL [--broker-ctl CMD]\n");
+		fprintf(stderr, "usage: order_service --db FILE --transport URL [--broker-ctl CMD]\n"
+		                "       order_service --db FILE --transport URL --orders N [--topic T]"
+		                " [--set KEY=VALUE ...] [--quiet]\n");
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (orders >= 0)
+		return orders_mode(dbpath, transport, orders, topic, sets, nsets);
 
 	printf("1. The order service opens its database and starts ackbox's relay.\n");
 	if (sqlite3_open(dbpath, &db) != SQLITE_OK)

@@ -3,8 +3,13 @@
  * it, delete it only when the broker confirms.
  *
  * Threading: every function here may be called from any thread unless its
- * comment says otherwise. Callbacks run on the thread named in their comment
- * and never while ackbox holds an internal lock.
+ * comment says otherwise, concurrently with every other (but ackbox_destroy).
+ * Callbacks run on the thread named in their comment and never while ackbox
+ * holds an internal lock, so a callback may call ackbox_publish(),
+ * ackbox_counts_get(), ackbox_list() and the other calls that do not wait
+ * for the relay (not ackbox_flush, ackbox_close or ackbox_destroy). The one
+ * exception is the iteration callback of ackbox_list()/ackbox_show(): it runs
+ * under the store lock and must not call ackbox on the same handle.
  *
  * Errors: functions return 0 (ACKBOX_OK) or a negative ackbox_err; those that
  * can fail for a reason worth explaining take `char *errstr, size_t
@@ -274,11 +279,27 @@ typedef struct ackbox ackbox;
 ACKBOX_API int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size);
 
 /**
- * Stops the relay and closes the store. Never loses a message: what is not
- * acked stays in the store for the next process. Does not wait for confirms;
- * call ackbox_flush() first for that. Reports not yet polled are discarded
- * (their messages are already in their final state). NULL is a no-op.
- * Must not be called from a callback.
+ * Closes the handle but keeps its memory: from now on every call on it
+ * returns ACKBOX_ERR_CLOSED (ackbox_connected() 0). Waits for the calls
+ * already under way (a publish finishes: its message is stored, or it
+ * fails), wakes a waiting ackbox_poll()/ackbox_flush(), stops the relay
+ * (the changes it has are applied) and closes the store. Never loses a
+ * message: what is not acked stays in the store for the next process.
+ *
+ * So that threads still publishing when the application shuts down get an
+ * error instead of a crash: close, join those threads, then destroy.
+ * Idempotent; safe from any thread, concurrently with any call but
+ * ackbox_destroy; must not be called from a callback.
+ */
+ACKBOX_API void ackbox_close(ackbox *ab);
+
+/**
+ * Closes the handle (ackbox_close) and frees it. Does not wait for
+ * confirms; call ackbox_flush() first for that. Reports not yet polled are
+ * discarded (their messages are already in their final state). NULL is a
+ * no-op. After it returns the handle must not be used: no other call on it
+ * may be under way or follow (use ackbox_close for that). Must not be
+ * called from a callback.
  */
 ACKBOX_API void ackbox_destroy(ackbox *ab);
 
@@ -359,6 +380,8 @@ typedef int (*ackbox_stored_cb)(const ackbox_stored *m, void *opaque);
 /**
  * Lists stored messages in id (time) order. state < 0 lists every state;
  * limit 0 means no limit. Returns the number listed or a negative error.
+ * cb runs on the calling thread under the store lock (the rows are read as
+ * it goes): it must not call ackbox on the same handle.
  */
 ACKBOX_API int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb,
                            void *opaque, char *errstr, size_t errstr_size);
@@ -402,6 +425,81 @@ ACKBOX_API int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, 
  */
 ACKBOX_API int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr,
                                 size_t errstr_size);
+
+/* ------------------------------------------------------------------ */
+/* Metrics and health                                                   */
+/* ------------------------------------------------------------------ */
+
+/** Latency buckets: ackbox_histogram_bound_ms(i) for i < ACKBOX_HIST_BUCKETS. */
+#define ACKBOX_HIST_BUCKETS 20
+
+/**
+ * A latency histogram. buckets[i] counts observations <= the i-th bound
+ * and > the one before (not cumulative); buckets[ACKBOX_HIST_BUCKETS]
+ * those above the last bound.
+ */
+typedef struct ackbox_histogram {
+	uint64_t count;
+	uint64_t sum_us; /* sum of the observations, microseconds */
+	uint64_t buckets[ACKBOX_HIST_BUCKETS + 1];
+} ackbox_histogram;
+
+/** The upper bound of bucket i in ms (0.25 ms ... 60 s); -1 out of range. */
+ACKBOX_API double ackbox_histogram_bound_ms(int i);
+
+/**
+ * What a handle has done since ackbox_new (counters), and the store now.
+ * Fields may be added at the end; ackbox_stats_get fills out_size bytes.
+ */
+typedef struct ackbox_stats {
+	uint64_t published;       /* messages stored by ackbox_publish* on this handle */
+	uint64_t acked;           /* ACKED (reports) */
+	uint64_t failed;          /* FAILED */
+	uint64_t dropped;         /* DROPPED by the nack policy */
+	uint64_t retried;         /* failed attempts scheduled for a resend */
+	uint64_t resent_in_doubt; /* attempts lost with a connection, to be resent */
+	uint64_t sent;            /* sends handed to the transport (resends included) */
+	uint64_t connects;        /* successful connects */
+	uint64_t disconnects;     /* connections lost */
+	int connected;            /* 1 if the transport is connected now */
+	int64_t state_for_ms;     /* how long it has been connected, or not */
+	ackbox_counts pending;    /* the store's counts now (all processes) */
+	int64_t oldest_pending_age_ms; /* 0 if nothing is pending */
+	ackbox_histogram publish_durable; /* ackbox_publish: call -> durable in the store */
+	ackbox_histogram publish_ack;     /* message id time -> confirm seen by the relay */
+} ackbox_stats;
+
+/**
+ * Fills *out (out_size = sizeof(ackbox_stats) of the caller's header).
+ * Counters are read without a lock (each is exact; they are not a snapshot
+ * of one instant); the store is asked for its counts. Any thread.
+ * Returns 0 or a store error with errstr.
+ */
+ACKBOX_API int ackbox_stats_get(ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
+                                size_t errstr_size);
+
+/**
+ * The handle's metrics in the Prometheus text exposition format (0.0.4,
+ * what `promtool check metrics` validates; serve it as "text/plain;
+ * version=0.0.4"), named after the OpenTelemetry messaging conventions
+ * where they apply
+ * (messaging_client_sent_messages_total with messaging_system and
+ * messaging_destination_name, messaging_client_operation_duration_seconds)
+ * and ackbox's own for the outbox (ackbox_pending_messages{state},
+ * ackbox_oldest_pending_age_seconds, ...); docs/operations.md lists them.
+ * *out is one allocation the caller frees with free(); *out_len its length.
+ * An application serves it from its own HTTP server. Any thread.
+ */
+ACKBOX_API int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char *errstr,
+                                   size_t errstr_size);
+
+/**
+ * 0 if healthy: the store answers and takes changes (the relay's last
+ * apply, if any, succeeded), and the transport (if any) is connected or was
+ * disconnected less than health.disconnected_max ago. Otherwise
+ * ACKBOX_ERR_STORE or ACKBOX_ERR_TRANSPORT with errstr saying why. Any thread.
+ */
+ACKBOX_API int ackbox_health(ackbox *ab, char *errstr, size_t errstr_size);
 
 #ifdef __cplusplus
 }

@@ -13,13 +13,29 @@ extern "C" {
 #endif
 
 /*
- * ABI words carry a magic high half so that a table of garbage is rejected,
- * and a version low half that only grows. A table may be larger than the
- * core knows (a newer plugin) or smaller (an older one): the core reads a
- * slot only if struct_size covers it.
+ * ABI words carry a magic high half, so that a table of garbage is refused,
+ * and a version low half: major << 8 | minor. An ops table only grows at its
+ * end, one minor per group of slots appended (transport.h and store.h say
+ * which slots came with which minor); a major changes only if a slot changes
+ * meaning, which has not happened.
+ *
+ * Registration (ackbox_transport_register, ackbox_store_register):
+ * - the same major and an older or equal minor is accepted: the core keeps a
+ *   copy of the table in which every slot that minor does not have is NULL,
+ *   so it never calls a slot the plugin was not built with; struct_size must
+ *   cover at least that minor's table;
+ * - a newer minor, or another major, is refused with ACKBOX_ERR_ABI and an
+ *   errstr naming both versions (the plugin may rely on slots this core
+ *   would never call).
  */
 #define ACKBOX_ABI_MAGIC 0xACB0u
 #define ACKBOX_ABI_WORD(v) ((ACKBOX_ABI_MAGIC << 16) | (uint32_t)(v))
+/** The ABI word of version major.minor. */
+#define ACKBOX_ABI_VERSION(major, minor)                                                           \
+	ACKBOX_ABI_WORD(((uint32_t)(major) << 8) | (uint32_t)(minor))
+/** The major and minor of an ABI word. */
+#define ACKBOX_ABI_MAJOR(word) (((uint32_t)(word) >> 8) & 0xffu)
+#define ACKBOX_ABI_MINOR(word) ((uint32_t)(word) & 0xffu)
 
 /** Property types of the declarative configuration table. */
 typedef enum ackbox_prop_type {
@@ -94,6 +110,53 @@ ACKBOX_API int64_t ackbox_wall_ms(void);
 /** Writes a formatted line into errstr (NULL-safe, always terminated). */
 ACKBOX_API void ackbox_errstr_set(char *errstr, size_t errstr_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/*
+ * ---- Plugins in shared objects ----
+ *
+ * A plugin built outside ackbox is a shared object that exports one entry
+ * point, ackbox_plugin_entry, which registers its transports and stores with
+ * ackbox_transport_register / ackbox_store_register:
+ *
+ *     ACKBOX_PLUGIN_EXPORT int ackbox_plugin_entry(char *errstr, size_t errstr_size)
+ *     {
+ *             return ackbox_transport_register(&my_transport, errstr, errstr_size);
+ *     }
+ *
+ * It returns 0, or a negative ackbox_err with errstr set. What it registers
+ * counts only if it returns 0 and every registration succeeded; otherwise
+ * none of it is kept and the object is closed again. It runs once per
+ * process and object, on the thread that loads it, and must not load
+ * plugins itself (loads are serialised). examples/plugin_out_of_tree/
+ * is a complete one; docs/plugins.md says how to build it against an
+ * installed ackbox.
+ */
+
+/** The entry point's name and type. */
+#define ACKBOX_PLUGIN_ENTRY_NAME "ackbox_plugin_entry"
+typedef int ackbox_plugin_entry_fn(char *errstr, size_t errstr_size);
+
+/** Exports a symbol from a plugin built with hidden visibility. */
+#define ACKBOX_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+/** The entry point a plugin defines (declared here so that its type is checked). */
+ACKBOX_PLUGIN_EXPORT int ackbox_plugin_entry(char *errstr, size_t errstr_size);
+
+/**
+ * Loads the plugin in the shared object at path (dlopen) and runs its entry
+ * point, for the whole process: its schemes and keys are known to every
+ * configuration and handle made afterwards. Loading the same object again
+ * does nothing and returns 0. A loaded object is never unloaded.
+ * The configuration key plugin.load calls it.
+ *
+ * Returns 0; ACKBOX_ERR_BAD_VALUE if path is not a file or cannot be loaded
+ * (errstr has the loader's reason: a missing library, an undefined symbol);
+ * ACKBOX_ERR_ABI if it exports no ackbox_plugin_entry, or a table it
+ * registers has an ABI this ackbox does not serve (errstr names both
+ * versions); or the entry point's own error. errstr always names path.
+ * Thread-safe; loads are serialised.
+ */
+ACKBOX_API int ackbox_plugin_load(const char *path, char *errstr, size_t errstr_size);
 
 #ifdef __cplusplus
 }

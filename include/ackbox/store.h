@@ -12,7 +12,14 @@
 extern "C" {
 #endif
 
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_WORD(1)
+/*
+ * The store ABI this header describes. Minors (see plugin.h):
+ *   1.0  abi_version .. has_pending
+ *   1.1  sync
+ *   1.2  force
+ *   1.3  aliases
+ */
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 3)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -77,7 +84,8 @@ typedef struct ackbox_store_change {
 } ackbox_store_change;
 
 /**
- * The store ops table. Append-only; see transport.h for the versioning rule.
+ * The store ops table. Append-only, one ABI minor per group of slots; the
+ * core never calls a slot that the table's minor does not have (plugin.h).
  *
  * Threading: the core serialises every call on one instance (it holds the
  * instance's lock), but calls may come from different threads (publishers
@@ -145,6 +153,8 @@ typedef struct ackbox_store_ops {
 	 */
 	int (*has_pending)(void *ctx, char *errstr, size_t errstr_size);
 
+	/* ---- ABI 1.1 ---- */
+
 	/**
 	 * Optional (NULL: insert() is durable by itself). With it, insert()
 	 * need only commit, and sync() makes every insert that returned before
@@ -154,6 +164,8 @@ typedef struct ackbox_store_ops {
 	 * it is never called concurrently with itself or with insert().
 	 */
 	int (*sync)(void *ctx, char *errstr, size_t errstr_size);
+
+	/* ---- ABI 1.2 ---- */
 
 	/**
 	 * Optional (NULL: ackbox_fail/ackbox_purge_ids answer "not supported by
@@ -168,6 +180,15 @@ typedef struct ackbox_store_ops {
 	 */
 	int (*force)(void *ctx, const ackbox_store_change *c, int64_t now_ms, char *errstr,
 	             size_t errstr_size);
+
+	/* ---- ABI 1.3 ---- */
+
+	/**
+	 * Optional (NULL: none): other schemes this store also serves,
+	 * NULL-terminated, e.g. {"postgresql", NULL} for libpq's spelling.
+	 * Keys stay "<scheme>.<name>".
+	 */
+	const char *const *aliases;
 } ackbox_store_ops;
 
 /**
@@ -179,12 +200,17 @@ ACKBOX_API void ackbox_store_log(const ackbox_conf *conf, ackbox_log_level level
     __attribute__((format(printf, 4, 5)));
 
 /**
- * The ops table serving scheme ("sqlite"), or NULL. Lets a test or a
- * fault-injecting wrapper delegate to a real store, as SQLite's test VFS does.
+ * The ops table serving scheme ("sqlite", or one of a store's aliases), or
+ * NULL. Lets a test or a fault-injecting wrapper delegate to a real store, as
+ * SQLite's test VFS does. For a registered store this is the core's copy
+ * (see ackbox_transport_register), whose slots past its ABI minor are NULL.
  */
 ACKBOX_API const ackbox_store_ops *ackbox_store_lookup(const char *scheme);
 
-/** Registers a third-party store; same rules as ackbox_transport_register(). */
+/**
+ * Registers a third-party store; same rules as ackbox_transport_register()
+ * (scheme and aliases must be free).
+ */
 ACKBOX_API int ackbox_store_register(const ackbox_store_ops *ops, char *errstr,
                                      size_t errstr_size);
 

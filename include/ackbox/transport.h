@@ -12,7 +12,15 @@
 extern "C" {
 #endif
 
-#define ACKBOX_TRANSPORT_ABI_VERSION ACKBOX_ABI_WORD(1)
+/*
+ * The transport ABI this header describes. Minors (see plugin.h):
+ *   1.0  abi_version .. close
+ *   1.1  validate
+ *   1.2  ackbox_tx_info.system_name (the table itself did not grow: a plugin
+ *        built with this header writes a field an older core does not have,
+ *        so it must not load there)
+ */
+#define ACKBOX_TRANSPORT_ABI_VERSION ACKBOX_ABI_VERSION(1, 2)
 
 /** The core's side of a transport instance. Opaque. */
 typedef struct ackbox_tx_host ackbox_tx_host;
@@ -102,6 +110,10 @@ typedef struct ackbox_tx_msg {
 typedef struct ackbox_tx_info {
 	int max_inflight;        /* the window: unconfirmed messages the core allows at once */
 	size_t max_message_size; /* 0: no transport limit */
+	/* ABI 1.2 (the core zeroes the struct, so an older plugin leaves it
+	 * NULL): */
+	const char *system_name; /* OpenTelemetry messaging.system ("rabbitmq", "kafka");
+	                            NULL: the URL scheme. A static string. */
 } ackbox_tx_info;
 
 /** Capabilities. */
@@ -111,12 +123,16 @@ typedef struct ackbox_tx_info {
 #define ACKBOX_TX_CAP_SELF_CONNECTING (1u << 8)
 
 /**
- * The transport ops table. Append-only: new slots go at the end and the core
- * reads a slot only when struct_size covers it.
+ * The transport ops table. Append-only: new slots go at the end, with a new
+ * ABI minor; the core never calls a slot that the table's minor does not
+ * have (plugin.h).
  *
- * Threading: every function is called on the core's relay thread (open and
- * close on the thread calling ackbox_new/ackbox_destroy), never concurrently
- * for one instance. Reports may come from any thread.
+ * Threading: connect, send and poll are called on the core's relay thread
+ * only, never concurrently (with transport.require_connect, ackbox_new waits
+ * for the relay thread's first connect); open and close on the thread
+ * calling ackbox_new / ackbox_close, when the relay thread is not running;
+ * validate on publishers' threads, concurrently with everything (see it).
+ * Reports may come from any thread.
  */
 typedef struct ackbox_transport_ops {
 	uint32_t abi_version;       /* ACKBOX_TRANSPORT_ABI_VERSION */
@@ -161,8 +177,7 @@ typedef struct ackbox_transport_ops {
 	/** Drops the connection and frees everything but ctx itself. */
 	void (*close)(void *ctx);
 
-	/* ---- slots added after ABI 1.0; the core reads them only when
-	 * struct_size covers them (ABX_HAS_SLOT) ---- */
+	/* ---- ABI 1.1 ---- */
 
 	/**
 	 * Optional (NULL: every message is accepted). Says whether msg could
@@ -188,9 +203,12 @@ typedef struct ackbox_transport_ops {
 
 /**
  * Registers a third-party transport for every handle created afterwards.
- * Checks abi_version's magic and version and struct_size. The table must
- * outlive every handle using it. Returns 0, ACKBOX_ERR_ABI or
- * ACKBOX_ERR_INVALID (scheme already taken).
+ * Checks abi_version's magic and version against struct_size (plugin.h):
+ * an older minor is accepted, a newer one refused. The core keeps a copy of
+ * the table; what it points to (schemes, props, functions) must stay valid
+ * for the life of the process. Returns 0, ACKBOX_ERR_ABI (errstr names both
+ * versions) or ACKBOX_ERR_INVALID (a required slot is NULL, or a scheme is
+ * already taken).
  */
 ACKBOX_API int ackbox_transport_register(const ackbox_transport_ops *ops, char *errstr,
                                          size_t errstr_size);

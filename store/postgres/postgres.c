@@ -203,6 +203,7 @@ typedef struct pg_ctx {
 	const ackbox_conf *conf; /* the handle's, for ackbox_store_log */
 	int durable;  /* store.sync=full: inserts wait for the WAL flush */
 	int ready;    /* session set up and statements prepared on conn */
+	int absent;   /* no outbox tables yet (store.create=insert): the first insert makes them */
 	pg_arr arr[N_ARRAYS];
 } pg_ctx;
 
@@ -596,6 +597,12 @@ static int reconnect(pg_ctx *c, char *errstr, size_t errstr_size)
 
 static int ensure(pg_ctx *c, char *errstr, size_t errstr_size)
 {
+	if (c->absent) {
+		/* no tables to prepare statements on (store.create=insert) */
+		if (PQstatus(c->conn) != CONNECTION_OK)
+			PQreset(c->conn);
+		return PQstatus(c->conn) == CONNECTION_OK ? 0 : connect_error(c, errstr, errstr_size);
+	}
 	if (c->ready && PQstatus(c->conn) == CONNECTION_OK)
 		return 0;
 	return reconnect(c, errstr, errstr_size);
@@ -617,6 +624,12 @@ static int run(pg_ctx *c, int st, int nparams, const char *const *vals, const in
 	int rc = ensure(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent) {
+		/* what a statement finds in tables that do not exist yet: nothing */
+		if (out && !(*out = PQmakeEmptyPGresult(c->conn, PGRES_TUPLES_OK)))
+			return ACKBOX_ERR_NOMEM;
+		return 0;
+	}
 	snprintf(name, sizeof(name), "ackbox_%d", st);
 	r = PQexecPrepared(c->conn, name, nparams, vals, lens, binary, 1);
 	if (!res_ok(r) && first && PQstatus(c->conn) == CONNECTION_BAD) {
@@ -654,6 +667,8 @@ static int run_rows(pg_ctx *c, int st, int nparams, const char *const *vals, con
 	int rc = ensure(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent)
+		return 0;
 	snprintf(name, sizeof(name), "ackbox_%d", st);
 	for (int attempt = 0;; attempt++) {
 		PGresult *r, *failed = NULL;
@@ -1092,6 +1107,17 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	/* a store has no log channel; NOTICEs would go to stderr */
 	PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
 	rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
+	v = ackbox_conf_get(conf, "store.create");
+	if (rc == 0 && !have && v && strcmp(v, "never") == 0) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "postgres at %s: no ackbox outbox in schema \"%s\" (store.create=never: "
+		                  "it is not created)",
+		                  c->where, c->schema);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	} else if (rc == 0 && !have && v && strcmp(v, "insert") == 0) {
+		c->absent = 1; /* the first insert installs it */
+		return 0;
+	}
 	if (rc == 0 && !have) {
 		rc = install(c->conn, c->schema, c->where, errstr, errstr_size);
 		if (rc == 0)
@@ -1129,6 +1155,27 @@ static int arrays_failed(pg_ctx *c, int n)
 	return 0;
 }
 
+/* The tables a store.create=insert handle did not find, made by its first insert. */
+static int materialize(pg_ctx *c, char *errstr, size_t errstr_size)
+{
+	int have = 0, rc = ensure(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = install(c->conn, c->schema, c->where, errstr, errstr_size);
+	if (rc == 0)
+		rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
+	if (rc == 0 && !have) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "postgres at %s: the outbox tables in schema \"%s\" are still missing "
+		                  "after creating them",
+		                  c->where, c->schema);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	}
+	if (rc)
+		return rc;
+	c->absent = 0;
+	return session_init(c, errstr, errstr_size);
+}
+
 static int pg_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
                      size_t errstr_size)
 {
@@ -1142,6 +1189,8 @@ static int pg_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		    (rc = check_text(c, "content type", recs[i].content_type, errstr, errstr_size)))
 			return rc;
 	}
+	if (c->absent && (rc = materialize(c, errstr, errstr_size)) != 0)
+		return rc;
 	rc = tx_begin(c, c->durable, errstr, errstr_size);
 	if (rc)
 		return rc;
@@ -1672,6 +1721,9 @@ static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	return rc < 0 ? rc : 1;
 }
 
+/* "postgresql://" is libpq's own spelling of a connection URL. */
+static const char *const pg_aliases[] = {"postgresql", NULL};
+
 const ackbox_store_ops ackbox_postgres_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1693,6 +1745,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.purge = pg_purge,
 	.has_pending = pg_has_pending,
 	.force = pg_force,
+	.aliases = pg_aliases,
 };
 
 /* ------------------------------------------------------------------ */

@@ -8,10 +8,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -29,7 +31,7 @@
  *
  *   {P}:meta      hash: schema, version
  *   {P}:m:<id>    hash per message: state attempts created updated due topic
- *                 key ct headers payload last_error last_code lease plen
+ *                 key ct headers payload last_error last_code lease owner plen
  *                 (plen: the payload's length when written; a claim fails a
  *                 message whose payload is no longer that long, or whose
  *                 fields do not parse, and logs it once)
@@ -43,6 +45,9 @@
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
  * a change whose lease differs from the stored one is skipped (fencing).
+ * `owner` names the relay handle that inserted or last claimed the message
+ * (owner_name()): crash recovery at open takes only leases whose process is
+ * gone, never those of a live relay (another publisher on the same prefix).
  */
 enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_COUNT };
 static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",
@@ -62,7 +67,9 @@ static const char *const field_name[F_COUNT] = {
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
 	"'payload','last_error','last_code','lease','plen'}\n"
 
-/* Creates the meta hash, or reads it; refuses keys of another type. */
+/* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
+ * creates it if asked ('!none' if it is missing and not created); refuses
+ * keys of another type. */
 static const char lua_open[] =
     "local t = redis.call('TYPE', KEYS[1])['ok']\n"
     "if t == 'hash' then\n"
@@ -73,13 +80,15 @@ static const char lua_open[] =
     "  local u = redis.call('TYPE', KEYS[i])['ok']\n"
     "  if u ~= 'none' then return {'!type', KEYS[i], u} end\n"
     "end\n"
+    "if ARGV[4] ~= '1' then return {'!none', KEYS[1]} end\n"
     "redis.call('HSET', KEYS[1], 'schema', ARGV[2], 'version', ARGV[3])\n"
     "return {ARGV[2], ARGV[3]}\n";
 
-/* ARGV: MP, n, then per record: id created due topic flags key ct headers payload.
- * Checks every id first, so a batch is stored whole or not at all. */
+/* ARGV: MP, n, then per record: id created due topic flags key ct headers payload,
+ * then the owner. Checks every id first, so a batch is stored whole or not at all. */
 static const char lua_insert[] = LUA_PRELUDE
     "local n = tonumber(ARGV[2])\n"
+    "local owner = ARGV[3 + n * 9]\n"
     "local seen = {}\n"
     "for i = 0, n - 1 do\n"
     "  local id = ARGV[3 + i * 9]\n"
@@ -93,7 +102,8 @@ static const char lua_insert[] = LUA_PRELUDE
     "  local id, created, due, flags = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]\n"
     "  local h = {'state', '0', 'attempts', '0', 'created', created, 'updated', created,\n"
     "             'due', due, 'topic', ARGV[b + 3], 'payload', ARGV[b + 8],\n"
-    "             'last_code', '0', 'lease', '0', 'plen', tostring(#ARGV[b + 8])}\n"
+    "             'last_code', '0', 'lease', '0', 'owner', owner,\n"
+    "             'plen', tostring(#ARGV[b + 8])}\n"
     "  if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = ARGV[b + 5] end\n"
     "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
     "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
@@ -105,7 +115,7 @@ static const char lua_insert[] = LUA_PRELUDE
     "end\n"
     "return n\n";
 
-/* ARGV: MP, now, lease_until, limit. Returns id, fields, id, fields, ... */
+/* ARGV: MP, now, lease_until, limit, owner. Returns id, fields, id, fields, ... */
 static const char lua_claim[] = LUA_PRELUDE
     "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', ARGV[2],\n"
     "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
@@ -114,7 +124,7 @@ static const char lua_claim[] = LUA_PRELUDE
     "  local k = MP .. id\n"
     "  if redis.call('EXISTS', k) == 1 then\n"
     "    redis.call('HINCRBY', k, 'lease', 1)\n"
-    "    redis.call('HSET', k, 'due', ARGV[3])\n"
+    "    redis.call('HSET', k, 'due', ARGV[3], 'owner', ARGV[5])\n"
     "    redis.call('ZADD', K_DUE, ARGV[3], id)\n"
     "    out[#out + 1] = id\n"
     "    out[#out + 1] = redis.call('HMGET', k, unpack(F))\n"
@@ -166,15 +176,32 @@ static const char lua_apply[] = LUA_PRELUDE
     "end\n"
     "return done\n";
 
-/* ARGV: MP, now, max. Leased rows (due later than now) become due now. */
+/* ARGV: MP, now, offset, count. Rows leased into the future (due later
+ * than now), with their owners: id, owner, id, owner, ... */
 static const char lua_recover[] = LUA_PRELUDE
     "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '(' .. ARGV[2], '+inf',\n"
-    "                       'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "                       'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))\n"
+    "local out = {}\n"
     "for _, id in ipairs(ids) do\n"
-    "  redis.call('HSET', MP .. id, 'due', ARGV[2])\n"
-    "  redis.call('ZADD', K_DUE, ARGV[2], id)\n"
+    "  out[#out + 1] = id\n"
+    "  out[#out + 1] = redis.call('HGET', MP .. id, 'owner') or ''\n"
     "end\n"
-    "return #ids\n";
+    "return out\n";
+
+/* ARGV: MP, now, then id, owner pairs: each row still leased into the
+ * future and still of that owner becomes due now. Returns the count. */
+static const char lua_take[] = LUA_PRELUDE
+    "local now, n = tonumber(ARGV[2]), 0\n"
+    "for i = 3, #ARGV, 2 do\n"
+    "  local k = MP .. ARGV[i]\n"
+    "  local cur = redis.call('HMGET', k, 'owner', 'due')\n"
+    "  if cur[2] and (cur[1] or '') == ARGV[i + 1] and tonumber(cur[2]) > now then\n"
+    "    redis.call('HSET', k, 'due', ARGV[2])\n"
+    "    redis.call('ZADD', K_DUE, ARGV[2], ARGV[i])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
 
 /* A consistent snapshot: sending, retrying, failed, oldest created (or nil). */
 static const char lua_counts[] = LUA_PRELUDE
@@ -272,11 +299,11 @@ static const char lua_damaged[] = LUA_PRELUDE
     "return 1\n";
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_DAMAGED, SC_COUNT };
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert,  lua_claim,
                                               lua_apply,  lua_recover, lua_counts,
                                               lua_page,   lua_requeue, lua_purge,
-                                              lua_force,  lua_damaged};
+                                              lua_force,  lua_take,    lua_damaged};
 
 typedef struct rd_ctx {
 	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
@@ -292,6 +319,8 @@ typedef struct rd_ctx {
 	int64_t cmd_ms;
 	char sha[SC_COUNT][41];
 	const ackbox_conf *conf; /* for logging; outlives the store (the handle owns it) */
+	int absent; /* no {P}:meta yet (store.create=insert): the first insert writes it */
+	char owner[256]; /* this handle, as messages name their relay (owner_name) */
 } rd_ctx;
 
 static const ackbox_prop rd_props[] = {
@@ -744,6 +773,95 @@ static int walk_rows(rd_ctx *c, const redisReply *r, ackbox_store_row_cb cb, voi
 }
 
 /* ------------------------------------------------------------------ */
+/* Owners: which relay holds a message                                  */
+/* ------------------------------------------------------------------ */
+
+/* The first line of a small file, without its newline; "" if unreadable. */
+static void first_line(const char *path, char *out, size_t n)
+{
+	FILE *f = fopen(path, "re");
+	out[0] = '\0';
+	if (!f)
+		return;
+	if (!fgets(out, (int)n, f))
+		out[0] = '\0';
+	out[strcspn(out, "\n")] = '\0';
+	fclose(f);
+}
+
+/* The start time of process pid (clock ticks after boot): 0, or -1 if
+ * there is no such process or it has ended (a zombie). */
+static int proc_start(long long pid, long long *start)
+{
+	char path[64], buf[1024], *p, state;
+	int field;
+	snprintf(path, sizeof(path), "/proc/%lld/stat", pid);
+	first_line(path, buf, sizeof(buf));
+	p = strrchr(buf, ')'); /* the command name may hold anything */
+	if (!p || sscanf(p + 1, " %c", &state) != 1 || state == 'Z' || state == 'X')
+		return -1;
+	for (field = 3, p++; field < 22 && p; field++)
+		p = strchr(p + 1, ' ');
+	return p && sscanf(p, " %lld", start) == 1 ? 0 : -1;
+}
+
+/* host|boot id|pid namespace|pid|start|handle: what names a relay */
+static void process_name(char *out, size_t n, long long *pid)
+{
+	char host[128] = "", boot[64], ns[64] = "";
+	long long start = -1;
+	ssize_t l;
+	*pid = (long long)getpid();
+	gethostname(host, sizeof(host) - 1);
+	first_line("/proc/sys/kernel/random/boot_id", boot, sizeof(boot));
+	l = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
+	ns[l > 0 ? l : 0] = '\0';
+	proc_start(*pid, &start);
+	snprintf(out, n, "%s|%s|%s|%lld|%lld", host, boot, ns, *pid, start);
+}
+
+static void owner_name(rd_ctx *c)
+{
+	static atomic_uint handles;
+	char proc[224];
+	long long pid;
+	process_name(proc, sizeof(proc), &pid);
+	snprintf(c->owner, sizeof(c->owner), "%s|%u", proc, atomic_fetch_add(&handles, 1) + 1);
+}
+
+/*
+ * Whether recovery may take a message whose owner is `o`: one of this
+ * handle, of no owner (an older ackbox), or of a process that is gone (on
+ * this host: no such process, another start time, an earlier boot). A
+ * live process's, another handle's in this one, and one on another host
+ * or in another pid namespace (it cannot be checked) are left alone.
+ */
+static int owner_gone(const rd_ctx *c, const char *o)
+{
+	struct {
+		char host[128], boot[64], ns[64];
+		long long pid, start;
+	} me, it;
+	char mine[224];
+	long long pid, start;
+	if (!o[0] || strcmp(o, c->owner) == 0)
+		return 1;
+	process_name(mine, sizeof(mine), &pid);
+	if (sscanf(mine, "%127[^|]|%63[^|]|%63[^|]|%lld|%lld", me.host, me.boot, me.ns, &me.pid,
+	           &me.start) != 5 ||
+	    sscanf(o, "%127[^|]|%63[^|]|%63[^|]|%lld|%lld|", it.host, it.boot, it.ns, &it.pid,
+	           &it.start) != 5)
+		return 0; /* no /proc here or there: not ours to judge */
+	if (strcmp(me.host, it.host) != 0)
+		return 0; /* another host */
+	if (strcmp(me.boot, it.boot) != 0)
+		return 1; /* this host rebooted since */
+	if (strcmp(me.ns, it.ns) != 0)
+		return 0; /* another pid namespace */
+	return proc_start(it.pid, &start) != 0 || start != it.start;
+}
+
+/* ------------------------------------------------------------------ */
 /* Open and close                                                       */
 /* ------------------------------------------------------------------ */
 
@@ -956,19 +1074,23 @@ static int load_scripts(rd_ctx *c, char *errstr, size_t errstr_size)
 	return 0;
 }
 
-/* Creates or checks {P}:meta; refuses a foreign layout or a newer version. */
-static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
+/*
+ * Checks {P}:meta, creating it if `create`; refuses a foreign layout or a
+ * newer version. Returns 1 if it is missing and was not created.
+ */
+static int check_schema(rd_ctx *c, int create, char *errstr, size_t errstr_size)
 {
 	args a;
 	redisReply *r;
 	char ver[8];
-	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
+	int rc = args_init(&a, SCRIPT_HEAD + 3, 1);
 	if (rc)
 		return rc;
 	args_script(c, &a, SC_OPEN);
 	args_str(&a, SCHEMA_NAME);
 	snprintf(ver, sizeof(ver), "%d", SCHEMA_VERSION);
 	args_str(&a, ver);
+	args_str(&a, create ? "1" : "0");
 	rc = run_script(c, &a, SC_OPEN, "checking the schema", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -978,6 +1100,8 @@ static int check_schema(rd_ctx *c, char *errstr, size_t errstr_size)
 		rc = ACKBOX_ERR_STORE;
 		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply checking the schema",
 		                  c->where);
+	} else if (strcmp(r->element[0]->str, "!none") == 0) {
+		rc = 1;
 	} else if (strcmp(r->element[0]->str, "!type") == 0) {
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 		ackbox_errstr_set(errstr, errstr_size,
@@ -1004,8 +1128,10 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
                    char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	const char *create = ackbox_conf_get(conf, "store.create");
 	int rc = parse_url(c, url, errstr, errstr_size);
 	c->conf = conf;
+	owner_name(c);
 	if (rc == 0) {
 		int64_t cto = conf_ms(conf, "redis.connect_timeout", 5000);
 		c->cmd_ms = conf_ms(conf, "redis.timeout", 30000);
@@ -1018,7 +1144,19 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	if (rc == 0)
 		rc = load_scripts(c, errstr, errstr_size);
 	if (rc == 0)
-		rc = check_schema(c, errstr, errstr_size);
+		rc = check_schema(c, !create || strcmp(create, "open") == 0, errstr, errstr_size);
+	if (rc == 1 && create && strcmp(create, "insert") == 0) {
+		/* nothing is written until a message is: until then every key
+		 * reads as empty, which is what this store holds */
+		c->absent = 1;
+		rc = 0;
+	} else if (rc == 1) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: no ackbox store here (%s does not exist; store.create=never: "
+		                  "it is not created)",
+		                  c->where, c->keys[K_META]);
+		rc = ACKBOX_ERR_STORE_SCHEMA;
+	}
 	if (rc)
 		rd_close(c);
 	return rc;
@@ -1043,9 +1181,15 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
+	if (c->absent) {
+		rc = check_schema(c, 1, errstr, errstr_size);
+		if (rc)
+			return rc;
+		c->absent = 0;
+	}
 	ids = malloc(n * sizeof(*ids));
 	flags = malloc(n * sizeof(*flags));
-	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 1 + 9 * n, 1 + 2 * n) != 0) {
+	if (!ids || !flags || args_init(&a, SCRIPT_HEAD + 2 + 9 * n, 1 + 2 * n) != 0) {
 		free(ids);
 		free(flags);
 		return ACKBOX_ERR_NOMEM;
@@ -1069,6 +1213,7 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		args_bin(&a, w->headers, w->headers_len);
 		args_bin(&a, w->payload, w->payload_len);
 	}
+	args_str(&a, c->owner);
 	rc = run_script(c, &a, SC_INSERT, "insert", &r, errstr, errstr_size);
 	args_fini(&a);
 	free(ids);
@@ -1157,12 +1302,13 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
-	if (args_init(&a, SCRIPT_HEAD + 3, 3) != 0)
+	if (args_init(&a, SCRIPT_HEAD + 4, 3) != 0)
 		return ACKBOX_ERR_NOMEM;
 	args_script(c, &a, SC_CLAIM);
 	args_i64(&a, now_ms);
 	args_i64(&a, lease_until_ms);
 	args_u64(&a, limit);
+	args_str(&a, c->owner);
 	rc = run_script(c, &a, SC_CLAIM, "claim", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -1210,12 +1356,60 @@ static int sweep(rd_ctx *c, int which, const char *what, int64_t arg, const char
 	return total > INT32_MAX ? INT32_MAX : (int)total;
 }
 
+/*
+ * Crash recovery at open: of the rows leased into the future, those of this
+ * handle, of no owner, or of a relay whose process is gone become due now;
+ * those of a live relay (another publisher on this prefix) stay its own,
+ * and those of one this process cannot check are taken by the claims once
+ * their lease runs out. Pages of SWEEP ids; the ones left in place are
+ * skipped by offset.
+ */
 static int rd_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	int64_t skipped = 0;
 	int rc = ready(c, errstr, errstr_size);
-	if (rc == 0)
-		rc = sweep(c, SC_RECOVER, "recovery", now_ms, NULL, errstr, errstr_size);
+	while (rc == 0) {
+		args a, t;
+		redisReply *r, *tr;
+		size_t k, take = 0;
+		rc = args_init(&a, SCRIPT_HEAD + 3, 3);
+		if (rc)
+			return rc;
+		args_script(c, &a, SC_RECOVER);
+		args_i64(&a, now_ms);
+		args_i64(&a, skipped);
+		args_u64(&a, SWEEP);
+		rc = run_script(c, &a, SC_RECOVER, "recovery", &r, errstr, errstr_size);
+		args_fini(&a);
+		if (rc)
+			return rc;
+		k = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
+		rc = args_init(&t, SCRIPT_HEAD + 1 + 2 * k, 1);
+		if (rc) {
+			freeReplyObject(r);
+			return rc;
+		}
+		args_script(c, &t, SC_TAKE);
+		args_i64(&t, now_ms);
+		for (size_t i = 0; i < k; i++) {
+			const redisReply *id = r->element[2 * i], *ow = r->element[2 * i + 1];
+			if (!is_str(id) || !is_str(ow) || !owner_gone(c, ow->str))
+				continue;
+			args_bin(&t, id->str, id->len);
+			args_bin(&t, ow->str, ow->len);
+			take++;
+		}
+		if (take)
+			rc = run_script(c, &t, SC_TAKE, "recovery", &tr, errstr, errstr_size);
+		if (take && rc == 0)
+			freeReplyObject(tr);
+		args_fini(&t);
+		freeReplyObject(r);
+		skipped += (int64_t)(k - take);
+		if (k < SWEEP)
+			break;
+	}
 	return rc < 0 ? rc : 0;
 }
 

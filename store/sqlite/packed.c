@@ -58,7 +58,8 @@ struct sq_slot {
 };
 
 static const char *const pk_sql[PK_COUNT] = {
-    [PK_INSERT] = "INSERT INTO ackbox_batch(due_ms, created_ms, n, data) VALUES(?1, ?2, ?3, ?4)",
+    [PK_INSERT] = "INSERT INTO ackbox_batch(due_ms, created_ms, n, data, lease)"
+                  " VALUES(?1, ?2, ?3, ?4, ?5)",
     [PK_DELETE] = "DELETE FROM ackbox_batch WHERE bseq = ?1 AND lease = ?2",
     [PK_DELETE_OUT] = "DELETE FROM ackbox_batch_out WHERE bseq = ?1",
     [PK_DATA] = "SELECT data, due_ms FROM ackbox_batch WHERE bseq = ?1 AND lease = ?2",
@@ -67,11 +68,12 @@ static const char *const pk_sql[PK_COUNT] = {
     /* OR IGNORE: a member that moved out before keeps its own row */
     [PK_ROW_ADD] = "INSERT OR IGNORE INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
                    " updated_ms, topic, msg_key, content_type, headers, payload, last_error,"
-                   " last_code, payload_len)"
-                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                   " last_code, lease" SQ_PLEN_COL ")"
+                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    /* not another registered relay's (sqlite_int.h) */
     [PK_DUE] = "SELECT bseq, n, due_ms, lease FROM ackbox_batch WHERE due_ms <= ?1"
-               " ORDER BY due_ms LIMIT ?2",
-    [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = lease + 1 WHERE bseq = ?2",
+               " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
+    [PK_TAKE] = "UPDATE ackbox_batch SET due_ms = ?1, lease = ?3 WHERE bseq = ?2",
     [PK_NEXT] = "SELECT bseq, n, data, due_ms, lease FROM ackbox_batch WHERE bseq > ?1"
                 " ORDER BY bseq LIMIT 1",
     /* an operator's override: whatever the lease */
@@ -227,9 +229,10 @@ static int batch_row_delete(sq_ctx *c, int64_t bseq, int64_t lease, char *errstr
 
 int sq_pack_open(sq_ctx *c, char *errstr, size_t errstr_size)
 {
+	char buf[512];
 	for (int i = 0; i < PK_COUNT; i++) {
-		int rc = sqlite3_prepare_v3(c->db, pk_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->pk[i],
-		                            NULL);
+		int rc = sqlite3_prepare_v3(c->db, sq_stmt_sql(c, pk_sql[i], buf, sizeof(buf)), -1,
+		                            SQLITE_PREPARE_PERSISTENT, &c->pk[i], NULL);
 		if (rc != SQLITE_OK)
 			return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
 	}
@@ -280,6 +283,7 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 	sqlite3_bind_int64(c->pk[PK_INSERT], 2, recs[0].created_ms);
 	sqlite3_bind_int64(c->pk[PK_INSERT], 3, (sqlite3_int64)n);
 	sqlite3_bind_blob(c->pk[PK_INSERT], 4, blob, (int)bytes, SQLITE_STATIC);
+	sqlite3_bind_int64(c->pk[PK_INSERT], 5, sq_lease_own(c));
 	rc = step_done(c, c->pk[PK_INSERT], "insert", errstr, errstr_size);
 	free(blob);
 	if (rc) {
@@ -289,6 +293,7 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 	if (!held)
 		return 1; /* a claim takes it */
 	b->bseq = sqlite3_last_insert_rowid(c->db);
+	b->lease = sq_lease_own(c);
 	b->n = b->live = (uint32_t)n;
 	/* its ids are in the map now; sq_pack_inserted() forgets them if the
 	 * transaction rolls back */
@@ -358,12 +363,12 @@ static int corrupt(sq_ctx *c, int64_t bseq, char *errstr, size_t errstr_size)
 	return ACKBOX_ERR_STORE_CORRUPT;
 }
 
-/* Writes a member as an ackbox_outbox row with the given state; the row
- * records the payload's length (payload_len, checked by claims) as m's, or
- * as `declared` for what is left of a damaged member (declared >= 0). */
+/* Writes a member as an ackbox_outbox row with the given state and lease;
+ * the row records the payload's length (payload_len, checked by claims) as
+ * m's, or as `declared` for what is left of a damaged member (declared >= 0). */
 static int row_add_len(sq_ctx *c, const ackbox_store_row *m, int state, int attempts,
-                       int64_t due, int64_t now_ms, const char *err, int code, int64_t declared,
-                       char *errstr, size_t errstr_size)
+                       int64_t due, int64_t now_ms, const char *err, int code, int64_t lease,
+                       int64_t declared, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = c->pk[PK_ROW_ADD];
 	sqlite3_bind_blob(s, 1, m->id.b, 16, SQLITE_STATIC);
@@ -384,14 +389,18 @@ static int row_add_len(sq_ctx *c, const ackbox_store_row *m, int state, int atte
 	if (err)
 		sqlite3_bind_text(s, 12, err, -1, SQLITE_STATIC);
 	sqlite3_bind_int(s, 13, code);
-	sqlite3_bind_int64(s, 14, declared >= 0 ? declared : (int64_t)m->payload_len);
+	sqlite3_bind_int64(s, 14, lease);
+	sqlite3_bind_int64(s, 15, declared >= 0 ? declared : (int64_t)m->payload_len);
 	return step_done(c, s, "moving a packed message out", errstr, errstr_size);
 }
 
+/* Writes a member as an ackbox_outbox row with the given state and lease. */
 static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts, int64_t due,
-                   int64_t now_ms, const char *err, int code, char *errstr, size_t errstr_size)
+                   int64_t now_ms, const char *err, int code, int64_t lease, char *errstr,
+                   size_t errstr_size)
 {
-	return row_add_len(c, m, state, attempts, due, now_ms, err, code, -1, errstr, errstr_size);
+	return row_add_len(c, m, state, attempts, due, now_ms, err, code, lease, -1, errstr,
+	                   errstr_size);
 }
 
 /* Notes member idx of batch bseq as out of the batch. Returns 1 if it was
@@ -438,18 +447,20 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 			return corrupt(c, b->bseq, errstr, errstr_size);
 		}
 	}
+	/* the row keeps the batch's lease, the one the core's later changes
+	 * for the message carry, and with it this relay as its owner */
 	switch (ch->kind) {
 	case ACKBOX_CHANGE_RETRY:
 		rc = row_add(c, &m, ACKBOX_MSG_RETRYING, ch->attempts, ch->due_ms, now_ms,
-		             ch->last_error, ch->last_code, errstr, errstr_size);
+		             ch->last_error, ch->last_code, b->lease, errstr, errstr_size);
 		break;
 	case ACKBOX_CHANGE_FAIL:
 		rc = row_add(c, &m, ACKBOX_MSG_FAILED, ch->attempts, now_ms, now_ms, ch->last_error,
-		             ch->last_code, errstr, errstr_size);
+		             ch->last_code, b->lease, errstr, errstr_size);
 		break;
 	default: /* RELEASE: still SENDING, due when the core says */
-		rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, ch->due_ms, now_ms, NULL, 0, errstr,
-		             errstr_size);
+		rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, ch->due_ms, now_ms, NULL, 0, b->lease,
+		             errstr, errstr_size);
 	}
 	free(tbuf);
 	free(blob);
@@ -613,8 +624,9 @@ static int quarantine(sq_ctx *c, const pk_raw *r, sq_batch *mine, const uint8_t 
 	/* a member out already (moved out before the damage) keeps its row */
 	if (have_id && !(skip[k / 8] >> (k % 8) & 1)) {
 		ackbox_id_format(&m.id, idtext);
-		rc = row_add_len(c, &m, ACKBOX_MSG_FAILED, 0, now_ms, now_ms, reason, 0, declared,
-		                 errstr, errstr_size);
+		/* the batch's lease, as any member moved out keeps it */
+		rc = row_add_len(c, &m, ACKBOX_MSG_FAILED, 0, now_ms, now_ms, reason, 0, r->lease,
+		                 declared, errstr, errstr_size);
 	}
 	for (uint32_t j = k; j < r->n && rc == 0; j++) {
 		int noted = note_out(c, r->bseq, j, errstr, errstr_size);
@@ -650,6 +662,7 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 	/* the candidates first (no blobs: most claims take one or two) */
 	sqlite3_bind_int64(q, 1, now_ms);
 	sqlite3_bind_int64(q, 2, (sqlite3_int64)(sizeof(heads) / sizeof(heads[0])));
+	sqlite3_bind_int64(q, 3, c->owner);
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		memset(&heads[nh], 0, sizeof(heads[nh]));
 		heads[nh].bseq = sqlite3_column_int64(q, 0);
@@ -713,9 +726,10 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 			c->batches = mine;
 		}
 		/* held already if our own lease ran out: same members, new lease */
-		mine->lease = r->lease + 1;
+		mine->lease = sq_lease_next(r->lease, c->owner);
 		sqlite3_bind_int64(c->pk[PK_TAKE], 1, lease_until_ms);
 		sqlite3_bind_int64(c->pk[PK_TAKE], 2, r->bseq);
+		sqlite3_bind_int64(c->pk[PK_TAKE], 3, mine->lease);
 		rc = step_done(c, c->pk[PK_TAKE], "claim", errstr, errstr_size);
 		for (uint32_t k = 0; k < r->n && rc == 0 && !*stop; k++) {
 			ackbox_store_row m;
@@ -867,7 +881,7 @@ int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char
 		/* its own FAILED row, with a lease above the batch's: a holder's
 		 * later change for it (its lease is the batch's) is skipped */
 		rc = row_add(c, &f.m, ACKBOX_MSG_FAILED, 0, now_ms, now_ms, ch->last_error,
-		             ch->last_code, errstr, errstr_size);
+		             ch->last_code, 0, errstr, errstr_size);
 		if (rc == 0) {
 			sqlite3_bind_int64(c->pk[PK_FENCE], 1, f.r.lease + 1);
 			sqlite3_bind_blob(c->pk[PK_FENCE], 2, f.m.id.b, 16, SQLITE_STATIC);
@@ -1031,80 +1045,68 @@ const ackbox_store_row *sq_pack_iter_next(sq_pack_iter *it, int *rc, char *errst
 /* Close                                                                */
 /* ------------------------------------------------------------------ */
 
+int sq_pack_partly_acked(const sq_ctx *c)
+{
+	if (!c->pk[PK_COUNT - 1])
+		return 0;
+	for (const sq_batch *b = c->batches; b; b = b->next)
+		if (b->acked)
+			return 1;
+	return 0;
+}
+
 /*
  * At a clean close, a batch with members acked in memory is turned into
  * rows of its other members, so the next process does not send the acked
- * ones again. Best effort: if it fails, they are duplicates.
+ * ones again. Inside the caller's transaction; if it fails, they are
+ * duplicates.
  */
-static void write_out_acked(sq_ctx *c)
+int sq_pack_write_out(sq_ctx *c, char *err, size_t err_size)
 {
-	char err[256] = "";
-	int rc = SQLITE_OK;
-	if (!c->pk[PK_COUNT - 1] || !c->batches)
-		return;
-	if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
-		rc = SQLITE_ERROR;
-		goto out;
-	}
-	for (sq_batch *b = c->batches; b && rc == SQLITE_OK; b = b->next) {
+	int rc = 0;
+	for (sq_batch *b = c->batches; b && rc == 0; b = b->next) {
 		uint8_t *blob = NULL, *skip = NULL;
 		char *tbuf = NULL;
 		size_t len = 0, off = 0, tused;
 		int64_t due = 0;
 		if (!b->acked)
 			continue;
-		rc = batch_blob(c, b->bseq, b->lease, &blob, &len, &due, err, sizeof(err));
+		rc = batch_blob(c, b->bseq, b->lease, &blob, &len, &due, err, err_size);
 		if (rc > 0) {
 			rc = 0;
 			continue; /* another relay holds it */
 		}
 		tbuf = rc ? NULL : malloc(len + 2);
 		skip = rc ? NULL : calloc(1, (b->n + 7) / 8 + 1);
-		if (!tbuf || !skip)
-			rc = SQLITE_ERROR;
+		if (!rc && (!tbuf || !skip))
+			rc = ACKBOX_ERR_NOMEM;
 		/* members noted out elsewhere (an operator deleted one) stay out */
 		if (rc == 0) {
 			memcpy(skip, b->gone, (b->n + 7) / 8);
-			rc = moved_out(c, b->bseq, skip, b->n, err, sizeof(err));
+			rc = moved_out(c, b->bseq, skip, b->n, err, err_size);
 		}
 		for (uint32_t k = 0; k < b->n && rc == 0; k++) {
 			ackbox_store_row m;
 			if (sq_member_get(blob, len, &off, &m, tbuf, &tused) != 0)
-				rc = SQLITE_ERROR;
+				rc = corrupt(c, b->bseq, err, err_size);
 			else if (!(skip[k / 8] >> (k % 8) & 1))
-				rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, due, m.created_ms, NULL, 0, err,
-				             sizeof(err));
+				/* this relay's, until it unregisters right after */
+				rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, due, m.created_ms, NULL, 0,
+				             b->lease, err, err_size);
 		}
 		if (rc == 0)
-			rc = batch_row_delete(c, b->bseq, b->lease, err, sizeof(err));
-		if (rc && !err[0])
-			snprintf(err, sizeof(err), "packed batch %lld does not parse or out of memory",
-			         (long long)b->bseq);
+			rc = batch_row_delete(c, b->bseq, b->lease, err, err_size);
+		if (rc == ACKBOX_ERR_NOMEM)
+			snprintf(err, err_size, "out of memory");
 		free(skip);
 		free(tbuf);
 		free(blob);
 	}
-	if (rc == SQLITE_OK && sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
-		rc = SQLITE_ERROR;
-	}
-	if (rc != SQLITE_OK)
-		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-out:
-	/* nothing is lost: the batches stay, and the next process sends their
-	 * members again, the acked ones too */
-	if (rc != SQLITE_OK && c->conf)
-		ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "sqlite",
-		                 "store '%s': at close, could not keep only the unacked members of "
-		                 "partly acked batches (%s); the acked ones will be sent again",
-		                 c->path, err);
+	return rc;
 }
 
 void sq_pack_close(sq_ctx *c)
 {
-	if (c->db)
-		write_out_acked(c);
 	for (int i = 0; i < PK_COUNT; i++)
 		sqlite3_finalize(c->pk[i]);
 	while (c->batches)

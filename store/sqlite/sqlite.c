@@ -69,16 +69,27 @@ static const char schema_sql[] =
     " lease INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS ackbox_batch_due ON ackbox_batch(due_ms);"
     "CREATE TABLE IF NOT EXISTS ackbox_batch_out(bseq INTEGER NOT NULL, idx INTEGER NOT NULL,"
-    " PRIMARY KEY(bseq, idx)) WITHOUT ROWID;";
+    " PRIMARY KEY(bseq, idx)) WITHOUT ROWID;"
+    /* the relays using the file (owner.c); a row's owner is its lease >> 32 */
+    "CREATE TABLE IF NOT EXISTS ackbox_owner(owner INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " pid INTEGER NOT NULL, start INTEGER NOT NULL, boot TEXT NOT NULL, pidns TEXT NOT NULL,"
+    " since_ms INTEGER NOT NULL);";
 
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
-	"headers, payload, last_error, last_code, lease, payload_len"
+	"headers, payload, last_error, last_code, lease"
 
-/* Rows record the length of their payload (payload_len) when written, so
+/*
+ * Rows record the length of their payload (payload_len) when written, so
  * that a claim can tell a damaged row: its payload no longer that long, or
  * an id that is not 16 bytes. Rows written before there was the column
- * have NULL there and are not checked. Files from before get the column. */
+ * have NULL there and are not checked. A handle that sends adds the column
+ * to an older file; on one that does not, sq_stmt_sql() drops it from the
+ * statements (SQ_PLEN: the column, last in a column list, and its value,
+ * last in VALUES; a claim reads it as NULL).
+ */
+#define CLAIM_COLS ROW_COLS SQ_PLEN_COL
+#define CLAIM_PLEN_COL 15
 static const char add_payload_len_sql[] =
     "ALTER TABLE ackbox_outbox ADD COLUMN payload_len INTEGER";
 
@@ -94,13 +105,17 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_INSERT] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms, updated_ms,"
-                  " topic, msg_key, content_type, headers, payload, payload_len)"
-                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
-                     " ORDER BY due_ms LIMIT ?2",
-    /* every claim takes a new lease; a change carrying an older one is from
-     * an owner whose lease ran out (another relay has the row): skipped */
-    [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1, lease = lease + 1 WHERE seq = ?2",
+                  " topic, msg_key, content_type, headers, payload, lease" SQ_PLEN_COL ")"
+                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    /* not another registered relay's: a live relay's rows are its own
+     * (owner.c); sq_stmt_sql() drops this for a file without owners */
+    [ST_CLAIM_SEL] = "SELECT " CLAIM_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
+                     " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
+    /* every claim takes a new lease (sq_lease_next); a change carrying an
+     * older one is from an owner whose lease ran out: skipped */
+    [ST_CLAIM_UPD] = "UPDATE ackbox_outbox SET due_ms = ?1,"
+                     " lease = (?3 << 32) | (((lease & 4294967295) + 1) & 4294967295)"
+                     " WHERE seq = ?2",
     [ST_DELETE] = "DELETE FROM ackbox_outbox WHERE id = ?1 AND lease = ?7",
     [ST_RETRY] = "UPDATE ackbox_outbox SET state = 1, attempts = ?2, due_ms = ?3, last_error = ?4,"
                  " last_code = ?5, updated_ms = ?6 WHERE id = ?1 AND state < 2 AND lease = ?7",
@@ -111,7 +126,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PENDING_ANY] = "SELECT 1 WHERE EXISTS(SELECT 1 FROM ackbox_outbox WHERE state < 2)"
                        " OR EXISTS(SELECT 1 FROM ackbox_batch)",
     [ST_DELETE_MANY] = "DELETE FROM ackbox_outbox WHERE lease = ?1 AND id IN (" Q64 ")",
-    /* a claim's verdict on a row whose bytes are damaged (see ROW_COLS) */
+    /* a claim's verdict on a row whose bytes are damaged (see SQ_PLEN_COL) */
     [ST_DAMAGED] = "UPDATE ackbox_outbox SET state = 2, last_error = ?1, last_code = 0,"
                    " updated_ms = ?2 WHERE seq = ?3",
 };
@@ -214,11 +229,49 @@ static void rollback(sq_ctx *c)
 		run(c, ST_ROLLBACK);
 }
 
+/*
+ * At a clean close, in one transaction: partly acked batches keep only
+ * their unacked members (packed.c), and this relay's rows become anyone's
+ * (owner.c): another relay takes them when their lease runs out, the next
+ * one to open at once. Best effort: nothing is lost if it fails.
+ */
+static void close_handover(sq_ctx *c)
+{
+	char err[256] = "";
+	int partly = sq_pack_partly_acked(c), rc;
+	if (!c->db || (!partly && !c->owner))
+		return;
+	rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
+	if (rc == SQLITE_OK && partly && sq_pack_write_out(c, err, sizeof(err)) != 0)
+		rc = SQLITE_ERROR;
+	if (rc == SQLITE_OK && (rc = sq_owner_unregister(c)) != SQLITE_OK)
+		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
+	if (rc == SQLITE_OK && (rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK)
+		snprintf(err, sizeof(err), "%s", sqlite3_errmsg(c->db));
+	if (rc == SQLITE_OK)
+		return;
+	if (!sqlite3_get_autocommit(c->db))
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+	sq_owner_stale(c);
+	if (c->conf)
+		ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "sqlite",
+		                 "store '%s': at close, could not hand this relay's messages over "
+		                 "(%s)%s; nothing is lost: the next relay takes them when it finds "
+		                 "this handle gone",
+		                 c->path, err,
+		                 partly ? ", so partly acked batches stay whole and their acked "
+		                          "members will be sent again"
+		                        : "");
+}
+
 static void sq_close(void *vctx)
 {
 	sq_ctx *c = vctx;
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(c->st[i]);
+	close_handover(c);
 	sq_pack_close(c);
 	if (c->db)
 		sqlite3_close_v2(c->db);
@@ -277,52 +330,47 @@ static int wal_check(sq_ctx *c)
 	return 0;
 }
 
-/* Adds payload_len to an ackbox_outbox from before it (inside the caller's
- * transaction); nothing if it is there. */
-static int add_payload_len(sqlite3 *db)
-{
-	sqlite3_stmt *s = NULL;
-	int rc = sqlite3_prepare_v2(db,
-	                            "SELECT count(*) FROM pragma_table_info('ackbox_outbox')"
-	                            " WHERE name='payload_len'",
-	                            -1, &s, NULL);
-	int have = 0;
-	if (rc != SQLITE_OK)
-		return rc;
-	if ((rc = sqlite3_step(s)) == SQLITE_ROW)
-		have = sqlite3_column_int(s, 0);
-	sqlite3_finalize(s);
-	if (rc != SQLITE_ROW)
-		return rc;
-	return have ? SQLITE_OK : sqlite3_exec(db, add_payload_len_sql, NULL, NULL, NULL);
-}
+/* What the file holds of ackbox's schema. */
+typedef struct sq_schema {
+	int meta;   /* ackbox_meta, naming our schema and a version we understand */
+	int batch;  /* the packed-batch tables */
+	int owners; /* ackbox_owner */
+	int tables; /* tables of any kind: none is an empty database */
+	int plen;   /* ackbox_outbox has payload_len */
+} sq_schema;
 
-/* Reads the schema marker; refuses a foreign or newer schema. Returns 1 if
- * the schema is there whole, 0 if the file has none yet or lacks a part. */
-static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
+/* Reads the schema marker; refuses a foreign or newer schema. Reads only:
+ * a file that is not an ackbox store is left as it is. */
+static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = NULL;
-	int rc, have_meta = 0, have_batch = 0;
+	int rc;
 	char name[64] = "", version[32] = "";
 
+	memset(have, 0, sizeof(*have));
 	rc = sqlite3_prepare_v2(c->db,
 	                        "SELECT (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
 	                        " name='ackbox_meta'), (SELECT count(*) FROM sqlite_master WHERE"
-	                        " type='table' AND name='ackbox_batch_out'), (SELECT count(*)"
-	                        " FROM pragma_table_info('ackbox_outbox') WHERE name='payload_len')",
+	                        " type='table' AND name='ackbox_batch_out'), (SELECT count(*) FROM"
+	                        " sqlite_master WHERE type='table' AND name='ackbox_owner'),"
+	                        " (SELECT count(*) FROM sqlite_master WHERE type='table'),"
+	                        " (SELECT count(*) FROM pragma_table_info('ackbox_outbox') WHERE"
+	                        " name='payload_len')",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW) {
-		have_meta = sqlite3_column_int(s, 0);
-		have_batch = sqlite3_column_int(s, 1);
-		c->have_payload_len = sqlite3_column_int(s, 2);
+		have->meta = sqlite3_column_int(s, 0);
+		have->batch = sqlite3_column_int(s, 1);
+		have->owners = sqlite3_column_int(s, 2);
+		have->tables = sqlite3_column_int(s, 3);
+		have->plen = sqlite3_column_int(s, 4);
 	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
-	if (!have_meta)
+	if (!have->meta)
 		return 0;
 	rc = sqlite3_prepare_v2(c->db, "SELECT key, value FROM ackbox_meta", -1, &s, NULL);
 	if (rc != SQLITE_OK)
@@ -351,9 +399,7 @@ static int check_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 		                  c->path, version, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	/* a file from before packed batches gets their tables, one from before
-	 * payload_len the column */
-	return have_batch && c->have_payload_len;
+	return 0;
 }
 
 /* sqlite:///abs/path.db or sqlite://relative/path.db */
@@ -368,6 +414,226 @@ static char *url_to_path(const ackbox_url *url)
 	return p;
 }
 
+static sq_create create_mode(const ackbox_conf *conf)
+{
+	const char *v = ackbox_conf_get(conf, "store.create");
+	if (v && strcmp(v, "insert") == 0)
+		return SQ_CREATE_INSERT;
+	if (v && strcmp(v, "never") == 0)
+		return SQ_CREATE_NEVER;
+	return SQ_CREATE_OPEN;
+}
+
+/* Opens c->path (creating the file only if `create`); no schema work. */
+static int open_db(sq_ctx *c, int create, int64_t busy_ms, char *errstr, size_t errstr_size)
+{
+	struct stat sb;
+	int rc;
+	/* A read-only file would otherwise open "successfully" read-only. */
+	if (stat(c->path, &sb) == 0 && access(c->path, W_OK) != 0) {
+		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': file is read-only (%s)",
+		                  c->path, strerror(errno));
+		return ACKBOX_ERR_STORE_READONLY;
+	}
+	rc = sqlite3_open_v2(c->path, &c->db,
+	                     SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) |
+	                         SQLITE_OPEN_NOMUTEX,
+	                     NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "open", errstr, errstr_size);
+	sqlite3_extended_result_codes(c->db, 0);
+	sqlite3_busy_timeout(c->db, (int)busy_ms);
+	if (sqlite3_db_readonly(c->db, "main") == 1) {
+		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': opened read-only",
+		                  c->path);
+		return ACKBOX_ERR_STORE_READONLY;
+	}
+	{
+		const char *sd = ackbox_conf_get(c->conf, "sqlite.secure_delete");
+		char sql[64];
+		snprintf(sql, sizeof(sql), "PRAGMA secure_delete=%s", sd ? sd : "fast");
+		sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	}
+	return 0;
+}
+
+/* Adds payload_len to an ackbox_outbox from before it (inside the caller's
+ * transaction); nothing if it is there. */
+static int add_payload_len(sqlite3 *db)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = sqlite3_prepare_v2(db,
+	                            "SELECT count(*) FROM pragma_table_info('ackbox_outbox')"
+	                            " WHERE name='payload_len'",
+	                            -1, &s, NULL);
+	int have = 0;
+	if (rc != SQLITE_OK)
+		return rc;
+	if ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		have = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return rc;
+	return have ? SQLITE_OK : sqlite3_exec(db, add_payload_len_sql, NULL, NULL, NULL);
+}
+
+/* WAL mode, then every table and index that is missing, in one transaction. */
+static int create_schema(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	int rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
+	rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = add_payload_len(c->db);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		rc = sq_error(c->db, rc, c->path, "creating the schema", errstr, errstr_size);
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+		return rc;
+	}
+	c->has_owners = 1;
+	c->have_payload_len = 1;
+	return 0;
+}
+
+/* Removes the first `cut` at or after `from`; 1 if there was one. */
+static int cut_out(char *from, const char *cut)
+{
+	char *at = strstr(from, cut);
+	if (!at)
+		return 0;
+	memmove(at, at + strlen(cut), strlen(at + strlen(cut)) + 1);
+	return 1;
+}
+
+const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size)
+{
+	char *at;
+	int changed = 0;
+	if (strlen(sql) >= size)
+		return sql; /* prepare then names what is wrong */
+	snprintf(buf, size, "%s", sql);
+	/* an older file nobody upgraded: nobody owns anything */
+	if (!c->has_owners)
+		changed |= cut_out(buf, " AND " SQ_NOT_HELD);
+	/* nor records payload lengths (see SQ_PLEN_COL) */
+	if (!c->have_payload_len && (at = strstr(buf, SQ_PLEN_COL)) != NULL) {
+		char *values = strstr(buf, "VALUES(");
+		changed = 1;
+		if (strncmp(buf, "SELECT", 6) == 0) {
+			/* read as NULL: same column count, "not checked" */
+			memcpy(at, ", NULL       ", strlen(SQ_PLEN_COL));
+		} else {
+			char *close, *comma;
+			cut_out(at, SQ_PLEN_COL);
+			values = strstr(buf, "VALUES(");
+			close = values ? strchr(values, ')') : NULL;
+			/* the last value, ", ?N" before the closing parenthesis */
+			for (comma = close; comma && comma > values && *comma != ','; comma--)
+				;
+			if (comma && comma > values)
+				memmove(comma, close, strlen(close) + 1);
+		}
+	}
+	return changed ? buf : sql;
+}
+
+static int prepare_all(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	char buf[1024];
+	/* per connection, not in the file: owners it cannot check (owner.c) */
+	int rc = sqlite3_exec(c->db,
+	                      "CREATE TEMP TABLE IF NOT EXISTS ackbox_foreign(owner INTEGER PRIMARY KEY)",
+	                      NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+	for (int i = 0; i < ST_COUNT; i++) {
+		rc = sqlite3_prepare_v3(c->db, sq_stmt_sql(c, stmt_sql[i], buf, sizeof(buf)), -1,
+		                        SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
+		if (rc != SQLITE_OK)
+			return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+	}
+	return sq_pack_open(c, errstr, errstr_size);
+}
+
+/*
+ * The store a store.create=insert handle did not find, made by its first
+ * insert: the file (if it was missing), the schema, the statements.
+ */
+static int materialize(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	int64_t busy_ms = 5000;
+	const char *bt = ackbox_conf_get(c->conf, "sqlite.busy_timeout");
+	int rc;
+	if (bt)
+		ackbox_parse_duration_ms(bt, &busy_ms);
+	if (!c->db && (rc = open_db(c, 1, busy_ms, errstr, errstr_size)) != 0)
+		return rc;
+	rc = create_schema(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = prepare_all(c, errstr, errstr_size);
+	if (rc)
+		return rc; /* close() finalizes what was prepared */
+	c->absent = 0;
+	return 0;
+}
+
+/*
+ * The rest of an open, on a database that holds ackbox's schema (or that
+ * mode open may create it in): upgrade or create what is missing, WAL,
+ * statements. Only a new file is written at open, and an older schema
+ * upgraded by a handle that sends: `ackbox status` on a store a service is
+ * using must not wait for, or block, its writes, nor change the file.
+ */
+static int finish_open(sq_ctx *c, const sq_schema *have, char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (have->meta && !have->batch && c->create == SQ_CREATE_NEVER && !c->sender) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': written by an older ackbox; a relay or a publish "
+		                  "on it upgrades it (this handle changes no schema)",
+		                  c->path);
+		return ACKBOX_ERR_STORE_SCHEMA;
+	}
+	c->has_owners = have->owners;
+	c->have_payload_len = have->plen;
+	if (!have->meta || !have->batch || (!(have->owners && have->plen) && c->sender))
+		rc = create_schema(c, errstr, errstr_size);
+	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
+		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
+	return rc ? rc : prepare_all(c, errstr, errstr_size);
+}
+
+static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
+
+/*
+ * A store.create=never handle that found an empty database looks again at
+ * its relay's claims: once another process has created the store in it, it
+ * is opened for real and recovered as at open. Returns 1 if it is open now,
+ * 0 if still empty, or an error.
+ */
+static int take_up(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	sq_schema have;
+	int rc;
+	if (!c->db || c->create != SQ_CREATE_NEVER)
+		return 0;
+	rc = check_schema(c, &have, errstr, errstr_size);
+	if (rc || !have.meta)
+		return rc;
+	rc = finish_open(c, &have, errstr, errstr_size);
+	if (rc)
+		return rc;
+	c->absent = 0;
+	if (c->relay && (rc = sq_recover_now(c, now_ms, errstr, errstr_size)) != 0)
+		return rc;
+	return 1;
+}
+
 static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
                    char *errstr, size_t errstr_size)
 {
@@ -376,9 +642,12 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	int64_t busy_ms = 5000;
 	const char *bt = ackbox_conf_get(conf, "sqlite.busy_timeout");
 	struct stat sb;
+	sq_schema have;
 
 	c->wal_fd = -1;
 	c->conf = conf;
+	c->create = create_mode(conf);
+	c->sender = ackbox_conf_get(conf, "transport.url") != NULL;
 	c->path = url_to_path(url);
 	if (!c->path)
 		return ACKBOX_ERR_NOMEM;
@@ -397,86 +666,62 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	                                            : "PRAGMA synchronous=OFF";
 	c->cur_sync = -1;
 
-	/* A read-only file would otherwise open "successfully" read-only. */
-	if (stat(c->path, &sb) == 0 && access(c->path, W_OK) != 0) {
-		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': file is read-only (%s)",
-		                  c->path, strerror(errno));
-		sq_close(c);
-		return ACKBOX_ERR_STORE_READONLY;
-	}
-	rc = sqlite3_open_v2(c->path, &c->db,
-	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-	if (rc != SQLITE_OK) {
-		rc = sq_error(c->db, rc, c->path, "open", errstr, errstr_size);
-		sq_close(c);
-		return rc;
-	}
-	sqlite3_extended_result_codes(c->db, 0);
-	sqlite3_busy_timeout(c->db, (int)busy_ms);
-	if (sqlite3_db_readonly(c->db, "main") == 1) {
-		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': opened read-only",
+	if (c->create != SQ_CREATE_OPEN && stat(c->path, &sb) != 0 && errno == ENOENT) {
+		if (c->create == SQ_CREATE_INSERT) {
+			c->absent = 1; /* nothing on disk until the first insert */
+			return 0;
+		}
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': file does not exist (store.create=never: it is "
+		                  "not created here)",
 		                  c->path);
 		sq_close(c);
-		return ACKBOX_ERR_STORE_READONLY;
+		return ACKBOX_ERR_STORE;
 	}
-	/* The first real read: a corrupt or foreign file fails here. */
-	rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
-	if (rc != SQLITE_OK) {
-		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
-		sq_close(c);
-		return rc;
-	}
-	{
-		const char *sd = ackbox_conf_get(conf, "sqlite.secure_delete");
-		char sql[64];
-		snprintf(sql, sizeof(sql), "PRAGMA secure_delete=%s", sd ? sd : "fast");
-		sqlite3_exec(c->db, sql, NULL, NULL, NULL);
-	}
-	rc = check_schema(c, errstr, errstr_size);
-	if (rc < 0) {
-		sq_close(c);
-		return rc;
-	}
-	/* Only a new file is written at open: `ackbox status` on a store a
-	 * service is using must not wait for, or block, its writes. */
-	if (rc == 1)
-		rc = SQLITE_OK;
-	else if ((rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK) {
-		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
-		if (rc == SQLITE_OK)
-			rc = add_payload_len(c->db);
-	}
-	if (rc == SQLITE_OK && !sqlite3_get_autocommit(c->db))
-		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
-	if (rc != SQLITE_OK) {
-		rc = sq_error(c->db, rc, c->path, "creating the schema", errstr, errstr_size);
-		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-		sq_close(c);
-		return rc;
-	}
-	for (int i = 0; i < ST_COUNT; i++) {
-		rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i],
-		                        NULL);
-		if (rc != SQLITE_OK) {
-			rc = sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
-			sq_close(c);
-			return rc;
-		}
-	}
-	rc = sq_pack_open(c, errstr, errstr_size);
+	rc = open_db(c, c->create == SQ_CREATE_OPEN, busy_ms, errstr, errstr_size);
+	/* The first real read: a corrupt file fails here, before anything is written. */
+	if (rc == 0)
+		rc = check_schema(c, &have, errstr, errstr_size);
 	if (rc) {
 		sq_close(c);
 		return rc;
 	}
-	return 0;
+	c->has_owners = have.owners;
+	c->have_payload_len = have.plen;
+	if (!have.meta && (c->create == SQ_CREATE_INSERT || !have.tables)) {
+		/*
+		 * Ours is added by the first insert to another application's
+		 * database (insert), or an empty database (what a process killed
+		 * while it created the store leaves) reads as an empty store and
+		 * is taken up once its schema appears (never).
+		 */
+		if (c->create != SQ_CREATE_OPEN) {
+			c->absent = 1;
+			return 0;
+		}
+	} else if (!have.meta && c->create == SQ_CREATE_NEVER) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': not an ackbox store (no ackbox_meta table); "
+		                  "store.create=never: nothing is created in it",
+		                  c->path);
+		sq_close(c);
+		return ACKBOX_ERR_STORE_SCHEMA;
+	}
+	rc = finish_open(c, &have, errstr, errstr_size);
+	if (rc)
+		sq_close(c);
+	return rc;
 }
 
 static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
                      size_t errstr_size)
 {
 	sq_ctx *c = vctx;
-	sqlite3_stmt *s = c->st[ST_INSERT];
+	sqlite3_stmt *s;
 	int moved = 0, split, packed, rc;
+	if (c->absent && (rc = materialize(c, errstr, errstr_size)) != 0)
+		return rc;
+	s = c->st[ST_INSERT];
 	/* A file deleted or renamed under us would take every later write with
 	 * it when this process ends: refuse instead (one stat per commit). */
 	if (sqlite3_file_control(c->db, "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK &&
@@ -492,6 +737,11 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	rc = begin(c, split);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	/* a relay that found no store at open registers with its first rows */
+	if (c->relay && (rc = sq_owner_register(c, ackbox_wall_ms(), errstr, errstr_size)) != 0) {
+		rollback(c);
+		return rc;
+	}
 	packed = sq_pack_insert(c, recs, n, ackbox_wall_ms(), errstr, errstr_size);
 	if (packed < 0) {
 		sq_pack_inserted(c, 0);
@@ -518,7 +768,8 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 			sqlite3_bind_null(s, 7);
 		sqlite3_bind_blob(s, 8, r->payload_len ? r->payload : "", (int)r->payload_len,
 		                  SQLITE_STATIC);
-		sqlite3_bind_int64(s, 9, (sqlite3_int64)r->payload_len);
+		sqlite3_bind_int64(s, 9, sq_lease_own(c));
+		sqlite3_bind_int64(s, 10, (sqlite3_int64)r->payload_len);
 		rc = sqlite3_step(s);
 		sqlite3_reset(s);
 		if (rc != SQLITE_DONE) {
@@ -552,7 +803,7 @@ static int sq_sync(void *vctx, char *errstr, size_t errstr_size)
 	return 0;
 }
 
-/* Whether the current row of a ROW_COLS statement is damaged, with why. */
+/* Whether the current row of a CLAIM_COLS statement is damaged, with why. */
 static int row_damaged(sqlite3_stmt *s, char *why, size_t why_size)
 {
 	int idl = sqlite3_column_bytes(s, 1);
@@ -560,8 +811,9 @@ static int row_damaged(sqlite3_stmt *s, char *why, size_t why_size)
 		snprintf(why, why_size, "stored bytes damaged: the id is %d bytes, not 16", idl);
 		return 1;
 	}
-	if (sqlite3_column_type(s, 15) != SQLITE_NULL) {
-		int64_t want = sqlite3_column_int64(s, 15), have = sqlite3_column_bytes(s, 11);
+	if (sqlite3_column_type(s, CLAIM_PLEN_COL) != SQLITE_NULL) {
+		int64_t want = sqlite3_column_int64(s, CLAIM_PLEN_COL),
+		        have = sqlite3_column_bytes(s, 11);
 		if (want != have) {
 			snprintf(why, why_size,
 			         "stored bytes damaged: the payload is %lld bytes, %lld were stored (%s)",
@@ -602,6 +854,31 @@ static int fail_damaged(sq_ctx *c, const sq_damaged *d, size_t n, char *errstr,
 	return 0;
 }
 
+/* Notes the current row of a claim as damaged (why), for fail_damaged(). */
+static int damaged_add(sq_ctx *c, sqlite3_stmt *s, const char *why)
+{
+	sq_damaged *d;
+	if (c->ndamaged == c->cap_damaged) {
+		size_t cap = c->cap_damaged ? 2 * c->cap_damaged : 8;
+		d = realloc(c->damaged, cap * sizeof(*d));
+		if (!d)
+			return -1;
+		c->damaged = d;
+		c->cap_damaged = cap;
+	}
+	d = &c->damaged[c->ndamaged++];
+	d->seq = sqlite3_column_int64(s, 0);
+	snprintf(d->why, sizeof(d->why), "%s", why);
+	if (sqlite3_column_bytes(s, 1) == 16) {
+		ackbox_id id;
+		memcpy(id.b, sqlite3_column_blob(s, 1), 16);
+		ackbox_id_format(&id, d->id);
+	} else {
+		snprintf(d->id, sizeof(d->id), "(id unreadable)");
+	}
+	return 0;
+}
+
 /* Fills a row from the current result of a ROW_COLS statement. */
 static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
 {
@@ -628,31 +905,6 @@ static void read_row(sqlite3_stmt *s, ackbox_store_row *row)
 	row->lease = (uint64_t)sqlite3_column_int64(s, 14);
 }
 
-/* Notes the current row of a claim as damaged (why), for fail_damaged(). */
-static int damaged_add(sq_ctx *c, sqlite3_stmt *s, const char *why)
-{
-	sq_damaged *d;
-	if (c->ndamaged == c->cap_damaged) {
-		size_t cap = c->cap_damaged ? 2 * c->cap_damaged : 8;
-		d = realloc(c->damaged, cap * sizeof(*d));
-		if (!d)
-			return -1;
-		c->damaged = d;
-		c->cap_damaged = cap;
-	}
-	d = &c->damaged[c->ndamaged++];
-	d->seq = sqlite3_column_int64(s, 0);
-	snprintf(d->why, sizeof(d->why), "%s", why);
-	if (sqlite3_column_bytes(s, 1) == 16) {
-		ackbox_id id;
-		memcpy(id.b, sqlite3_column_blob(s, 1), 16);
-		ackbox_id_format(&id, d->id);
-	} else {
-		snprintf(d->id, sizeof(d->id), "(id unreadable)");
-	}
-	return 0;
-}
-
 static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
                     ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size)
 {
@@ -661,6 +913,8 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	size_t n = 0, nb, rows;
 	int rc, stop = 0;
 
+	if (c->absent && (rc = take_up(c, now_ms, errstr, errstr_size)) <= 0)
+		return rc;
 	if (limit > c->cap_seqs) {
 		int64_t *ns = realloc(c->seqs, limit * sizeof(*ns));
 		if (!ns)
@@ -671,6 +925,14 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	/* about once a second: a relay that is gone leaves its rows to us */
+	rc = sq_owner_register(c, now_ms, errstr, errstr_size);
+	if (rc == 0 && sq_owner_due_check(c, now_ms))
+		rc = sq_owner_check(c, now_ms, 0, errstr, errstr_size);
+	if (rc) {
+		rollback(c);
+		return rc;
+	}
 	/* Packed batches get half the room first, rows what is left, then
 	 * batches the rest: neither waits behind a backlog of the other. */
 	rc = sq_pack_claim(c, now_ms, lease_until_ms, limit / 2 ? limit / 2 : 1, cb, opaque, &stop,
@@ -682,6 +944,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	nb = (size_t)rc;
 	sqlite3_bind_int64(s, 1, now_ms);
 	sqlite3_bind_int64(s, 2, nb < limit ? (sqlite3_int64)(limit - nb) : 0);
+	sqlite3_bind_int64(s, 3, c->owner);
 	/* Collect first, update after: moving a row in the index being scanned
 	 * could make the scan meet it again. */
 	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -695,7 +958,8 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 			continue;
 		}
 		read_row(s, &row);
-		row.lease++; /* the lease this claim takes (the UPDATE below) */
+		/* the lease this claim takes (the UPDATE below) */
+		row.lease = (uint64_t)sq_lease_next((int64_t)row.lease, c->owner);
 		c->seqs[n++] = sqlite3_column_int64(s, 0);
 		stop = cb(&row, opaque);
 	}
@@ -715,6 +979,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	for (size_t i = 0; i < n; i++) {
 		sqlite3_bind_int64(u, 1, lease_until_ms);
 		sqlite3_bind_int64(u, 2, c->seqs[i]);
+		sqlite3_bind_int64(u, 3, c->owner);
 		rc = sqlite3_step(u);
 		sqlite3_reset(u);
 		if (rc != SQLITE_DONE) {
@@ -739,13 +1004,23 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	return (int)(nb + rows);
 }
 
+/* A change of a message the core got in memory at publish (never claimed)
+ * carries lease 0: the row's lease is the one this relay inserted it with. */
+static sqlite3_int64 change_lease(const sq_ctx *c, const ackbox_store_change *ch)
+{
+	return ch->lease ? (sqlite3_int64)ch->lease : sq_lease_own(c);
+}
+
 static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
                     size_t errstr_size)
 {
 	sq_ctx *c = vctx;
 	int64_t now = ackbox_wall_ms();
 	uint8_t *done = NULL;
-	int rc = begin(c, 1);
+	int rc;
+	if (c->absent)
+		return 0; /* nothing was inserted or claimed */
+	rc = begin(c, 1);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
 	/* Changes for packed members first, in order; a member that moves out
@@ -777,7 +1052,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 			run++;
 		if (run == DELETE_MANY) {
 			s = c->st[ST_DELETE_MANY];
-			sqlite3_bind_int64(s, 1, (sqlite3_int64)ch[i].lease);
+			sqlite3_bind_int64(s, 1, change_lease(c, &ch[i]));
 			for (size_t k = 0; k < run; k++)
 				sqlite3_bind_blob(s, (int)k + 2, ch[i + k].id.b, 16, SQLITE_STATIC);
 			rc = sqlite3_step(s);
@@ -799,7 +1074,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		default: continue;
 		}
 		sqlite3_bind_blob(s, 1, ch[i].id.b, 16, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 7, (sqlite3_int64)ch[i].lease);
+		sqlite3_bind_int64(s, 7, change_lease(c, &ch[i]));
 		if (ch[i].kind == ACKBOX_CHANGE_RETRY || ch[i].kind == ACKBOX_CHANGE_FAIL) {
 			sqlite3_bind_int(s, 2, ch[i].attempts);
 			sqlite3_bind_text(s, 4, ch[i].last_error, -1, SQLITE_STATIC);
@@ -844,16 +1119,37 @@ static int exec_changes(sq_ctx *c, const char *sql, const int64_t *args, int nar
 	return sqlite3_changes(c->db);
 }
 
+/*
+ * Crash recovery at open, for a handle that sends: it registers as an
+ * owner, and what no live relay owns becomes due now (owner.c). The rows a
+ * live relay holds stay its own, so a second publisher on the file neither
+ * resends nor counts them. The first claim unpacks recovered batches.
+ */
+static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	int rc = begin(c, 1);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	rc = sq_owner_register(c, now_ms, errstr, errstr_size);
+	if (rc == 0)
+		rc = sq_owner_check(c, now_ms, 1, errstr, errstr_size);
+	if (rc) {
+		rollback(c);
+		return rc;
+	}
+	rc = commit(c);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	return 0;
+}
+
 static int sq_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
 {
-	int64_t a[1] = {now_ms};
-	int rc = exec_changes(vctx,
-	                      "UPDATE ackbox_outbox SET due_ms = ?1 WHERE state < 2 AND due_ms > ?1",
-	                      a, 1, "recovery", errstr, errstr_size);
-	if (rc >= 0) /* the first claim unpacks them */
-		rc = exec_changes(vctx, "UPDATE ackbox_batch SET due_ms = ?1 WHERE due_ms > ?1", a, 1,
-		                  "recovery", errstr, errstr_size);
-	return rc < 0 ? rc : 0;
+	sq_ctx *c = vctx;
+	c->relay = 1;
+	if (c->absent)
+		return 0; /* nothing to recover; the first insert or claim registers */
+	return sq_recover_now(c, now_ms, errstr, errstr_size);
 }
 
 static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr_size)
@@ -862,6 +1158,8 @@ static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	sqlite3_stmt *s;
 	int rc;
 	memset(out, 0, sizeof(*out));
+	if (c->absent)
+		return 0;
 	rc = sqlite3_prepare_v2(c->db,
 	                        "SELECT (SELECT count(*) FROM ackbox_outbox WHERE state < 2),"
 	                        " (SELECT count(*) FROM ackbox_outbox WHERE state = 1),"
@@ -897,7 +1195,10 @@ static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 static int sq_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
-	int rc = sqlite3_step(c->st[ST_PENDING_ANY]);
+	int rc;
+	if (c->absent)
+		return 0;
+	rc = sqlite3_step(c->st[ST_PENDING_ANY]);
 	sqlite3_reset(c->st[ST_PENDING_ANY]);
 	if (rc == SQLITE_ROW)
 		return 1;
@@ -965,6 +1266,8 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 	list_merge m;
 	int rc;
 
+	if (c->absent)
+		return 0;
 	memset(&m, 0, sizeof(m));
 	sq_pack_iter_init(c, &m.it);
 	m.limit = limit;
@@ -1008,8 +1311,14 @@ static int sq_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s;
 	char idstr[ACKBOX_ID_STRLEN];
-	int rc = sqlite3_prepare_v2(c->db, "SELECT " ROW_COLS " FROM ackbox_outbox WHERE id = ?1",
-	                            -1, &s, NULL);
+	int rc;
+	if (c->absent) {
+		ackbox_id_format(id, idstr);
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);
+		return ACKBOX_ERR_NOT_FOUND;
+	}
+	rc = sqlite3_prepare_v2(c->db, "SELECT " ROW_COLS " FROM ackbox_outbox WHERE id = ?1", -1,
+	                        &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "get", errstr, errstr_size);
 	sqlite3_bind_blob(s, 1, id->b, 16, SQLITE_STATIC);
@@ -1044,18 +1353,24 @@ static int sq_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s;
 	int rc, total = 0;
+	/* a requeued message is anyone's: its owner bits go, its counter moves on */
+	if (c->absent)
+		return 0;
 	if (!ids) {
 		int64_t a[1] = {now_ms};
 		return exec_changes(c,
 		                    "UPDATE ackbox_outbox SET state = 1, attempts = 0, due_ms = ?1,"
-		                    " updated_ms = ?1 WHERE state = 2",
+		                    " updated_ms = ?1, lease = ((lease & 4294967295) + 1) & 4294967295"
+		                    " WHERE state = 2",
 		                    a, 1, "requeue", errstr, errstr_size);
 	}
 	rc = begin(c, 0);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_prepare_v2(c->db,
 		                        "UPDATE ackbox_outbox SET state = 1, attempts = 0, due_ms = ?2,"
-		                        " updated_ms = ?2 WHERE id = ?1 AND state = 2",
+		                        " updated_ms = ?2,"
+		                        " lease = ((lease & 4294967295) + 1) & 4294967295"
+		                        " WHERE id = ?1 AND state = 2",
 		                        -1, &s, NULL);
 	if (rc != SQLITE_OK) {
 		rc = sq_error(c->db, rc, c->path, "requeue", errstr, errstr_size);
@@ -1085,6 +1400,8 @@ static int sq_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms
 static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errstr_size)
 {
 	int64_t a[1] = {older_than_ms};
+	if (((sq_ctx *)vctx)->absent)
+		return 0;
 	return exec_changes(vctx, "DELETE FROM ackbox_outbox WHERE state = 2 AND updated_ms < ?1", a,
 	                    1, "purge", errstr, errstr_size);
 }
@@ -1107,6 +1424,11 @@ static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 		ackbox_errstr_set(errstr, errstr_size, "sqlite store '%s': force takes FAIL or DELETE",
 		                  c->path);
 		return ACKBOX_ERR_INVALID;
+	}
+	if (c->absent) {
+		ackbox_id_format(&ch->id, idstr);
+		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);
+		return ACKBOX_ERR_NOT_FOUND;
 	}
 	rc = begin(c, 0);
 	if (rc == SQLITE_OK)

@@ -56,6 +56,34 @@ enum {
 typedef struct sq_batch sq_batch;
 typedef struct sq_slot sq_slot;
 
+/* store.create: when a missing store (file, or ackbox's tables in it) is made */
+typedef enum sq_create {
+	SQ_CREATE_OPEN = 0,   /* at open (the default) */
+	SQ_CREATE_INSERT = 1, /* at the first insert; until then the store reads as empty */
+	SQ_CREATE_NEVER = 2   /* never: a missing or foreign store fails open */
+} sq_create;
+
+/*
+ * A lease word is (owner << 32) | counter: the owner is the row of
+ * ackbox_owner of the relay that inserted or last claimed the row, the
+ * counter goes up with every claim. Changes carry the whole word, so
+ * fencing compares both. A row whose owner is 0 or no longer registered is
+ * anyone's when due; one of another registered relay is that relay's,
+ * unless this connection cannot check it (temp.ackbox_foreign).
+ */
+#define SQ_LEASE_COUNTER 0xffffffffLL
+
+/* A claim's filter: not held by another registered relay (?3 is this one),
+ * unless this connection cannot check that relay. */
+#define SQ_NOT_HELD                                                                                \
+	"(lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3"                   \
+	" AND owner NOT IN (SELECT owner FROM temp.ackbox_foreign))"
+
+/* The payload's length as written, last in an ackbox_outbox column list
+ * (its value last in VALUES; in a SELECT, a column claims check): a file
+ * from before the column has it dropped by sq_stmt_sql(). */
+#define SQ_PLEN_COL ", payload_len"
+
 typedef struct sq_ctx {
 	sqlite3 *db;
 	char *path;
@@ -79,6 +107,17 @@ typedef struct sq_ctx {
 	size_t cap_slots, nslots;
 	sq_batch *batches; /* doubly linked */
 	sq_batch *fresh;   /* written by the open transaction, kept if it commits */
+
+	/* store.create, and what open found (owner.c, sqlite.c) */
+	sq_create create;
+	int sender;     /* the handle has a transport: it may upgrade an older schema */
+	int absent;     /* no ackbox store yet (store.create=insert): the first insert makes it */
+	int has_owners; /* the ackbox_owner table exists */
+	int relay;      /* recover() was called: this handle claims and sends */
+
+	/* this relay's ownership of rows (owner.c) */
+	int64_t owner;            /* its ackbox_owner row, 0 until registered */
+	int64_t owners_checked_ms; /* when the other owners were last looked at */
 } sq_ctx;
 
 /* Walks the packed members that are not final, batch by batch (in the
@@ -95,10 +134,74 @@ typedef struct sq_pack_iter {
 int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errstr,
              size_t errstr_size);
 
+/* sql as prepared on this file: without the owner filter (SQ_NOT_HELD) when
+ * the file has no ackbox_owner table, and without payload_len (SQ_PLEN_COL;
+ * a SELECT reads NULL) when its ackbox_outbox lacks the column: an older
+ * file a handle must not upgrade. */
+const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size);
+
+/* The lease a claim by `owner` gives a row that had `old`. */
+static inline int64_t sq_lease_next(int64_t old, int64_t owner)
+{
+	return (int64_t)((uint64_t)owner << 32) | (((old & SQ_LEASE_COUNTER) + 1) & SQ_LEASE_COUNTER);
+}
+
+/* The lease a row this relay inserts gets (and the one a change of a fresh,
+ * never claimed message means by lease 0). */
+static inline int64_t sq_lease_own(const sq_ctx *c)
+{
+	return (int64_t)((uint64_t)c->owner << 32);
+}
+
+/*
+ * owner.c. Registers this relay in ackbox_owner (pid, process start time,
+ * boot id, pid namespace) unless it is already; inside a transaction.
+ */
+int sq_owner_register(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
+
+/*
+ * Inside a transaction: looks at the other registered owners. One whose
+ * process is gone is unregistered, and its SENDING/RETRYING rows and
+ * batches leased into the future become due now; one this process cannot
+ * check (another pid namespace) keeps its rows until their lease runs out.
+ * at_open also makes due what nobody and this relay hold (crash recovery).
+ * Returns 0 or an error.
+ */
+int sq_owner_check(sq_ctx *c, int64_t now_ms, int at_open, char *errstr, size_t errstr_size);
+
+/* Whether a running relay should look at the other owners again (about once a second). */
+int sq_owner_due_check(sq_ctx *c, int64_t now_ms);
+
+/*
+ * At close, inside the caller's transaction: this relay's registration
+ * goes, and with it its hold on its rows and batches (due as they are:
+ * another relay takes them when their lease runs out, the next one to open
+ * at once). Returns SQLITE_OK or an SQLite error.
+ */
+int sq_owner_unregister(sq_ctx *c);
+
+/*
+ * When unregistering failed: this process forgets owner c->owner, and its
+ * own later checks of the file treat it as gone (other processes do so once
+ * this one has ended).
+ */
+void sq_owner_stale(sq_ctx *c);
+
 /* Prepares packed.c's statements (after the schema exists). */
 int sq_pack_open(sq_ctx *c, char *errstr, size_t errstr_size);
 /* Finalizes them and forgets the batches in memory (they stay on disk). */
 void sq_pack_close(sq_ctx *c);
+
+/* Whether a batch this instance holds has members acked in memory only. */
+int sq_pack_partly_acked(const sq_ctx *c);
+
+/*
+ * At close, inside the caller's transaction: each batch with members acked
+ * in memory is replaced by rows of its other members (under the batch's
+ * lease), so the next relay does not send the acked ones again.
+ * Returns 0, or an error with err set.
+ */
+int sq_pack_write_out(sq_ctx *c, char *err, size_t err_size);
 
 /*
  * Inside insert()'s transaction: writes recs as one packed row if they can

@@ -7,7 +7,11 @@
 #define ACKBOX_TESTUTIL_H
 
 #define _GNU_SOURCE
+#ifdef ACKBOX_CRITERION_SHIM
+#include "crshim.h" /* the ThreadSanitizer pass: Criterion cannot run under TSan */
+#else
 #include <criterion/criterion.h>
+#endif
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +43,7 @@ static inline long long tu_wall_ms(void)
  */
 static inline const char *tu_fixture(const char *fixture, const char *key)
 {
-	static char value[1024];
+	static char value[1200]; /* a whole line fits: no truncation */
 	const char *dir = getenv("ACKBOX_FIXTURE_DIR");
 	char path[1024], line[1200];
 	size_t klen = strlen(key);
@@ -94,6 +98,14 @@ static inline void tu_rmrf(const char *dir)
 		}                                                                                  \
 		tu_ok_;                                                                            \
 	})
+
+/* How much slower a sanitizer build runs: bounds on time that must still
+ * hold there are multiplied by it. */
+#ifdef ACKBOX_TEST_SANITIZED
+#define TU_SLOW 4
+#else
+#define TU_SLOW 1
+#endif
 
 /* Sets a key or fails the test with the errstr. */
 #define TU_SET(conf, k, v)                                                                         \

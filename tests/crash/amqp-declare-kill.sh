@@ -5,9 +5,9 @@
 # it, and count what the queue kept.
 #
 #   amqp-declare-kill.sh FIXTURE_ENV DECLARE_KILL DRAIN [CYCLES] [DELAYS] [PAUSES]
-#     FIXTURE_ENV   env file of a tests/fixtures/rabbitmq.sh broker (it is
+#     FIXTURE_ENV   env file of a brokers/amqp/tests/rabbitmq.sh broker (it is
 #                   killed and restarted)
-#     DECLARE_KILL  tests/tools/amqp-declare-kill; DRAIN tests/tools/amqp-drain
+#     DECLARE_KILL  brokers/amqp/tests/amqp-declare-kill; DRAIN brokers/amqp/tests/amqp-drain
 #     CYCLES        how many (default 20); DELAYS, ms after the confirms,
 #                   taken in turn (default "0 200 1000 3000"); PAUSES, seconds
 #                   between a restart and the next declare, taken in turn
@@ -18,14 +18,14 @@
 # the restart ("absent": no queue), and whether the queue's name was in
 # mnesia's files on disk after the kill (the definition written out) or not.
 # Exit 1 if any cycle lost confirmed messages (the point is to show it).
-# QUEUE_TYPE=quorum declares quorum queues (see tests/tools/amqp-declare-kill).
+# QUEUE_TYPE=quorum declares quorum queues (see brokers/amqp/tests/amqp-declare-kill.c).
 set -euo pipefail
 envfile=${1:?fixture env} tool=${2:?amqp-declare-kill} drain=${3:?amqp-drain}
 cycles=${4:-20}
 read -r -a delays <<< "${5:-0 200 1000 3000}"
 read -r -a pauses <<< "${6:-0 3}"
 here=$(cd "$(dirname "$0")" && pwd)
-fixture=$here/../fixtures/rabbitmq.sh
+fixture=$here/../../brokers/amqp/tests/rabbitmq.sh
 # shellcheck disable=SC1090
 . "$envfile"
 mnesia=$RABBITMQ_FIXTURE_DIR/mnesia/$RABBITMQ_NODENAME

@@ -2,8 +2,8 @@
 # Crash and outage harness: proves "nothing accepted is lost" with the real
 # `ackbox` CLI, a real broker and an independent consumer.
 #
-#   harness.sh BROKER MODE CLI FIXTURE_ENV
-#     BROKER       amqp | mqtt | kafka
+#   harness.sh BROKER MODE CLI FIXTURE_ENV ADAPTER
+#     BROKER       the transport's name, for messages and result lines
 #     MODE         kill9   `ackbox publish` SIGKILLed at a random moment, then
 #                          `ackbox relay --until-empty` delivers the rest
 #                  outage  the broker stopped for CRASH_OUTAGE_S seconds
@@ -13,44 +13,61 @@
 #                          dies at CRASH_POINT; then `ackbox relay` as in kill9
 #     CLI          the ackbox binary
 #     FIXTURE_ENV  the env file the broker fixture wrote
+#     ADAPTER      the transport's crash_adapter.sh (in its plugin folder,
+#                  declared with ackbox_add_crash_tests): sourced after
+#                  FIXTURE_ENV, it sets
+#                    crash_url         the transport URL
+#                    crash_sets        extra CLI arguments (--set KEY=VALUE ...)
+#                    crash_tag         (optional) a word for the result lines
+#                  and defines
+#                    consumer_start TOPIC    before publishing: an independent
+#                                            consumer, or what it needs
+#                    consumer_collect TOPIC WANT
+#                                            prints the first word of every
+#                                            message that arrived, one per line
+#                                            (WANT: the ledger's numbers, sorted)
+#                    broker_down             the fault: the broker stops
+#                    broker_up PUBPID TOPIC  it starts again with its data
+#                  It may also define
+#                    crash_prepare TOPIC...  once, before the first trial, with
+#                                            every trial's topic
+#                    broker_evidence TOPIC   a losing trial: copy what the
+#                                            broker says about it into $work
+#                  broker_up gets the trial's number as a third argument and
+#                  may leave "$work/confirmed-before-kill-TRIAL" and
+#                  "$work/queue-after-restart-TRIAL" (added to the result line).
+#                  It may use $work (scratch dir), $size (payload bytes), $n,
+#                  $cli, $store, $ledger, $trials, fail MESSAGE, and append
+#                  background pids to pids.
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
 #   CRASH_RESULTS (file to append result lines to),
-#   CRASH_AMQP_DECLARE (before: the harness declares every trial's queue
-#   before the first trial and restarts RabbitMQ cleanly, so that the
-#   declarations are on disk before any fault; relay: the relay declares
-#   each queue on its first send, a few hundred ms before the fault, as in
-#   the losing trial of docs/reliability.md),
-#   AMQP_DRAIN (tests/tools/amqp-drain: reads a queue in well under a second;
-#   without it amqp-consume, which forks a command per message),
 #   CRASH_CONTINUE=1 (a trial that lost messages is recorded and the next
-#   one runs; the exit status is still non-zero at the end).
-# A losing trial keeps its files (store, ledger, what publish said, the
-# broker's log and, for AMQP outages, the queues right after the restart)
-# in a directory it names.
+#   one runs; the exit status is still non-zero at the end); the adapter may
+#   read more (AMQP: CRASH_AMQP_DECLARE, AMQP_DRAIN).
+# A losing trial keeps its files (store, ledger, what publish said, what the
+# broker said) in a directory it names.
 #
 # The ledger: `ackbox publish --ledger` appends each range of sequence
 # numbers as soon as the store has accepted it. Every number in the ledger
-# must be read back by the consumer (amqp-consume, mosquitto_sub, kcat):
-# lost = ledger - received must be 0. Duplicates are counted and reported.
-# No row may be left sending or retrying, and none may be FAILED.
+# must be read back by the consumer: lost = ledger - received must be 0.
+# Duplicates are counted and reported. No row may be left sending or
+# retrying, and none may be FAILED.
 set -euo pipefail
-broker=${1:?broker} mode=${2:?mode} cli=${3:?cli} envfile=${4:?fixture env}
+broker=${1:?broker} mode=${2:?mode} cli=${3:?cli} envfile=${4:?fixture env} adapter=${5:?adapter}
 trials=${CRASH_TRIALS:-3}
 [ "$mode" = outage ] && trials=${CRASH_OUTAGE_TRIALS:-1}
 [ "$mode" = point ] && trials=1
 n=${CRASH_N:-5000}
 outage=${CRASH_OUTAGE_S:-30}
 size=32
-here=$(cd "$(dirname "$0")" && pwd)
-fixtures=$here/../fixtures
 [ -f "$envfile" ] || { echo "harness: broker fixture did not start ($envfile missing)" >&2; exit 1; }
+[ -f "$adapter" ] || { echo "harness: no crash adapter $adapter" >&2; exit 1; }
 # shellcheck disable=SC1090
 . "$envfile"
 base=${ACKBOX_TEST_TMP:-/tmp}
 mkdir -p "$base"
 work=$(mktemp -d "$base/crash-$broker-$mode-XXXXXX")
-declare_mode=${CRASH_AMQP_DECLARE:-before}
 pids=()
 keep=0 losses=0
 cleanup() {
@@ -74,88 +91,12 @@ pub_sets=(--stall-seconds $((outage + 120)))
 # an outage trial keeps the warnings (transport disconnected, with how many
 # messages were unconfirmed then) for the report of a losing trial
 [ "$mode" = outage ] && pub_sets+=(--set log.level=warn)
-case "$broker" in
-amqp)  url=$AMQP_URL
-       # declared ahead, the queue is not declared again: if RabbitMQ ever
-       # lost it, publishes would come back unroutable, not fill a new one
-       [ "$declare_mode" = relay ] && sets+=(--set amqp.declare_queue=true) ;;
-mqtt)  url=$MQTT_URL ;;
-kafka) url=$KAFKA_URL ;;
-*) fail "unknown broker $broker" ;;
-esac
-
-# ---- the independent consumers ----
-sub_pid=""
-# RabbitMQ SIGKILLed within about 2 s of a durable queue's declaration can
-# come back without the queue, and with it go the messages it confirmed in
-# it: mnesia logs the declaration's commit record, but its "committed"
-# decision only later (docs/reliability.md, tests/crash/amqp-declare-kill.sh).
-# Applications declare their queues ahead of traffic; so does the harness:
-# every trial's queue before the first trial, then a clean restart (SIGTERM),
-# after which each declaration is on disk.
-amqp_declare_ahead() {
-  [ "$broker" = amqp ] && [ "$declare_mode" = before ] || return 0
-  for i in $(seq 1 "$trials"); do
-    amqp-declare-queue --url="$AMQP_URL" -q "crash_${mode}_$$_$i" -d > /dev/null ||
-      fail "cannot declare queue crash_${mode}_$$_$i"
-  done
-  bash "$fixtures/rabbitmq.sh" term "$RABBITMQ_FIXTURE_DIR"
-  bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" > /dev/null
-}
-
-consumer_start() { # topic
-  [ "$broker" = amqp ] && return 0 # declared ahead, or by the relay (amqp.declare_queue)
-  [ "$broker" = mqtt ] || return 0
-  # a persistent session subscribed before anything is published; it
-  # reconnects by itself after a broker restart
-  mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -c -i "c-$1" -t "$1" -E
-  mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -c -i "c-$1" -t "$1" > "$work/$1.mqtt" 2>/dev/null &
-  sub_pid=$!
-  pids+=("$sub_pid")
-}
-
-# The number of messages in queue $1, or "absent".
-amqp_count() {
-  if [ -n "${AMQP_DRAIN:-}" ]; then
-    "$AMQP_DRAIN" --count "$AMQP_URL" "$1"
-  else
-    bash "$fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" |
-      awk -v q="$1" '$1 == q {print $2; found = 1} END {if (!found) print "absent"}'
-  fi
-}
-
-# Prints the sequence number of every message received on topic, one per line.
-consumer_collect() { # topic ledger_expanded
-  local t=$1 want=$2
-  case "$broker" in
-  amqp)
-    local count
-    count=$(amqp_count "$t")
-    # no queue: nothing was ever sent (the relay declares it on the first
-    # send); every ledger number then counts as lost below
-    [ "$count" != absent ] && [ "$count" -gt 0 ] || return 0
-    if [ -n "${AMQP_DRAIN:-}" ]; then
-      timeout 300 "$AMQP_DRAIN" "$AMQP_URL" "$t" | awk '{print $1}'
-    else
-      timeout 300 amqp-consume --url="$AMQP_URL" -q "$t" -c "$count" cat | fold -w "$size" | awk '{print $1}'
-    fi
-    ;;
-  mqtt)
-    # wait (bounded) until every ledger number arrived, then stop reading
-    local deadline=$((SECONDS + 120))
-    while [ $SECONDS -lt $deadline ]; do
-      if [ -z "$(comm -23 "$want" <(awk '{print $1}' "$work/$t.mqtt" | sort -u))" ]; then break; fi
-      sleep 0.2
-    done
-    kill "$sub_pid" 2>/dev/null || true
-    wait "$sub_pid" 2>/dev/null || true
-    awk '{print $1}' "$work/$t.mqtt"
-    ;;
-  kafka)
-    timeout 120 kcat -C -b "$KAFKA_BOOTSTRAP" -t "$t" -o beginning -e -q -f '%s\n' | awk '{print $1}'
-    ;;
-  esac
-}
+# the transport's side: crash_url, crash_sets, the consumer, the fault
+# shellcheck disable=SC1090
+. "$adapter"
+# shellcheck disable=SC2154 # crash_url and crash_sets come from the adapter
+url=$crash_url
+sets+=("${crash_sets[@]}")
 
 # ---- checks ----
 # "lo..hi" per run of consecutive numbers read on stdin (sorted), at most 8
@@ -168,16 +109,6 @@ ranges() {
             print out " (" NR " numbers)"}'
 }
 
-# A losing trial: what the broker said about the topic goes with the files.
-keep_evidence() { # trial topic
-  keep=1
-  case "$broker" in
-  amqp)  cp "$RABBITMQ_FIXTURE_DIR"/log/*.log "$work/" 2>/dev/null || true
-         grep -h "$2" "$RABBITMQ_FIXTURE_DIR"/log/*.log > "$work/broker-log-$1" 2>/dev/null || true ;;
-  mqtt)  cp "$MOSQUITTO_FIXTURE_DIR/log" "$work/mosquitto.log" 2>/dev/null || true ;;
-  kafka) cp "$KAFKA_FIXTURE_DIR/log" "$work/kafka-mock.log" 2>/dev/null || true ;;
-  esac
-}
 totals_trials=0 totals_accepted=0 totals_lost=0 totals_dups=0
 check_trial() { # trial topic store ledger
   local i=$1 t=$2 store=$3 ledger=$4
@@ -195,12 +126,15 @@ check_trial() { # trial topic store ledger
   lost=$(comm -23 "$want" <(sort -u "$got") | wc -l)
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
-  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}$([ "$broker" = amqp ] && echo " declare=$declare_mode") trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed$([ -s "$work/queue-after-restart-$i" ] && echo " confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")")"
+  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}${crash_tag:+ $crash_tag} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  [ -s "$work/queue-after-restart-$i" ] &&
+    line+=" confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")"
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
   if [ "$lost" -ne 0 ]; then
     comm -23 "$want" <(sort -u "$got") | sort -n > "$work/lost-$i"
-    keep_evidence "$i" "$t"
+    keep=1
+    declare -F broker_evidence > /dev/null && broker_evidence "$t"
     local what
     what="trial $i lost $lost accepted message(s), numbers $(ranges < "$work/lost-$i"); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
     [ "${CRASH_CONTINUE:-0}" = 1 ] || fail "$what"
@@ -226,52 +160,11 @@ wait_ledger() { # ledger pid
   done
 }
 
-broker_down() {
-  case "$broker" in
-  amqp)  bash "$fixtures/rabbitmq.sh" kill "$RABBITMQ_FIXTURE_DIR" ;;   # SIGKILL: a crash
-  mqtt)  bash "$fixtures/mosquitto.sh" term "$MOSQUITTO_FIXTURE_DIR" ;; # see docs/brokers/mqtt.md
-  kafka) bash "$fixtures/kafka-mock.sh" down "$KAFKA_FIXTURE_DIR" ;;
-  esac
-}
-
-broker_up() { # publisher pid, topic, trial (mqtt: held while the subscriber re-attaches)
-  case "$broker" in
-  amqp)
-    # The publisher is held while RabbitMQ comes back, so that the queue is
-    # counted as the broker recovered it, before anything is resent. Nothing
-    # can be confirmed while the broker is down: the accepted messages no
-    # longer in the store were confirmed before the kill, and the recovered
-    # queue must hold at least that many (packed members acked only in the
-    # publisher's memory still count as stored: a lower bound).
-    kill -STOP "$1" 2>/dev/null || true
-    local pending accepted_now
-    pending=$("$cli" status --store "$store" --json | jq -r '.sending + .retrying')
-    accepted_now=$(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger")
-    echo $((accepted_now - pending)) > "$work/confirmed-before-kill-$3"
-    bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" >/dev/null
-    amqp_count "$2" > "$work/queue-after-restart-$3" 2>&1 || true
-    kill -CONT "$1" 2>/dev/null || true
-    ;;
-  kafka) bash "$fixtures/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR" ;;
-  mqtt)
-    # mosquitto 2.0.11 queues nothing for a restored offline session until its
-    # client reconnects (docs/brokers/mqtt.md): hold the publisher until the
-    # subscriber is back, so the test measures ackbox, not that broker limit
-    kill -STOP "$1" 2>/dev/null || true
-    local before
-    before=$(grep -c "as c-$2 " "$MOSQUITTO_FIXTURE_DIR/log" || true)
-    bash "$fixtures/mosquitto.sh" restart "$MOSQUITTO_FIXTURE_DIR" >/dev/null
-    local deadline=$((SECONDS + 30))
-    until [ "$(grep -c "as c-$2 " "$MOSQUITTO_FIXTURE_DIR/log" || true)" -gt "$before" ]; do
-      [ $SECONDS -lt $deadline ] || { kill -CONT "$1" 2>/dev/null; fail "subscriber did not reconnect"; }
-      sleep 0.1
-    done
-    kill -CONT "$1" 2>/dev/null || true
-    ;;
-  esac
-}
-
-amqp_declare_ahead
+if declare -F crash_prepare > /dev/null; then
+  topics=()
+  for i in $(seq 1 "$trials"); do topics+=("crash_${mode}_$$_$i"); done
+  crash_prepare "${topics[@]}"
+fi
 for i in $(seq 1 "$trials"); do
   topic="crash_${mode}_$$_$i"
   store="sqlite://$work/outbox-$i.db"

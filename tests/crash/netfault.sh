@@ -20,7 +20,7 @@
 # Environment: NETFAULT_N (messages per scenario, 5000; trickle sends 300),
 # NETFAULT_SETS (extra --set KEY=VALUE words for publish; default: the keys
 # that notice a silent connection, see below), NETFAULT_RESULTS (file to
-# append result lines to), AMQP_DRAIN (tests/tools/amqp-drain), NETFAULT_KEEP=1
+# append result lines to), AMQP_DRAIN (brokers/amqp/tests/amqp-drain), NETFAULT_KEEP=1
 # (keep the files: the proxy log, what publish wrote, with times).
 #
 # Each scenario must end with every accepted message received (lost 0), the
@@ -134,7 +134,7 @@ consumer_collect() { # topic want
       timeout 120 "$AMQP_DRAIN" "$AMQP_URL" "$1" | awk '{print $1}'
     else
       local count
-      count=$(bash "$(dirname "$0")/../fixtures/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" | awk -v q="$1" '$1 == q {print $2}')
+      count=$(bash "$(dirname "$0")/../../brokers/amqp/tests/rabbitmq.sh" queues "$RABBITMQ_FIXTURE_DIR" | awk -v q="$1" '$1 == q {print $2}')
       [ "${count:-0}" -gt 0 ] || return 0
       timeout 300 amqp-consume --url="$AMQP_URL" -q "$1" -c "$count" cat | fold -w 32 | awk '{print $1}'
     fi
@@ -175,6 +175,7 @@ check_midstream() { # pid out
 results=()
 run() { # scenario
   local sc=$1 count=$n topic="netfault_${1}_$$" store="sqlite://$work/$1.db" ledger="$work/$1.ledger"
+  local started=$SECONDS
   [ "$sc" = trickle ] && count=$(( n < 300 ? n : 300 ))
   : > "$ledger"
   px pass
@@ -257,7 +258,7 @@ run() { # scenario
   fi
   local key_val="" k
   for k in "${extra[@]}"; do case "$k" in "$detect_key="*) key_val=${k#*=} ;; esac; done
-  local line="broker=$broker scenario=$sc n=$count accepted=$accepted received=$received lost=$lost duplicates=$dups failed=$failed pending=$pending${t0:+ noticed_s=$detect $detect_key=${key_val:-default}}"
+  local line="broker=$broker scenario=$sc n=$count accepted=$accepted received=$received lost=$lost duplicates=$dups failed=$failed pending=$pending seconds=$((SECONDS - started))${t0:+ noticed_s=$detect $detect_key=${key_val:-default}}"
   log "$line"
   [ -n "${NETFAULT_RESULTS:-}" ] && echo "$line" >> "$NETFAULT_RESULTS"
   results+=("$line")

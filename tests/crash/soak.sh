@@ -47,7 +47,9 @@ echo "soak: seed $seed (replay: soak.sh --minutes $minutes --seed $seed --lanes 
 cli=${ACKBOX_CLI:?ACKBOX_CLI missing in $tools}
 proxy=${FAULTPROXY:?FAULTPROXY missing in $tools}
 here=$(cd "$(dirname "$0")" && pwd)
-fixtures=$here/../fixtures
+fx_rabbitmq=$here/../../brokers/amqp/tests/rabbitmq.sh
+fx_mosquitto=$here/../../brokers/mqtt/tests/mosquitto.sh
+fx_kafka=$here/../../brokers/kafka/tests/kafka-mock.sh
 base=${ACKBOX_TEST_TMP:-/tmp}
 mkdir -p "$base"
 work=$(mktemp -d "$base/soak-$seed-XXXXXX")
@@ -63,9 +65,9 @@ cleanup() {
   for f in "$work"/*/proxy.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   for s in "${started[@]}"; do
     case "$s" in
-    amqp) bash "$fixtures/rabbitmq.sh" stop "$work/fx/amqp" >/dev/null 2>&1 || true ;;
-    mqtt) bash "$fixtures/mosquitto.sh" stop "$work/fx/mqtt" >/dev/null 2>&1 || true ;;
-    kafka) bash "$fixtures/kafka-mock.sh" stop "$work/fx/kafka" >/dev/null 2>&1 || true ;;
+    amqp) bash "$fx_rabbitmq" stop "$work/fx/amqp" >/dev/null 2>&1 || true ;;
+    mqtt) bash "$fx_mosquitto" stop "$work/fx/mqtt" >/dev/null 2>&1 || true ;;
+    kafka) bash "$fx_kafka" stop "$work/fx/kafka" >/dev/null 2>&1 || true ;;
     esac
   done
   if [ "$keep" = 1 ]; then echo "soak: files kept in $work" >&2; else rm -rf "$work"; fi
@@ -76,9 +78,9 @@ trap cleanup EXIT
 start_broker() { # lane
   mkdir -p "$work/fx" "$work/$1"
   case "$1" in
-  amqp) bash "$fixtures/rabbitmq.sh" start "$work/fx/amqp" > /dev/null ;;
-  mqtt) bash "$fixtures/mosquitto.sh" start "$work/fx/mqtt" > /dev/null ;;
-  kafka) bash "$fixtures/kafka-mock.sh" start-proxied "$work/fx/kafka" "${KAFKA_MOCK_CLUSTER:?}" > /dev/null ;;
+  amqp) bash "$fx_rabbitmq" start "$work/fx/amqp" > /dev/null ;;
+  mqtt) bash "$fx_mosquitto" start "$work/fx/mqtt" > /dev/null ;;
+  kafka) bash "$fx_kafka" start-proxied "$work/fx/kafka" "${KAFKA_MOCK_CLUSTER:?}" > /dev/null ;;
   *) echo "soak: unknown lane $1" >&2; exit 2 ;;
   esac
   started+=("$1")
@@ -112,8 +114,8 @@ if [[ " $lanes " == *" amqp "* ]]; then
   qs=()
   for r in $(seq 1 "$max_rounds"); do qs+=("soak_${seed}_amqp_$r"); done
   "${AMQP_DRAIN:?}" --declare "$AMQP_URL" "${qs[@]}"
-  bash "$fixtures/rabbitmq.sh" term "$work/fx/amqp"
-  bash "$fixtures/rabbitmq.sh" restart "$work/fx/amqp" > /dev/null
+  bash "$fx_rabbitmq" term "$work/fx/amqp"
+  bash "$fx_rabbitmq" restart "$work/fx/amqp" > /dev/null
 fi
 
 # ---- one lane: rounds until the deadline ----
@@ -150,22 +152,22 @@ lane() { # name seed
   px_down() { px_ask stats | tr ' ' '\n' | sed -n 's/^down=//p'; }
   broker_down() {
     case "$l" in
-    amqp) bash "$fixtures/rabbitmq.sh" kill "$RABBITMQ_FIXTURE_DIR" ;;
-    mqtt) bash "$fixtures/mosquitto.sh" term "$MOSQUITTO_FIXTURE_DIR" ;;
-    kafka) bash "$fixtures/kafka-mock.sh" down "$KAFKA_FIXTURE_DIR" ;;
+    amqp) bash "$fx_rabbitmq" kill "$RABBITMQ_FIXTURE_DIR" ;;
+    mqtt) bash "$fx_mosquitto" term "$MOSQUITTO_FIXTURE_DIR" ;;
+    kafka) bash "$fx_kafka" down "$KAFKA_FIXTURE_DIR" ;;
     esac
   }
   broker_up() { # publisher pid (mqtt: held until the subscriber is back)
     case "$l" in
-    amqp) bash "$fixtures/rabbitmq.sh" restart "$RABBITMQ_FIXTURE_DIR" > /dev/null ;;
-    kafka) bash "$fixtures/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR" ;;
+    amqp) bash "$fx_rabbitmq" restart "$RABBITMQ_FIXTURE_DIR" > /dev/null ;;
+    kafka) bash "$fx_kafka" up "$KAFKA_FIXTURE_DIR" ;;
     mqtt)
       # mosquitto 2.0.11 queues nothing for a restored offline session until
       # its client is back (docs/reliability.md): hold the publisher
       kill -STOP "$1" 2>/dev/null || true
       local before
       before=$(grep -c "as s-$topic " "$MOSQUITTO_FIXTURE_DIR/log" || true)
-      bash "$fixtures/mosquitto.sh" restart "$MOSQUITTO_FIXTURE_DIR" > /dev/null
+      bash "$fx_mosquitto" restart "$MOSQUITTO_FIXTURE_DIR" > /dev/null
       local deadline=$((SECONDS + 30))
       until [ "$(grep -c "as s-$topic " "$MOSQUITTO_FIXTURE_DIR/log" || true)" -gt "$before" ]; do
         [ $SECONDS -lt $deadline ] || { round_fail "subscriber did not reconnect"; break; }

@@ -32,7 +32,8 @@ function(ackbox_add_store_conformance)
   if(NOT TARGET store_conformance)
     add_executable(store_conformance
       ${PROJECT_SOURCE_DIR}/tests/store_conformance/store_conformance.c)
-    target_link_libraries(store_conformance PRIVATE ackbox PkgConfig::CRITERION Threads::Threads)
+    ackbox_link_criterion(store_conformance)
+    target_link_libraries(store_conformance PRIVATE ackbox Threads::Threads)
     target_include_directories(store_conformance PRIVATE ${PROJECT_SOURCE_DIR}/tests/common
       ${PROJECT_SOURCE_DIR}/brokers/loopback)
   endif()

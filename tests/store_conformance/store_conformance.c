@@ -6,6 +6,8 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <ackbox/store.h>
@@ -158,7 +160,8 @@ static void st_open(store *s)
 	cr_assert_eq(ackbox_url_parse(url, &u, err, sizeof(err)), 0, "%s", err);
 	s->ops = ackbox_store_lookup(u.scheme);
 	cr_assert(s->ops != NULL, "no store serves scheme '%s' in this build", u.scheme);
-	cr_assert_eq(s->ops->abi_version, ACKBOX_STORE_ABI_VERSION);
+	cr_assert_eq(ACKBOX_ABI_MAJOR(s->ops->abi_version), ACKBOX_ABI_MAJOR(ACKBOX_STORE_ABI_VERSION));
+	cr_assert_leq(ACKBOX_ABI_MINOR(s->ops->abi_version), ACKBOX_ABI_MINOR(ACKBOX_STORE_ABI_VERSION));
 	cr_assert_geq(s->ops->struct_size, offsetof(ackbox_store_ops, purge) + sizeof(void *),
 	              "the store's table lacks required slots");
 	s->conf = ackbox_conf_new();
@@ -1925,4 +1928,313 @@ Test(api, fail_and_purge_ids_take_messages_from_the_relay_sending_them)
 	cr_assert_eq(ackbox_show(ab, &batch[2], copy_stored, &sc, err, sizeof(err)),
 	             ACKBOX_ERR_NOT_FOUND, "the deleted member stays deleted");
 	ackbox_destroy(ab);
+}
+
+/* ------------------------------------------------------------------ */
+/* Threads: callbacks that call back, and close racing publishers       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A store that logs inside every call, as a store logging a damaged row
+ * inside a claim does: it wraps the store under test (SQLite's test VFS
+ * idea). The core holds the store lock around each call; the log callback
+ * must still run without it.
+ */
+typedef struct wrap_ctx {
+	const ackbox_conf *conf;
+	char real[]; /* the wrapped store's context */
+} wrap_ctx;
+
+static const ackbox_store_ops *wrapped;
+static ackbox_store_ops wrap_ops;
+
+#define WLOG(ctx, what)                                                                            \
+	ackbox_store_log(((wrap_ctx *)(ctx))->conf, ACKBOX_LOG_WARN, "logwrap",                   \
+	                 "inside %s, under the store lock", what)
+#define REAL(ctx) ((void *)((wrap_ctx *)(ctx))->real)
+
+static int w_open(void *ctx, const ackbox_url *u, const ackbox_conf *conf, ackbox_sync sync,
+                  char *errstr, size_t errstr_size)
+{
+	ackbox_url real = *u;
+	real.scheme = scheme; /* the wrapped store's own */
+	((wrap_ctx *)ctx)->conf = conf;
+	return wrapped->open(REAL(ctx), &real, conf, sync, errstr, errstr_size);
+}
+static void w_close(void *ctx)
+{
+	wrapped->close(REAL(ctx));
+}
+static int w_insert(void *ctx, const ackbox_store_rec *r, size_t n, char *e, size_t es)
+{
+	WLOG(ctx, "insert");
+	return wrapped->insert(REAL(ctx), r, n, e, es);
+}
+static int w_claim(void *ctx, int64_t now, int64_t until, size_t limit, ackbox_store_row_cb cb,
+                   void *opaque, char *e, size_t es)
+{
+	WLOG(ctx, "claim");
+	return wrapped->claim(REAL(ctx), now, until, limit, cb, opaque, e, es);
+}
+static int w_apply(void *ctx, const ackbox_store_change *c, size_t n, char *e, size_t es)
+{
+	WLOG(ctx, "apply");
+	return wrapped->apply(REAL(ctx), c, n, e, es);
+}
+static int w_recover(void *ctx, int64_t now, char *e, size_t es)
+{
+	WLOG(ctx, "recover");
+	return wrapped->recover(REAL(ctx), now, e, es);
+}
+static int w_counts(void *ctx, ackbox_counts *out, char *e, size_t es)
+{
+	WLOG(ctx, "counts");
+	return wrapped->counts(REAL(ctx), out, e, es);
+}
+static int w_list(void *ctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
+                  char *e, size_t es)
+{
+	WLOG(ctx, "list");
+	return wrapped->list(REAL(ctx), state, limit, cb, opaque, e, es);
+}
+static int w_get(void *ctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque, char *e,
+                 size_t es)
+{
+	WLOG(ctx, "get");
+	return wrapped->get(REAL(ctx), id, cb, opaque, e, es);
+}
+static int w_requeue(void *ctx, const ackbox_id *ids, size_t n, int64_t now, char *e, size_t es)
+{
+	return wrapped->requeue(REAL(ctx), ids, n, now, e, es);
+}
+static int w_purge(void *ctx, int64_t older, char *e, size_t es)
+{
+	return wrapped->purge(REAL(ctx), older, e, es);
+}
+
+/* Registers "logwrap" around the store under test; its URL is url with
+ * the scheme replaced. */
+static void register_logwrap(char *wurl, size_t wurl_size)
+{
+	char err[256] = "";
+	wrapped = ackbox_store_lookup(scheme);
+	cr_assert(wrapped != NULL, "no store serves '%s'", scheme);
+	memset(&wrap_ops, 0, sizeof(wrap_ops));
+	wrap_ops.abi_version = ACKBOX_STORE_ABI_VERSION;
+	wrap_ops.struct_size = sizeof(wrap_ops); /* optional slots left NULL */
+	wrap_ops.scheme = "logwrap";
+	wrap_ops.ctx_size = sizeof(wrap_ctx) + wrapped->ctx_size;
+	wrap_ops.description = "logs inside every call (tests only)";
+	wrap_ops.open = w_open;
+	wrap_ops.close = w_close;
+	wrap_ops.insert = w_insert;
+	wrap_ops.claim = w_claim;
+	wrap_ops.apply = w_apply;
+	wrap_ops.recover = w_recover;
+	wrap_ops.counts = w_counts;
+	wrap_ops.list = w_list;
+	wrap_ops.get = w_get;
+	wrap_ops.requeue = w_requeue;
+	wrap_ops.purge = w_purge;
+	int rc = ackbox_store_register(&wrap_ops, err, sizeof(err));
+	cr_assert(rc == 0 || rc == ACKBOX_ERR_INVALID, "register logwrap: %s", err);
+	snprintf(wurl, wurl_size, "logwrap%s", url + strlen(scheme));
+}
+
+/* What the callbacks did, and the handle they call back into. */
+static struct {
+	_Atomic(ackbox *) ab; /* set by the test thread, read by callbacks on others */
+	atomic_int log_calls, report_calls, policy_calls, failures, published;
+	char failure[600];
+} cb;
+
+/* Calls into ackbox from a callback; records any failure. Each callback
+ * publishes at most a few messages so the recursion (a publish logs, the
+ * log publishes) stays bounded. */
+static void call_back(const char *from, int publish)
+{
+	ackbox_counts c;
+	char err[256] = "";
+	int n = 0;
+	ackbox *ab = atomic_load(&cb.ab);
+	if (!ab)
+		return;
+	if (ackbox_counts_get(ab, &c, err, sizeof(err)) < 0 ||
+	    ackbox_list(ab, -1, 5, count_cb, &n, err, sizeof(err)) < 0) {
+		atomic_fetch_add(&cb.failures, 1);
+		snprintf(cb.failure, sizeof(cb.failure), "%s: %s", from, err);
+		return;
+	}
+	if (publish && atomic_fetch_add(&cb.published, 1) < 30) {
+		ackbox_msg m = {.topic = "orders", .payload = from, .payload_len = strlen(from)};
+		if (ackbox_publish(ab, &m, NULL, err, sizeof(err)) != 0) {
+			atomic_fetch_add(&cb.failures, 1);
+			snprintf(cb.failure, sizeof(cb.failure), "%s publish: %s", from, err);
+		}
+	}
+}
+
+static void cb_log(ackbox_log_level l, const char *component, const char *msg, void *o)
+{
+	static _Thread_local int depth; /* a publish from here logs again */
+	(void)l;
+	(void)msg;
+	(void)o;
+	if (strcmp(component, "logwrap") != 0 || depth)
+		return;
+	depth++;
+	atomic_fetch_add(&cb.log_calls, 1);
+	call_back("log callback", atomic_load(&cb.log_calls) % 50 == 1);
+	depth--;
+}
+
+static void cb_report(const ackbox_report *r, void *o)
+{
+	(void)r;
+	(void)o;
+	atomic_fetch_add(&cb.report_calls, 1);
+	call_back("report callback", 1);
+}
+
+static ackbox_policy cb_policy(const ackbox_report *r, void *o)
+{
+	(void)r;
+	(void)o;
+	atomic_fetch_add(&cb.policy_calls, 1);
+	call_back("nack policy", 1);
+	return ACKBOX_POLICY_DEFAULT;
+}
+
+TestSuite(threads, .init = setup, .fini = teardown, .timeout = 120);
+
+/*
+ * Log, report and nack-policy callbacks that call ackbox_counts_get,
+ * ackbox_list and ackbox_publish all finish: no callback runs under an
+ * ackbox lock (a deadlock would hold the flush past its bound). The store
+ * logs inside every call, as on its damaged-row path.
+ */
+Test(threads, callbacks_may_call_back_into_ackbox)
+{
+	char wurl[4200], err[512] = "";
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab;
+	register_logwrap(wurl, sizeof(wurl));
+	TU_SET(c, "store.url", wurl);
+	TU_SET(c, "transport.url", "loopback://cb");
+	TU_SET(c, "log.level", "warn");
+	TU_SET(c, "retry.timeout", "2s");
+	TU_SET(c, "retry.backoff.initial", "10ms");
+	TU_SET(c, "retry.backoff.max", "20ms");
+	TU_SET(c, "store.poll_interval", "20ms");
+	apply_extra_conf(c);
+	ackbox_conf_set_log_cb(c, cb_log, NULL);
+	ackbox_conf_set_report_cb(c, cb_report, NULL);
+	ackbox_conf_set_nack_policy(c, cb_policy, NULL);
+	ackbox_loopback_script(ackbox_loopback_get("cb"), ACKBOX_LB_NACK, 5, 0);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	atomic_store(&cb.ab, ab);
+	for (int i = 0; i < 20; i++) {
+		ackbox_msg m = {.topic = "orders", .payload = "x", .payload_len = 1};
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	}
+	cr_assert_eq(ackbox_flush(ab, 30000), 0, "a callback blocked the relay or the store");
+	atomic_store(&cb.ab, NULL);
+	cr_assert_eq(atomic_load(&cb.failures), 0, "%s", cb.failure);
+	cr_assert_geq(atomic_load(&cb.log_calls), 5, "the store's log lines reached the callback");
+	cr_assert_geq(atomic_load(&cb.policy_calls), 5, "the nack policy ran for the 5 nacks");
+	cr_assert_geq(atomic_load(&cb.report_calls), 20);
+	cr_assert_geq(atomic_load(&cb.published), 20, "callbacks published too");
+	ackbox_counts k = api_counts(ab);
+	cr_assert_eq(k.sending + k.retrying + k.failed, 0, "everything, callbacks' too, acked");
+	ackbox_destroy(ab);
+}
+
+/* 8 threads publish until ackbox_close answers them CLOSED. */
+enum { RACERS = 8, RACER_MAX = 4000 };
+typedef struct racer {
+	ackbox *ab;
+	ackbox_id ok[RACER_MAX];
+	int nok, other_rc;
+	char other_err[256];
+	pthread_t th;
+} racer;
+
+static atomic_int raced_total;
+
+static void *racer_main(void *arg)
+{
+	racer *r = arg;
+	char err[256] = "";
+	while (r->nok < RACER_MAX) {
+		ackbox_msg m = {.topic = "orders", .payload = "race", .payload_len = 4};
+		int rc = ackbox_publish(r->ab, &m, &r->ok[r->nok], err, sizeof(err));
+		if (rc == ACKBOX_ERR_CLOSED)
+			return NULL;
+		if (rc != 0) {
+			r->other_rc = rc;
+			snprintf(r->other_err, sizeof(r->other_err), "%s", err);
+			return NULL;
+		}
+		r->nok++;
+		atomic_fetch_add(&raced_total, 1);
+	}
+	return NULL;
+}
+
+/*
+ * The destroy contract: publishers racing ackbox_close get success (the
+ * message is stored, and the next process sends it) or ACKBOX_ERR_CLOSED,
+ * never a crash and never a success that is then lost. With a transport,
+ * a message that succeeded is in the store or reached the broker.
+ */
+static void close_races_publishers(const char *broker)
+{
+	static racer rs[RACERS];
+	char err[512] = "";
+	ackbox *ab = api_open(broker);
+	ackbox_loopback *lb = broker ? ackbox_loopback_get(broker) : NULL;
+	int total = 0;
+	atomic_store(&raced_total, 0);
+	for (int i = 0; i < RACERS; i++) {
+		memset(&rs[i], 0, sizeof(rs[i]));
+		rs[i].ab = ab;
+		cr_assert_eq(pthread_create(&rs[i].th, NULL, racer_main, &rs[i]), 0);
+	}
+	cr_assert(TU_WAIT_UNTIL(atomic_load(&raced_total) >= 200, 30000), "publishers stalled");
+	ackbox_close(ab);
+	for (int i = 0; i < RACERS; i++) {
+		pthread_join(rs[i].th, NULL);
+		cr_assert_eq(rs[i].other_rc, 0, "racer %d got %s: %s", i,
+		             ackbox_strerror(rs[i].other_rc), rs[i].other_err);
+		total += rs[i].nok;
+	}
+	cr_assert_eq(ackbox_publish(ab, &(ackbox_msg){.topic = "t", .payload_len = 0}, NULL, err,
+	                            sizeof(err)),
+	             ACKBOX_ERR_CLOSED, "after close: CLOSED, the handle still valid");
+	ackbox_destroy(ab);
+
+	ab = api_open(NULL);
+	for (int i = 0; i < RACERS; i++)
+		for (int k = 0; k < rs[i].nok; k++) {
+			int n = 0;
+			int rc = ackbox_show(ab, &rs[i].ok[k], count_cb, &n, err, sizeof(err));
+			if (rc == ACKBOX_ERR_NOT_FOUND && lb)
+				cr_assert_geq(ackbox_loopback_count_id(lb, &rs[i].ok[k]), 1,
+				              "racer %d message %d: neither stored nor delivered", i, k);
+			else
+				cr_assert_eq(rc, 0, "racer %d message %d: %s", i, k, err);
+		}
+	cr_log_info("%d publishes succeeded before close, every one kept (%s)", total,
+	            broker ? "relay running" : "no relay");
+	ackbox_destroy(ab);
+}
+
+Test(threads, close_racing_eight_publishers_loses_nothing)
+{
+	close_races_publishers(NULL);
+}
+
+Test(threads, close_racing_eight_publishers_and_a_relay_loses_nothing)
+{
+	close_races_publishers("race");
 }

@@ -7,6 +7,8 @@
 #include <ackbox/plugin.h>
 #include <ackbox/store.h>
 
+#include "plugin_list.h"
+
 static int set(ackbox_conf *c, const char *k, const char *v, char *err)
 {
 	return ackbox_conf_set(c, k, v, err, 256);
@@ -53,14 +55,54 @@ Test(conf, urls_and_schemes)
 	cr_assert_eq(set(c, "transport.url", "amqp://h:99999/", err), ACKBOX_ERR_BAD_URL);
 	cr_assert(strstr(err, "65535"), "%s", err);
 	cr_assert_eq(set(c, "transport.url", "amqp://h:12a/", err), ACKBOX_ERR_BAD_URL);
-	cr_assert_eq(set(c, "transport.url", "nats://localhost:4222", err),
+	cr_assert_eq(set(c, "transport.url", "pigeon://localhost:4222", err),
 	             ACKBOX_ERR_UNKNOWN_SCHEME);
-	cr_assert(strstr(err, "nats"), "%s", err);
+	cr_assert(strstr(err, "pigeon"), "%s", err);
 	cr_assert_eq(set(c, "store.url", "amqp://localhost/", err), ACKBOX_ERR_UNKNOWN_SCHEME);
 	cr_assert(strstr(err, "not a store"), "%s", err);
 	cr_assert_eq(set(c, "store.url", "sqlite:///tmp/x.db", err), 0);
 	cr_assert_eq(set(c, "transport.url", "loopback://b1", err), 0);
 	ackbox_conf_destroy(c);
+}
+
+/*
+ * Every scheme a plugin folder declares (plugin_list.h, generated from the
+ * folders): a built one is served, for the right kind of URL only; one that
+ * is not built is refused with ACKBOX_ERR_NOT_BUILT naming the CMake option
+ * and the Debian package that would build it.
+ */
+#define DECLARED(scheme, plugin, is_store, built, option, package)                                 \
+	check_declared(scheme, plugin, is_store, built, option, package);
+
+static void check_declared(const char *scheme, const char *plugin, int is_store, int built,
+                           const char *option, const char *package)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	char url[128], err[256] = "";
+	const char *key = is_store ? "store.url" : "transport.url";
+	const char *other = is_store ? "transport.url" : "store.url";
+	int rc;
+	snprintf(url, sizeof(url), "%s://127.0.0.1/x", scheme);
+	rc = set(c, key, url, err);
+	if (built) {
+		cr_assert_eq(rc, 0, "plugin %s declares scheme %s but does not serve it: %s", plugin,
+		             scheme, err);
+		cr_assert_eq(set(c, other, url, err), ACKBOX_ERR_UNKNOWN_SCHEME, "%s", url);
+		cr_assert(strstr(err, is_store ? "is a store" : "is a transport"), "%s", err);
+	} else {
+		cr_assert_eq(rc, ACKBOX_ERR_NOT_BUILT, "%s: %s", url, err);
+		cr_assert(strstr(err, scheme) && strstr(err, option) && strstr(err, package),
+		          "not built, but the error does not say how to build it: %s", err);
+		snprintf(url, sizeof(url), "%s.window", scheme); /* a key of the plugin */
+		cr_assert_eq(set(c, url, "1", err), ACKBOX_ERR_NOT_BUILT, "%s: %s", url, err);
+		cr_assert(strstr(err, option), "%s", err);
+	}
+	ackbox_conf_destroy(c);
+}
+
+Test(conf, declared_schemes_are_served_or_say_how_to_build_them)
+{
+	ACKBOX_PLUGIN_SCHEMES(DECLARED)
 }
 
 Test(conf, new_without_store_url_opens_nothing)
@@ -155,20 +197,4 @@ Test(headers, codec_round_trip_and_rejects_garbage)
 	buf[0] = 0xff; /* absurd count */
 	cr_assert_eq(ackbox_headers_decode(buf, sz, &out, &n), ACKBOX_ERR_STORE_CORRUPT);
 	free(buf);
-}
-
-Test(plugin, abi_garbage_is_rejected)
-{
-	ackbox_store_ops bogus;
-	char err[256] = "";
-	memset(&bogus, 0x5a, sizeof(bogus));
-	cr_assert_eq(ackbox_store_register(&bogus, err, sizeof(err)), ACKBOX_ERR_ABI);
-	cr_assert(strstr(err, "magic"), "%s", err);
-	ackbox_store_ops newer = *ackbox_store_lookup("sqlite");
-	newer.abi_version = ACKBOX_ABI_WORD(99);
-	cr_assert_eq(ackbox_store_register(&newer, err, sizeof(err)), ACKBOX_ERR_ABI);
-	cr_assert(strstr(err, "newer"), "%s", err);
-	ackbox_store_ops dup = *ackbox_store_lookup("sqlite");
-	cr_assert_eq(ackbox_store_register(&dup, err, sizeof(err)), ACKBOX_ERR_INVALID);
-	cr_assert(strstr(err, "already"), "%s", err);
 }

@@ -194,9 +194,13 @@ Test(sm, nack_is_retried_then_acked)
  */
 Test(sm, nacked_messages_are_resent_when_their_backoff_ends)
 {
-	enum { N = 50, BOUND_MS = 120 };
+	/* under a sanitizer everything is slower: the poll interval and the
+	 * bound grow together, the bound staying well under one interval */
+	enum { N = 50, BOUND_MS = 120 * TU_SLOW };
+	char poll_ms[32];
+	snprintf(poll_ms, sizeof(poll_ms), "%dms", 200 * TU_SLOW);
 	seen s = {0};
-	ackbox *ab = open_handle("nack-many", &s, NULL, NULL);
+	ackbox *ab = open_handle("nack-many", &s, "store.poll_interval", poll_ms);
 	ackbox_loopback *lb = ackbox_loopback_get("nack-many");
 	ackbox_id ids[N];
 
@@ -523,6 +527,76 @@ Test(sm, nack_policy_can_drop)
 	cr_assert_eq(s.failed + s.acked, 0);
 	ackbox_counts k = counts(ab);
 	cr_assert_eq(k.sending + k.retrying + k.failed, 0);
+	ackbox_destroy(ab);
+}
+
+/* What the policy saw and answers: FAIL on the first nack, or RETRY. */
+typedef struct policy_log {
+	ackbox_policy answer;
+	int calls;
+	int attempts_seen[16];
+	ackbox_state state_seen;
+} policy_log;
+
+static ackbox_policy logging_policy(const ackbox_report *r, void *opaque)
+{
+	policy_log *p = opaque;
+	if (p->calls < 16)
+		p->attempts_seen[p->calls] = r->attempts;
+	p->calls++;
+	p->state_seen = r->state;
+	return p->answer;
+}
+
+static ackbox *open_with_policy(const char *broker, seen *s, policy_log *p)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab;
+	char err[256], url[64];
+	snprintf(url, sizeof(url), "loopback://%s", broker);
+	TU_SET(c, "store.url", db_url);
+	TU_SET(c, "transport.url", url);
+	TU_SET(c, "retry.backoff.initial", "10ms");
+	TU_SET(c, "retry.backoff.max", "20ms");
+	ackbox_conf_set_report_cb(c, on_report, s);
+	ackbox_conf_set_nack_policy(c, logging_policy, p);
+	ackbox_loopback_set_default(ackbox_loopback_get(broker), ACKBOX_LB_NACK, 0);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	return ab;
+}
+
+/* FAIL: FAILED after the first nack, not after retry.max_attempts. */
+Test(sm, nack_policy_can_fail_at_once)
+{
+	seen s = {0};
+	policy_log p = {ACKBOX_POLICY_FAIL, 0, {0}, 0};
+	ackbox *ab = open_with_policy("policy-fail", &s, &p);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(s.last_failed.attempts, 1, "failed after one attempt");
+	cr_assert_eq(p.calls, 1);
+	cr_assert_eq(p.attempts_seen[0], 1, "the policy sees the attempt that failed counted");
+	cr_assert_eq(p.state_seen, ACKBOX_MSG_RETRYING);
+	cr_assert_eq(ackbox_loopback_count_id(ackbox_loopback_get("policy-fail"), &id), 1);
+	cr_assert_eq(counts(ab).failed, 1);
+	ackbox_destroy(ab);
+}
+
+/* RETRY: resent, but still bounded by retry.max_attempts (3). */
+Test(sm, nack_policy_retry_is_bounded_by_max_attempts)
+{
+	seen s = {0};
+	policy_log p = {ACKBOX_POLICY_RETRY, 0, {0}, 0};
+	ackbox *ab = open_with_policy("policy-retry", &s, &p);
+	ackbox_id id = publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(s.last_failed.attempts, 3);
+	cr_assert_eq(p.calls, 3, "asked once per failed attempt");
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(p.attempts_seen[i], i + 1);
+	cr_assert_eq(ackbox_loopback_count_id(ackbox_loopback_get("policy-retry"), &id), 3);
 	ackbox_destroy(ab);
 }
 

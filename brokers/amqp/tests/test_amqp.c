@@ -261,6 +261,64 @@ Test(amqp, n_published_n_distinct_ids_consumed)
 	free(g.ids);
 }
 
+/* Counts debug lines "basic.ack multiple ... answered N" with N > 1. */
+typedef struct multi_watch {
+	pthread_mutex_t mtx;
+	int lines;
+	long answered;
+} multi_watch;
+
+static void on_multi_log(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	multi_watch *w = o;
+	const char *p = strstr(msg, "basic.ack multiple");
+	(void)level;
+	(void)component;
+	if (!p || !(p = strstr(p, "answered ")))
+		return;
+	long n = strtol(p + 9, NULL, 10);
+	pthread_mutex_lock(&w->mtx);
+	if (n > 1) {
+		w->lines++;
+		w->answered += n;
+	}
+	pthread_mutex_unlock(&w->mtx);
+}
+
+/*
+ * RabbitMQ confirms a burst of publishes with basic.ack multiple=true (one
+ * ack for every tag up to N). Each message so covered must be acked once:
+ * N published -> N ACKED reports, N distinct ids consumed, none twice, and
+ * at least one multiple ack covered more than one publish.
+ */
+Test(amqp, multiple_acks_confirm_each_covered_message_once)
+{
+	enum { N = 3000 };
+	static ackbox_id ids[N];
+	seen s = {0};
+	got g = {0};
+	multi_watch w = {PTHREAD_MUTEX_INITIALIZER, 0, 0};
+	declare("t_multi", amqp_empty_table);
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "log.level", "debug");
+	ackbox_conf_set_log_cb(c, on_multi_log, &w);
+	ackbox *ab = open_conf(c);
+	for (int i = 0; i < N; i++)
+		ids[i] = publish_seq(ab, "t_multi", i + 1);
+	cr_assert_eq(ackbox_flush(ab, 60000), 0);
+	cr_assert_eq(s.acked, N, "one ACKED report per message");
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	cr_log_info("%d multiple acks covered %ld publishes", w.lines, w.answered);
+	cr_assert_geq(w.lines, 1, "RabbitMQ sent no multiple ack covering more than one publish");
+	drain("t_multi", &g);
+	cr_assert_eq(g.n, N, "each message once");
+	cr_assert_eq(distinct(&g), N);
+	for (int i = 0; i < N; i++)
+		cr_assert(contains(&g, &ids[i]), "id %d missing", i);
+	free(g.ids);
+}
+
 Test(amqp, unroutable_fails_after_max_attempts_saying_so)
 {
 	seen s = {0};
@@ -649,4 +707,64 @@ Test(amqp, poison_message_closing_the_connection_fails_alone)
 	/* at most the window in flight at the first close is resent */
 	cr_assert_leq(g.n - d, (size_t)N, "%zu duplicates", g.n - d);
 	free(g.ids);
+}
+
+/*
+ * W3C trace context given at publish reaches an independent consumer
+ * unchanged, as long strings in the headers table (what OpenTelemetry's
+ * RabbitMQ instrumentations read), also when the message is stored by one
+ * handle and sent by a relay started later (as after a crash); a malformed
+ * traceparent is refused at publish and nothing is stored.
+ */
+Test(amqp, trace_context_reaches_the_consumer_unchanged)
+{
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+	ackbox_header h[2] = {{"traceparent", tp, sizeof(tp) - 1}, {"tracestate", ts, sizeof(ts) - 1}};
+	ackbox_msg m = {.topic = "t_trace", .payload = "seq:1", .payload_len = 5, .headers = h,
+	                .header_count = 2};
+	char err[512] = "";
+	seen s = {0};
+	declare("t_trace", amqp_empty_table);
+
+	ackbox *store_only = open_conf(store_conf(&s));
+	ackbox_header bad = {"traceparent", "00-zz", 5};
+	ackbox_msg mb = m;
+	mb.headers = &bad;
+	mb.header_count = 1;
+	cr_assert_eq(ackbox_publish(store_only, &mb, NULL, err, sizeof(err)), ACKBOX_ERR_INVALID);
+	cr_assert(strstr(err, "traceparent"), "%s", err);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+
+	ackbox *ab = open_conf(make_conf(&s)); /* a relay started afterwards sends it */
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1, "only the valid one was stored");
+	ackbox_destroy(ab);
+
+	amqp_connection_state_t c = raw_connect();
+	amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes("t_trace"), 1);
+	cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD, "the message is in the queue");
+	amqp_message_t msg;
+	cr_assert_eq(amqp_read_message(c, 1, &msg, 0).reply_type, AMQP_RESPONSE_NORMAL);
+	int found = 0;
+	for (int i = 0; i < msg.properties.headers.num_entries; i++) {
+		amqp_table_entry_t *e = &msg.properties.headers.entries[i];
+		const char *want = NULL;
+		if (e->key.len == 11 && memcmp(e->key.bytes, "traceparent", 11) == 0)
+			want = tp;
+		else if (e->key.len == 10 && memcmp(e->key.bytes, "tracestate", 10) == 0)
+			want = ts;
+		if (!want)
+			continue;
+		cr_assert_eq(e->value.kind, AMQP_FIELD_KIND_UTF8, "%.*s is a long string",
+		             (int)e->key.len, (char *)e->key.bytes);
+		cr_assert_eq(e->value.value.bytes.len, strlen(want));
+		cr_assert_eq(memcmp(e->value.value.bytes.bytes, want, strlen(want)), 0,
+		             "%.*s changed on the way", (int)e->key.len, (char *)e->key.bytes);
+		found++;
+	}
+	cr_assert_eq(found, 2, "traceparent and tracestate both arrived");
+	amqp_destroy_message(&msg);
+	raw_close(c);
 }

@@ -446,3 +446,65 @@ Test(kafka, message_librdkafka_refuses_to_produce_fails_as_an_error)
 	          s.reason);
 	ackbox_destroy(ab);
 }
+
+/*
+ * W3C trace context given at publish reaches an independent consumer as
+ * Kafka headers, byte for byte, also when the message is stored by one
+ * handle and sent by a handle opened afterwards (as after a crash).
+ */
+Test(kafka, trace_context_reaches_the_consumer_unchanged)
+{
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+	ackbox_header h[2] = {{"traceparent", tp, sizeof(tp) - 1}, {"tracestate", ts, sizeof(ts) - 1}};
+	ackbox_msg m = {.topic = "t.trace", .payload = "seq:1", .payload_len = 5, .headers = h,
+	                .header_count = 2};
+	char err[512] = "", bs[512];
+	seen s = {0};
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.trace", PARTITIONS, 3), 0);
+
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "transport.url", "kafka://127.0.0.1:1"); /* stored, not sent */
+	TU_SET(c, "transport.connect_timeout", "200ms");
+	ackbox *store_only = open_ab(c);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+	ackbox *ab = open_ab(make_conf(&s));
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	snprintf(bs, sizeof(bs), "%s", url + strlen("kafka://"));
+	rd_kafka_conf_set(conf, "bootstrap.servers", bs, err, sizeof(err));
+	rd_kafka_conf_set(conf, "group.id", "ackbox-trace", err, sizeof(err));
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+	cr_assert(rk, "%s", err);
+	rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(PARTITIONS);
+	for (int p = 0; p < PARTITIONS; p++)
+		rd_kafka_topic_partition_list_add(parts, "t.trace", p)->offset =
+		    RD_KAFKA_OFFSET_BEGINNING;
+	cr_assert_eq(rd_kafka_assign(rk, parts), 0);
+	rd_kafka_topic_partition_list_destroy(parts);
+	rd_kafka_message_t *msg = NULL;
+	long long deadline = tu_mono_ms() + 30000;
+	while (!msg && tu_mono_ms() < deadline) {
+		msg = rd_kafka_consumer_poll(rk, 200);
+		if (msg && msg->err) {
+			rd_kafka_message_destroy(msg);
+			msg = NULL;
+		}
+	}
+	cr_assert(msg != NULL, "nothing consumed from t.trace in 30 s");
+	rd_kafka_headers_t *hs = NULL;
+	const void *v = NULL;
+	size_t vl = 0;
+	cr_assert_eq(rd_kafka_message_headers(msg, &hs), 0);
+	cr_assert_eq(rd_kafka_header_get_last(hs, "traceparent", &v, &vl), 0, "no traceparent");
+	cr_assert(vl == sizeof(tp) - 1 && memcmp(v, tp, vl) == 0, "traceparent changed");
+	cr_assert_eq(rd_kafka_header_get_last(hs, "tracestate", &v, &vl), 0, "no tracestate");
+	cr_assert(vl == sizeof(ts) - 1 && memcmp(v, ts, vl) == 0, "tracestate changed");
+	rd_kafka_message_destroy(msg);
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+}

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 
 static int port(void)
@@ -145,13 +146,13 @@ typedef struct proxy {
 	int lfd, port, target;
 	int fds[64][2];
 	int npairs;
-	volatile int cut, stop;
-	volatile int closed; /* refuse new connections: accept and close at once */
+	atomic_int cut, stop; /* set by the test thread, read by the proxy's */
+	atomic_int closed;    /* refuse new connections: accept and close at once */
 	/* bytes to write to the broker on every connection, as if the client
 	 * had sent them; set inject_len last */
 	const void *inject;
-	volatile size_t inject_len;
-	volatile int inject_failed;
+	atomic_size_t inject_len;
+	atomic_int inject_failed;
 	pthread_t th;
 } proxy;
 
@@ -593,7 +594,7 @@ Test(mqtt, refused_connect_names_the_brokers_reason)
  */
 typedef struct fake_broker {
 	int lfd, port, answer;
-	volatile int stop, connects;
+	atomic_int stop, connects;
 	pthread_t th;
 } fake_broker;
 
@@ -943,4 +944,58 @@ Test(mqtt, mqtt311_oversized_message_fails_as_poison_the_others_are_acked)
 	cr_assert_eq(counts(ab).failed, 1u);
 	cr_assert_eq(counts(ab).sending + counts(ab).retrying, 0u);
 	ackbox_destroy(ab);
+}
+
+/*
+ * W3C trace context given at publish reaches an independent MQTT 5
+ * subscriber as user properties, unchanged, also when the message is stored
+ * by one handle and sent by a relay opened afterwards (as after a crash).
+ */
+Test(mqtt, trace_context_reaches_the_subscriber_unchanged)
+{
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+	ackbox_header h[2] = {{"traceparent", tp, sizeof(tp) - 1}, {"tracestate", ts, sizeof(ts) - 1}};
+	ackbox_msg m = {.topic = "t/trace", .payload = "seq:1", .payload_len = 5, .headers = h,
+	                .header_count = 2};
+	char err[512] = "";
+	seen s = {0};
+	sub_subscribe_and_leave("sub-trace", "t/trace");
+
+	ackbox *store_only = open_ab(&s, NULL, NULL, NULL);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+	ackbox *ab = open_ab(&s, tu_fixture("mosquitto", "MQTT_URL"), NULL, NULL);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+
+	MQTTClient cl = sub_connect("sub-trace");
+	char *topic = NULL;
+	int tlen = 0;
+	MQTTClient_message *msg = NULL;
+	int rc = MQTTClient_receive(cl, &topic, &tlen, &msg, 10000);
+	cr_assert(rc == MQTTCLIENT_SUCCESS && msg != NULL, "nothing received in 10 s (%d)", rc);
+	int found = 0;
+	for (int i = 0; i < msg->properties.count; i++) {
+		MQTTProperty *q = &msg->properties.array[i];
+		const char *want = NULL;
+		if (q->identifier != MQTTPROPERTY_CODE_USER_PROPERTY)
+			continue;
+		if (q->value.data.len == 11 && memcmp(q->value.data.data, "traceparent", 11) == 0)
+			want = tp;
+		else if (q->value.data.len == 10 && memcmp(q->value.data.data, "tracestate", 10) == 0)
+			want = ts;
+		if (!want)
+			continue;
+		cr_assert(q->value.value.len == (int)strlen(want) &&
+		              memcmp(q->value.value.data, want, strlen(want)) == 0,
+		          "%.*s changed on the way", q->value.data.len, q->value.data.data);
+		found++;
+	}
+	cr_assert_eq(found, 2, "traceparent and tracestate both arrived");
+	MQTTClient_freeMessage(&msg);
+	MQTTClient_free(topic);
+	MQTTClient_disconnect5(cl, 1000, MQTTREASONCODE_SUCCESS, NULL);
+	MQTTClient_destroy(&cl);
 }

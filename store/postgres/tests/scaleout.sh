@@ -10,7 +10,7 @@
 #       4 relays (or RELAYS), prints a Markdown table, stops the servers
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-fixtures=$(cd "$here/../../../tests/fixtures" && pwd)
+root=$(cd "$here/../../.." && pwd)
 verb=${1:?usage: scaleout.sh test|bench PROG ...}
 prog=${2:?usage: scaleout.sh test|bench PROG ...}
 shift 2
@@ -30,13 +30,13 @@ bench)
   tmp=$(mktemp -d /tmp/ackbox-scaleout-XXXXXX)
   chmod 755 "$tmp"
   cleanup() {
-    bash "$fixtures/postgres.sh" stop "$tmp/pg" >/dev/null 2>&1 || true
-    bash "$fixtures/rabbitmq.sh" stop "$tmp/rmq" >/dev/null 2>&1 || true
+    bash "$here/postgres.sh" stop "$tmp/pg" >/dev/null 2>&1 || true
+    bash "$root/brokers/amqp/tests/rabbitmq.sh" stop "$tmp/rmq" >/dev/null 2>&1 || true
     rm -rf "$tmp"
   }
   trap cleanup EXIT
-  bash "$fixtures/postgres.sh" start "$tmp/pg" >&2
-  bash "$fixtures/rabbitmq.sh" start "$tmp/rmq" >&2
+  bash "$here/postgres.sh" start "$tmp/pg" >&2
+  bash "$root/brokers/amqp/tests/rabbitmq.sh" start "$tmp/rmq" >&2
   pg=$(env_of "$tmp/pg" PG_URL); amqp=$(env_of "$tmp/rmq" AMQP_URL)
   echo "| relays | messages | seconds | msg/s | delivered | duplicates | missing |"
   echo "|---:|---:|---:|---:|---:|---:|---:|"

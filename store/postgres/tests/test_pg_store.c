@@ -382,6 +382,69 @@ Test(pg, a_large_insert_is_one_transaction)
 	inst_close(&s);
 }
 
+static int open_create(ackbox **ab, const char *mode, const char *broker, char *err,
+                       size_t errsz)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	char lb[128];
+	int rc;
+	TU_SET(c, "store.url", store_url);
+	TU_SET(c, "store.create", mode);
+	TU_SET(c, "log.level", "error");
+	TU_SET(c, "postgres.connect_timeout", "2s");
+	if (broker) {
+		snprintf(lb, sizeof(lb), "loopback://%s", broker);
+		TU_SET(c, "transport.url", lb);
+	}
+	rc = ackbox_new(ab, c, err, errsz);
+	if (rc)
+		ackbox_conf_destroy(c);
+	return rc;
+}
+
+static int schema_exists(PGconn *app)
+{
+	char q[256];
+	PGresult *r;
+	int n;
+	snprintf(q, sizeof(q), "SELECT 1 FROM pg_namespace WHERE nspname = '%s'", schema);
+	r = PQexec(app, q);
+	n = PQntuples(r);
+	PQclear(r);
+	return n;
+}
+
+/* store.create=never (admin tools): a mistyped schema is an error and
+ * creates nothing; =insert creates the tables with the first message. */
+Test(pg, create_never_and_insert_create_nothing_before_a_message)
+{
+	PGconn *app = app_connect(pg_url);
+	ackbox *ab;
+	ackbox_counts c;
+	ackbox_msg m = {.topic = "t", .payload = "x", .payload_len = 1};
+	char err[512] = "";
+	int rc;
+
+	rc = open_create(&ab, "never", NULL, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_STORE_SCHEMA, "rc %d: %s", rc, err);
+	cr_assert(strstr(err, "no ackbox outbox") && strstr(err, schema), "%s", err);
+	cr_assert_eq(schema_exists(app), 0, "never created the schema");
+
+	cr_assert_eq(open_create(&ab, "insert", "pg-insert", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0);
+	cr_assert_eq(ackbox_flush(ab, 1000), 0, "nothing pending");
+	cr_assert_eq(schema_exists(app), 0, "opening, reading and relaying created nothing");
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(schema_exists(app), 1, "the first message created the outbox");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(ackbox_loopback_received(ackbox_loopback_get("pg-insert")), 1);
+	ackbox_destroy(ab);
+	cr_assert_eq(open_create(&ab, "never", NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+	PQfinish(app);
+}
+
 Test(pg, two_handles_deliver_each_message_once)
 {
 	enum { N = 2000 };

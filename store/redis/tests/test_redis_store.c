@@ -3,12 +3,17 @@
  * the server's AOF policy can lose acknowledged publishes (and refuses with
  * redis.require_fsync), fails clearly when the server is unreachable, keeps
  * every row across a restart of redis-server, keeps its keys under its
- * prefix and leaves nothing behind once rows are acked.
+ * prefix and leaves nothing behind once rows are acked; recovery at open
+ * leaves a live relay's leases alone (another publisher on the prefix) and
+ * takes those of a killed one at once.
  * The contract every store keeps is in tests/store_conformance/.
  */
 #include "testutil.h"
 
 #include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include <hiredis/hiredis.h>
 
@@ -447,6 +452,45 @@ Test(redis, foreign_keys_and_newer_schemas_are_refused)
 	redisFree(r);
 }
 
+static int count_keys(redisContext *r, const char *pattern, int *outside);
+
+/* store.create=never (admin tools): a mistyped prefix is an error and
+ * writes no key; =insert writes {P}:meta with the first message only. */
+Test(redis, create_never_and_insert_write_no_key_before_a_message)
+{
+	redisContext *r = connect_to(fixture_port());
+	ackbox *ab;
+	ackbox_counts c;
+	ackbox_msg m = {.topic = "t", .payload = "x", .payload_len = 1};
+	redisReply *rep;
+	char err[512] = "", pattern[128];
+	int rc;
+
+	snprintf(pattern, sizeof(pattern), "{%s}:*", prefix);
+	rc = open_handle(&ab, url, "store.create", "never", err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_STORE_SCHEMA, "rc %d: %s", rc, err);
+	cr_assert(strstr(err, "no ackbox store") && strstr(err, prefix), "%s", err);
+	cr_assert_eq(count_keys(r, pattern, NULL), 0, "never wrote a key");
+
+	cr_assert_eq(open_handle(&ab, url, "store.create", "insert", err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending + c.retrying + c.failed, 0);
+	cr_assert_eq(count_keys(r, pattern, NULL), 0, "opening and reading wrote no key");
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	rep = cmd(r, "HGET {%s}:meta schema", prefix);
+	cr_assert(rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "ackbox-outbox") == 0,
+	          "the first message wrote the meta hash");
+	freeReplyObject(rep);
+	ackbox_destroy(ab);
+	cr_assert_eq(open_handle(&ab, url, "store.create", "never", err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ackbox_counts_get(ab, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(c.sending, 1);
+	ackbox_destroy(ab);
+	redisFree(r);
+}
+
 Test(redis, a_damaged_row_is_failed_by_claim_and_reported_by_get)
 {
 	redisContext *r = connect_to(fixture_port());
@@ -509,6 +553,91 @@ static int count_keys(redisContext *r, const char *pattern, int *outside)
 		freeReplyObject(rep);
 	} while (strcmp(cursor, "0") != 0);
 	return n;
+}
+
+/* ---- relays in two processes on one prefix ---- */
+
+static ackbox_conf *relay_conf(const char *broker, const char *timeout)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	char lb[128];
+	snprintf(lb, sizeof(lb), "loopback://%s", broker);
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "transport.url", lb);
+	TU_SET(c, "retry.timeout", timeout);
+	TU_SET(c, "store.poll_interval", "20ms");
+	TU_SET(c, "log.level", "error");
+	return c;
+}
+
+static int due_after(const ackbox_stored *m, void *opaque)
+{
+	int64_t *v = opaque; /* v[0]: bound, v[1]: messages due after it */
+	if (m->due_ms > v[0])
+		v[1]++;
+	return 0;
+}
+
+/* A relay in a child process whose broker never confirms: 6 messages in
+ * flight under a 60 s lease; it reports, then waits to be killed. */
+static pid_t child_relay(void)
+{
+	int up[2];
+	char ready;
+	pid_t pid;
+	cr_assert_eq(pipe(up), 0);
+	pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		ackbox_loopback *lb = ackbox_loopback_get("child");
+		ackbox_msg m = {.topic = "child", .payload = "c", .payload_len = 1};
+		char err[512];
+		ackbox *ab;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+		if (ackbox_new(&ab, relay_conf("child", "60s"), err, sizeof(err)) != 0)
+			_exit(2);
+		for (int i = 0; i < 6; i++)
+			if (ackbox_publish(ab, &m, NULL, err, sizeof(err)) != 0)
+				_exit(3);
+		while (ackbox_loopback_received(lb) < 6)
+			ackbox_poll(ab, 5);
+		if (write(up[1], "r", 1) != 1)
+			_exit(4);
+		for (;;)
+			pause();
+	}
+	close(up[1]);
+	cr_assert_eq(read(up[0], &ready, 1), 1, "the child relay has its messages in flight");
+	close(up[0]);
+	return pid;
+}
+
+Test(redis, recovery_leaves_a_live_relays_leases_and_takes_a_killed_ones)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("parent");
+	ackbox *ab;
+	int64_t v[2];
+	char err[512] = "";
+	pid_t pid = child_relay();
+	int status;
+
+	cr_assert_eq(ackbox_new(&ab, relay_conf("parent", "2s"), err, sizeof(err)), 0, "%s", err);
+	v[0] = tu_wall_ms() + 30000;
+	v[1] = 0;
+	cr_assert_eq(ackbox_list(ab, -1, 0, due_after, v, err, sizeof(err)), 6, "%s", err);
+	cr_assert_eq(v[1], 6, "recovery at open left the live relay's 60 s leases alone");
+	cr_assert_eq(ackbox_loopback_received(lb), 0, "and sent none of its messages");
+	ackbox_destroy(ab);
+
+	kill(pid, SIGKILL);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert_eq(ackbox_new(&ab, relay_conf("parent", "2s"), err, sizeof(err)), 0, "%s", err);
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(lb) == 6, 5000),
+	          "a killed relay's messages are recovered at once, not after its lease (%zu)",
+	          ackbox_loopback_received(lb));
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	ackbox_destroy(ab);
 }
 
 Test(redis, keys_stay_under_the_prefix_and_acked_rows_leave_nothing)

@@ -1,0 +1,112 @@
+/*
+ * bench.h - what ackbox-bench (bench.c) shares with the parts that know a
+ * transport. Each transport folder may bring one (bench_raw.c, declared with
+ * ackbox_plugin(... BENCH_SOURCES ...)): its raw publisher, the client
+ * library alone with the same window and no store, which the RELIABLE rounds
+ * are measured against, and what else the bench must do for that broker.
+ */
+#ifndef ACKBOX_BENCH_H
+#define ACKBOX_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ackbox/ackbox.h>
+
+/* Every round publishes to this topic (an AMQP queue, a Kafka topic...). */
+#define BENCH_TOPIC "ackbox-bench"
+#define BENCH_MAX_SETS 64
+
+
+typedef struct bench_opts {
+	const char *transport; /* as given (a transport's setup may put another URL in url) */
+	char url[1024];        /* the URL actually used */
+	char shown[1024];      /* url with its password replaced by *** (for output) */
+	char scheme[16];
+	size_t count, size;
+	int window; /* 0: the transport's default */
+	int threads, rounds, max_seconds;
+	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable;
+	const char *store_dir;
+	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE, as given */
+	int nsets;
+	int broker_pid;
+	int poll_sleep_us; /* 0: the poll thread blocks in ackbox_poll(ab, 50) */
+	size_t rate;       /* --rate: offered msgs/s, open loop; 0: as fast as the window allows */
+	const char *latency_file; /* --latency-file: latency distributions written here */
+	bool count_given, rounds_given;
+} bench_opts;
+
+typedef struct bench_result {
+	const char *mode; /* "raw", "reliable", "store-only", "drain" */
+	int round;
+	bool ok;
+	char err[256];
+	size_t count, acked, failed;
+	double secs;           /* first publish to last ack (or last durable in store-only) */
+	double rate;           /* count / secs */
+	double publish_secs;   /* first publish to last publish call returning */
+	double durable_rate;   /* count / publish_secs (reliable only) */
+	double dur_p50, dur_p99; /* ms, publish -> durable (reliable only; <0: n/a) */
+	double ack_p50, ack_p99; /* ms, publish -> ack */
+	double cpu_user, cpu_sys;
+	double broker_cpu;     /* s, -1 when unknown */
+	long peak_rss_kib;     /* VmHWM during the round */
+} bench_result;
+
+/* Per-message timestamps of one round, indexed by sequence number. */
+typedef struct bench_times {
+	size_t n;
+	int64_t *pub; /* publish call started */
+	int64_t *dur; /* publish call returned (reliable) */
+	int64_t *ack; /* confirm seen; 0: never */
+} bench_times;
+
+/*
+ * What the bench knows about one transport. Generated table: every built
+ * plugin's `const bench_transport bench_transport_<name>` (bench_raws.c).
+ */
+typedef struct bench_transport {
+	const char *scheme;   /* the URL scheme it serves */
+	const char *url_help; /* NULL, or a line for --help about a special URL */
+	/* NULL, or "key=value" strings set on the reliable handle (before --set) */
+	const char *const *reliable_sets;
+	/* Optional: once, before any round; may put another URL in o->url (a mock
+	 * broker in this process). 0, or -1 after a message on stderr. */
+	int (*setup)(bench_opts *o);
+	/* Optional: once, at exit, after setup. */
+	void (*teardown)(void);
+	/* Optional: before every round that sends (not --store-only or --drain),
+	 * so that each starts from the same broker state. 0, or -1 and err. */
+	int (*prepare)(const bench_opts *o, char *err, size_t errn);
+	/* One RAW round: publishes t->n messages to BENCH_TOPIC, setting t->pub[i]
+	 * and t->ack[i] and counting r->acked and r->failed; gives up at deadline
+	 * (bench_now_ns) with bench_fail. */
+	void (*run_raw)(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline);
+} bench_transport;
+
+/* NULL-terminated, from the build. */
+extern const bench_transport *const bench_transports[];
+
+/* Monotonic nanoseconds. */
+int64_t bench_now_ns(void);
+
+/*
+ * --rate: message i of a round is due at start + i / rate, whether or not
+ * the sender kept up. Its latencies count from that moment, so a sender held
+ * back by a full window or a slow call does not hide the wait
+ * (coordinated omission). Without --rate a message is due when it is sent.
+ */
+int64_t bench_due_ns(const bench_opts *o, int64_t start, size_t i);
+
+/* Sleeps until message i is due; returns when its latencies count from. */
+int64_t bench_pace(const bench_opts *o, int64_t start, size_t i);
+
+/* Marks the round failed; the first message is kept. */
+void bench_fail(bench_result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A payload of size bytes ('a'..'z'); free() it. */
+char *bench_payload(size_t size);
+
+#endif
