@@ -8,12 +8,14 @@
 #                  kafka-mock.sh start-proxied, whose brokers advertise the
 #                  proxy's addresses)
 #     CLI          the ackbox binary; PROXY tests/tools/faultproxy.py
-#     SCENARIO     reset | blackhole | latency | trickle | unreachable
-#                  (default: all five, in that order)
+#     SCENARIO     reset | blackhole | latency | latency-start | trickle |
+#                  unreachable (default: all six, in that order)
 #   reset        every connection reset (RST) once mid-stream
 #   blackhole    mid-stream, the connection goes silent both ways and new
 #                connections hang, for NETFAULT_BLACKHOLE_S (15) seconds
 #   latency      200 ms added each way, from mid-stream to the end
+#   latency-start  200 ms each way before the publisher starts (its first
+#                connect is behind it); 500 messages
 #   trickle      16 bytes, then 1 ms, each way, for the whole run
 #   unreachable  mid-stream, connections reset and refused for
 #                NETFAULT_UNREACHABLE_S (60) seconds
@@ -38,7 +40,7 @@ set -euo pipefail
 broker=${1:?broker} cli=${2:?cli} envfile=${3:?fixture env} proxy=${4:?faultproxy.py}
 shift 4
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(reset blackhole latency trickle unreachable)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(reset blackhole latency latency-start trickle unreachable)
 n=${NETFAULT_N:-5000}
 blackhole_s=${NETFAULT_BLACKHOLE_S:-15}
 unreachable_s=${NETFAULT_UNREACHABLE_S:-60}
@@ -56,6 +58,9 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { keep=1; echo "netfault $broker: FAIL: $*" >&2; exit 1; }
+# a command that fails under set -e says so, instead of ending the run silently
+set -E
+trap 'fail "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 log() { echo "netfault $broker: $*"; }
 
 case "$broker" in
@@ -177,10 +182,12 @@ run() { # scenario
   local sc=$1 count=$n topic="netfault_${1}_$$" store="sqlite://$work/$1.db" ledger="$work/$1.ledger"
   local started=$SECONDS
   [ "$sc" = trickle ] && count=$(( n < 300 ? n : 300 ))
+  [ "$sc" = latency-start ] && count=$(( n < 500 ? n : 500 ))
   : > "$ledger"
   px pass
   consumer_start "$topic"
   [ "$sc" = trickle ] && px trickle 16 1
+  [ "$sc" = latency-start ] && px latency 200
   local up0 down0
   up0=$(px_stat up)
   down0=$(px_stat down)
@@ -200,9 +207,7 @@ run() { # scenario
   local t0="" t1=""
   case "$sc" in
   latency)
-    # from mid-stream on: a publisher that starts behind 200 ms each way
-    # cannot connect to Kafka (brokers/kafka/kafka.c probes the cluster
-    # with metadata requests of 250 ms each; docs/reliability.md)
+    # from mid-stream on (latency-start puts it before the first connect)
     wait_midstream "$ledger" "$pub" $((up0 + 2000)) "$down0"
     px latency 200
     check_midstream "$pub" "$work/$sc.out"
@@ -271,7 +276,7 @@ run() { # scenario
 
 for sc in "${scenarios[@]}"; do
   case "$sc" in
-  reset|blackhole|latency|trickle|unreachable) run "$sc" ;;
+  reset|blackhole|latency|latency-start|trickle|unreachable) run "$sc" ;;
   *) fail "unknown scenario $sc" ;;
   esac
 done
