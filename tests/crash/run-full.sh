@@ -3,7 +3,7 @@
 # CRASH_TRIALS kill -9 trials and CRASH_OUTAGE_TRIALS broker outages of
 # CRASH_OUTAGE_S seconds (defaults 100, 100 and 2), the three AMQP crash
 # points, and NETFAULT_TRIALS runs (default 0) of the network-fault scenarios
-# (tests/crash/netfault.sh; NETFAULT_SCENARIOS, default all five); each
+# (tests/crash/netfault.sh; NETFAULT_SCENARIOS, default all six); each
 # broker is started here on loopback and stopped at the end.
 # A trial that loses messages is recorded, its files kept, and the run goes on;
 # the tables at the end sum trials, accepted, lost and duplicates per broker
@@ -27,8 +27,8 @@ export ACKBOX_TEST_TMP=${ACKBOX_TEST_TMP:-$PWD/$build/testtmp}
 export CRASH_RESULTS=${CRASH_RESULTS:-$PWD/$build/crash-results.txt}
 export NETFAULT_RESULTS=${NETFAULT_RESULTS:-$PWD/$build/netfault-results.txt}
 netfault_trials=${NETFAULT_TRIALS:-0}
-read -r -a netfault_scenarios <<< "${NETFAULT_SCENARIOS:-reset blackhole latency trickle unreachable}"
-times="$build/run-full-times.txt"
+read -r -a netfault_scenarios <<< "${NETFAULT_SCENARIOS:-reset blackhole latency latency-start trickle unreachable}"
+times=${RUN_FULL_TIMES:-$build/run-full-times.txt}
 mkdir -p "$ACKBOX_TEST_TMP"
 fx=$(mktemp -d "$ACKBOX_TEST_TMP/run-full-XXXXXX")
 
