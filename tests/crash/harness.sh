@@ -39,7 +39,9 @@
 #                  It may use $work (scratch dir), $size (payload bytes), $n,
 #                  $cli, $store, $ledger, $trials, fail MESSAGE, and append
 #                  background pids to pids.
-#   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
+#   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_KILL_FROM (store: the
+#   kill9 delay counts from the store file's creation; start: from the
+#   launch), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
 #   CRASH_RESULTS (file to append result lines to),
 #   CRASH_CONTINUE=1 (a trial that lost messages is recorded and the next
@@ -185,7 +187,17 @@ for i in $(seq 1 "$trials"); do
   case "$mode" in
   kill9)
     # a random moment within the run: the fault, not a synchronisation
-    # (odd trials while publish is still storing, even ones while it sends)
+    # (odd trials while publish is still storing, even ones while it sends).
+    # Counted from the store file's creation (the first insert): on a loaded
+    # machine the CLI takes longer than the whole window to start, and a
+    # kill before it stores anything proves nothing (CRASH_KILL_FROM=start:
+    # from the launch, as before).
+    if [ "${CRASH_KILL_FROM:-store}" = store ]; then
+      deadline=$((SECONDS + 30))
+      until [ -e "$work/outbox-$i.db" ] || ! kill -0 "$pub" 2>/dev/null || [ $SECONDS -ge $deadline ]; do
+        sleep 0.005
+      done
+    fi
     if [ $((i % 2)) -eq 1 ]; then
       delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 300) / 1000 }')
     else
