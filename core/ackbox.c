@@ -19,7 +19,9 @@ struct abx_gc_req {
 	size_t n;
 	size_t bytes;
 	bool done;
+	bool admitted; /* within the backlog bound: part of this commit */
 	int rc;
+	int full;      /* ABX_BOUND_* when rc is ACKBOX_ERR_FULL */
 	char err[256];
 };
 
@@ -110,6 +112,13 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	rc = store_open(ab, errstr, errstr_size);
 	if (rc)
 		goto fail;
+	rc = abx_bound_init(ab, errstr, errstr_size);
+	if (rc) {
+		ab->store_ops->close(ab->store_ctx);
+		free(ab->store_ctx);
+		ab->store_ctx = NULL;
+		goto fail;
+	}
 	if (ackbox_conf_get(conf, "transport.url")) {
 		char err[256] = "";
 		/* Crash recovery: whatever a previous process left unconfirmed is
@@ -394,7 +403,44 @@ static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errst
 }
 
 /*
- * The group-commit leader: writes every queued request in ONE store
+ * The backlog bound: which requests of a batch fit (store.max_messages,
+ * store.max_bytes), in the order they came; each is taken or refused whole.
+ * Sets q->admitted, or q->rc = ACKBOX_ERR_FULL (or a store error) with its
+ * reason. Returns the number of messages admitted.
+ */
+static size_t admit(ackbox *ab, struct abx_gc_req *batch)
+{
+	size_t n = 0, bytes = 0;
+	if (!abx_bound_active(ab)) {
+		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			q->admitted = true;
+			n += q->n;
+		}
+		return n;
+	}
+	abx_store_lock(ab);
+	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		int rc = abx_bound_admit(ab, q->n, q->bytes, n, bytes, q->err, sizeof(q->err));
+		q->admitted = rc == ABX_BOUND_OK;
+		if (q->admitted) {
+			n += q->n;
+			bytes += q->bytes;
+		} else if (rc > 0) {
+			q->rc = ACKBOX_ERR_FULL;
+			q->full = rc;
+		} else {
+			char why[256];
+			snprintf(why, sizeof(why), "%s", q->err);
+			snprintf(q->err, sizeof(q->err), "publish: %.240s", why);
+			q->rc = rc;
+		}
+	}
+	abx_store_unlock(ab);
+	return n;
+}
+
+/*
+ * The group-commit leader: writes every admitted request in ONE store
  * transaction (one fsync), then hands the messages to the relay.
  */
 static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
@@ -406,15 +452,24 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	char err[256] = "";
 	int rc;
 
-	for (struct abx_gc_req *q = batch; q; q = q->next) {
-		n += q->n;
-		bytes += q->bytes;
-	}
+	n = admit(ab, batch);
+	if (n == 0)
+		return;
+	for (struct abx_gc_req *q = batch; q; q = q->next)
+		if (q->admitted)
+			bytes += q->bytes;
 	recs = malloc(n * sizeof(*recs));
 	if (!recs) {
 		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			if (!q->admitted)
+				continue;
 			q->rc = ACKBOX_ERR_NOMEM;
 			snprintf(q->err, sizeof(q->err), "publish: out of memory");
+		}
+		if (abx_bound_active(ab)) {
+			abx_store_lock(ab);
+			abx_bound_forget(ab, n, bytes);
+			abx_store_unlock(ab);
 		}
 		return;
 	}
@@ -427,6 +482,8 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 		handed = true;
 	due = handed ? now + ab->retry_timeout_ms : now;
 	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		if (!q->admitted)
+			continue;
 		for (size_t k = 0; k < q->n; k++, i++) {
 			abx_fresh *f = q->msgs[k];
 			ackbox_store_rec *r = &recs[i];
@@ -445,6 +502,8 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	}
 	abx_store_lock(ab);
 	rc = ab->store_ops->insert(ab->store_ctx, recs, n, err, sizeof(err));
+	if (rc < 0 && abx_bound_active(ab))
+		abx_bound_forget(ab, n, bytes);
 	abx_store_unlock(ab);
 	/* The flush to disk runs without the lock, so the relay's deletes go
 	 * on meanwhile. Only one leader runs at a time: never two syncs. If it
@@ -457,6 +516,8 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 		if (handed)
 			abx_relay_unreserve(ab->relay, n, bytes);
 		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			if (!q->admitted)
+				continue;
 			q->rc = rc;
 			snprintf(q->err, sizeof(q->err), "publish: %.240s", err);
 		}
@@ -466,6 +527,8 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	if (handed) {
 		abx_fresh *head = NULL, *tail = NULL;
 		for (struct abx_gc_req *q = batch; q; q = q->next) {
+			if (!q->admitted)
+				continue;
 			for (size_t k = 0; k < q->n; k++) {
 				abx_fresh *f = q->msgs[k];
 				f->next = NULL;
@@ -482,52 +545,24 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 		abx_relay_poke(ab->relay);
 	}
 	for (struct abx_gc_req *q = batch; q; q = q->next)
-		q->rc = 0;
+		if (q->admitted)
+			q->rc = 0;
 }
 
-static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
-                         char *errstr, size_t errstr_size)
+/*
+ * Group commit: the first waiter becomes the leader and commits everything
+ * queued meanwhile; the others sleep until it is done. Sets req->rc.
+ */
+static void group_commit(ackbox *ab, struct abx_gc_req *req)
 {
-	struct abx_gc_req req;
-	abx_fresh *one[1];
 	bool led = false;
-	int rc = 0;
-	int64_t t0_us = abx_mono_us();
-
-	if (!ab || (!msgs && n)) {
-		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
-		return ACKBOX_ERR_INVALID;
-	}
-	if (n == 0)
-		return 0;
-	memset(&req, 0, sizeof(req));
-	req.msgs = n == 1 ? one : calloc(n, sizeof(*req.msgs));
-	if (!req.msgs)
-		return ACKBOX_ERR_NOMEM;
-	req.n = n;
-	for (size_t i = 0; i < n; i++) {
-		rc = prepare(ab, &msgs[i], &req.msgs[i], errstr, errstr_size);
-		if (rc) {
-			for (size_t k = 0; k < i; k++)
-				abx_fresh_free(req.msgs[k]);
-			if (req.msgs != one)
-				free(req.msgs);
-			return rc;
-		}
-		req.bytes += msgs[i].payload_len;
-		if (ids_out)
-			ids_out[i] = req.msgs[i]->id;
-	}
-
-	/* Group commit: the first waiter becomes the leader and commits
-	 * everything queued meanwhile; the others sleep until it is done. */
 	pthread_mutex_lock(&ab->gc_mtx);
 	if (ab->gc_queue_tail)
-		ab->gc_queue_tail->next = &req;
+		ab->gc_queue_tail->next = req;
 	else
-		ab->gc_queue_head = &req;
-	ab->gc_queue_tail = &req;
-	while (!req.done) {
+		ab->gc_queue_head = req;
+	ab->gc_queue_tail = req;
+	while (!req->done) {
 		if (!ab->gc_leader_active) {
 			struct abx_gc_req *batch = ab->gc_queue_head;
 			ab->gc_queue_head = ab->gc_queue_tail = NULL;
@@ -554,6 +589,102 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 	pthread_mutex_unlock(&ab->gc_mtx);
 	if (led)
 		abx_log_release();
+}
+
+static void abs_deadline(struct timespec *ts, int timeout_ms);
+
+/*
+ * store.full_policy=block: waits until the relay makes progress (acks make
+ * room; their rows are deleted before the progress count moves) or ms pass,
+ * or the handle closes. seen: the progress count before the refused commit,
+ * so room made meanwhile is not waited for.
+ */
+static void wait_for_room(ackbox *ab, uint64_t seen, int64_t ms)
+{
+	struct timespec dl;
+	abs_deadline(&dl, (int)ms);
+	pthread_mutex_lock(&ab->rep_mtx);
+	while (ab->progress == seen && !atomic_load(&ab->closing) &&
+	       pthread_cond_timedwait(&ab->rep_cond, &ab->rep_mtx, &dl) != ETIMEDOUT) {
+	}
+	pthread_mutex_unlock(&ab->rep_mtx);
+}
+
+static uint64_t progress_now(ackbox *ab)
+{
+	uint64_t p;
+	pthread_mutex_lock(&ab->rep_mtx);
+	p = ab->progress;
+	pthread_mutex_unlock(&ab->rep_mtx);
+	return p;
+}
+
+static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
+                         char *errstr, size_t errstr_size)
+{
+	struct abx_gc_req req;
+	abx_fresh *one[1];
+	int rc = 0;
+	int64_t t0_us = abx_mono_us(), deadline;
+
+	if (!ab || (!msgs && n)) {
+		ackbox_errstr_set(errstr, errstr_size, "publish: NULL argument");
+		return ACKBOX_ERR_INVALID;
+	}
+	if (n == 0)
+		return 0;
+	deadline = ackbox_mono_ms() + ab->bound.timeout_ms;
+	memset(&req, 0, sizeof(req));
+	req.msgs = n == 1 ? one : calloc(n, sizeof(*req.msgs));
+	if (!req.msgs)
+		return ACKBOX_ERR_NOMEM;
+	req.n = n;
+	for (size_t i = 0; i < n; i++) {
+		rc = prepare(ab, &msgs[i], &req.msgs[i], errstr, errstr_size);
+		if (rc) {
+			for (size_t k = 0; k < i; k++)
+				abx_fresh_free(req.msgs[k]);
+			if (req.msgs != one)
+				free(req.msgs);
+			return rc;
+		}
+		req.bytes += msgs[i].payload_len;
+		if (ids_out)
+			ids_out[i] = req.msgs[i]->id;
+	}
+
+	/* Commit; with store.full_policy=block, a commit the backlog bound
+	 * refused is tried again whenever acks make room, until the deadline. */
+	for (bool waited = false;;) {
+		uint64_t seen = progress_now(ab);
+		int64_t left;
+		group_commit(ab, &req);
+		if (req.rc != ACKBOX_ERR_FULL || req.full != ABX_BOUND_FULL || !ab->bound.block ||
+		    atomic_load(&ab->closing))
+			break;
+		left = deadline - ackbox_mono_ms();
+		if (left <= 0) {
+			char why[256];
+			snprintf(why, sizeof(why), "%s", req.err);
+			snprintf(req.err, sizeof(req.err), "%.200s (waited %lld ms: store.full_timeout)",
+			         why, (long long)ab->bound.timeout_ms);
+			break;
+		}
+		if (!waited) {
+			abx_log(ab->conf, ACKBOX_LOG_INFO, "publish",
+			        "waiting up to %lld ms for room (store.full_policy=block): %s",
+			        (long long)left, req.err);
+			waited = true;
+		}
+		/* the relay makes room as it is acked; others' deletes are seen
+		 * when the store is asked again (store.poll_interval) */
+		wait_for_room(ab, seen, left < ab->store_poll_ms ? left : ab->store_poll_ms);
+		req.done = false;
+		req.admitted = false;
+		req.rc = 0;
+		req.full = 0;
+		req.err[0] = '\0';
+	}
 
 	rc = req.rc;
 	if (rc) {

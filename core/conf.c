@@ -25,7 +25,9 @@ struct abx_kv {
 /* The core's properties. docs/configuration.md is generated from this table. */
 static const ackbox_prop core_props[] = {
 	{"store.url", ACKBOX_PROP_URL, NULL, 0, 0, NULL,
-	 "Where messages are kept, e.g. sqlite:///var/lib/app/outbox.db (required)."},
+	 "Where messages are kept, e.g. sqlite:///var/lib/app/outbox.db (required). env:NAME "
+	 "reads the URL from the environment variable NAME, file:PATH from the first line of "
+	 "the file PATH, so a password stays off the command line."},
 	{"store.sync", ACKBOX_PROP_ENUM, "full", 0, 0, "full|normal|off",
 	 "full: publish returns after fsync; normal: survives a process crash but not a power "
 	 "loss; off: no guarantee (tests only)."},
@@ -35,12 +37,25 @@ static const ackbox_prop core_props[] = {
 	 "handle reads an empty store and writes nothing. never: a missing store, or one "
 	 "without ackbox's schema, fails ackbox_new with a store error, and a handle without "
 	 "transport.url changes no schema (admin tools)."},
+	{"store.max_messages", ACKBOX_PROP_INT, "0", 0, 1LL << 40, NULL,
+	 "Most messages the store may hold, in every state (FAILED too); 0: no bound. A publish "
+	 "that would pass it waits or is refused (store.full_policy) and stores nothing, so a "
+	 "broker outage cannot fill the disk."},
+	{"store.max_bytes", ACKBOX_PROP_INT, "0", 0, 1LL << 50, NULL,
+	 "Most payload bytes the store may hold (indexes, headers, WAL and free pages come on "
+	 "top); 0: no bound. Needs a store that measures its bytes (all three do)."},
+	{"store.full_policy", ACKBOX_PROP_ENUM, "reject", 0, 0, "reject|block",
+	 "When a bound would be passed: reject returns ACKBOX_ERR_FULL at once; block waits up to "
+	 "store.full_timeout for acks to make room, then returns ACKBOX_ERR_FULL."},
+	{"store.full_timeout", ACKBOX_PROP_DURATION, "10s", 0, MS_DAY, NULL,
+	 "How long a publish waits for room with store.full_policy=block."},
 	{"store.poll_interval", ACKBOX_PROP_DURATION, "200ms", 5, 60000, NULL,
 	 "How often an idle relay looks for rows written by others (the transactional entry "
 	 "point, other processes, requeue)."},
 	{"transport.url", ACKBOX_PROP_URL, NULL, 0, 0, NULL,
 	 "The broker, as scheme://...: the scheme picks the transport (docs/brokers/). Without "
-	 "it the handle stores messages for another relay."},
+	 "it the handle stores messages for another relay. env:NAME and file:PATH as for "
+	 "store.url."},
 	{"transport.connect_timeout", ACKBOX_PROP_DURATION, "5s", 100, 600000, NULL,
 	 "How long one connection attempt may take."},
 	{"transport.require_connect", ACKBOX_PROP_BOOL, "false", 0, 0, NULL,
@@ -302,17 +317,39 @@ static int plugin_load_set(const ackbox_conf *conf, const char *value, char **jo
 	return 0;
 }
 
+static int set_checked(ackbox_conf *conf, const char *key, const char *value, char *errstr,
+                       size_t errstr_size);
+
 int ackbox_conf_set(ackbox_conf *conf, const char *key, const char *value, char *errstr,
                     size_t errstr_size)
 {
 	const ackbox_prop *p;
-	char *joined = NULL;
+	char *secret = NULL;
 	int rc;
 
 	if (!conf || !key || !value) {
 		ackbox_errstr_set(errstr, errstr_size, "ackbox_conf_set: NULL argument");
 		return ACKBOX_ERR_INVALID;
 	}
+	/* a URL may come from the environment or a file (secret.c) */
+	p = core_prop_find(key);
+	if (p && p->type == ACKBOX_PROP_URL) {
+		rc = abx_secret_resolve(key, value, &secret, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
+	rc = set_checked(conf, key, secret ? secret : value, errstr, errstr_size);
+	abx_secret_free(secret);
+	return rc;
+}
+
+static int set_checked(ackbox_conf *conf, const char *key, const char *value, char *errstr,
+                       size_t errstr_size)
+{
+	const ackbox_prop *p;
+	char *joined = NULL;
+	int rc;
+
 	p = core_prop_find(key);
 	if (p) {
 		rc = prop_check(p, key, value, errstr, errstr_size);

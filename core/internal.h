@@ -138,6 +138,43 @@ void abx_stats_sent(abx_stats *s, const char *topic);
  * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
 int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size);
 
+/* ---- secrets (secret.c) ---- */
+/* For a URL key: "env:NAME" or "file:PATH" become *out, the URL they hold
+ * (free with abx_secret_free); any other value leaves *out NULL. 0 or
+ * ACKBOX_ERR_BAD_VALUE naming the variable or file. */
+int abx_secret_resolve(const char *key, const char *value, char **out, char *errstr,
+                       size_t errstr_size);
+void abx_secret_free(char *s);
+
+/* ---- the backlog bound (bound.c): store.max_messages, store.max_bytes ---- */
+typedef struct abx_bound {
+	uint64_t max_msgs, max_bytes; /* 0: no bound */
+	bool block;                   /* store.full_policy=block */
+	int64_t timeout_ms;           /* store.full_timeout */
+	int64_t refresh_ms;           /* ask the store at least this often */
+	/* what the store held when last asked, plus what this handle committed
+	 * since; written by the group-commit leader with the store lock held */
+	bool known;
+	uint64_t msgs, bytes;
+	int64_t known_at_ms;
+} abx_bound;
+
+#define ABX_BOUND_OK 0
+#define ABX_BOUND_FULL 1  /* not now: acks may make room */
+#define ABX_BOUND_NEVER 2 /* more than the bound itself */
+struct ackbox;
+/* Reads the keys; refuses store.max_bytes for a store that cannot measure bytes. */
+int abx_bound_init(struct ackbox *ab, char *errstr, size_t errstr_size);
+bool abx_bound_active(const struct ackbox *ab);
+/* May n messages of `bytes` payload bytes be committed, besides held_n
+ * (held_bytes) already admitted to the same commit? ABX_BOUND_* (errstr says
+ * why not), or a negative store error. Counts them in when OK.
+ * Locks: the store lock held, by the group-commit leader. */
+int abx_bound_admit(struct ackbox *ab, uint64_t n, uint64_t bytes, uint64_t held_n,
+                    uint64_t held_bytes, char *errstr, size_t errstr_size);
+/* A commit that was admitted failed. Locks: as abx_bound_admit. */
+void abx_bound_forget(struct ackbox *ab, uint64_t n, uint64_t bytes);
+
 /* ---- the handle (ackbox.c) ---- */
 typedef struct abx_report_item {
 	struct abx_report_item *next;
@@ -174,6 +211,7 @@ struct ackbox {
 	int64_t connect_timeout_ms;
 	size_t fresh_max_msgs, fresh_max_bytes;
 
+	abx_bound bound;  /* store.max_messages / max_bytes (bound.c) */
 	abx_relay *relay; /* NULL without transport.url */
 	abx_stats stats;
 	int64_t opened_mono_ms;

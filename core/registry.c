@@ -29,6 +29,7 @@ static const size_t st_minor_size[] = {
 	END_OF(ackbox_store_ops, sync),        /* 1.1 */
 	END_OF(ackbox_store_ops, force),       /* 1.2 */
 	END_OF(ackbox_store_ops, aliases),     /* 1.3 */
+	END_OF(ackbox_store_ops, usage),       /* 1.4 */
 };
 _Static_assert(sizeof(tx_minor_size) / sizeof(tx_minor_size[0]) ==
                    ACKBOX_ABI_MINOR(ACKBOX_TRANSPORT_ABI_VERSION) + 1,
@@ -38,7 +39,7 @@ _Static_assert(sizeof(st_minor_size) / sizeof(st_minor_size[0]) ==
                "every store ABI minor needs its table size in st_minor_size");
 _Static_assert(END_OF(ackbox_transport_ops, validate) == sizeof(ackbox_transport_ops),
                "a transport slot was appended without a new ABI minor");
-_Static_assert(END_OF(ackbox_store_ops, aliases) == sizeof(ackbox_store_ops),
+_Static_assert(END_OF(ackbox_store_ops, usage) == sizeof(ackbox_store_ops),
                "a store slot was appended without a new ABI minor");
 
 /*

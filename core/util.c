@@ -34,6 +34,7 @@ const char *ackbox_strerror(int err)
 	case ACKBOX_ERR_TIMEOUT: return "timed out";
 	case ACKBOX_ERR_CLOSED: return "handle is closing";
 	case ACKBOX_ERR_NOT_FOUND: return "no such message";
+	case ACKBOX_ERR_FULL: return "the store is at its bound (store.max_messages/max_bytes)";
 	case ACKBOX_ERR_STORE: return "store I/O error";
 	case ACKBOX_ERR_STORE_CORRUPT: return "store is corrupt or not an ackbox store";
 	case ACKBOX_ERR_STORE_LOCKED: return "store is locked by another writer";

@@ -42,6 +42,10 @@ cc -Iinclude "$tmp/gen.c" -L"$BUILD_DIR" -lackbox -Wl,-rpath,"$(cd "$BUILD_DIR" 
     [ -f "$note" ] && cat "$note"
   done
   echo
-  "$tmp/gen"
+  # test-only plugins (loopback://) are not for users: their keys stay out
+  skip=$(tr '\n' ' ' < "$BUILD_DIR/ackbox-test-only.txt" 2>/dev/null || true)
+  "$tmp/gen" | awk -v skip="$skip" '
+    BEGIN { n = split(skip, s, " ") }
+    { for (i = 1; i <= n; i++) if (index($0, "| `" s[i] ".") == 1) next; print }'
 } > "$OUT"
 echo "wrote $OUT"

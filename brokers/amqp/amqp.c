@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
@@ -124,13 +125,30 @@ static int amqp_open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, a
 	return rc;
 }
 
+/* The URL's query parameters (ackbox_url_query_check: no others, each once, never empty). */
+static const char *const amqp_query[] = {"heartbeat", "name", NULL};
+
 static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                  char *errstr, size_t errstr_size)
 {
 	char q[256];
 	int64_t hb_ms = 30000;
+	int rc;
 
 	c->host = host;
+	rc = ackbox_url_query_check(url, "transport.url", amqp_query, errstr, errstr_size);
+	if (rc)
+		return rc;
+	/* rabbitmq-c connects to one broker: a list would be cut to its first
+	 * host without a word, so it is refused (a cluster goes behind one
+	 * address: a load balancer, or DNS) */
+	if (strchr(url->hosts, ',')) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: amqp takes one broker (host:port), not a list; put "
+		                  "a RabbitMQ cluster behind one address (a load balancer or a DNS "
+		                  "name)");
+		return ACKBOX_ERR_BAD_URL;
+	}
 	c->tls = strcmp(url->scheme, "amqps") == 0;
 	c->host_name = dup_or(url->host, "127.0.0.1");
 	c->port = url->port ? url->port : (c->tls ? 5671 : 5672);
@@ -143,8 +161,19 @@ static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbo
 		c->conn_name = strdup(q);
 	else
 		c->conn_name = dup_or(conf(c, "amqp.connection_name"), "ackbox");
-	if (conf(c, "amqp.cacert"))
-		c->cacert = strdup(conf(c, "amqp.cacert"));
+	if (conf(c, "amqp.cacert")) {
+		/* a CA file that cannot be read is a configuration error, found
+		 * now (exit 2 from the CLI), not a broker that cannot be reached */
+		const char *ca = conf(c, "amqp.cacert");
+		char shown[256];
+		if (access(ca, R_OK) != 0) {
+			ackbox_escape(ca, strlen(ca), shown, sizeof(shown));
+			ackbox_errstr_set(errstr, errstr_size, "amqp.cacert: cannot read '%s': %s", shown,
+			                  strerror(errno));
+			return ACKBOX_ERR_BAD_VALUE;
+		}
+		c->cacert = strdup(ca);
+	}
 	c->verify_peer = conf_bool(c, "amqp.verify_peer");
 	c->mandatory = conf_bool(c, "amqp.mandatory");
 	c->declare_queue = conf_bool(c, "amqp.declare_queue");
@@ -154,9 +183,13 @@ static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbo
 	if (ackbox_url_query_get(url, "heartbeat", q, sizeof(q))) {
 		char *end;
 		long v = strtol(q, &end, 10);
-		if (*end || v < 0 || v > 65535) {
+		if (*end || end == q || v < 0 || v > 65535) {
+			char shown[64];
+			ackbox_escape(q, strlen(q), shown, sizeof(shown));
 			ackbox_errstr_set(errstr, errstr_size,
-			                  "transport.url: heartbeat=%s is not a number of seconds", q);
+			                  "transport.url: heartbeat=%s is not a number of seconds "
+			                  "(0 to 65535)",
+			                  shown);
 			return ACKBOX_ERR_BAD_URL;
 		}
 		c->heartbeat_s = (int)v;
@@ -255,6 +288,23 @@ static int lost(amqp_ctx *c, int code, const char *why)
 	return ACKBOX_ERR_TRANSPORT;
 }
 
+/* What a TLS failure of rabbitmq-c means, for the error line. */
+static const char *tls_hint(const amqp_ctx *c, int rc)
+{
+	switch (rc) {
+	case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
+		return c->cacert ? " (the broker's certificate is not signed by the CA in amqp.cacert)"
+		                 : " (the broker's certificate is not signed by a CA this system "
+		                   "trusts: set amqp.cacert)";
+	case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
+		return " (the broker's certificate does not name the host of transport.url)";
+	case AMQP_STATUS_SSL_CONNECTION_FAILED:
+		return " (the TLS handshake failed: is the port a TLS listener?)";
+	default:
+		return "";
+	}
+}
+
 static int amqp_connect_(void *vctx, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	amqp_ctx *c = vctx;
@@ -290,8 +340,8 @@ static int amqp_connect_(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	amqp_set_rpc_timeout(c->conn, &tv);
 	rc = amqp_socket_open_noblock(sock, c->host_name, c->port, &tv);
 	if (rc != AMQP_STATUS_OK) {
-		ackbox_errstr_set(errstr, errstr_size, "amqp: cannot connect to %s:%d: %s",
-		                  c->host_name, c->port, amqp_error_string2(rc));
+		ackbox_errstr_set(errstr, errstr_size, "amqp: cannot connect to %s:%d: %s%s",
+		                  c->host_name, c->port, amqp_error_string2(rc), tls_hint(c, rc));
 		teardown(c);
 		return ACKBOX_ERR_TRANSPORT;
 	}
@@ -302,8 +352,12 @@ static int amqp_connect_(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	                               &ptab, AMQP_SASL_METHOD_PLAIN, c->user, c->password);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
 		reply_text(r, why, sizeof(why));
-		ackbox_errstr_set(errstr, errstr_size, "amqp: login to %s:%d vhost '%s' as '%s' failed: %s",
-		                  c->host_name, c->port, c->vhost, c->user, why);
+		ackbox_errstr_set(errstr, errstr_size, "amqp: login to %s:%d vhost '%s' as '%s' failed: %s%s",
+		                  c->host_name, c->port, c->vhost, c->user, why,
+		                  reply_code(r) == AMQP_ACCESS_REFUSED
+		                      ? " (a wrong user or password, or a user without access to "
+		                        "this vhost)"
+		                      : "");
 		teardown(c);
 		return ACKBOX_ERR_TRANSPORT;
 	}
@@ -375,14 +429,16 @@ static int returned(amqp_ctx *c, amqp_basic_return_t *ret)
 {
 	amqp_message_t msg;
 	amqp_rpc_reply_t r = amqp_read_message(c->conn, CHANNEL, &msg, 0);
-	char why[512];
+	char why[512], ex[128], rk[300];
 	ackbox_id id;
 	char idtext[ACKBOX_ID_STRLEN];
 
-	snprintf(why, sizeof(why), "%u %.*s (exchange '%.*s', routing key '%.*s')", ret->reply_code,
-	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, (int)ret->exchange.len,
-	         (char *)ret->exchange.bytes, (int)ret->routing_key.len,
-	         (char *)ret->routing_key.bytes);
+	/* names echoed back by the broker are shown escaped: a routing key may
+	 * hold any byte, and this text reaches logs and `ackbox list` */
+	ackbox_escape(ret->exchange.bytes, ret->exchange.len, ex, sizeof(ex));
+	ackbox_escape(ret->routing_key.bytes, ret->routing_key.len, rk, sizeof(rk));
+	snprintf(why, sizeof(why), "%u %.*s (exchange '%s', routing key '%s')", ret->reply_code,
+	         (int)ret->reply_text.len, (char *)ret->reply_text.bytes, ex, rk);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
 		char text[256];
 		reply_text(r, text, sizeof(text));
@@ -623,11 +679,13 @@ static int declare(amqp_ctx *c, const char *queue, uint64_t token)
 	                   amqp_empty_table);
 	r = amqp_get_rpc_reply(c->conn);
 	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-		char why[256], text[300];
+		char why[256], text[420];
 		reply_text(r, why, sizeof(why));
 		if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
 		    r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
-			snprintf(text, sizeof(text), "declaring queue '%s': %s", queue, why);
+			char q[128];
+			ackbox_escape(queue, strlen(queue), q, sizeof(q));
+			snprintf(text, sizeof(text), "declaring queue '%s': %s", q, why);
 			ackbox_tx_event ev = {ACKBOX_TX_ERROR, token, reply_code(r), 0, text};
 			ackbox_tx_report(c->host, &ev);
 			lost(c, reply_code(r), why);

@@ -13,10 +13,12 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
@@ -36,6 +38,11 @@ typedef struct kafka_ctx {
 	int window;
 	atomic_int fatal;
 	char fatal_reason[512];
+	/* the last error about the client as a whole (librdkafka's threads
+	 * write it, connect reads it to say why nobody answered) */
+	pthread_mutex_t err_mtx;
+	char last_error[512];
+	int auth_failed; /* an authentication or TLS error: waiting longer cannot help */
 	/* timed out before reaching a broker: why is asked of the cluster in poll() */
 	struct timed_out {
 		uint64_t token;
@@ -146,6 +153,23 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	ackbox_tx_report(c->host, &ev);
 }
 
+/*
+ * Keeps the last connection error for connect() to name. An authentication
+ * or TLS failure will not pass by waiting, so connect() stops at once.
+ * Any librdkafka thread.
+ */
+static void note_error(kafka_ctx *c, const char *text, int auth)
+{
+	const char *t = strstr(text, "]: ");
+	t = t ? t + 3 : text; /* without librdkafka's "[thrd:...]: " */
+	auth = auth || strstr(t, "SASL") || strstr(t, "SSL") || strstr(t, "uthenticat");
+	pthread_mutex_lock(&c->err_mtx);
+	snprintf(c->last_error, sizeof(c->last_error), "%s", t);
+	if (auth)
+		c->auth_failed = 1;
+	pthread_mutex_unlock(&c->err_mtx);
+}
+
 /* Errors about the client as a whole: any librdkafka thread. */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
@@ -159,6 +183,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		ackbox_tx_log(c->host, ACKBOX_LOG_ERROR, "%s", c->fatal_reason);
 		return;
 	}
+	note_error(c, reason, err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL);
 	/* broker connections come and go; librdkafka reconnects by itself */
 	ackbox_tx_log(c->host, err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? ACKBOX_LOG_WARN
 	                                                                   : ACKBOX_LOG_INFO,
@@ -173,6 +198,10 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 	ackbox_log_level l = level <= 4   ? ACKBOX_LOG_WARN
 	                     : level <= 6 ? ACKBOX_LOG_INFO
 	                                  : ACKBOX_LOG_DEBUG;
+	/* connection failures are logged at once (the error callback waits
+	 * for the next poll): connect() names the last one */
+	if (level <= 4 && (strcmp(fac, "FAIL") == 0 || strcmp(fac, "ERROR") == 0))
+		note_error(c, buf, 0);
 	ackbox_tx_log(c->host, l, "librdkafka %s: %s", fac, buf);
 }
 
@@ -216,18 +245,86 @@ static void pass_key(const char *key, const char *value, void *opaque)
 static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                  char *errstr, size_t errstr_size);
 
+static const char *const no_query[] = {NULL};
+
+/*
+ * kafka://user:password@host: the user and password become sasl.username
+ * and sasl.password (never dropped: a URL with credentials that connected
+ * without them would look authenticated and not be). Refused when the
+ * security protocol set with kafka.security.protocol does not use SASL, or
+ * when kafka.sasl.username/password are set as well.
+ */
+static int sasl_from_url(kafka_ctx *c, const ackbox_url *url, char *errstr, size_t errstr_size)
+{
+	char buf[64];
+	size_t bl = sizeof(buf);
+	const ackbox_conf *cf = ackbox_tx_conf(c->host);
+	if (ackbox_conf_get(cf, "kafka.sasl.username") || ackbox_conf_get(cf, "kafka.sasl.password")) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: has a user and password, and kafka.sasl.username "
+		                  "or kafka.sasl.password is set too: give them once");
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	if (rd_kafka_conf_get(c->conf, "security.protocol", buf, &bl) != RD_KAFKA_CONF_OK ||
+	    strncasecmp(buf, "sasl_", 5) != 0) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: has a user and password, which Kafka checks only "
+		                  "with SASL, but kafka.security.protocol is '%s' (use sasl_plaintext "
+		                  "or sasl_ssl)",
+		                  buf);
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	if (rd_kafka_conf_set(c->conf, "sasl.username", url->user, NULL, 0) != RD_KAFKA_CONF_OK ||
+	    rd_kafka_conf_set(c->conf, "sasl.password", url->password, NULL, 0) !=
+	        RD_KAFKA_CONF_OK) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: librdkafka refuses SASL credentials (built without "
+		                  "SASL?)");
+		return ACKBOX_ERR_BAD_VALUE;
+	}
+	return 0;
+}
+
+/*
+ * Certificate and key files librdkafka would read only when it connects: one
+ * that cannot be read is a configuration error now (CLI exit 2), not a
+ * cluster that never answers.
+ */
+static int files_readable(kafka_ctx *c, char *errstr, size_t errstr_size)
+{
+	static const char *const keys[] = {"ssl.ca.location", "ssl.certificate.location",
+	                                   "ssl.key.location", NULL};
+	for (const char *const *k = keys; *k; k++) {
+		char path[1024], shown[256];
+		size_t pl = sizeof(path);
+		if (rd_kafka_conf_get(c->conf, *k, path, &pl) != RD_KAFKA_CONF_OK || !path[0] ||
+		    strcmp(path, "probe") == 0)
+			continue;
+		if (access(path, R_OK) != 0) {
+			ackbox_escape(path, strlen(path), shown, sizeof(shown));
+			ackbox_errstr_set(errstr, errstr_size, "kafka.%s: cannot read '%s': %s", *k, shown,
+			                  strerror(errno));
+			return ACKBOX_ERR_BAD_VALUE;
+		}
+	}
+	return 0;
+}
+
 /* close() is not called when open fails: free what was made here. */
 static int kafka_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                       char *errstr, size_t errstr_size)
 {
 	kafka_ctx *c = vctx;
-	int rc = open_(c, url, host, info, errstr, errstr_size);
+	int rc;
+	pthread_mutex_init(&c->err_mtx, NULL);
+	rc = open_(c, url, host, info, errstr, errstr_size);
 	if (rc) {
 		if (c->conf)
 			rd_kafka_conf_destroy(c->conf);
 		free(c->bootstrap);
 		c->conf = NULL;
 		c->bootstrap = NULL;
+		pthread_mutex_destroy(&c->err_mtx);
 	}
 	return rc;
 }
@@ -242,6 +339,14 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 
 	c->host = host;
 	c->pipefd[0] = c->pipefd[1] = -1;
+	if (ackbox_url_query_check(url, "transport.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
+	if ((url->user || url->password) && (!url->user || !url->user[0] || !url->password)) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "transport.url: kafka://user:password@host authenticates with SASL "
+		                  "and needs both a user and a password");
+		return ACKBOX_ERR_BAD_URL;
+	}
 	if (!url->hosts[0]) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "transport.url: kafka:// needs at least one broker (host:port)");
@@ -256,6 +361,12 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 
 	/* ackbox's defaults first, then whatever the application set */
 	rd_kafka_conf_set(c->conf, "bootstrap.servers", c->bootstrap, NULL, 0);
+	if (url->user) {
+		/* credentials in the URL mean SASL: PLAIN over plain TCP unless
+		 * kafka.security.protocol / kafka.sasl.mechanisms say otherwise */
+		rd_kafka_conf_set(c->conf, "security.protocol", "sasl_plaintext", NULL, 0);
+		rd_kafka_conf_set(c->conf, "sasl.mechanisms", "PLAIN", NULL, 0);
+	}
 	for (const ackbox_prop *p = kafka_props; p->name; p++) {
 		char key[128];
 		snprintf(key, sizeof(key), "kafka.%s", p->name);
@@ -275,6 +386,16 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 	ackbox_conf_foreach(ackbox_tx_conf(host), "kafka.", pass_key, &s);
 	if (s.rc_err)
 		return s.rc_err;
+	if (url->user) {
+		int rc = sasl_from_url(c, url, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
+	{
+		int rc = files_readable(c, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
 	if (rd_kafka_conf_get(c->conf, "message.timeout.ms", buf, &bl) == RD_KAFKA_CONF_OK &&
 	    atoll(buf) + 1000 > retry_ms) {
 		ackbox_errstr_set(errstr, errstr_size,
@@ -331,6 +452,7 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_resp_err_t err;
 	char why[512];
+	int waited;
 
 	if (atomic_load(&c->fatal))
 		drop_producer(c);
@@ -362,16 +484,29 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	 * more than 250 ms of round trip away never answered in time
 	 * (docs/reliability.md, the latency fault).
 	 */
-	for (int waited = 0, step = 250;; step = step < 1000 ? 2 * step : 2000) {
+	waited = 0;
+	for (int step = 250;; step = step < 1000 ? 2 * step : 2000) {
 		int slice = timeout_ms - waited < step ? timeout_ms - waited : step;
+		int auth_failed;
 		err = rd_kafka_metadata(c->rk, 0, NULL, &md, slice > 0 ? slice : 1);
 		waited += slice;
-		if (!err || waited >= timeout_ms || ackbox_tx_stopping(c->host))
+		pthread_mutex_lock(&c->err_mtx);
+		auth_failed = c->auth_failed;
+		pthread_mutex_unlock(&c->err_mtx);
+		if (!err || waited >= timeout_ms || ackbox_tx_stopping(c->host) || auth_failed)
 			break;
 	}
 	if (err) {
-		ackbox_errstr_set(errstr, errstr_size, "kafka: no broker of %s answered within %d ms: %s",
-		                  c->bootstrap, timeout_ms, rd_kafka_err2str(err));
+		char last[512];
+		pthread_mutex_lock(&c->err_mtx);
+		snprintf(last, sizeof(last), "%s", c->last_error);
+		c->last_error[0] = '\0';
+		c->auth_failed = 0;
+		pthread_mutex_unlock(&c->err_mtx);
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "kafka: no broker of %s answered within %d ms: %s%s%s", c->bootstrap,
+		                  waited < timeout_ms ? waited : timeout_ms, rd_kafka_err2str(err),
+		                  last[0] ? "; last error: " : "", last);
 		return ACKBOX_ERR_TRANSPORT;
 	}
 	rd_kafka_metadata_destroy(md);
@@ -453,8 +588,9 @@ static int kafka_send(void *vctx, const ackbox_tx_msg *m)
 	{
 		/* the message itself is unacceptable (key and headers over
 		 * message.max.bytes, say): an attempt that failed */
-		char why[512];
-		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s: %s", m->topic,
+		char why[512], topic[128];
+		ackbox_escape(m->topic, strlen(m->topic), topic, sizeof(topic));
+		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s: %s", topic,
 		         rd_kafka_err2name(err), rd_kafka_err2str(err));
 		ackbox_tx_event ev = {ACKBOX_TX_ERROR, m->token, err, 0, why};
 		ackbox_tx_report(c->host, &ev);
@@ -491,8 +627,10 @@ static void check_stale(kafka_ctx *c)
 				continue;
 			ackbox_tx_event ev = {ACKBOX_TX_NOT_SENT, u->token, 0, 1, u->reason};
 			if (terr > 0) {
+				char topic[128];
+				ackbox_escape(u->topic, strlen(u->topic), topic, sizeof(topic));
 				snprintf(why, sizeof(why), "%s: topic '%s': %s", rd_kafka_err2name(terr),
-				         u->topic, rd_kafka_err2str(terr));
+				         topic, rd_kafka_err2str(terr));
 				ev = (ackbox_tx_event){ACKBOX_TX_ERROR, u->token, terr, 1, why};
 			}
 			ackbox_tx_report(c->host, &ev);
@@ -539,6 +677,7 @@ static void kafka_close(void *vctx)
 	if (c->conf)
 		rd_kafka_conf_destroy(c->conf);
 	free(c->bootstrap);
+	pthread_mutex_destroy(&c->err_mtx);
 }
 
 static const char *const kafka_schemes[] = {"kafka", NULL};

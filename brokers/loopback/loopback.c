@@ -273,8 +273,11 @@ static const ackbox_prop lb_props[] = {
 static int lb_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
                    char *errstr, size_t errstr_size)
 {
+	static const char *const no_query[] = {NULL};
 	lb_ctx *c = vctx;
 	const char *w;
+	if (ackbox_url_query_check(url, "transport.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (!url->host[0]) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "transport.url: loopback needs a broker name (loopback://NAME)");

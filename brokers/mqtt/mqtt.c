@@ -4,6 +4,7 @@
  * threads; this file turns those answers into reports and nothing more.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #define SYSTEM_NAME "mqtt"
 
 #include "mqtt_check.h"
+#include "tls_check.h"
 
 /* paho's out-of-memory code (PAHO_MEMORY_ERROR in its private Heap.h) */
 #define PAHO_MEMORY_ERROR_CODE (-99)
@@ -37,6 +39,8 @@ typedef struct mqtt_ctx {
 	ackbox_tx_host *host;
 	/* set by open() and never changed: validate reads them on any thread */
 	char *uri, *client_id, *user, *password, *cafile;
+	char *tls_host; /* mqtts: the host the certificate must name, and its port */
+	int tls_port;
 	int qos, v5, keepalive_s, window, verify, id_in_payload;
 	/* the broker's Maximum Packet Size from its last MQTT 5 CONNACK, 0 if it
 	 * set none; written by paho's thread, read by validate and send */
@@ -46,6 +50,7 @@ typedef struct mqtt_ctx {
 	pthread_cond_t cond;
 	int connect_state; /* 0 pending, 1 ok, -1 failed */
 	char connect_error[256];
+	char tls_error[256]; /* what OpenSSL said during the last connect, via paho */
 	/* 1 from the CONNACK until the first report that the connection went
 	 * (or until drop_client): only that first report reaches the core */
 	int connected;
@@ -79,8 +84,10 @@ static const char *conf(mqtt_ctx *c, const char *key)
 	return ackbox_conf_get(ackbox_tx_conf(c->host), key);
 }
 
-static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
-                     char *errstr, size_t errstr_size)
+static const char *const no_query[] = {NULL};
+
+static int open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                 char *errstr, size_t errstr_size)
 {
 	mqtt_ctx *c = vctx;
 	int tls = strcmp(url->scheme, "mqtts") == 0;
@@ -91,6 +98,9 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	c->host = host;
 	pthread_mutex_init(&c->mtx, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	/* no query parameters: the settings are mqtt.* keys */
+	if (ackbox_url_query_check(url, "transport.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (strchr(url->hosts, ',')) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "transport.url: mqtt takes one broker (host:port), not a list");
@@ -100,6 +110,12 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	         strchr(url->host, ':') ? "[" : "", url->host[0] ? url->host : "127.0.0.1",
 	         strchr(url->host, ':') ? "]" : "", url->port ? url->port : (tls ? 8883 : 1883));
 	c->uri = strdup(buf);
+	if (tls) {
+		c->tls_host = strdup(url->host[0] ? url->host : "127.0.0.1");
+		c->tls_port = url->port ? url->port : 8883;
+		if (!c->tls_host)
+			return ACKBOX_ERR_NOMEM;
+	}
 	if (conf(c, "mqtt.client_id")) {
 		c->client_id = strdup(conf(c, "mqtt.client_id"));
 	} else {
@@ -111,7 +127,19 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	}
 	c->user = url->user ? strdup(url->user) : NULL;
 	c->password = url->password ? strdup(url->password) : NULL;
-	c->cafile = conf(c, "mqtt.cafile") ? strdup(conf(c, "mqtt.cafile")) : NULL;
+	if (conf(c, "mqtt.cafile")) {
+		/* unreadable: a configuration error now (CLI exit 2), not an
+		 * unreachable broker at every connect */
+		const char *ca = conf(c, "mqtt.cafile");
+		char shown[256];
+		if (access(ca, R_OK) != 0) {
+			ackbox_escape(ca, strlen(ca), shown, sizeof(shown));
+			ackbox_errstr_set(errstr, errstr_size, "mqtt.cafile: cannot read '%s': %s", shown,
+			                  strerror(errno));
+			return ACKBOX_ERR_BAD_VALUE;
+		}
+		c->cafile = strdup(ca);
+	}
 	ackbox_parse_bool(conf(c, "mqtt.verify"), &b);
 	c->verify = b;
 	b = 0;
@@ -133,6 +161,20 @@ static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ac
 	info->system_name = SYSTEM_NAME;
 	info->max_message_size = ABX_MQTT_MAX_REMAINING;
 	return 0;
+}
+
+static void mqtt_close(void *vctx);
+
+/* close() is not called when open fails: free what was made here. */
+static int mqtt_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
+                     char *errstr, size_t errstr_size)
+{
+	int rc = open_(vctx, url, host, info, errstr, errstr_size);
+	if (rc) {
+		mqtt_close(vctx);
+		memset(vctx, 0, sizeof(mqtt_ctx));
+	}
+	return rc;
 }
 
 /* ---- paho callbacks: any paho thread; they only report ---- */
@@ -405,6 +447,28 @@ static void drop_client(mqtt_ctx *c)
 	pthread_mutex_unlock(&c->mtx);
 }
 
+/* OpenSSL's own words for a failed TLS connect (paho's thread): the first
+ * line is kept, escaped, so the connect error can name the cause. */
+static int on_tls_error(const char *str, size_t len, void *u)
+{
+	mqtt_ctx *c = u;
+	pthread_mutex_lock(&c->mtx);
+	if (!c->tls_error[0]) {
+		/* "<thread>:error:<code>:<library>:<function>:<reason>:<file>:..." */
+		const char *r = strstr(str, ":error:");
+		size_t n;
+		for (int k = 0; r && k < 4; k++)
+			r = memchr(r + 1, ':', len - (size_t)(r + 1 - str));
+		r = r ? r + 1 : str;
+		n = strcspn(r, ":\n");
+		if (r + n > str + len)
+			n = (size_t)(str + len - r);
+		ackbox_escape(r, n, c->tls_error, sizeof(c->tls_error));
+	}
+	pthread_mutex_unlock(&c->mtx);
+	return 0;
+}
+
 static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	mqtt_ctx *c = vctx;
@@ -461,10 +525,13 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 		ssl.trustStore = c->cafile;
 		ssl.enableServerCertAuth = c->verify;
 		ssl.verify = c->verify;
+		ssl.ssl_error_cb = on_tls_error;
+		ssl.ssl_error_context = c;
 		opts->ssl = &ssl;
 	}
 	pthread_mutex_lock(&c->mtx);
 	c->connect_state = 0;
+	c->tls_error[0] = '\0';
 	pthread_mutex_unlock(&c->mtx);
 	rc = MQTTAsync_connect(c->client, opts);
 	if (rc != MQTTASYNC_SUCCESS) {
@@ -482,9 +549,19 @@ static int mqtt_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_
 	rc = c->connect_state;
 	pthread_mutex_unlock(&c->mtx);
 	if (rc != 1) {
-		ackbox_errstr_set(errstr, errstr_size, "mqtt: cannot connect to %s as '%s': %s",
-		                  c->uri, c->client_id, rc == 0 ? "timed out" : c->connect_error);
+		char why[300] = "";
+		pthread_mutex_lock(&c->mtx);
+		snprintf(why, sizeof(why), "%s", c->tls_error);
+		pthread_mutex_unlock(&c->mtx);
 		drop_client(c);
+		/* paho names no cause for a certificate that does not name the
+		 * host, nor the reason behind OpenSSL's "verify failed" */
+		if (c->tls_host && c->verify)
+			abx_mqtt_tls_diagnose(c->tls_host, c->tls_port, c->cafile,
+			                      timeout_ms < 2000 ? timeout_ms : 2000, why, sizeof(why));
+		ackbox_errstr_set(errstr, errstr_size, "mqtt: cannot connect to %s as '%s': %s%s%s",
+		                  c->uri, c->client_id, rc == 0 ? "timed out" : c->connect_error,
+		                  why[0] ? ": " : "", why);
 		return ACKBOX_ERR_TRANSPORT;
 	}
 	max_packet = atomic_load(&c->max_packet);
@@ -683,6 +760,7 @@ static void mqtt_close(void *vctx)
 	free(c->user);
 	free(c->password);
 	free(c->cafile);
+	free(c->tls_host);
 	pthread_mutex_destroy(&c->mtx);
 	pthread_cond_destroy(&c->cond);
 }

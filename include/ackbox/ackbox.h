@@ -58,7 +58,9 @@ typedef enum ackbox_err {
 	ACKBOX_ERR_STORE_SCHEMA = -25,  /* foreign or newer schema */
 	ACKBOX_ERR_TRANSPORT = -30,     /* broker unreachable or transport failure */
 	ACKBOX_ERR_ABI = -40,           /* plugin ABI version/size mismatch */
-	ACKBOX_ERR_INTERNAL = -50
+	ACKBOX_ERR_INTERNAL = -50,
+	ACKBOX_ERR_FULL = -12           /* the store holds store.max_messages or
+	                                   store.max_bytes: publish stored nothing */
 } ackbox_err;
 
 /** A static English description of an ackbox_err. Never NULL. */
@@ -309,7 +311,9 @@ ACKBOX_API void ackbox_destroy(ackbox *ab);
  * *id_out (may be NULL) receives its id. Concurrent callers share one
  * commit (group commit). The caller keeps ownership of msg.
  * Errors: ACKBOX_ERR_INVALID, ACKBOX_ERR_TOO_LARGE, ACKBOX_ERR_STORE*,
- * ACKBOX_ERR_CLOSED; on error nothing was stored.
+ * ACKBOX_ERR_CLOSED, ACKBOX_ERR_FULL (the store holds store.max_messages
+ * or store.max_bytes: at once with store.full_policy=reject, after up to
+ * store.full_timeout with block); on error nothing was stored.
  */
 ACKBOX_API int ackbox_publish(ackbox *ab, const ackbox_msg *msg, ackbox_id *id_out,
                               char *errstr, size_t errstr_size);
@@ -500,6 +504,37 @@ ACKBOX_API int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char
  * ACKBOX_ERR_STORE or ACKBOX_ERR_TRANSPORT with errstr saying why. Any thread.
  */
 ACKBOX_API int ackbox_health(ackbox *ab, char *errstr, size_t errstr_size);
+
+/* ------------------------------------------------------------------ */
+/* Echoing safely                                                       */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Writes the len bytes at p into out as text that is safe to print on a
+ * terminal or in a log line: printable ASCII and valid UTF-8 pass; a
+ * backslash becomes "\\", newline, carriage return and tab "\n", "\r",
+ * "\t"; every other control character (C0, DEL, C1), the Unicode
+ * bidirectional overrides and each byte that is not valid UTF-8 become
+ * "\xNN" (one per byte). out (out_size bytes) is always NUL-terminated when
+ * out_size > 0; output that does not fit is cut before the first character
+ * or escape that does not fit whole. Returns the length the whole escaped
+ * text needs, without the NUL (as snprintf does): ackbox_escape(p, len,
+ * NULL, 0) + 1 bytes always suffice. p may be NULL when len is 0. Any
+ * thread; no allocation.
+ */
+ACKBOX_API size_t ackbox_escape(const void *p, size_t len, char *out, size_t out_size);
+
+/**
+ * Writes url into out with its secrets replaced by "***": the password of
+ * the user information ("amqp://user:***@host/") and the value of every
+ * query parameter whose name contains pass, pwd, secret, token,
+ * credential or auth ("?sslpassword=***"). Works on text that is not a
+ * valid URL too (what failed to parse is what gets echoed). The result is
+ * escaped as by ackbox_escape(). Returns the length the whole result
+ * needs, without the NUL. Use it wherever a URL is shown: error lines,
+ * logs, status output, --json. Any thread; no allocation.
+ */
+ACKBOX_API size_t ackbox_url_redact(const char *url, char *out, size_t out_size);
 
 #ifdef __cplusplus
 }

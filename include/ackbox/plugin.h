@@ -158,6 +158,20 @@ ACKBOX_PLUGIN_EXPORT int ackbox_plugin_entry(char *errstr, size_t errstr_size);
  */
 ACKBOX_API int ackbox_plugin_load(const char *path, char *errstr, size_t errstr_size);
 
+/**
+ * The one rule for URL query parameters, which every plugin applies in
+ * open(): each parameter of url->query is named in `known` (NULL-terminated;
+ * known == NULL accepts any name, for a plugin that checks names itself),
+ * appears once, and has a non-empty value ("?heartbeat=" is refused, not
+ * read as 0). Returns 0, or ACKBOX_ERR_BAD_URL with errstr naming `key`
+ * (e.g. "transport.url") and the parameter: "unknown parameter 'x' (known:
+ * heartbeat, name)", "parameter 'name' is given twice", "parameter
+ * 'heartbeat' has no value". Parameter names are compared as written.
+ */
+ACKBOX_API int ackbox_url_query_check(const ackbox_url *url, const char *key,
+                                      const char *const *known, char *errstr,
+                                      size_t errstr_size);
+
 #ifdef __cplusplus
 }
 #endif

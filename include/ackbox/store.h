@@ -18,8 +18,9 @@ extern "C" {
  *   1.1  sync
  *   1.2  force
  *   1.3  aliases
+ *   1.4  usage
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 3)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 4)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -189,6 +190,21 @@ typedef struct ackbox_store_ops {
 	 * Keys stay "<scheme>.<name>".
 	 */
 	const char *const *aliases;
+
+	/* ---- ABI 1.4 ---- */
+
+	/**
+	 * Optional (NULL: store.max_bytes cannot be used with this store, and
+	 * store.max_messages counts with counts()). What the store holds now:
+	 * *messages in every state (FAILED too) and *bytes, the sum of their
+	 * payload sizes. The core asks before a commit that store.max_messages
+	 * or store.max_bytes could refuse, so it should be cheap; it may count
+	 * high (SQLite counts a packed batch's bytes whole until its row goes),
+	 * never low: the bound must not be exceeded because a store under-
+	 * counted. Returns 0 or a negative ackbox_err with errstr.
+	 */
+	int (*usage)(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+	             size_t errstr_size);
 } ackbox_store_ops;
 
 /**

@@ -114,6 +114,7 @@ enum {
 	ST_FORCE_FAIL,
 	ST_FORCE_DELETE,
 	ST_DAMAGED,
+	ST_USAGE,
 	ST_COUNT
 };
 
@@ -179,6 +180,9 @@ static const char *const stmt_sql[ST_COUNT] = {
      * the lease is the one the claim just took */
     [ST_DAMAGED] = "UPDATE @S.ackbox_outbox SET state = 2, last_error = $2::text, last_code = 0,"
                    " updated_ms = $3::int8 WHERE id = $1::uuid AND lease = $4::int8",
+    /* the backlog bound: a sequential scan; the core asks rarely */
+    [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
+                 " FROM @S.ackbox_outbox",
 };
 
 /* A one-dimensional array in PostgreSQL's binary format, built in place. */
@@ -941,10 +945,16 @@ static int split_hosts(const char *hosts, char **host_out, char **port_out)
 static int parse_query(const ackbox_url *url, char *schema, size_t schema_size, char **keys,
                        char **vals, size_t *n, char *errstr, size_t errstr_size)
 {
-	char *q = strdup(url->query), *save = NULL;
-	PQconninfoOption *defs = PQconndefaults();
-	int rc = 0;
+	char *q, *save = NULL;
+	PQconninfoOption *defs;
+	int rc;
 
+	/* each parameter once and with a value; the names are checked below */
+	rc = ackbox_url_query_check(url, "store.url", NULL, errstr, errstr_size);
+	if (rc)
+		return rc;
+	q = strdup(url->query);
+	defs = PQconndefaults();
 	if (!q || !defs) {
 		free(q);
 		PQconninfoFree(defs);
@@ -1567,6 +1577,26 @@ static int pg_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+static int pg_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	PGresult *r;
+	int rc = run(c, ST_USAGE, 0, NULL, NULL, 1, &r, "measuring", errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != 8 || PQgetlength(r, 0, 1) != 8) {
+		PQclear(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply measuring the outbox",
+		                  c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	*messages = (uint64_t)get_be64(PQgetvalue(r, 0, 0));
+	*bytes = (uint64_t)get_be64(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	return 0;
+}
+
 static int pg_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	pg_ctx *c = vctx;
@@ -1746,6 +1776,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.has_pending = pg_has_pending,
 	.force = pg_force,
 	.aliases = pg_aliases,
+	.usage = pg_usage,
 };
 
 /* ------------------------------------------------------------------ */

@@ -41,6 +41,10 @@
  *                 (list by state; counts by ZCARD)
  *   {P}:all       zset, score 0, of every id (list all)
  *   {P}:failed    zset of FAILED ids by updated_ms (purge by age)
+ *   {P}:bytes     string: the sum of every stored payload's length (the
+ *                 backlog bound, store.max_bytes), kept by every script that
+ *                 adds or removes a message; made at open for a store from
+ *                 before it
  *
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
@@ -49,9 +53,9 @@
  * (owner_name()): crash recovery at open takes only leases whose process is
  * gone, never those of a live relay (another publisher on the same prefix).
  */
-enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_COUNT };
-static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",
-                                                "s1",   "s2",  "all",     "failed"};
+enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_BYTES, K_COUNT };
+static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",   "s1",
+                                                "s2",   "all", "failed",  "bytes"};
 
 /* The fields of a row, in the order every script and HMGET returns them. */
 enum { F_STATE, F_ATTEMPTS, F_CREATED, F_UPDATED, F_DUE, F_TOPIC, F_KEY, F_CT, F_HEADERS,
@@ -63,6 +67,8 @@ static const char *const field_name[F_COUNT] = {
 #define LUA_PRELUDE                                                                                \
 	"local MP = ARGV[1]\n"                                                                     \
 	"local K_DUE, K_CREATED, K_ALL, K_FAILED = KEYS[2], KEYS[3], KEYS[7], KEYS[8]\n"          \
+	"local K_BYTES = KEYS[9]\n"                                                               \
+	"local function FORGET(k) redis.call('DECRBY', K_BYTES, redis.call('HSTRLEN', k, 'payload')) end\n" \
 	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
 	"'payload','last_error','last_code','lease','plen'}\n"
@@ -73,6 +79,13 @@ static const char *const field_name[F_COUNT] = {
 static const char lua_open[] =
     "local t = redis.call('TYPE', KEYS[1])['ok']\n"
     "if t == 'hash' then\n"
+    "  if redis.call('EXISTS', KEYS[9]) == 0 then\n"
+    "    local sum = 0\n"
+    "    for _, id in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do\n"
+    "      sum = sum + redis.call('HSTRLEN', ARGV[1] .. id, 'payload')\n"
+    "    end\n"
+    "    redis.call('SET', KEYS[9], sum)\n"
+    "  end\n"
     "  local m = redis.call('HMGET', KEYS[1], 'schema', 'version')\n"
     "  return {m[1] or '', m[2] or ''}\n"
     "elseif t ~= 'none' then return {'!type', KEYS[1], t} end\n"
@@ -82,6 +95,7 @@ static const char lua_open[] =
     "end\n"
     "if ARGV[4] ~= '1' then return {'!none', KEYS[1]} end\n"
     "redis.call('HSET', KEYS[1], 'schema', ARGV[2], 'version', ARGV[3])\n"
+    "redis.call('SET', KEYS[9], 0)\n"
     "return {ARGV[2], ARGV[3]}\n";
 
 /* ARGV: MP, n, then per record: id created due topic flags key ct headers payload,
@@ -108,6 +122,7 @@ static const char lua_insert[] = LUA_PRELUDE
     "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
     "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
     "  redis.call('HSET', MP .. id, unpack(h))\n"
+    "  redis.call('INCRBY', K_BYTES, #ARGV[b + 8])\n"
     "  redis.call('ZADD', K_DUE, due, id)\n"
     "  redis.call('ZADD', K_CREATED, created, id)\n"
     "  redis.call('ZADD', SK(0), 0, id)\n"
@@ -147,6 +162,7 @@ static const char lua_apply[] = LUA_PRELUDE
     "  local st = cur[1]\n"
     "  if st and cur[2] == ARGV[b + 2] then\n"
     "    if kind == '1' then\n"
+    "      FORGET(k)\n"
     "      redis.call('DEL', k)\n"
     "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "      redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
@@ -251,6 +267,7 @@ static const char lua_purge[] = LUA_PRELUDE
     "  local k = MP .. id\n"
     "  redis.call('ZREM', K_FAILED, id)\n"
     "  if redis.call('HGET', k, 'state') == '2' then\n"
+    "    FORGET(k)\n"
     "    redis.call('DEL', k)\n"
     "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_ALL, id)\n"
     "    n = n + 1\n"
@@ -270,6 +287,7 @@ static const char lua_force[] = LUA_PRELUDE
     "redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "redis.call('ZREM', SK(st), id)\n"
     "if kind == '1' then\n"
+    "  FORGET(k)\n"
     "  redis.call('DEL', k)\n"
     "  redis.call('ZREM', K_ALL, id); redis.call('ZREM', K_FAILED, id)\n"
     "  return 1\n"
@@ -298,12 +316,17 @@ static const char lua_damaged[] = LUA_PRELUDE
     "redis.call('ZADD', K_FAILED, now, id)\n"
     "return 1\n";
 
+/* Messages in every state and their payload bytes (the backlog bound). */
+static const char lua_usage[] = LUA_PRELUDE
+    "return {redis.call('ZCARD', K_ALL), tonumber(redis.call('GET', K_BYTES) or '0')}\n";
+
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_COUNT };
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert,  lua_claim,
                                               lua_apply,  lua_recover, lua_counts,
                                               lua_page,   lua_requeue, lua_purge,
-                                              lua_force,  lua_take,    lua_damaged};
+                                              lua_force,  lua_take,    lua_damaged,
+                                              lua_usage};
 
 typedef struct rd_ctx {
 	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
@@ -401,12 +424,14 @@ static void args_u64(args *a, uint64_t x)
 	args_str(a, a->num[a->nnum++]);
 }
 
-/* EVALSHA <sha> 8 <keys> <MP>: the head every script call starts with. */
+/* EVALSHA <sha> 9 <keys> <MP>: the head every script call starts with. */
+#define NKEYS_TEXT "9"
+_Static_assert(K_COUNT == 9, "NKEYS_TEXT must say how many keys a script gets");
 static void args_script(rd_ctx *c, args *a, int which)
 {
 	args_str(a, "EVALSHA");
 	args_str(a, c->sha[which]);
-	args_str(a, "8");
+	args_str(a, NKEYS_TEXT);
 	for (int k = 0; k < K_COUNT; k++)
 		args_str(a, c->keys[k]);
 	args_str(a, c->msg_prefix);
@@ -897,21 +922,11 @@ static int64_t conf_ms(const ackbox_conf *conf, const char *key, int64_t def)
 /* redis://[user:password@]host[:port][/db][?prefix=NAME] */
 static int parse_url(rd_ctx *c, const ackbox_url *url, char *errstr, size_t errstr_size)
 {
+	static const char *const known[] = {"prefix", NULL};
 	char prefix[256] = "ackbox";
-	const char *q;
 
-	for (q = url->query; *q;) {
-		size_t kl = strcspn(q, "=&");
-		if (!(kl == 6 && strncmp(q, "prefix", 6) == 0)) {
-			ackbox_errstr_set(errstr, errstr_size,
-			                  "store.url: unknown parameter '%.*s' (redis:// knows prefix)",
-			                  (int)kl, q);
-			return ACKBOX_ERR_BAD_URL;
-		}
-		q += strcspn(q, "&");
-		if (*q)
-			q++;
-	}
+	if (ackbox_url_query_check(url, "store.url", known, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	if (ackbox_url_query_get(url, "prefix", prefix, sizeof(prefix)) &&
 	    (!prefix[0] || strlen(prefix) > 100 ||
 	     prefix[strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -1446,6 +1461,33 @@ static int rd_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+static int rd_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	args a;
+	redisReply *r;
+	int rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD, 0) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_USAGE);
+	rc = run_script(c, &a, SC_USAGE, "measuring", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+		freeReplyObject(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply measuring", c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	*messages = (uint64_t)num(r->element[0]);
+	*bytes = (uint64_t)num(r->element[1]);
+	freeReplyObject(r);
+	return 0;
+}
+
 static int rd_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
@@ -1658,4 +1700,5 @@ const ackbox_store_ops ackbox_redis_store = {
 	.purge = rd_purge,
 	.has_pending = rd_has_pending,
 	.force = rd_force,
+	.usage = rd_usage,
 };

@@ -414,6 +414,33 @@ static char *url_to_path(const ackbox_url *url)
 	return p;
 }
 
+/*
+ * Messages are business data: a new store file is created readable by its
+ * owner only (0600, whatever the umask), and SQLite gives its -wal and -shm
+ * files the mode of the database file. An existing file keeps its mode
+ * (sq_open warns once it knows the file is a store). sb: stat of the path,
+ * or st_mode 0 if there was no file.
+ */
+static int create_private(sq_ctx *c, struct stat *sb, char *errstr, size_t errstr_size)
+{
+	if (stat(c->path, sb) == 0)
+		return 0;
+	sb->st_mode = 0;
+	int fd = open(c->path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+	if (fd < 0 && errno != EEXIST) { /* EEXIST: another process made it just now */
+		int e = errno;
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "sqlite store '%s': open failed: cannot create the file: %s", c->path,
+		                  strerror(e));
+		return e == ENOSPC                  ? ACKBOX_ERR_STORE_FULL
+		       : e == EACCES || e == EROFS ? ACKBOX_ERR_STORE_READONLY
+		                                   : ACKBOX_ERR_STORE;
+	}
+	if (fd >= 0)
+		close(fd);
+	return 0;
+}
+
 static sq_create create_mode(const ackbox_conf *conf)
 {
 	const char *v = ackbox_conf_get(conf, "store.create");
@@ -435,6 +462,8 @@ static int open_db(sq_ctx *c, int create, int64_t busy_ms, char *errstr, size_t 
 		                  c->path, strerror(errno));
 		return ACKBOX_ERR_STORE_READONLY;
 	}
+	if (create && (rc = create_private(c, &sb, errstr, errstr_size)) != 0)
+		return rc;
 	rc = sqlite3_open_v2(c->path, &c->db,
 	                     SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) |
 	                         SQLITE_OPEN_NOMUTEX,
@@ -644,8 +673,12 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	struct stat sb;
 	sq_schema have;
 
+	static const char *const no_query[] = {NULL};
+
 	c->wal_fd = -1;
 	c->conf = conf;
+	if (ackbox_url_query_check(url, "store.url", no_query, errstr, errstr_size) != 0)
+		return ACKBOX_ERR_BAD_URL;
 	c->create = create_mode(conf);
 	c->sender = ackbox_conf_get(conf, "transport.url") != NULL;
 	c->path = url_to_path(url);
@@ -708,9 +741,16 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
 	rc = finish_open(c, &have, errstr, errstr_size);
-	if (rc)
+	if (rc) {
 		sq_close(c);
-	return rc;
+		return rc;
+	}
+	if (stat(c->path, &sb) == 0 && (sb.st_mode & 077))
+		ackbox_store_log(conf, ACKBOX_LOG_WARN, "sqlite",
+		                 "store file %s has mode %04o: others may read the messages in it "
+		                 "(chmod 600 it; new stores are created 0600)",
+		                 c->path, (unsigned)(sb.st_mode & 07777));
+	return 0;
 }
 
 static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
@@ -1192,6 +1232,41 @@ static int sq_counts(void *vctx, ackbox_counts *out, char *errstr, size_t errstr
 	return 0;
 }
 
+/*
+ * For the backlog bound: rows in every state, members of packed batches not
+ * yet final (acks held in memory subtracted, as counts() does), and payload
+ * bytes, where a packed batch counts with its whole blob until its row goes
+ * (high, never low). Two index-free scans; the core asks rarely.
+ */
+static int sq_usage(void *vctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                    size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	uint64_t packed = 0;
+	int64_t oldest = 0;
+	int rc = sqlite3_prepare_v2(c->db,
+	                            "SELECT (SELECT count(*) FROM ackbox_outbox),"
+	                            " (SELECT coalesce(sum(length(payload)), 0) FROM ackbox_outbox),"
+	                            " (SELECT coalesce(sum(length(data)), 0) FROM ackbox_batch)",
+	                            -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "measuring", errstr, errstr_size);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*messages = (uint64_t)sqlite3_column_int64(s, 0);
+		*bytes = (uint64_t)sqlite3_column_int64(s, 1) + (uint64_t)sqlite3_column_int64(s, 2);
+	}
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return sq_error(c->db, rc, c->path, "measuring", errstr, errstr_size);
+	rc = sq_pack_counts(c, &packed, &oldest, errstr, errstr_size);
+	if (rc)
+		return rc;
+	*messages += packed;
+	return 0;
+}
+
 static int sq_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
@@ -1496,6 +1571,7 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.has_pending = sq_has_pending,
 	.sync = sq_sync,
 	.force = sq_force,
+	.usage = sq_usage,
 };
 
 /* ------------------------------------------------------------------ */

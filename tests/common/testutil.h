@@ -39,11 +39,12 @@ static inline long long tu_wall_ms(void)
 /*
  * Reads KEY from the env file a broker fixture wrote
  * ($ACKBOX_FIXTURE_DIR/<fixture>/env). A missing fixture is a failed test,
- * never a skipped one. Returns a static buffer.
+ * never a skipped one. Returns a buffer of the calling thread, valid until
+ * that thread's next call (tests call it from several threads).
  */
 static inline const char *tu_fixture(const char *fixture, const char *key)
 {
-	static char value[1200]; /* a whole line fits: no truncation */
+	static _Thread_local char value[1200]; /* a whole line fits: no truncation */
 	const char *dir = getenv("ACKBOX_FIXTURE_DIR");
 	char path[1024], line[1200];
 	size_t klen = strlen(key);

@@ -138,6 +138,22 @@ expect 0 list --store "sqlite://$new" --json
 jq -e 'length == 2 and ([.[].payload_bytes] | sort) == [2, 4]' "$tmp/out" >/dev/null ||
   fail "the two lines before the long one: $(cat "$tmp/out")"
 
+step "control characters in what the CLI echoes are escaped: topic, error line, list, show"
+esc="sqlite://$tmp/esc.db"
+evil=$(printf 'a\nb\033[31mred')
+expect 4 publish --store "$esc" --transport "$nowhere" "${idle[@]}" --topic "$evil" \
+  --payload "$(printf 'x\033[2Jy')" --stall-seconds 1
+expect 2 publish --store "$esc" --transport "mqtt://127.0.0.1:1" "${idle[@]}" --topic "$evil"
+one_error_line 'control character'
+if grep -q "$(printf '\033')" "$tmp/err"; then fail "an ESC reached stderr"; fi
+expect 0 list --store "$esc"
+[ "$(wc -l <"$tmp/out")" = 2 ] || fail "list printed the topic on several lines: $(cat -A "$tmp/out")"
+grep -qF 'a\nb\x1b[31mred' "$tmp/out" || fail "list does not show the escaped topic: $(cat -A "$tmp/out")"
+esc_id=$(awk 'NR == 2 { print $1 }' "$tmp/out")
+expect 0 show --store "$esc" "$esc_id"
+if grep -q "$(printf '\033')" "$tmp/out"; then fail "show printed an ESC: $(cat -A "$tmp/out")"; fi
+grep -qF 'topic         a\nb\x1b[31mred' "$tmp/out" || fail "show: $(cat -A "$tmp/out")"
+
 step "relay as a service: SIGTERM and SIGINT stop it, it says what it leaves, exit 4"
 svc="sqlite://$tmp/svc.db"
 expect 4 publish --store "$svc" --transport "$nowhere" "${idle[@]}" --topic t --count 5 \
@@ -190,7 +206,8 @@ ACKBOX_BENCH="$tmp/no-bench" "$cli" bench --help >"$tmp/out" 2>"$tmp/err" || rc=
 one_error_line "no-bench"
 
 step "cmake --install: ackbox, ackbox-bench and ackbox(1); the man page covers every command"
-cmake --install "$build" --prefix "$tmp/inst" >/dev/null
+# a test build refuses to install unless told it is a test (CMakeLists.txt)
+ACKBOX_INSTALL_TEST_BUILD=1 cmake --install "$build" --prefix "$tmp/inst" >/dev/null
 for f in bin/ackbox bin/ackbox-bench share/man/man1/ackbox.1; do
   [ -e "$tmp/inst/$f" ] || fail "not installed: $f"
 done

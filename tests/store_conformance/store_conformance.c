@@ -2238,3 +2238,366 @@ Test(threads, close_racing_eight_publishers_and_a_relay_loses_nothing)
 {
 	close_races_publishers("race");
 }
+
+/* ------------------------------------------------------------------ */
+/* The backlog bound: store.max_messages, store.max_bytes               */
+/* ------------------------------------------------------------------ */
+
+static int usage_slot(const store *s)
+{
+	return s->ops->struct_size >= offsetof(ackbox_store_ops, usage) + sizeof(void *) &&
+	       s->ops->usage != NULL;
+}
+
+static void s_usage(uint64_t *msgs, uint64_t *bytes)
+{
+	char err[512] = "";
+	*msgs = *bytes = UINT64_MAX;
+	int rc = S.ops->usage(S.ctx, msgs, bytes, err, sizeof(err));
+	cr_assert_eq(rc, 0, "usage: %s (%s)", err, ackbox_strerror(rc));
+}
+
+/*
+ * usage: every state counts (FAILED too), and the payload bytes; a store may
+ * count bytes high (SQLite: a packed batch whole until its row goes), never
+ * low; acks, purge and an operator's delete give the room back.
+ */
+Test(store, usage_counts_every_state_and_the_payload_bytes)
+{
+	static char big[6][1000];
+	ackbox_store_rec recs[6];
+	int64_t now = ackbox_wall_ms();
+	uint64_t m, b, b6 = 0, before;
+	crows a = {0};
+
+	cr_assert(usage_slot(&S), "the %s store has no usage op: store.max_bytes cannot be used "
+	                          "with it and store.max_messages falls back to counts",
+	          scheme);
+	s_usage(&m, &b);
+	cr_assert(m == 0 && b == 0, "an empty store: %llu messages, %llu bytes",
+	          (unsigned long long)m, (unsigned long long)b);
+	for (int i = 0; i < 6; i++) {
+		recs[i] = rec(10 + i, now, now);
+		memset(big[i], 'a' + i, sizeof(big[i]));
+		recs[i].payload = big[i];
+		recs[i].payload_len = sizeof(big[i]);
+		b6 += sizeof(big[i]);
+	}
+	s_insert(recs, 6); /* one transaction: a packed batch in SQLite */
+	insert_plain(3, now, now);
+	uint64_t small = strlen(payloads[0]) + strlen(payloads[1]) + strlen(payloads[2]);
+	s_usage(&m, &b);
+	cr_assert_eq(m, 9, "9 messages stored, usage says %llu", (unsigned long long)m);
+	cr_assert_geq(b, b6 + small, "bytes counted low: %llu < %llu", (unsigned long long)b,
+	              (unsigned long long)(b6 + small));
+	cr_assert_leq(b, b6 + small + 4096, "bytes far too high: %llu", (unsigned long long)b);
+
+	/* FAILED and RETRYING still count */
+	cr_assert_eq(s_claim(now, now + 600000, 20, &a), 9);
+	ackbox_store_change ch[2] = {change(ACKBOX_CHANGE_FAIL, &ids[0], lease_of(&a, &ids[0])),
+	                             change(ACKBOX_CHANGE_RETRY, &ids[1], lease_of(&a, &ids[1]))};
+	ch[0].attempts = 3;
+	ch[1].attempts = 1;
+	ch[1].due_ms = now + 600000;
+	s_apply(ch, 2);
+	s_usage(&m, &before);
+	cr_assert_eq(m, 9, "FAILED and RETRYING messages count: %llu", (unsigned long long)m);
+
+	/* an ack of a row, a purge of a FAILED one, an operator's delete */
+	ackbox_store_change del = change(ACKBOX_CHANGE_DELETE, &ids[2], lease_of(&a, &ids[2]));
+	s_apply(&del, 1);
+	s_usage(&m, &b);
+	cr_assert_eq(m, 8);
+	cr_assert_eq(b, before - strlen(payloads[2]), "an ack gives its bytes back");
+	char err[512] = "";
+	cr_assert_eq(S.ops->purge(S.ctx, now + 86400000, err, sizeof(err)), 1, "%s", err);
+	s_usage(&m, &b);
+	cr_assert_eq(m, 7);
+	cr_assert_eq(b, before - strlen(payloads[2]) - strlen(payloads[0]), "purge gives them back");
+	s_force(ACKBOX_CHANGE_DELETE, &ids[1], NULL, 0);
+	s_usage(&m, &b);
+	cr_assert_eq(m, 6);
+	/* the six acked one by one: nothing is left */
+	for (int i = 0; i < 6; i++) {
+		del = change(ACKBOX_CHANGE_DELETE, &ids[10 + i], lease_of(&a, &ids[10 + i]));
+		s_apply(&del, 1);
+		s_usage(&m, &b);
+		cr_assert_eq(m, (uint64_t)(5 - i), "after %d acks of the six: %llu", i + 1,
+		             (unsigned long long)m);
+	}
+	cr_assert_eq(b, 0, "an empty store holds %llu bytes", (unsigned long long)b);
+	crows_free(&a);
+}
+
+/* Log lines saying a publisher waits for room (store.full_policy=block). */
+static atomic_int waits_logged;
+
+static void on_bound_log(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	(void)level;
+	(void)component;
+	(void)o;
+	if (strstr(msg, "waiting up to"))
+		atomic_fetch_add(&waits_logged, 1);
+}
+
+/* A public-API handle on the store with the loopback broker and more keys. */
+static ackbox *api_open_kv(const char *broker, const char *const *kv)
+{
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	char lb[128], err[512] = "";
+	int rc;
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "log.level", "error");
+	snprintf(lb, sizeof(lb), "loopback://%s", broker);
+	TU_SET(c, "transport.url", lb);
+	TU_SET(c, "retry.timeout", "2s");
+	TU_SET(c, "retry.backoff.initial", "20ms");
+	TU_SET(c, "retry.backoff.max", "100ms");
+	TU_SET(c, "store.poll_interval", "50ms");
+	ackbox_conf_set_report_cb(c, on_report, NULL);
+	ackbox_conf_set_log_cb(c, on_bound_log, NULL);
+	apply_extra_conf(c);
+	for (; kv && kv[0]; kv += 2)
+		TU_SET(c, kv[0], kv[1]);
+	rc = ackbox_new(&ab, c, err, sizeof(err));
+	if (rc)
+		ackbox_conf_destroy(c);
+	cr_assert_eq(rc, 0, "ackbox_new with store.url=%s: %s (%s)", url, err, ackbox_strerror(rc));
+	return ab;
+}
+
+static int publish_one(ackbox *ab, size_t size, ackbox_id *id, char *err, size_t errsz)
+{
+	static const char zeros[4096];
+	ackbox_msg m = {.topic = "orders", .payload = zeros, .payload_len = size};
+	cr_assert_leq(size, sizeof(zeros));
+	return ackbox_publish(ab, &m, id, err, errsz);
+}
+
+static uint64_t stored_total(ackbox *ab)
+{
+	ackbox_counts c = api_counts(ab);
+	return c.sending + c.retrying + c.failed;
+}
+
+/*
+ * store.full_policy=reject with the broker down: exactly store.max_messages
+ * are accepted, the next publish (and a batch, all or nothing) gets
+ * ACKBOX_ERR_FULL at once and stores nothing; the bound counts what the
+ * store holds, so a new handle after a restart is still refused; when the
+ * broker is back every accepted message arrives and there is room again.
+ */
+Test(api, bound_reject_holds_across_a_restart_and_loses_nothing)
+{
+	static const char *const kv[] = {"store.max_messages", "50", "store.full_policy", "reject",
+	                                 NULL};
+	ackbox_loopback *lb = ackbox_loopback_get("full");
+	ackbox_id accepted[50], id;
+	ackbox_msg five[5];
+	char err[512] = "";
+	ackbox *ab;
+
+	ackbox_loopback_set_up(lb, 0);
+	ab = api_open_kv("full", kv);
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(publish_one(ab, 10, &accepted[i], err, sizeof(err)), 0, "%d: %s", i, err);
+	long long t0 = tu_mono_ms();
+	cr_assert_eq(publish_one(ab, 10, &id, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	cr_assert_lt(tu_mono_ms() - t0, 2000 * TU_SLOW, "reject does not wait");
+	cr_assert_neq(strstr(err, "store.max_messages"), NULL, "%s", err);
+	for (int i = 0; i < 5; i++)
+		five[i] = (ackbox_msg){.topic = "orders", .payload = "x", .payload_len = 1};
+	cr_assert_eq(ackbox_publish_batch(ab, five, 5, NULL, err, sizeof(err)), ACKBOX_ERR_FULL);
+	cr_assert_eq(stored_total(ab), 50, "the store never grows past its bound");
+	ackbox_destroy(ab);
+
+	/* a restart: the bound is what the store holds, not what this process counted */
+	ab = api_open_kv("full", kv);
+	cr_assert_eq(publish_one(ab, 10, &id, err, sizeof(err)), ACKBOX_ERR_FULL,
+	             "a new handle on a full store: %s", err);
+	cr_assert_eq(stored_total(ab), 50);
+
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0, "the backlog drains");
+	cr_assert_eq(ackbox_loopback_distinct(lb), 50);
+	for (int i = 0; i < 50; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &accepted[i]), 1, "accepted message %d", i);
+	cr_assert_eq(publish_one(ab, 10, &id, err, sizeof(err)), 0, "room again: %s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0);
+	ackbox_destroy(ab);
+}
+
+typedef struct blocked {
+	ackbox *ab;
+	pthread_t th;
+	atomic_int done;
+	int rc;
+	long long returned_ms;
+	ackbox_id id;
+	char err[512];
+} blocked;
+
+static void *blocked_main(void *o)
+{
+	blocked *b = o;
+	b->rc = publish_one(b->ab, 10, &b->id, b->err, sizeof(b->err));
+	b->returned_ms = tu_mono_ms();
+	atomic_store(&b->done, 1);
+	return NULL;
+}
+
+/*
+ * store.full_policy=block: a publish into a full store waits; when the
+ * broker comes back and acks make room it stores its message and returns
+ * (after the broker came back, not before); with no room it gives up after
+ * store.full_timeout with ACKBOX_ERR_FULL, storing nothing.
+ */
+Test(api, bound_block_waits_for_acks_then_stores)
+{
+	static const char *const kv[] = {"store.max_messages", "20", "store.full_policy", "block",
+	                                 "store.full_timeout", "30s", "log.level", "info", NULL};
+	static const char *const quick[] = {"store.max_messages", "20", "store.full_policy",
+	                                    "block", "store.full_timeout", "300ms", NULL};
+	ackbox_loopback *lb = ackbox_loopback_get("block");
+	static blocked b;
+	char err[512] = "";
+	ackbox *ab;
+	ackbox_id id;
+
+	ackbox_loopback_set_up(lb, 0);
+	ab = api_open_kv("block", quick);
+	for (int i = 0; i < 20; i++)
+		cr_assert_eq(publish_one(ab, 10, NULL, err, sizeof(err)), 0, "%s", err);
+	long long t0 = tu_mono_ms();
+	cr_assert_eq(publish_one(ab, 10, &id, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	cr_assert_geq(tu_mono_ms() - t0, 300, "gave up before store.full_timeout");
+	cr_assert_neq(strstr(err, "store.full_timeout"), NULL, "%s", err);
+	cr_assert_eq(stored_total(ab), 20);
+	ackbox_destroy(ab);
+
+	ab = api_open_kv("block", kv);
+	memset(&b, 0, sizeof(b));
+	b.ab = ab;
+	atomic_store(&waits_logged, 0);
+	cr_assert_eq(pthread_create(&b.th, NULL, blocked_main, &b), 0);
+	/* it was refused once and waits (it says so); nothing makes room while
+	 * the broker is down */
+	cr_assert(TU_WAIT_UNTIL(atomic_load(&waits_logged) > 0, 10000 * TU_SLOW),
+	          "the publisher does not say it waits");
+	cr_assert_eq(atomic_load(&b.done), 0, "it returned without room");
+	cr_assert_eq(stored_total(ab), 20);
+	long long up_at = tu_mono_ms();
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert(TU_WAIT_UNTIL(atomic_load(&b.done), 30000 * TU_SLOW), "the publisher never returned");
+	pthread_join(b.th, NULL);
+	cr_assert_eq(b.rc, 0, "the blocked publish: %s", b.err);
+	cr_assert_geq(b.returned_ms, up_at, "it returned before the broker came back");
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0);
+	cr_assert_eq(ackbox_loopback_distinct(lb), 21);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &b.id), 1);
+	ackbox_destroy(ab);
+}
+
+/*
+ * store.max_bytes counts payload bytes; a publish that could never fit the
+ * bound is refused at once, even with store.full_policy=block.
+ */
+Test(api, bound_bytes_and_a_message_larger_than_the_bound)
+{
+	static const char *const kv[] = {"store.max_bytes", "1000", "store.full_policy", "block",
+	                                 "store.full_timeout", "30s", NULL};
+	ackbox_loopback *lb = ackbox_loopback_get("bytes");
+	char err[512] = "";
+	ackbox *ab;
+
+	ackbox_loopback_set_up(lb, 0);
+	ab = api_open_kv("bytes", kv);
+	long long t0 = tu_mono_ms();
+	cr_assert_eq(publish_one(ab, 1001, NULL, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	cr_assert_lt(tu_mono_ms() - t0, 2000 * TU_SLOW, "a message that can never fit does not wait");
+	cr_assert_neq(strstr(err, "never fit"), NULL, "%s", err);
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(publish_one(ab, 100, NULL, err, sizeof(err)), 0, "%d: %s", i, err);
+	ackbox_destroy(ab);
+
+	static const char *const rej[] = {"store.max_bytes", "1000", NULL};
+	ab = api_open_kv("bytes", rej);
+	cr_assert_eq(publish_one(ab, 101, NULL, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	cr_assert_neq(strstr(err, "store.max_bytes"), NULL, "%s", err);
+	cr_assert_eq(publish_one(ab, 100, NULL, err, sizeof(err)), 0, "exactly at the bound: %s", err);
+	cr_assert_eq(publish_one(ab, 1, NULL, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	cr_assert_eq(stored_total(ab), 10);
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0);
+	cr_assert_eq(ackbox_loopback_distinct(lb), 10);
+	ackbox_destroy(ab);
+}
+
+#define BOUND_RACERS 8
+typedef struct bound_racer {
+	ackbox *ab;
+	pthread_t th;
+	int nok, nfull, other_rc;
+	ackbox_id ok[100];
+	char other_err[512];
+} bound_racer;
+
+static void *bound_racer_main(void *o)
+{
+	bound_racer *r = o;
+	char err[512];
+	for (int i = 0; i < 50; i++) {
+		ackbox_id id;
+		int rc = publish_one(r->ab, 10, &id, err, sizeof(err));
+		if (rc == 0)
+			r->ok[r->nok++] = id;
+		else if (rc == ACKBOX_ERR_FULL)
+			r->nfull++;
+		else if (!r->other_rc) {
+			r->other_rc = rc;
+			snprintf(r->other_err, sizeof(r->other_err), "%s", err);
+		}
+	}
+	return NULL;
+}
+
+/*
+ * A broker outage with eight publishers racing for a bound of 100: exactly
+ * 100 publishes succeed, the others get ACKBOX_ERR_FULL, the store holds
+ * 100, and every accepted message reaches the broker once it is back.
+ */
+Test(api, bound_holds_with_eight_publishers_racing_during_an_outage)
+{
+	static const char *const kv[] = {"store.max_messages", "100", NULL};
+	static bound_racer rs[BOUND_RACERS];
+	ackbox_loopback *lb = ackbox_loopback_get("racing");
+	ackbox *ab;
+	int ok = 0, full = 0;
+
+	ackbox_loopback_set_up(lb, 0);
+	ab = api_open_kv("racing", kv);
+	for (int i = 0; i < BOUND_RACERS; i++) {
+		memset(&rs[i], 0, sizeof(rs[i]));
+		rs[i].ab = ab;
+		cr_assert_eq(pthread_create(&rs[i].th, NULL, bound_racer_main, &rs[i]), 0);
+	}
+	for (int i = 0; i < BOUND_RACERS; i++) {
+		pthread_join(rs[i].th, NULL);
+		cr_assert_eq(rs[i].other_rc, 0, "racer %d: %s", i, rs[i].other_err);
+		ok += rs[i].nok;
+		full += rs[i].nfull;
+	}
+	cr_assert_eq(ok, 100, "%d publishes succeeded", ok);
+	cr_assert_eq(full, BOUND_RACERS * 50 - 100);
+	cr_assert_eq(stored_total(ab), 100);
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0);
+	for (int i = 0; i < BOUND_RACERS; i++)
+		for (int k = 0; k < rs[i].nok; k++)
+			cr_assert_eq(ackbox_loopback_count_id(lb, &rs[i].ok[k]), 1,
+			             "racer %d message %d lost", i, k);
+	cr_assert_eq(ackbox_loopback_distinct(lb), 100);
+	ackbox_destroy(ab);
+}

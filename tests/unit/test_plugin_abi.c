@@ -309,3 +309,51 @@ Test(abi, garbage_and_duplicates_are_refused)
 	cr_assert_eq(ackbox_transport_register(&t, err, sizeof(err)), ACKBOX_ERR_INVALID);
 	cr_assert(strstr(err, "send"), "%s", err);
 }
+
+static int trap_usage(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
+                      size_t errstr_size)
+{
+	(void)ctx;
+	*messages = *bytes = 0; /* "empty": a bound that believed it would never refuse */
+	atomic_fetch_add(&trap_calls, 1);
+	ackbox_errstr_set(errstr, errstr_size, "trap: usage is not part of store ABI 1.3");
+	return 0;
+}
+
+/*
+ * A store of ABI 1.3 has no usage op: store.max_messages counts with its
+ * counts() (and holds), store.max_bytes is refused naming the store, and the
+ * slot past its table is never called.
+ */
+Test(abi, store_1_3_bounds_messages_with_counts_and_refuses_max_bytes)
+{
+	char err[512] = "", url[1200];
+	ackbox_store_ops old = *ackbox_store_lookup("sqlite");
+	old.abi_version = ACKBOX_ABI_VERSION(1, 3);
+	old.struct_size = (uint32_t)END_OF(ackbox_store_ops, aliases);
+	old.scheme = "abitestsqlite13";
+	old.aliases = NULL;
+	old.usage = trap_usage;
+	cr_assert_eq(ackbox_store_register(&old, err, sizeof(err)), 0, "%s", err);
+	cr_assert_null(ackbox_store_lookup("abitestsqlite13")->usage);
+
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	snprintf(url, sizeof(url), "abitestsqlite13://%s/outbox.db", dir);
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "store.max_bytes", "1000");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE);
+	cr_assert(strstr(err, "store.max_bytes") && strstr(err, "abitestsqlite13"), "%s", err);
+	ackbox_conf_destroy(c);
+
+	c = ackbox_conf_new();
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "store.max_messages", "3");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	ackbox_msg m = {.topic = "orders", .payload = "x", .payload_len = 1};
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_FULL, "%s", err);
+	ackbox_destroy(ab);
+	cr_assert_eq(atomic_load(&trap_calls), 0, "the core called usage, a slot 1.3 lacks");
+}

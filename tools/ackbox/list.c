@@ -19,7 +19,7 @@ typedef struct list_ctx {
 static int list_row(const ackbox_stored *m, void *opaque)
 {
 	list_ctx *p = opaque;
-	char id[ACKBOX_ID_STRLEN], created[48], updated[48];
+	char id[ACKBOX_ID_STRLEN], created[48], updated[48], topic[1024], error[1024];
 	if (p->limit && p->printed == p->limit) {
 		p->more = true;
 		return 1;
@@ -35,7 +35,8 @@ static int list_row(const ackbox_stored *m, void *opaque)
 		cli_fmt_time(m->created_ms, false, created, sizeof(created));
 		cli_fmt_time(m->updated_ms, false, updated, sizeof(updated));
 		printf("%-36s  %-8s  %8d  %-20s  %-20s  %-16s  %s\n", id, ackbox_state_name(m->state),
-		       m->attempts, created, updated, m->topic, m->last_error ? m->last_error : "-");
+		       m->attempts, created, updated, cli_esc(m->topic, topic, sizeof(topic)),
+		       cli_esc(m->last_error, error, sizeof(error)));
 	}
 	p->printed++;
 	return 0;

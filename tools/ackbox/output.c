@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ackbox/ackbox.h> /* ackbox_escape */
 #include <ackbox/plugin.h> /* ackbox_mono_ms */
 
 #include "cli.h"
@@ -44,16 +45,27 @@ static void clear_progress_locked(void)
 	}
 }
 
+const char *cli_esc(const char *s, char *buf, size_t size)
+{
+	if (!s)
+		return "-";
+	ackbox_escape(s, strlen(s), buf, size);
+	return buf;
+}
+
+/* Every line is escaped whole: a topic, URL or broker text in it cannot
+ * reach the terminal as a control sequence. */
 void cli_say(const char *fmt, ...)
 {
+	char raw[2048], shown[4096];
 	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	va_end(ap);
+	ackbox_escape(raw, strlen(raw), shown, sizeof(shown));
 	pthread_mutex_lock(&stderr_mtx);
 	clear_progress_locked();
-	fprintf(stderr, "%s: ", cli_name);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "%s: %s\n", cli_name, shown);
 	fflush(stderr);
 	pthread_mutex_unlock(&stderr_mtx);
 }

@@ -11,7 +11,7 @@
 static int show_one(const ackbox_stored *m, void *opaque)
 {
 	bool json = *(const bool *)opaque;
-	char id[ACKBOX_ID_STRLEN], t[48], age[32];
+	char id[ACKBOX_ID_STRLEN], t[48], age[32], buf[4096];
 	int64_t now = ackbox_wall_ms();
 	if (json) {
 		cli_json_message(m, true);
@@ -21,7 +21,7 @@ static int show_one(const ackbox_stored *m, void *opaque)
 	ackbox_id_format(&m->id, id);
 	printf("id            %s\n", id);
 	printf("state         %s\n", ackbox_state_name(m->state));
-	printf("topic         %s\n", m->topic);
+	printf("topic         %s\n", cli_esc(m->topic, buf, sizeof(buf)));
 	printf("attempts      %d\n", m->attempts);
 	cli_fmt_time(m->created_ms, true, t, sizeof(t));
 	cli_fmt_age(now - m->created_ms, age, sizeof(age));
@@ -31,7 +31,7 @@ static int show_one(const ackbox_stored *m, void *opaque)
 	cli_fmt_time(m->due_ms, true, t, sizeof(t));
 	printf("due           %s\n", m->state == ACKBOX_MSG_FAILED ? "- (failed: waits for requeue)" : t);
 	if (m->last_error)
-		printf("last error    %s (code %d)\n", m->last_error, m->last_code);
+		printf("last error    %s (code %d)\n", cli_esc(m->last_error, buf, sizeof(buf)), m->last_code);
 	else
 		printf("last error    -\n");
 	if (m->key && m->key_len) {
@@ -39,9 +39,9 @@ static int show_one(const ackbox_stored *m, void *opaque)
 		cli_print_bytes_human(m->key, m->key_len, 256);
 	}
 	if (m->content_type)
-		printf("content type  %s\n", m->content_type);
+		printf("content type  %s\n", cli_esc(m->content_type, buf, sizeof(buf)));
 	for (size_t i = 0; i < m->header_count; i++) {
-		printf("header        %s: ", m->headers[i].name);
+		printf("header        %s: ", cli_esc(m->headers[i].name, buf, sizeof(buf)));
 		cli_print_bytes_human(m->headers[i].value, m->headers[i].value_len, 256);
 	}
 	printf("payload       %zu bytes\n", m->payload_len);

@@ -768,3 +768,44 @@ Test(amqp, trace_context_reaches_the_consumer_unchanged)
 	amqp_destroy_message(&msg);
 	raw_close(c);
 }
+
+/* ackbox_new with the test's store and `url` (plus one key), expecting rc. */
+static void refused(const char *u, const char *k, const char *v, int want, const char *says)
+{
+	seen s = {0};
+	ackbox_conf *c = store_conf(&s);
+	ackbox *ab = NULL;
+	char err[512] = "";
+	int rc = ackbox_conf_set(c, "transport.url", u, err, sizeof(err));
+	if (rc == 0 && k)
+		rc = ackbox_conf_set(c, k, v, err, sizeof(err));
+	if (rc == 0)
+		rc = ackbox_new(&ab, c, err, sizeof(err));
+	cr_assert_eq(rc, want, "%s: %d (%s) %s", u, rc, ackbox_strerror(rc), err);
+	cr_assert_neq(strstr(err, says), NULL, "%s: the error does not say '%s': %s", u, says, err);
+	cr_assert_eq(strstr(err, "s3cret"), NULL, "the password is shown: %s", err);
+	ackbox_conf_destroy(c);
+}
+
+/*
+ * The URL is strict (one rule for every plugin: docs/configuration.md) and
+ * a CA file that cannot be read is a configuration error (the CLI's exit 2),
+ * not an unreachable broker (exit 4). The failed opens free what they made:
+ * the sanitizer pass checks for leaks.
+ */
+Test(amqp, url_is_strict_and_a_missing_cacert_is_a_configuration_error)
+{
+	refused("amqp://u:s3cret@127.0.0.1:1/?heartbeat=", NULL, NULL, ACKBOX_ERR_BAD_URL,
+	        "parameter 'heartbeat' has no value");
+	refused("amqp://u:s3cret@127.0.0.1:1/?heartbeat=soon", NULL, NULL, ACKBOX_ERR_BAD_URL,
+	        "heartbeat=soon is not a number");
+	refused("amqp://u:s3cret@127.0.0.1:1/?heartbeat=5&heartbeat=0", NULL, NULL,
+	        ACKBOX_ERR_BAD_URL, "'heartbeat' is given twice");
+	refused("amqp://u:s3cret@127.0.0.1:1/?hearbeat=5", NULL, NULL, ACKBOX_ERR_BAD_URL,
+	        "unknown parameter 'hearbeat' (known: heartbeat, name)");
+	refused("amqp://u:s3cret@,,,:5", NULL, NULL, ACKBOX_ERR_BAD_URL, "empty host");
+	refused("amqp://u:s3cret@127.0.0.1:1,127.0.0.1:2/", NULL, NULL, ACKBOX_ERR_BAD_URL,
+	        "amqp takes one broker");
+	refused("amqps://u:s3cret@127.0.0.1:1/", "amqp.cacert", "/nonexistent/ca.pem",
+	        ACKBOX_ERR_BAD_VALUE, "amqp.cacert: cannot read '/nonexistent/ca.pem'");
+}

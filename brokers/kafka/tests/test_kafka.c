@@ -14,6 +14,8 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
+
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -445,6 +447,130 @@ Test(kafka, message_librdkafka_refuses_to_produce_fails_as_an_error)
 	cr_assert(strstr(s.reason, "MSG_SIZE_TOO_LARGE") && strstr(s.reason, "t.big"), "%s",
 	          s.reason);
 	ackbox_destroy(ab);
+}
+
+/* ---- credentials and TLS (docs/brokers/kafka.md: what the mock allows) ---- */
+
+static pthread_mutex_t log_mtx = PTHREAD_MUTEX_INITIALIZER;
+static char logged[65536];
+static size_t logged_len;
+
+static void on_log_all(ackbox_log_level level, const char *component, const char *msg, void *o)
+{
+	(void)level;
+	(void)o;
+	pthread_mutex_lock(&log_mtx);
+	if (logged_len < sizeof(logged) - 1)
+		logged_len += (size_t)snprintf(logged + logged_len, sizeof(logged) - logged_len,
+		                               "%s: %s\n", component, msg);
+	if (logged_len >= sizeof(logged))
+		logged_len = sizeof(logged) - 1;
+	pthread_mutex_unlock(&log_mtx);
+}
+
+/* url with user information, on the test's cluster */
+static void url_with(char *out, size_t n, const char *userinfo)
+{
+	snprintf(out, n, "kafka://%s@%s", userinfo, url + strlen("kafka://"));
+}
+
+/*
+ * kafka://user:password@host authenticates with SASL/PLAIN (it is not
+ * dropped): librdkafka 2.0's mock cluster speaks neither SASL nor TLS, so
+ * it refuses, and the error says SASL; ACKBOX_ERR_TRANSPORT (the CLI's exit
+ * 4); the password is in no error and no log line at debug level; the
+ * message published meanwhile waits and is delivered by a handle whose URL
+ * has no credentials.
+ */
+Test(kafka, credentials_in_the_url_mean_sasl_and_the_password_is_never_printed)
+{
+	seen s = {0};
+	char u[600], err[512] = "";
+	ackbox *ab = NULL;
+	url_with(u, sizeof(u), "svc:Kafka5ecretPw");
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "transport.url", u);
+	TU_SET(c, "transport.require_connect", "true");
+	TU_SET(c, "transport.connect_timeout", "5s");
+	TU_SET(c, "log.level", "debug");
+	TU_SET(c, "kafka.debug", "security,broker,conf");
+	ackbox_conf_set_log_cb(c, on_log_all, NULL);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_TRANSPORT, "%s", err);
+	ackbox_conf_destroy(c);
+	cr_assert_neq(strstr(err, "SASL"), NULL, "the error does not name SASL: %s", err);
+	cr_assert_null(strstr(err, "Kafka5ecretPw"), "%s", err);
+
+	c = make_conf(&s);
+	TU_SET(c, "transport.url", u);
+	TU_SET(c, "log.level", "debug");
+	TU_SET(c, "kafka.debug", "security,broker,conf");
+	ackbox_conf_set_log_cb(c, on_log_all, NULL);
+	ab = open_ab(c);
+	publish_range(ab, "t.sasl", 0, 1);
+	cr_assert_eq(ackbox_flush(ab, 2000), ACKBOX_ERR_TIMEOUT, "nothing goes without SASL");
+	ackbox_destroy(ab);
+	pthread_mutex_lock(&log_mtx);
+	cr_assert(strstr(logged, "sasl") || strstr(logged, "SASL"), "librdkafka said nothing of SASL");
+	cr_assert_null(strstr(logged, "Kafka5ecretPw"), "the password was logged");
+	pthread_mutex_unlock(&log_mtx);
+
+	ab = open_ab(make_conf(&s));
+	cr_assert_eq(ackbox_flush(ab, 30000 * TU_SLOW), 0, "delivered without the credentials");
+	cr_assert_eq(s.acked, 1);
+	ackbox_destroy(ab);
+}
+
+/* What cannot work is a configuration error (CLI exit 2), found at open. */
+Test(kafka, credentials_and_tls_settings_that_cannot_work_are_refused)
+{
+	seen s = {0};
+	char u[600], err[512];
+	ackbox *ab = NULL;
+	struct {
+		const char *userinfo, *key, *value, *says;
+		int rc;
+	} cases[] = {
+	    {"svc", NULL, NULL, "needs both a user and a password", ACKBOX_ERR_BAD_URL},
+	    {"svc:pw", "kafka.security.protocol", "ssl", "kafka.security.protocol is 'ssl'",
+	     ACKBOX_ERR_BAD_VALUE},
+	    {"svc:pw", "kafka.sasl.username", "other", "give them once", ACKBOX_ERR_BAD_VALUE},
+	    {NULL, "kafka.ssl.ca.location", "/nonexistent/ca.pem",
+	     "kafka.ssl.ca.location: cannot read '/nonexistent/ca.pem'", ACKBOX_ERR_BAD_VALUE},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ackbox_conf *c = make_conf(&s);
+		if (cases[i].userinfo) {
+			url_with(u, sizeof(u), cases[i].userinfo);
+			TU_SET(c, "transport.url", u);
+		}
+		if (cases[i].key)
+			TU_SET(c, cases[i].key, cases[i].value);
+		cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), cases[i].rc, "case %zu: %s", i, err);
+		cr_assert_neq(strstr(err, cases[i].says), NULL, "case %zu: %s", i, err);
+		ackbox_conf_destroy(c);
+	}
+	/* the URL rules */
+	ackbox_conf *c = make_conf(&s);
+	snprintf(u, sizeof(u), "%s?acks=1", url);
+	TU_SET(c, "transport.url", u);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_URL, "%s", err);
+	cr_assert_neq(strstr(err, "unknown parameter 'acks'"), NULL, "%s", err);
+	ackbox_conf_destroy(c);
+}
+
+/* TLS to a cluster without it: the error says the handshake failed. */
+Test(kafka, tls_to_a_cluster_without_tls_names_the_cause)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = NULL;
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "kafka.security.protocol", "ssl");
+	TU_SET(c, "transport.require_connect", "true");
+	TU_SET(c, "transport.connect_timeout", "5s");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_TRANSPORT, "%s", err);
+	cr_assert(strstr(err, "SSL") || strstr(err, "TLS"), "%s", err);
+	ackbox_conf_destroy(c);
 }
 
 /*

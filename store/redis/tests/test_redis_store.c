@@ -661,8 +661,8 @@ Test(redis, keys_stay_under_the_prefix_and_acked_rows_leave_nothing)
 	m.payload_len = 1;
 	for (int i = 0; i < 20; i++)
 		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
-	/* meta, due, created, s0, all, and one hash per message */
-	cr_assert_eq(count_keys(r, pattern, &outside), 5 + 20);
+	/* meta, bytes, due, created, s0, all, and one hash per message */
+	cr_assert_eq(count_keys(r, pattern, &outside), 6 + 20);
 	cr_assert_eq(outside, 0, "every key carries the {prefix}: hash tag");
 	redisReply *t = cmd(r, "TYPE {%s}:due", prefix);
 	cr_assert_str_eq(t->str, "zset");
@@ -670,7 +670,12 @@ Test(redis, keys_stay_under_the_prefix_and_acked_rows_leave_nothing)
 	ackbox_loopback_set_up(ackbox_loopback_get("layout"), 1);
 	cr_assert_eq(ackbox_flush(ab, 20000), 0);
 	ackbox_destroy(ab);
-	cr_assert_eq(count_keys(r, pattern, NULL), 1, "only {prefix}:meta is left once all is acked");
+	cr_assert_eq(count_keys(r, pattern, NULL), 2,
+	             "only {prefix}:meta and {prefix}:bytes are left once all is acked");
+	redisReply *bytes = cmd(r, "GET {%s}:bytes", prefix);
+	cr_assert(bytes->type == REDIS_REPLY_STRING && strcmp(bytes->str, "0") == 0,
+	          "{prefix}:bytes is 0 once all is acked");
+	freeReplyObject(bytes);
 	redisFree(r);
 }
 
