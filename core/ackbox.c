@@ -109,10 +109,24 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	ab->fresh_max_msgs = (size_t)abx_conf_int(conf, "queue.buffering.max_messages");
 	ab->fresh_max_bytes = (size_t)abx_conf_int(conf, "queue.buffering.max_bytes");
 
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		ab->ordered = order && strcmp(order, "key") == 0;
+	}
+
 	rc = store_open(ab, errstr, errstr_size);
 	if (rc)
 		goto fail;
-	rc = abx_bound_init(ab, errstr, errstr_size);
+	if (ab->ordered && !ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, blocked_keys)) {
+		/* the store would hand out a key's messages in any order */
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "delivery.order=key: the %s store cannot keep per-key order (it "
+		                  "needs store ABI 1.5, blocked_keys)",
+		                  ab->store_ops->scheme);
+		rc = ACKBOX_ERR_BAD_VALUE;
+	} else {
+		rc = abx_bound_init(ab, errstr, errstr_size);
+	}
 	if (rc) {
 		ab->store_ops->close(ab->store_ctx);
 		free(ab->store_ctx);
@@ -478,7 +492,9 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	 * after retry.timeout) so a store scan does not pick it up twice; one
 	 * the relay has no room for is due now and is claimed from the store.
 	 */
-	if (ab->relay && abx_relay_reserve(ab->relay, n, bytes))
+	/* In ordered mode every message goes through the store's ordered
+	 * claim: handed over in memory, a message would skip its key's queue. */
+	if (ab->relay && !ab->ordered && abx_relay_reserve(ab->relay, n, bytes))
 		handed = true;
 	due = handed ? now + ab->retry_timeout_ms : now;
 	for (struct abx_gc_req *q = batch; q; q = q->next) {
@@ -562,6 +578,16 @@ static void group_commit(ackbox *ab, struct abx_gc_req *req)
 	else
 		ab->gc_queue_head = req;
 	ab->gc_queue_tail = req;
+	if (ab->ordered) {
+		/* Ids made here, in queue order, follow commit order: leaders take
+		 * the queue whole and one at a time. So a key's id order is the
+		 * order its messages became claimable, even with publishers racing.
+		 * A request queued again (store.full_policy=block) gets new ids. */
+		for (size_t i = 0; i < req->n; i++) {
+			ackbox_id_new(&req->msgs[i]->id);
+			req->msgs[i]->created_ms = ackbox_id_time_ms(&req->msgs[i]->id);
+		}
+	}
 	while (!req->done) {
 		if (!ab->gc_leader_active) {
 			struct abx_gc_req *batch = ab->gc_queue_head;
@@ -686,6 +712,10 @@ static int gated_publish_batch(ackbox *ab, const ackbox_msg *msgs, size_t n, ack
 		req.err[0] = '\0';
 	}
 
+	/* In ordered mode group_commit made the ids. The relay never takes
+	 * such messages at commit, so req.msgs still holds them. */
+	for (size_t i = 0; ab->ordered && ids_out && i < n; i++)
+		ids_out[i] = req.msgs[i]->id;
 	rc = req.rc;
 	if (rc) {
 		ackbox_errstr_set(errstr, errstr_size, "%s", req.err);
@@ -952,6 +982,8 @@ static int gated_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, s
 	abx_store_lock(ab);
 	rc = ab->store_ops->purge(ab->store_ctx, older_than_ms, errstr, errstr_size);
 	abx_store_unlock(ab);
+	if (rc > 0 && ab->relay && ab->ordered)
+		abx_relay_poke(ab->relay); /* keys they held back may go on */
 	return rc;
 }
 
@@ -1011,6 +1043,8 @@ static int gated_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *err
 			return rc;
 		done++;
 	}
+	if (done > 0 && ab->relay && ab->ordered)
+		abx_relay_poke(ab->relay);
 	return done;
 }
 
@@ -1140,6 +1174,56 @@ int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, s
 	if (rc)
 		return rc;
 	rc = gated_purge_ids(ab, ids, n, errstr, errstr_size);
+	gate_leave(ab);
+	return rc;
+}
+
+struct blocked_ctx {
+	ackbox_blocked_cb cb;
+	void *opaque;
+};
+
+static int blocked_cb(const ackbox_store_blocked *b, void *opaque)
+{
+	struct blocked_ctx *c = opaque;
+	ackbox_blocked_key k;
+	memset(&k, 0, sizeof(k));
+	k.key = b->key;
+	k.key_len = b->key_len;
+	k.failed_id = b->failed_id;
+	k.waiting = b->waiting;
+	return c->cb(&k, c->opaque);
+}
+
+static int gated_blocked_keys(ackbox *ab, size_t limit, ackbox_blocked_cb cb, void *opaque,
+                              char *errstr, size_t errstr_size)
+{
+	struct blocked_ctx c = {cb, opaque};
+	int rc;
+	if (!cb)
+		return ACKBOX_ERR_INVALID;
+	if (!ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, blocked_keys)) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "blocked keys: the %s store cannot keep per-key order",
+		                  ab->store_ops->scheme);
+		return ACKBOX_ERR_INVALID;
+	}
+	abx_store_lock(ab);
+	rc = ab->store_ops->blocked_keys(ab->store_ctx, limit, blocked_cb, &c, errstr, errstr_size);
+	abx_store_unlock(ab);
+	return rc;
+}
+
+int ackbox_blocked_keys(ackbox *ab, size_t limit, ackbox_blocked_cb cb, void *opaque,
+                        char *errstr, size_t errstr_size)
+{
+	int rc;
+	if (!ab)
+		return ACKBOX_ERR_INVALID;
+	rc = gate_enter(ab, errstr, errstr_size);
+	if (rc)
+		return rc;
+	rc = gated_blocked_keys(ab, limit, cb, opaque, errstr, errstr_size);
 	gate_leave(ab);
 	return rc;
 }

@@ -73,6 +73,11 @@ static const ackbox_prop core_props[] = {
 	 "messages in a burst of quick attempts."},
 	{"retry.backoff.max", ACKBOX_PROP_DURATION, "30s", 0, MS_DAY, NULL,
 	 "Cap of the resend and reconnect backoff."},
+	{"delivery.order", ACKBOX_PROP_ENUM, "none", 0, 0, "none|key",
+	 "key: messages that share a key (ackbox_msg.key, whatever the topic) reach the broker "
+	 "first in publish order, one at a time per key; a FAILED message holds back its key until "
+	 "an operator requeues or deletes it. Messages without a key stay unordered. Every relay "
+	 "of one store must use the same value (docs/ordering.md)."},
 	{"message.max_bytes", ACKBOX_PROP_INT, "1048576", 1, 512LL * 1024 * 1024, NULL,
 	 "Largest payload publish accepts (headers and key not counted)."},
 	{"queue.buffering.max_messages", ACKBOX_PROP_INT, "10000", 0, 10000000, NULL,

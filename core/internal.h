@@ -210,6 +210,7 @@ struct ackbox {
 	int64_t store_poll_ms;
 	int64_t connect_timeout_ms;
 	size_t fresh_max_msgs, fresh_max_bytes;
+	bool ordered; /* delivery.order=key: see docs/ordering.md */
 
 	abx_bound bound;  /* store.max_messages / max_bytes (bound.c) */
 	abx_relay *relay; /* NULL without transport.url */

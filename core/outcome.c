@@ -125,6 +125,8 @@ void abx_on_acked(abx_relay *r, entry *e)
 	if (e->state == E_READY) {
 		/* queued for a resend: take it out */
 		abx_queue_unlink(r, e);
+	} else if (e->state == E_PARKED) {
+		abx_order_unpark(r, e);
 	} else if (e->state == E_HELD) {
 		/* an earlier attempt's confirm clears the suspect being judged */
 		r->blame = NULL;
@@ -135,6 +137,12 @@ void abx_on_acked(abx_relay *r, entry *e)
 	abx_poisoned_forget(r, e);
 	abx_entry_drop_data(r, e);
 	e->state = E_DONE;
+	if (r->ab->ordered) {
+		/* the key's next message becomes claimable once the delete is
+		 * applied: claim again soon, not at the next poll interval */
+		r->store_dirty = true;
+		abx_order_release(r, e);
+	}
 }
 
 /*
@@ -224,6 +232,10 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 			        "out of memory for a retry time: claimed at the next poll");
 		if (r->next_claim_at > at)
 			r->next_claim_at = at;
+	}
+	if (r->ab->ordered) {
+		r->store_dirty |= v.action == ABX_DO_DELETE; /* a dropped one frees its key */
+		abx_order_release(r, e);
 	}
 }
 

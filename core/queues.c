@@ -37,6 +37,7 @@ void abx_entry_drop_data(abx_relay *r, entry *e)
 
 static void entry_free(abx_relay *r, entry *e)
 {
+	assert(!e->key_held); /* released when it became WAITING or DONE */
 	abx_map_del(&r->by_id, abx_id_key(&e->id));
 	abx_entry_drop_data(r, e);
 	free(e); /* the topic lives in the same allocation */

@@ -30,6 +30,7 @@ static const size_t st_minor_size[] = {
 	END_OF(ackbox_store_ops, force),       /* 1.2 */
 	END_OF(ackbox_store_ops, aliases),     /* 1.3 */
 	END_OF(ackbox_store_ops, usage),       /* 1.4 */
+	END_OF(ackbox_store_ops, blocked_keys), /* 1.5 */
 };
 _Static_assert(sizeof(tx_minor_size) / sizeof(tx_minor_size[0]) ==
                    ACKBOX_ABI_MINOR(ACKBOX_TRANSPORT_ABI_VERSION) + 1,
@@ -39,7 +40,7 @@ _Static_assert(sizeof(st_minor_size) / sizeof(st_minor_size[0]) ==
                "every store ABI minor needs its table size in st_minor_size");
 _Static_assert(END_OF(ackbox_transport_ops, validate) == sizeof(ackbox_transport_ops),
                "a transport slot was appended without a new ABI minor");
-_Static_assert(END_OF(ackbox_store_ops, usage) == sizeof(ackbox_store_ops),
+_Static_assert(END_OF(ackbox_store_ops, blocked_keys) == sizeof(ackbox_store_ops),
                "a store slot was appended without a new ABI minor");
 
 /*
@@ -490,4 +491,9 @@ void abx_plugin_props_foreach(void (*cb)(const char *scheme, const ackbox_prop *
 const ackbox_store_ops *ackbox_store_lookup(const char *scheme)
 {
 	return abx_store_find(scheme);
+}
+
+const ackbox_transport_ops *ackbox_transport_lookup(const char *scheme)
+{
+	return abx_transport_find(scheme);
 }

@@ -235,7 +235,8 @@ static int claim_cb(const ackbox_store_row *row, void *opaque)
 		e->data = f;
 		e->attempts = row->attempts;
 		e->lease = row->lease;
-		abx_enqueue_claimed(r, e);
+		if (abx_order_admit(r, e))
+			abx_enqueue_claimed(r, e);
 		return 0;
 	}
 	f = abx_fresh_from_row(row);
@@ -246,7 +247,8 @@ static int claim_cb(const ackbox_store_row *row, void *opaque)
 		abx_fresh_free(f);
 		return 1;
 	}
-	abx_enqueue_claimed(r, e);
+	if (abx_order_admit(r, e))
+		abx_enqueue_claimed(r, e);
 	return 0;
 }
 
@@ -255,7 +257,7 @@ static void claim_due(abx_relay *r, int64_t now)
 	struct ackbox *ab = r->ab;
 	char err[256] = "";
 	int n;
-	size_t busy = r->tokens.len + r->ready_len + r->susp_len + r->nback;
+	size_t busy = r->tokens.len + r->ready_len + r->susp_len + r->nback + r->nparked;
 	size_t room = busy < 2 * (size_t)r->window ? 2 * (size_t)r->window - busy : 0;
 	if (room == 0)
 		return;
@@ -517,7 +519,8 @@ static void wait_for_work(abx_relay *r, int timeout_ms)
 static bool claim_could_run(const abx_relay *r)
 {
 	return atomic_load(&r->connected) && !r->apply_stuck && r->ready_len < (size_t)r->window &&
-	       r->tokens.len + r->ready_len + r->susp_len + r->nback < 2 * (size_t)r->window;
+	       r->tokens.len + r->ready_len + r->susp_len + r->nback + r->nparked <
+	           2 * (size_t)r->window;
 }
 
 /* The relay's counters agree with each other (assert()s: debug builds). */

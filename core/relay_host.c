@@ -47,6 +47,8 @@ void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 	abx_relay *r;
 	if (!host || !ev)
 		return;
+	if (host->tap)
+		host->tap(host->tap_opaque, ev);
 	r = host->relay;
 	pthread_mutex_lock(&r->ev_mtx);
 	if (r->nevs == r->cap_evs) {
@@ -73,6 +75,14 @@ void ackbox_tx_report(ackbox_tx_host *host, const ackbox_tx_event *ev)
 	 * something and then waits on the wake fd must return at once */
 	if (now || tl_relay == r)
 		abx_relay_wake(r);
+}
+
+void ackbox_tx_set_tap(ackbox_tx_host *host, ackbox_tx_tap tap, void *opaque)
+{
+	if (!host)
+		return;
+	host->tap = tap;
+	host->tap_opaque = opaque;
 }
 
 int ackbox_tx_wake_fd(ackbox_tx_host *host)
@@ -198,6 +208,7 @@ static void relay_free(abx_relay *r)
 	}
 	abx_map_fini(&r->by_id);
 	abx_map_fini(&r->tokens);
+	abx_map_fini(&r->key_holder);
 	abx_poisoned_clear(r);
 	free(r->back);
 	abx_heap_fini(&r->retry_at);

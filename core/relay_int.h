@@ -7,6 +7,7 @@
  *   outcome.c     what an outcome does: store changes and delivery reports,
  *                 batched and applied in order (through machine.c's rules)
  *   poison.c      suspects, probing and blame for a dropped connection
+ *   order.c       per-key order: one message per key held at a time
  *   queues.c      the messages held in memory: entries, their queues, the
  *                 tokens of their attempts
  *   relay_host.c  the transport host API, the publishers' side (inbox), and
@@ -37,7 +38,8 @@ enum entry_state {
 	E_WAITING,  /* back in the store until due; only superseded tokens hold it */
 	E_DONE,     /* final outcome reached; only superseded tokens hold it */
 	E_REQUEUE,  /* going back to a queue at the next send round (r->back), data present */
-	E_HELD      /* sent alone and lost with the connection: being judged (r->blame) */
+	E_HELD,     /* sent alone and lost with the connection: being judged (r->blame) */
+	E_PARKED    /* claimed, waiting for another message of its key (order.c), data present */
 };
 
 /* One message the relay holds in memory. */
@@ -55,6 +57,8 @@ typedef struct entry {
 	bool from_fresh;    /* data counts against the publisher's reservation */
 	bool suspect;       /* in flight when the connection died: resent by probing */
 	bool isolate;       /* blamed for a drop before: sent only alone */
+	bool key_held;      /* holds its key (delivery.order=key, order.c) */
+	uint64_t keyh;      /* hash of its key, 0 if none (order.c) */
 } entry;
 
 /* One attempt outstanding in the transport. */
@@ -120,6 +124,10 @@ typedef struct tx_ev {
 
 struct ackbox_tx_host {
 	abx_relay *relay;
+	/* ackbox_tx_set_tap: set in the transport's open(), before any thread
+	 * that reports exists; read by every reporter after that */
+	ackbox_tx_tap tap;
+	void *tap_opaque;
 };
 
 struct abx_relay {
@@ -216,6 +224,11 @@ struct abx_relay {
 	int64_t last_apply_at;   /* when changes were last applied */
 	bool apply_stuck;        /* the store refused the last apply */
 	char last_connect_error[256];
+
+	/* delivery.order=key (order.c) */
+	abx_map key_holder;  /* key hash -> the entry holding the key */
+	entry *parked;       /* entries waiting for their key, linked by next */
+	size_t nparked;
 };
 
 
@@ -264,6 +277,15 @@ void abx_blame_convict(abx_relay *r);
 void abx_on_lost(abx_relay *r, tok *t, const char *why, int code);
 void abx_enqueue_claimed(abx_relay *r, entry *e);
 entry *abx_next_to_send(abx_relay *r, bool *alone);
+
+/* ---- order.c ---- */
+/* With delivery.order=key: true if e may be queued now (it holds its key,
+ * or has none); otherwise e is parked until the key's holder is resolved. */
+bool abx_order_admit(abx_relay *r, entry *e);
+/* e is resolved (done, or back in the store): its key goes to the oldest
+ * entry parked for it, which is queued. */
+void abx_order_release(abx_relay *r, entry *e);
+void abx_order_unpark(abx_relay *r, entry *e);
 
 /* ---- relay.c ---- */
 int64_t abx_backoff_ms(abx_relay *r, int n);

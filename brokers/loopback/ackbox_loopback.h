@@ -73,6 +73,13 @@ ACKBOX_API void ackbox_loopback_set_poison(ackbox_loopback *lb, const char *topi
  */
 ACKBOX_API void ackbox_loopback_set_quiet_drops(ackbox_loopback *lb, int on);
 
+/**
+ * Makes every send to `topic` answered NACK (406 "rejected by loopback
+ * broker"), as a broker refuses what it will not store. NULL stops it.
+ * Thread-safe.
+ */
+ACKBOX_API void ackbox_loopback_set_nack_topic(ackbox_loopback *lb, const char *topic);
+
 /** Sends to the poison topic so far. */
 ACKBOX_API size_t ackbox_loopback_poison_hits(ackbox_loopback *lb);
 
@@ -96,6 +103,14 @@ ACKBOX_API void ackbox_loopback_set_flap(ackbox_loopback *lb, int on);
 ACKBOX_API int ackbox_loopback_message(ackbox_loopback *lb, size_t i, ackbox_id *id, char *topic,
                                        size_t topic_size, void *payload, size_t *payload_len,
                                        size_t *header_count);
+
+/**
+ * Whether the broker kept the i-th received message (confirmed it, or kept
+ * it and lost the confirm: CONFIRM, DROP, IN_DOUBT), as a consumer would
+ * see it; 0 if it refused it (NACK, RETURN, ERROR). ACKBOX_ERR_NOT_FOUND
+ * past the end.
+ */
+ACKBOX_API int ackbox_loopback_accepted(ackbox_loopback *lb, size_t i);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,7 @@ typedef struct rx {
 	void *payload;
 	size_t payload_len;
 	size_t header_count;
+	ackbox_lb_action action; /* what the broker did with it */
 } rx;
 
 struct ackbox_loopback {
@@ -43,6 +44,7 @@ struct ackbox_loopback {
 	rx *msgs;
 	size_t nmsgs, cap;
 	char *poison_topic;   /* sends to it close the connection */
+	char *nack_topic;     /* sends to it are answered NACK */
 	size_t poison_hits;
 	int flap;             /* close every connection right after it opens */
 	int quiet_drops;      /* report lost sends IN_DOUBT, not the connection */
@@ -88,6 +90,7 @@ void ackbox_loopback_reset(void)
 		}
 		free(lb->msgs);
 		free(lb->poison_topic);
+		free(lb->nack_topic);
 		pthread_mutex_destroy(&lb->mtx);
 		free(lb->name);
 		free(lb);
@@ -138,6 +141,15 @@ void ackbox_loopback_set_poison(ackbox_loopback *lb, const char *topic)
 	pthread_mutex_lock(&lb->mtx);
 	free(lb->poison_topic);
 	lb->poison_topic = t;
+	pthread_mutex_unlock(&lb->mtx);
+}
+
+void ackbox_loopback_set_nack_topic(ackbox_loopback *lb, const char *topic)
+{
+	char *t = topic ? strdup(topic) : NULL;
+	pthread_mutex_lock(&lb->mtx);
+	free(lb->nack_topic);
+	lb->nack_topic = t;
 	pthread_mutex_unlock(&lb->mtx);
 }
 
@@ -245,6 +257,18 @@ int ackbox_loopback_message(ackbox_loopback *lb, size_t i, ackbox_id *id, char *
 	return rc;
 }
 
+int ackbox_loopback_accepted(ackbox_loopback *lb, size_t i)
+{
+	int rc = ACKBOX_ERR_NOT_FOUND;
+	pthread_mutex_lock(&lb->mtx);
+	if (i < lb->nmsgs) {
+		ackbox_lb_action a = lb->msgs[i].action;
+		rc = a == ACKBOX_LB_CONFIRM || a == ACKBOX_LB_DROP || a == ACKBOX_LB_IN_DOUBT;
+	}
+	pthread_mutex_unlock(&lb->mtx);
+	return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* The transport                                                        */
 /* ------------------------------------------------------------------ */
@@ -263,11 +287,15 @@ typedef struct lb_ctx {
 	unsigned generation;
 	int flap_pending; /* this connection is closed at the next poll */
 	pending *head;    /* sorted by `at` */
+	size_t max_message; /* loopback.max_message; set by open, read by validate */
 } lb_ctx;
 
 static const ackbox_prop lb_props[] = {
 	{"window", ACKBOX_PROP_INT, "256", 1, 1000000, NULL,
 	 "Unconfirmed messages the loopback transport allows at once."},
+	{"max_message", ACKBOX_PROP_INT, "0", 0, 1LL << 30, NULL,
+	 "Largest payload the loopback broker takes (0: no limit); larger ones are refused at "
+	 "publish, as a broker's announced limit is."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static int lb_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox_tx_info *info,
@@ -290,7 +318,9 @@ static int lb_open(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackb
 	w = ackbox_conf_get(ackbox_tx_conf(host), "loopback.window");
 	info->max_inflight = w ? atoi(w) : 256;
 	info->system_name = "loopback";
-	info->max_message_size = 0;
+	w = ackbox_conf_get(ackbox_tx_conf(host), "loopback.max_message");
+	c->max_message = w ? (size_t)atoll(w) : 0;
+	info->max_message_size = c->max_message;
 	return 0;
 }
 
@@ -358,7 +388,10 @@ static int lb_send(void *vctx, const ackbox_tx_msg *m)
 		delay = 0;
 		goto answer; /* quiet: its loss is reported IN_DOUBT */
 	}
-	if (c->lb->script_head) {
+	if (c->lb->nack_topic && strcmp(m->topic, c->lb->nack_topic) == 0) {
+		a = ACKBOX_LB_NACK;
+		delay = 0;
+	} else if (c->lb->script_head) {
 		rule *r = c->lb->script_head;
 		a = r->action;
 		delay = r->delay_ms;
@@ -391,6 +424,7 @@ static int lb_send(void *vctx, const ackbox_tx_msg *m)
 			memcpy(slot->payload, m->payload, m->payload_len);
 		slot->payload_len = m->payload_len;
 		slot->header_count = m->header_count;
+		slot->action = a;
 	}
 	pthread_mutex_unlock(&c->lb->mtx);
 
@@ -514,7 +548,13 @@ static void lb_close(void *vctx)
 
 static int lb_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
 {
-	(void)vctx;
+	lb_ctx *c = vctx;
+	if (c->max_message && m->payload_len > c->max_message) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "loopback: payload of %zu bytes is over loopback.max_message (%zu)",
+		                  m->payload_len, c->max_message);
+		return ACKBOX_ERR_TOO_LARGE;
+	}
 	if (strncmp(m->topic, ACKBOX_LOOPBACK_INVALID_PREFIX,
 	            strlen(ACKBOX_LOOPBACK_INVALID_PREFIX)) == 0) {
 		ackbox_errstr_set(errstr, errstr_size,

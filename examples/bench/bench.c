@@ -412,6 +412,12 @@ static void publish_batches(reliable *b, const char *payload)
 		publish_error(b, ACKBOX_ERR_NOMEM, "out of memory");
 		return;
 	}
+	char (*keys)[24] = calloc(chunk, sizeof(*keys));
+	if (!keys) {
+		free(msgs);
+		publish_error(b, ACKBOX_ERR_NOMEM, "out of memory");
+		return;
+	}
 	for (size_t k = 0; k < chunk; k++) {
 		msgs[k].topic = BENCH_TOPIC;
 		msgs[k].payload = payload;
@@ -421,6 +427,11 @@ static void publish_batches(reliable *b, const char *payload)
 	size_t n;
 	for (size_t i = 0; i < b->t->n && !b->publish_err; i += n) {
 		n = b->t->n - i < chunk ? b->t->n - i : chunk;
+		for (size_t k = 0; o->keys && k < n; k++) {
+			snprintf(keys[k], sizeof(keys[k]), "k%zu", (i + k) % o->keys);
+			msgs[k].key = keys[k];
+			msgs[k].key_len = strlen(keys[k]);
+		}
 		if (bench_now_ns() > b->deadline) {
 			publish_error(b, ACKBOX_ERR_TIMEOUT, "publishing exceeded --max-seconds");
 			break;
@@ -446,6 +457,7 @@ static void publish_batches(reliable *b, const char *payload)
 			b->t->dur[i + k] = t1;
 		}
 	}
+	free(keys);
 	free(msgs);
 }
 
@@ -462,8 +474,13 @@ static void *publish_worker(void *arg)
 	worker *w = arg;
 	reliable *b = w->b;
 	ackbox_msg m = {.topic = BENCH_TOPIC, .payload = w->payload, .payload_len = b->o->size};
-	char err[256];
+	char err[256], key[24];
 	for (size_t i = w->from; i < b->t->n && !b->publish_err; i += w->step) {
+		if (b->o->keys) {
+			snprintf(key, sizeof(key), "k%zu", i % b->o->keys);
+			m.key = key;
+			m.key_len = strlen(key);
+		}
 		int64_t due = bench_pace(b->o, b->start, i);
 		int64_t t0 = bench_now_ns();
 		if (t0 > b->deadline) {
@@ -855,6 +872,8 @@ static void usage_text(FILE *f)
 	        "                      this build; raw rounds need its folder's bench_raw.c)\n"
 	        "  --count N           messages per round (default 100000; --smoke 2000)\n"
 	        "  --size BYTES        payload size (default 256)\n"
+	        "  --keys K            reliable mode: message i gets key \"k<i mod K>\" (default 0:\n"
+	        "                      no key); with --set delivery.order=key, the cost of order\n"
 	        "  --window W          in-flight window for both modes (default: the transport's)\n"
 	        "  --threads T         reliable mode: T threads calling ackbox_publish (default 1:\n"
 	        "                      one thread calling ackbox_publish_batch in chunks of\n"
@@ -954,6 +973,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		} else if (strcmp(a, "--count") == 0) {
 			NUM(o->count, 1, 100000000);
 			o->count_given = true;
+		} else if (strcmp(a, "--keys") == 0) {
+			NUM(o->keys, 0, 100000000);
 		} else if (strcmp(a, "--size") == 0) {
 			NUM(o->size, 0, 1048576);
 		} else if (strcmp(a, "--window") == 0) {
@@ -1080,10 +1101,13 @@ int main(int argc, char **argv)
 		       o.shown, dir);
 	} else if (!o.json) {
 		printf("ackbox-bench %s: %s, %zu msgs x %zu B, window %d%s, %d thread(s)%s, %d "
-		       "round(s)\n",
+		       "round(s)",
 		       ackbox_version(), o.shown, o.count, o.size, o.window,
 		       o.window ? "" : " (transport default)", o.threads,
 		       o.threads > 1 ? " (ackbox_publish)" : " (ackbox_publish_batch)", o.rounds);
+		if (o.keys)
+			printf(", %zu key(s)", o.keys);
+		putchar('\n');
 	}
 	if (!o.json) {
 		printf("%-5s %-10s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s\n", "round",
@@ -1196,8 +1220,8 @@ int main(int argc, char **argv)
 		printf(",\"scheme\":");
 		json_str(o.scheme);
 		printf(",\"count\":%zu,\"size\":%zu,\"window\":%d,\"threads\":%d,\"rounds\":%d,"
-		       "\"results\":[",
-		       o.count, o.size, o.window, o.threads, o.rounds);
+		       "\"keys\":%zu,\"results\":[",
+		       o.count, o.size, o.window, o.threads, o.rounds, o.keys);
 		for (int i = 0; i < nres; i++) {
 			if (i)
 				putchar(',');

@@ -36,6 +36,7 @@ typedef struct bench_opts {
 	size_t rate;       /* --rate: offered msgs/s, open loop; 0: as fast as the window allows */
 	const char *latency_file; /* --latency-file: latency distributions written here */
 	bool count_given, rounds_given;
+	size_t keys; /* --keys: message i gets key "k<i mod keys>"; 0: no key */
 } bench_opts;
 
 typedef struct bench_result {

@@ -430,6 +430,32 @@ ACKBOX_API int ackbox_fail(ackbox *ab, const ackbox_id *id, const char *reason, 
 ACKBOX_API int ackbox_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr,
                                 size_t errstr_size);
 
+/**
+ * A key held back under delivery.order=key: its oldest message is FAILED,
+ * and no later message of the key is sent until an operator requeues
+ * (ackbox_requeue) or deletes (ackbox_purge_failed, ackbox_purge_ids) it.
+ * Valid during the callback only.
+ */
+typedef struct ackbox_blocked_key {
+	const void *key;
+	size_t key_len;
+	ackbox_id failed_id; /* the FAILED message that holds the key */
+	uint64_t waiting;    /* messages of the key waiting behind it */
+} ackbox_blocked_key;
+
+typedef int (*ackbox_blocked_cb)(const ackbox_blocked_key *b, void *opaque);
+
+/**
+ * Calls cb for each blocked key (see ackbox_blocked_key), at most `limit`
+ * (0 = no limit), in no set order. Works on any handle, with or without a
+ * transport or delivery.order: a store never used with delivery.order=key
+ * has none. cb runs under the store lock and must not call ackbox on the
+ * same handle. Returns the number of keys reported, or a negative error
+ * (ACKBOX_ERR_INVALID if the store cannot keep per-key order).
+ */
+ACKBOX_API int ackbox_blocked_keys(ackbox *ab, size_t limit, ackbox_blocked_cb cb, void *opaque,
+                                   char *errstr, size_t errstr_size);
+
 /* ------------------------------------------------------------------ */
 /* Metrics and health                                                   */
 /* ------------------------------------------------------------------ */

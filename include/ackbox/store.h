@@ -19,8 +19,10 @@ extern "C" {
  *   1.2  force
  *   1.3  aliases
  *   1.4  usage
+ *   1.5  blocked_keys (and with it, per-key order: see claim() and
+ *        docs/ordering.md)
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 4)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 5)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -65,6 +67,16 @@ typedef struct ackbox_store_row {
 
 /** Return non-zero to stop the iteration. */
 typedef int (*ackbox_store_row_cb)(const ackbox_store_row *row, void *opaque);
+
+/** A key whose oldest message is FAILED (ABI 1.5). Valid during the callback only. */
+typedef struct ackbox_store_blocked {
+	const void *key;
+	size_t key_len;
+	ackbox_id failed_id;  /* the FAILED message at the head of the key */
+	uint64_t waiting;     /* pending messages of the key behind it */
+} ackbox_store_blocked;
+
+typedef int (*ackbox_store_blocked_cb)(const ackbox_store_blocked *b, void *opaque);
 
 /** A state change decided by the core. */
 typedef enum ackbox_change_kind {
@@ -116,6 +128,14 @@ typedef struct ackbox_store_ops {
 	 * due first, setting their due_ms to lease_until_ms so no other claim
 	 * returns them until then. Calls cb per row; returns the count. Need not
 	 * be durable: a lost lease only makes a row due earlier.
+	 *
+	 * Per-key order (a store with blocked_keys, opened with the key
+	 * delivery.order=key in conf): a row with a key is returned only if it
+	 * is the oldest row (lowest id) of that key in ANY state, so a leased or
+	 * FAILED oldest row holds back every later row of its key, and the next
+	 * one becomes claimable only once the oldest is deleted. Rows without a
+	 * key are claimed as above. insert() must then keep every row visible to
+	 * this rule (SQLite does not pack batches).
 	 */
 	int (*claim)(void *ctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
 	             ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size);
@@ -205,6 +225,20 @@ typedef struct ackbox_store_ops {
 	 */
 	int (*usage)(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
 	             size_t errstr_size);
+
+	/* ---- ABI 1.5 ---- */
+
+	/**
+	 * Optional (NULL: the store cannot keep per-key order, and a handle
+	 * with delivery.order=key refuses to open on it). Filling it promises
+	 * claim()'s per-key rule when conf says delivery.order=key at open.
+	 * Calls cb for each key whose oldest message is FAILED (it blocks the
+	 * key until an operator requeues or deletes it), in no set order, at most
+	 * `limit` (0 = no limit). A store never opened with delivery.order=key
+	 * may report none. Read-only. Returns the count.
+	 */
+	int (*blocked_keys)(void *ctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+	                    char *errstr, size_t errstr_size);
 } ackbox_store_ops;
 
 /**

@@ -78,6 +78,16 @@ ACKBOX_API int ackbox_tx_wake_fd(ackbox_tx_host *host);
  */
 ACKBOX_API int ackbox_tx_stopping(ackbox_tx_host *host);
 
+/**
+ * Sees every report made through host before the core takes it, on the
+ * reporting thread (so it must be thread-safe and must not call into
+ * ackbox). For test harnesses that wrap a transport, as the transport
+ * conformance suite does (docs/plugins.md): the wrapper calls this in its
+ * open(), before the transport it wraps can report. One tap per host.
+ */
+typedef void (*ackbox_tx_tap)(void *opaque, const ackbox_tx_event *ev);
+ACKBOX_API void ackbox_tx_set_tap(ackbox_tx_host *host, ackbox_tx_tap tap, void *opaque);
+
 /** Logs through the application's log callback, component = scheme. */
 ACKBOX_API void ackbox_tx_log(ackbox_tx_host *host, ackbox_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -212,6 +222,12 @@ typedef struct ackbox_transport_ops {
  */
 ACKBOX_API int ackbox_transport_register(const ackbox_transport_ops *ops, char *errstr,
                                          size_t errstr_size);
+
+/**
+ * The transport serving scheme (built in or registered), or NULL: for a
+ * harness that wraps it. Thread-safe.
+ */
+ACKBOX_API const ackbox_transport_ops *ackbox_transport_lookup(const char *scheme);
 
 #ifdef __cplusplus
 }

@@ -92,6 +92,44 @@ static const char install_sql[] =
     "END IF; "
     "END $ackbox$;";
 
+/*
+ * Per-key order (delivery.order=key, docs/ordering.md), installed by the
+ * first handle that opens the store with it. `head` marks the oldest row
+ * (lowest id) of a key; the ordered claim takes heads and rows without a
+ * key from a partial index that holds nothing else, so a key's backlog
+ * costs nothing per claim, and SKIP LOCKED with the lease keeps a key on one
+ * relay. Inserts set nothing (the application's transactional enqueue
+ * included: no lock, no trigger in its transaction): a new keyed row is
+ * `checked` false, and an ordered claim first checks such rows (head if no
+ * older row of its key exists). When a head (or an unchecked row) is
+ * deleted, its key goes into ackbox_key_free in the same transaction, before
+ * the delete, and an ordered claim promotes the key's oldest row. Both only
+ * ever set head, never clear it, so two relays racing cannot lose a key; a
+ * promotion that finds the next row not yet committed is made up for by
+ * that row's own check.
+ */
+static const char order_install_sql[] =
+    "SELECT pg_advisory_xact_lock(" ADVISORY_CLASS ", hashtext('@N'));"
+    "DO $ackbox$ BEGIN "
+    "ALTER TABLE @S.ackbox_outbox ADD COLUMN IF NOT EXISTS head boolean NOT NULL DEFAULT false; "
+    "ALTER TABLE @S.ackbox_outbox ADD COLUMN IF NOT EXISTS checked boolean NOT NULL"
+    " DEFAULT false; "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_key ON @S.ackbox_outbox(msg_key, id)"
+    " WHERE msg_key IS NOT NULL; "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_ready ON @S.ackbox_outbox(due_ms)"
+    " WHERE state < 2 AND (msg_key IS NULL OR head); "
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_unchecked ON @S.ackbox_outbox(id)"
+    " WHERE NOT checked AND msg_key IS NOT NULL; "
+    "CREATE TABLE IF NOT EXISTS @S.ackbox_key_free(msg_key bytea PRIMARY KEY); "
+    "END $ackbox$;";
+
+/* At every ordered open: every key gets its oldest row promoted, which
+ * repairs whatever a handle without delivery.order left (it does not keep
+ * heads when it deletes). */
+static const char order_seed_sql[] =
+    "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT msg_key FROM @S.ackbox_outbox"
+    " WHERE msg_key IS NOT NULL ON CONFLICT DO NOTHING";
+
 #define ROW_COLS                                                                                   \
 	"t.id, t.state, t.attempts, t.created_ms, t.updated_ms, t.due_ms, t.topic, t.msg_key, "   \
 	"t.content_type, t.headers, t.payload, t.last_error, t.last_code, t.lease, t.payload_len"
@@ -115,6 +153,15 @@ enum {
 	ST_FORCE_DELETE,
 	ST_DAMAGED,
 	ST_USAGE,
+	/* per-key order: prepared only once it is installed */
+	ST_ORDER_FIRST,
+	ST_CHECK = ST_ORDER_FIRST,
+	ST_PROMOTE,
+	ST_CLAIM_ORDERED,
+	ST_KEYFREE_DELETE,
+	ST_KEYFREE_PURGE,
+	ST_KEYFREE_FORCE,
+	ST_BLOCKED,
 	ST_COUNT
 };
 
@@ -183,6 +230,47 @@ static const char *const stmt_sql[ST_COUNT] = {
     /* the backlog bound: a sequential scan; the core asks rarely */
     [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
                  " FROM @S.ackbox_outbox",
+    /* new keyed rows, oldest first: head if nothing older of the key exists
+     * (only ever set: a promotion racing this is never undone) */
+    [ST_CHECK] = "UPDATE @S.ackbox_outbox t SET checked = true, head = t.head OR NOT EXISTS"
+                 " (SELECT 1 FROM @S.ackbox_outbox p WHERE p.msg_key = t.msg_key AND p.id < t.id)"
+                 " FROM (SELECT id FROM @S.ackbox_outbox WHERE NOT checked AND msg_key IS NOT NULL"
+                 " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED) u WHERE t.id = u.id",
+    /* keys whose head went: their oldest row becomes the head */
+    [ST_PROMOTE] = "WITH f AS (DELETE FROM @S.ackbox_key_free k WHERE k.msg_key IN"
+                   " (SELECT msg_key FROM @S.ackbox_key_free LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+                   " RETURNING k.msg_key)"
+                   " UPDATE @S.ackbox_outbox t SET head = true FROM f CROSS JOIN LATERAL"
+                   " (SELECT o.id FROM @S.ackbox_outbox o WHERE o.msg_key = f.msg_key"
+                   " ORDER BY o.id LIMIT 1) n WHERE t.id = n.id AND NOT t.head",
+    /* the WHERE repeats ackbox_outbox_ready's, so the planner uses it */
+    [ST_CLAIM_ORDERED] = "UPDATE @S.ackbox_outbox t SET due_ms = $2::int8,"
+                         " lease = nextval('@S.ackbox_lease_seq'),"
+                         " lease_owner = $3::text"
+                         " FROM (SELECT id FROM @S.ackbox_outbox WHERE state < 2 AND"
+                         " (msg_key IS NULL OR head) AND due_ms <= $1::int8"
+                         " ORDER BY due_ms LIMIT $4::int8 FOR UPDATE SKIP LOCKED) d"
+                         " WHERE t.id = d.id RETURNING " ROW_COLS,
+    /* before a delete, in its transaction: the keys it frees (ordered by
+     * key, and locking their rows, so a promotion cannot consume one before
+     * the delete commits) */
+    [ST_KEYFREE_DELETE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT t.msg_key"
+                          " FROM @S.ackbox_outbox t JOIN unnest($1::uuid[], $2::int8[])"
+                          " AS c(id, lease) ON t.id = c.id AND t.lease = c.lease"
+                          " WHERE t.msg_key IS NOT NULL AND (t.head OR NOT t.checked) ORDER BY 1"
+                          " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_KEYFREE_PURGE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT DISTINCT msg_key"
+                         " FROM @S.ackbox_outbox WHERE state = 2 AND updated_ms < $1::int8"
+                         " AND msg_key IS NOT NULL AND (head OR NOT checked) ORDER BY 1"
+                         " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_KEYFREE_FORCE] = "INSERT INTO @S.ackbox_key_free(msg_key) SELECT msg_key"
+                         " FROM @S.ackbox_outbox WHERE id = $1::uuid"
+                         " AND msg_key IS NOT NULL AND (head OR NOT checked)"
+                         " ON CONFLICT (msg_key) DO UPDATE SET msg_key = EXCLUDED.msg_key",
+    [ST_BLOCKED] = "SELECT f.msg_key, f.id, (SELECT count(*) FROM @S.ackbox_outbox p"
+                   " WHERE p.msg_key = f.msg_key AND p.state < 2)"
+                   " FROM @S.ackbox_outbox f WHERE f.state = 2 AND f.head"
+                   " AND f.msg_key IS NOT NULL LIMIT $1::int8",
 };
 
 /* A one-dimensional array in PostgreSQL's binary format, built in place. */
@@ -208,6 +296,8 @@ typedef struct pg_ctx {
 	int durable;  /* store.sync=full: inserts wait for the WAL flush */
 	int ready;    /* session set up and statements prepared on conn */
 	int absent;   /* no outbox tables yet (store.create=insert): the first insert makes them */
+	int ordered;  /* delivery.order=key: ordered claims */
+	int order_installed; /* the store has the per-key order objects: keep them */
 	pg_arr arr[N_ARRAYS];
 } pg_ctx;
 
@@ -549,7 +639,7 @@ static int session_init(pg_ctx *c, char *errstr, size_t errstr_size)
 		return rc;
 	}
 	PQclear(r);
-	for (int i = 0; i < ST_COUNT; i++) {
+	for (int i = 0; i < (c->order_installed ? ST_COUNT : ST_ORDER_FIRST); i++) {
 		char name[32];
 		snprintf(name, sizeof(name), "ackbox_%d", i);
 		r = PQprepare(c->conn, name, c->sql[i], 0, NULL);
@@ -881,6 +971,55 @@ static int install(PGconn *conn, const char *schema, const char *where, char *er
 	return rc;
 }
 
+/* Runs one of the order SQL texts (schema expanded) as one transaction. */
+static int order_exec(pg_ctx *c, const char *tmpl, const char *what, char *errstr,
+                      size_t errstr_size)
+{
+	char *sql = expand(tmpl, c->schema);
+	PGresult *r;
+	int rc = 0;
+	if (!sql)
+		return ACKBOX_ERR_NOMEM;
+	r = PQexec(c->conn, sql);
+	free(sql);
+	if (!res_ok(r))
+		rc = pg_error(c->conn, r, c->where, c->schema, what, errstr, errstr_size);
+	PQclear(r);
+	return rc;
+}
+
+/*
+ * Finds whether the per-key order objects are there; a handle with
+ * delivery.order=key installs them if not, and seeds ackbox_key_free.
+ */
+static int order_open(pg_ctx *c, char *errstr, size_t errstr_size)
+{
+	char name[160];
+	const char *params[1] = {name};
+	PGresult *r;
+	int rc;
+	snprintf(name, sizeof(name), "\"%s\".ackbox_key_free", c->schema);
+	r = PQexecParams(c->conn, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, params, NULL, NULL,
+	                 0);
+	if (!res_ok(r) || PQntuples(r) != 1) {
+		rc = pg_error(c->conn, r, c->where, c->schema, "reading the schema", errstr,
+		              errstr_size);
+		PQclear(r);
+		return rc;
+	}
+	c->order_installed = PQgetvalue(r, 0, 0)[0] == 't';
+	PQclear(r);
+	if (!c->ordered)
+		return 0;
+	if (!c->order_installed) {
+		rc = order_exec(c, order_install_sql, "installing per-key order", errstr, errstr_size);
+		if (rc)
+			return rc;
+		c->order_installed = 1;
+	}
+	return order_exec(c, order_seed_sql, "seeding per-key order", errstr, errstr_size);
+}
+
 static void ignore_notice(void *arg, const char *msg)
 {
 	(void)arg;
@@ -1116,6 +1255,10 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	}
 	/* a store has no log channel; NOTICEs would go to stderr */
 	PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		c->ordered = order && strcmp(order, "key") == 0;
+	}
 	rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
 	v = ackbox_conf_get(conf, "store.create");
 	if (rc == 0 && !have && v && strcmp(v, "never") == 0) {
@@ -1125,7 +1268,7 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		                  c->where, c->schema);
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 	} else if (rc == 0 && !have && v && strcmp(v, "insert") == 0) {
-		c->absent = 1; /* the first insert installs it */
+		c->absent = 1; /* the first insert installs it, and per-key order */
 		return 0;
 	}
 	if (rc == 0 && !have) {
@@ -1133,6 +1276,8 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		if (rc == 0)
 			rc = check_schema(c->conn, c->schema, c->where, &have, errstr, errstr_size);
 	}
+	if (rc == 0)
+		rc = order_open(c, errstr, errstr_size);
 	if (rc == 0)
 		rc = session_init(c, errstr, errstr_size);
 	if (rc) {
@@ -1180,6 +1325,8 @@ static int materialize(pg_ctx *c, char *errstr, size_t errstr_size)
 		                  c->where, c->schema);
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 	}
+	if (rc == 0)
+		rc = order_open(c, errstr, errstr_size);
 	if (rc)
 		return rc;
 	c->absent = 0;
@@ -1409,6 +1556,19 @@ static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	put_be64(now_b, (uint64_t)now_ms);
 	put_be64(until_b, (uint64_t)lease_until_ms);
 	put_be64(lim_b, (uint64_t)(limit > INT32_MAX ? INT32_MAX : limit));
+	if (c->ordered) {
+		/* heads first: new rows checked, freed keys promoted (autocommit
+		 * each; see order_install_sql) */
+		int rc = run(c, ST_CHECK, 0, NULL, NULL, 1, NULL, "claim (new keyed rows)", errstr,
+		             errstr_size);
+		if (rc == 0)
+			rc = run(c, ST_PROMOTE, 0, NULL, NULL, 1, NULL, "claim (freed keys)", errstr,
+			         errstr_size);
+		if (rc)
+			return rc;
+		return run_rows(c, ST_CLAIM_ORDERED, 4, vals, lens, claim_row, &a, "claim", errstr,
+		                errstr_size);
+	}
 	/* Autocommit, asynchronous commit: a lost lease only makes rows due
 	 * early. Rows after a stop stay leased to us until the lease runs out. */
 	rc = run_rows(c, ST_CLAIM, 4, vals, lens, claim_row, &a, "claim", errstr, errstr_size);
@@ -1488,6 +1648,14 @@ static int apply_kind(pg_ctx *c, const ackbox_store_change *ch, size_t n, ackbox
 		                  count);
 		return ACKBOX_ERR_NOMEM;
 	}
+	if (kind == ACKBOX_CHANGE_DELETE && c->order_installed) {
+		/* in the delete's transaction (pg_apply opens one), before it */
+		int rc = run(c, ST_KEYFREE_DELETE, 2, vals, lens, *first, NULL, "state change",
+		             errstr, errstr_size);
+		*first = 0;
+		if (rc)
+			return rc;
+	}
 	np = na;
 	if (kind == ACKBOX_CHANGE_RETRY || kind == ACKBOX_CHANGE_FAIL) {
 		put_be64(now_b, (uint64_t)now);
@@ -1522,6 +1690,8 @@ static int pg_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 	/* One kind: one autocommit statement. Several: one transaction. Either
 	 * way asynchronous commit (the session default): a lost change only
 	 * makes a message be sent again. */
+	if (seen[ACKBOX_CHANGE_DELETE] && c->order_installed)
+		kinds++; /* the freed keys and the delete: one transaction */
 	if (kinds > 1) {
 		rc = tx_begin(c, 0, errstr, errstr_size);
 		if (rc)
@@ -1664,13 +1834,19 @@ static int pg_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 }
 
 /* Administrative changes commit durably: an operator expects them to stick. */
-static int admin_run(pg_ctx *c, int st, int nparams, const char *const *vals, const int *lens,
-                     const char *what, char *errstr, size_t errstr_size)
+/* Runs st in a durable transaction; first `pre` (-1: none) with the same
+ * parameters. Returns st's row count. */
+static int admin_run_pre(pg_ctx *c, int pre, int st, int nparams, const char *const *vals,
+                         const int *lens, const char *what, char *errstr, size_t errstr_size)
 {
 	PGresult *r;
 	int rc = tx_begin(c, 1, errstr, errstr_size), n;
 	if (rc)
 		return rc;
+	if (pre >= 0 && (rc = run(c, pre, nparams, vals, lens, 0, NULL, what, errstr, errstr_size))) {
+		tx_abort(c);
+		return rc;
+	}
 	rc = run(c, st, nparams, vals, lens, 0, &r, what, errstr, errstr_size);
 	if (rc) {
 		tx_abort(c);
@@ -1680,6 +1856,12 @@ static int admin_run(pg_ctx *c, int st, int nparams, const char *const *vals, co
 	PQclear(r);
 	rc = tx_commit(c, what, errstr, errstr_size);
 	return rc ? rc : n;
+}
+
+static int admin_run(pg_ctx *c, int st, int nparams, const char *const *vals, const int *lens,
+                     const char *what, char *errstr, size_t errstr_size)
+{
+	return admin_run_pre(c, -1, st, nparams, vals, lens, what, errstr, errstr_size);
 }
 
 static int pg_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms, char *errstr,
@@ -1713,7 +1895,8 @@ static int pg_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	const char *vals[1] = {b};
 	int lens[1] = {8};
 	put_be64(b, (uint64_t)older_than_ms);
-	return admin_run(c, ST_PURGE, 1, vals, lens, "purge", errstr, errstr_size);
+	return admin_run_pre(c, c->order_installed ? ST_KEYFREE_PURGE : -1, ST_PURGE, 1, vals, lens,
+	                     "purge", errstr, errstr_size);
 }
 
 static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
@@ -1730,7 +1913,8 @@ static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 		return ACKBOX_ERR_INVALID;
 	}
 	if (ch->kind == ACKBOX_CHANGE_DELETE) {
-		rc = admin_run(c, ST_FORCE_DELETE, 1, vals, lens, "force", errstr, errstr_size);
+		rc = admin_run_pre(c, c->order_installed ? ST_KEYFREE_FORCE : -1, ST_FORCE_DELETE, 1,
+		                   vals, lens, "force", errstr, errstr_size);
 	} else {
 		if (ch->last_error && !(err = utf8_clean(ch->last_error)))
 			return ACKBOX_ERR_NOMEM;
@@ -1749,6 +1933,38 @@ static int pg_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 		return ACKBOX_ERR_NOT_FOUND;
 	}
 	return rc < 0 ? rc : 1;
+}
+
+/* Keys whose head (oldest row) is FAILED; none if per-key order was never installed. */
+static int pg_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                           char *errstr, size_t errstr_size)
+{
+	pg_ctx *c = vctx;
+	char lim_b[8];
+	const char *vals[1] = {lim_b};
+	int lens[1] = {8}, n = 0, rc;
+	PGresult *r;
+	if (!c->order_installed)
+		return 0;
+	put_be64(lim_b, (uint64_t)(limit && limit < INT64_MAX ? limit : INT64_MAX));
+	rc = run(c, ST_BLOCKED, 1, vals, lens, 1, &r, "blocked keys", errstr, errstr_size);
+	if (rc)
+		return rc;
+	for (int i = 0; i < PQntuples(r); i++) {
+		ackbox_store_blocked b;
+		if (PQgetlength(r, i, 1) != 16 || PQgetlength(r, i, 2) != 8)
+			continue;
+		memset(&b, 0, sizeof(b));
+		b.key = PQgetvalue(r, i, 0);
+		b.key_len = (size_t)PQgetlength(r, i, 0);
+		memcpy(b.failed_id.b, PQgetvalue(r, i, 1), 16);
+		b.waiting = (uint64_t)get_be64(PQgetvalue(r, i, 2));
+		n++;
+		if (cb(&b, opaque))
+			break;
+	}
+	PQclear(r);
+	return n;
 }
 
 /* "postgresql://" is libpq's own spelling of a connection URL. */
@@ -1775,6 +1991,7 @@ const ackbox_store_ops ackbox_postgres_store = {
 	.purge = pg_purge,
 	.has_pending = pg_has_pending,
 	.force = pg_force,
+	.blocked_keys = pg_blocked_keys,
 	.aliases = pg_aliases,
 	.usage = pg_usage,
 };

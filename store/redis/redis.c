@@ -52,6 +52,15 @@
  * `owner` names the relay handle that inserted or last claimed the message
  * (owner_name()): crash recovery at open takes only leases whose process is
  * gone, never those of a live relay (another publisher on the same prefix).
+ *
+ * Per-key order (delivery.order=key, docs/ordering.md), once installed
+ * (meta field order = 1; every script then keeps these, whatever the
+ * handle's mode):
+ *
+ *   {P}:k:<key>   zset, score 0, of the ids of one key in any state: its
+ *                 first member (lowest id) is the key's head
+ *   {P}:ready     zset by due_ms of the rows an ordered claim may take:
+ *                 pending and either without a key or the head of theirs
  */
 enum { K_META, K_DUE, K_CREATED, K_S0, K_S1, K_S2, K_ALL, K_FAILED, K_BYTES, K_COUNT };
 static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0",   "s1",
@@ -64,6 +73,43 @@ static const char *const field_name[F_COUNT] = {
     "state", "attempts", "created", "updated", "due", "topic", "key",
     "ct",    "headers",  "payload", "last_error", "last_code", "lease", "plen"};
 
+/* The per-key order helpers every script gets (no-ops until installed).
+ * ord_due: a pending row's due changed, or it became pending (requeue);
+ * ord_gone: deleted; ord_failed: FAILED; ord_insert: a new row. */
+#define LUA_ORDER                                                                                  \
+	"local ORD = redis.call('HGET', KEYS[1], 'order') == '1'\n"                               \
+	"local BASE = string.sub(MP, 1, #MP - 2)\n"                                                \
+	"local K_READY, KP = BASE .. 'ready', BASE .. 'k:'\n"                                     \
+	"local function ord_first(key) return redis.call('ZRANGE', KP .. key, 0, 0)[1] end\n"     \
+	"local function ord_due(id, key, due, add)\n"                                             \
+	"  if not ORD then return end\n"                                                          \
+	"  if key and ord_first(key) ~= id then return end\n"                                     \
+	"  if add then redis.call('ZADD', K_READY, due, id)\n"                                    \
+	"  else redis.call('ZADD', K_READY, 'XX', due, id) end\n"                                 \
+	"end\n"                                                                                    \
+	"local function ord_failed(id) if ORD then redis.call('ZREM', K_READY, id) end end\n"     \
+	"local function ord_gone(id, key)\n"                                                      \
+	"  if not ORD then return end\n"                                                          \
+	"  redis.call('ZREM', K_READY, id)\n"                                                     \
+	"  if not key then return end\n"                                                          \
+	"  redis.call('ZREM', KP .. key, id)\n"                                                   \
+	"  local h = ord_first(key)\n"                                                            \
+	"  if h then\n"                                                                            \
+	"    local f = redis.call('HMGET', MP .. h, 'state', 'due')\n"                            \
+	"    if f[1] and f[1] ~= '2' then redis.call('ZADD', K_READY, f[2], h) end\n"             \
+	"  end\n"                                                                                  \
+	"end\n"                                                                                    \
+	"local function ord_insert(id, key, due)\n"                                               \
+	"  if not ORD then return end\n"                                                          \
+	"  if not key then redis.call('ZADD', K_READY, due, id) return end\n"                     \
+	"  local before = ord_first(key)\n"                                                       \
+	"  redis.call('ZADD', KP .. key, 0, id)\n"                                                \
+	"  if ord_first(key) == id then\n"                                                        \
+	"    if before then redis.call('ZREM', K_READY, before) end\n"                            \
+	"    redis.call('ZADD', K_READY, due, id)\n"                                              \
+	"  end\n"                                                                                  \
+	"end\n"
+
 #define LUA_PRELUDE                                                                                \
 	"local MP = ARGV[1]\n"                                                                     \
 	"local K_DUE, K_CREATED, K_ALL, K_FAILED = KEYS[2], KEYS[3], KEYS[7], KEYS[8]\n"          \
@@ -71,7 +117,8 @@ static const char *const field_name[F_COUNT] = {
 	"local function FORGET(k) redis.call('DECRBY', K_BYTES, redis.call('HSTRLEN', k, 'payload')) end\n" \
 	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
-	"'payload','last_error','last_code','lease','plen'}\n"
+	"'payload','last_error','last_code','lease','plen'}\n"                                    \
+	LUA_ORDER
 
 /* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
  * creates it if asked ('!none' if it is missing and not created); refuses
@@ -127,12 +174,15 @@ static const char lua_insert[] = LUA_PRELUDE
     "  redis.call('ZADD', K_CREATED, created, id)\n"
     "  redis.call('ZADD', SK(0), 0, id)\n"
     "  redis.call('ZADD', K_ALL, 0, id)\n"
+    "  ord_insert(id, string.sub(flags, 1, 1) == '1' and ARGV[b + 5] or nil, due)\n"
     "end\n"
     "return n\n";
 
-/* ARGV: MP, now, lease_until, limit, owner. Returns id, fields, id, fields, ... */
+/* ARGV: MP, now, lease_until, limit, owner, mode ('o': ordered, from
+ * {P}:ready). Returns id, fields, id, fields, ... */
 static const char lua_claim[] = LUA_PRELUDE
-    "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', ARGV[2],\n"
+    "local from = (ARGV[6] == 'o') and K_READY or K_DUE\n"
+    "local ids = redis.call('ZRANGEBYSCORE', from, '-inf', ARGV[2],\n"
     "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
     "local out = {}\n"
     "for _, id in ipairs(ids) do\n"
@@ -141,11 +191,13 @@ static const char lua_claim[] = LUA_PRELUDE
     "    redis.call('HINCRBY', k, 'lease', 1)\n"
     "    redis.call('HSET', k, 'due', ARGV[3], 'owner', ARGV[5])\n"
     "    redis.call('ZADD', K_DUE, ARGV[3], id)\n"
+    "    if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[3], id) end\n"
     "    out[#out + 1] = id\n"
     "    out[#out + 1] = redis.call('HMGET', k, unpack(F))\n"
     "  else\n"
     "    redis.call('ZREM', K_DUE, id)\n"
     "    redis.call('ZREM', K_CREATED, id)\n"
+    "    if ORD then redis.call('ZREM', K_READY, id) end\n"
     "  end\n"
     "end\n"
     "return out\n";
@@ -158,12 +210,13 @@ static const char lua_apply[] = LUA_PRELUDE
     "  local b = 4 + i * 8\n"
     "  local kind, id = ARGV[b], ARGV[b + 1]\n"
     "  local k = MP .. id\n"
-    "  local cur = redis.call('HMGET', k, 'state', 'lease')\n"
+    "  local cur = redis.call('HMGET', k, 'state', 'lease', 'key')\n"
     "  local st = cur[1]\n"
     "  if st and cur[2] == ARGV[b + 2] then\n"
     "    if kind == '1' then\n"
     "      FORGET(k)\n"
     "      redis.call('DEL', k)\n"
+    "      ord_gone(id, cur[3] or nil)\n"
     "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "      redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
     "      redis.call('ZREM', K_FAILED, id)\n"
@@ -178,14 +231,17 @@ static const char lua_apply[] = LUA_PRELUDE
     "      if kind == '2' then\n"
     "        redis.call('HSET', k, 'due', ARGV[b + 4])\n"
     "        redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
+    "        ord_due(id, cur[3] or nil, ARGV[b + 4], false)\n"
     "      else\n"
     "        redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "        redis.call('ZADD', K_FAILED, now, id)\n"
+    "        ord_failed(id)\n"
     "      end\n"
     "      done = done + 1\n"
     "    elseif st ~= '2' and kind == '4' then\n"
     "      redis.call('HSET', k, 'due', ARGV[b + 4])\n"
     "      redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
+    "      ord_due(id, cur[3] or nil, ARGV[b + 4], false)\n"
     "      done = done + 1\n"
     "    end\n"
     "  end\n"
@@ -214,6 +270,7 @@ static const char lua_take[] = LUA_PRELUDE
     "  if cur[2] and (cur[1] or '') == ARGV[i + 1] and tonumber(cur[2]) > now then\n"
     "    redis.call('HSET', k, 'due', ARGV[2])\n"
     "    redis.call('ZADD', K_DUE, ARGV[2], ARGV[i])\n"
+    "    if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[2], ARGV[i]) end\n"
     "    n = n + 1\n"
     "  end\n"
     "end\n"
@@ -244,13 +301,14 @@ static const char lua_requeue[] = LUA_PRELUDE
     "local n = 0\n"
     "for _, id in ipairs(ids) do\n"
     "  local k = MP .. id\n"
-    "  local cur = redis.call('HMGET', k, 'state', 'created')\n"
+    "  local cur = redis.call('HMGET', k, 'state', 'created', 'key')\n"
     "  if cur[1] == '2' then\n"
     "    redis.call('HSET', k, 'state', '1', 'attempts', '0', 'due', ARGV[2], 'updated', ARGV[2])\n"
     "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_FAILED, id)\n"
     "    redis.call('ZADD', SK(1), 0, id)\n"
     "    redis.call('ZADD', K_DUE, ARGV[2], id)\n"
     "    redis.call('ZADD', K_CREATED, cur[2], id)\n"
+    "    ord_due(id, cur[3] or nil, ARGV[2], true)\n"
     "    n = n + 1\n"
     "  elseif ARGV[3] == 'all' then\n"
     "    redis.call('ZREM', SK(2), id)\n"
@@ -266,10 +324,12 @@ static const char lua_purge[] = LUA_PRELUDE
     "for _, id in ipairs(ids) do\n"
     "  local k = MP .. id\n"
     "  redis.call('ZREM', K_FAILED, id)\n"
-    "  if redis.call('HGET', k, 'state') == '2' then\n"
+    "  local cur = redis.call('HMGET', k, 'state', 'key')\n"
+    "  if cur[1] == '2' then\n"
     "    FORGET(k)\n"
     "    redis.call('DEL', k)\n"
     "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_ALL, id)\n"
+    "    ord_gone(id, cur[2] or nil)\n"
     "    n = n + 1\n"
     "  end\n"
     "end\n"
@@ -282,7 +342,8 @@ static const char lua_purge[] = LUA_PRELUDE
 static const char lua_force[] = LUA_PRELUDE
     "local now, kind, id = ARGV[2], ARGV[3], ARGV[4]\n"
     "local k = MP .. id\n"
-    "local st = redis.call('HGET', k, 'state')\n"
+    "local cur = redis.call('HMGET', k, 'state', 'key')\n"
+    "local st = cur[1]\n"
     "if not st then return 0 end\n"
     "redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "redis.call('ZREM', SK(st), id)\n"
@@ -290,8 +351,10 @@ static const char lua_force[] = LUA_PRELUDE
     "  FORGET(k)\n"
     "  redis.call('DEL', k)\n"
     "  redis.call('ZREM', K_ALL, id); redis.call('ZREM', K_FAILED, id)\n"
+    "  ord_gone(id, cur[2] or nil)\n"
     "  return 1\n"
     "end\n"
+    "ord_failed(id)\n"
     "redis.call('HSET', k, 'state', '2', 'last_code', ARGV[7], 'updated', now)\n"
     "if ARGV[5] == '1' then redis.call('HSET', k, 'last_error', ARGV[6])\n"
     "else redis.call('HDEL', k, 'last_error') end\n"
@@ -314,19 +377,59 @@ static const char lua_damaged[] = LUA_PRELUDE
     "if redis.call('HEXISTS', k, 'topic') == 0 then redis.call('HSET', k, 'topic', '') end\n"
     "redis.call('ZADD', SK(2), 0, id); redis.call('ZADD', K_ALL, 0, id)\n"
     "redis.call('ZADD', K_FAILED, now, id)\n"
+    "ord_failed(id)\n"
     "return 1\n";
+
+/* ARGV: MP, start ('-' or '(id'), max. Installs per-key order, a page of
+ * ids at a time: every row joins its key's set, then, in a second pass
+ * (ARGV[4] == '2'), pending heads and rows without a key join {P}:ready.
+ * The last call of the second pass sets meta order = 1. Returns {looked
+ * at, last id}. */
+static const char lua_order_build[] = LUA_PRELUDE
+    "local ids = redis.call('ZRANGEBYLEX', K_ALL, ARGV[2], '+', 'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local f = redis.call('HMGET', MP .. id, 'state', 'due', 'key')\n"
+    "  if f[1] then\n"
+    "    if ARGV[4] == '1' then\n"
+    "      if f[3] then redis.call('ZADD', KP .. f[3], 0, id) end\n"
+    "    elseif f[1] ~= '2' and (not f[3] or ord_first(f[3]) == id) then\n"
+    "      redis.call('ZADD', K_READY, f[2], id)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[4] == '2' and #ids < tonumber(ARGV[3]) then\n"
+    "  redis.call('HSET', KEYS[1], 'order', '1')\n"
+    "end\n"
+    "return {#ids, ids[#ids] or ''}\n";
+
+/* ARGV: MP, max. Keys whose head is FAILED: {id, key, waiting, ...}. */
+static const char lua_blocked[] = LUA_PRELUDE
+    "local out = {}\n"
+    "if not ORD then return out end\n"
+    "for _, id in ipairs(redis.call('ZRANGE', SK(2), 0, -1)) do\n"
+    "  local key = redis.call('HGET', MP .. id, 'key')\n"
+    "  if key and ord_first(key) == id then\n"
+    "    out[#out + 1] = id\n"
+    "    out[#out + 1] = key\n"
+    "    out[#out + 1] = redis.call('ZCARD', KP .. key) - 1\n"
+    "    if #out >= 3 * tonumber(ARGV[2]) then break end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* Messages in every state and their payload bytes (the backlog bound). */
 static const char lua_usage[] = LUA_PRELUDE
     "return {redis.call('ZCARD', K_ALL), tonumber(redis.call('GET', K_BYTES) or '0')}\n";
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_COUNT };
-static const char *const scripts[SC_COUNT] = {lua_open,   lua_insert,  lua_claim,
-                                              lua_apply,  lua_recover, lua_counts,
-                                              lua_page,   lua_requeue, lua_purge,
-                                              lua_force,  lua_take,    lua_damaged,
-                                              lua_usage};
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
+static const char *const scripts[SC_COUNT] = {
+    [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
+    [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
+    [SC_PAGE] = lua_page,       [SC_REQUEUE] = lua_requeue, [SC_PURGE] = lua_purge,
+    [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_DAMAGED] = lua_damaged,
+    [SC_USAGE] = lua_usage,     [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
+};
 
 typedef struct rd_ctx {
 	redisContext *rc;       /* NULL while disconnected; the next call reconnects */
@@ -342,6 +445,7 @@ typedef struct rd_ctx {
 	int64_t cmd_ms;
 	char sha[SC_COUNT][41];
 	const ackbox_conf *conf; /* for logging; outlives the store (the handle owns it) */
+	int ordered;            /* delivery.order=key: claims from {P}:ready */
 	int absent; /* no {P}:meta yet (store.create=insert): the first insert writes it */
 	char owner[256]; /* this handle, as messages name their relay (owner_name) */
 } rd_ctx;
@@ -1139,6 +1243,52 @@ static int check_schema(rd_ctx *c, int create, char *errstr, size_t errstr_size)
 	return rc;
 }
 
+/*
+ * delivery.order=key on a store that does not keep per-key order yet:
+ * builds the key sets and {P}:ready a page at a time (two passes), so no
+ * script blocks the server for long. Writers that do not know the order
+ * objects must not run meanwhile (docs/ordering.md).
+ */
+static int order_install(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	redisReply *r;
+	const char *av[3] = {"HGET", c->keys[K_META], "order"};
+	int rc = simple(c, "reading the schema", &r, errstr, errstr_size, 3, av);
+	int have;
+	if (rc)
+		return rc;
+	have = is_str(r) && strcmp(r->str, "1") == 0;
+	freeReplyObject(r);
+	if (have)
+		return 0;
+	for (int pass = 1; pass <= 2; pass++) {
+		char start[ACKBOX_ID_STRLEN + 2] = "-";
+		for (;;) {
+			args a;
+			int64_t seen;
+			rc = args_init(&a, SCRIPT_HEAD + 3, 2);
+			if (rc)
+				return rc;
+			args_script(c, &a, SC_ORDER_BUILD);
+			args_str(&a, start);
+			args_u64(&a, SWEEP);
+			args_i64(&a, pass);
+			rc = run_script(c, &a, SC_ORDER_BUILD, "installing per-key order", &r, errstr,
+			                errstr_size);
+			args_fini(&a);
+			if (rc)
+				return rc;
+			seen = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? num(r->element[0]) : 0;
+			if (seen && is_str(r->element[1]))
+				snprintf(start, sizeof(start), "(%s", r->element[1]->str);
+			freeReplyObject(r);
+			if (seen < SWEEP)
+				break;
+		}
+	}
+	return 0;
+}
+
 static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, ackbox_sync sync,
                    char *errstr, size_t errstr_size)
 {
@@ -1172,6 +1322,13 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		                  c->where, c->keys[K_META]);
 		rc = ACKBOX_ERR_STORE_SCHEMA;
 	}
+	if (rc == 0) {
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		c->ordered = order && strcmp(order, "key") == 0;
+		/* an absent store gets it with its meta hash, at the first insert */
+		if (c->ordered && !c->absent)
+			rc = order_install(c, errstr, errstr_size);
+	}
 	if (rc)
 		rd_close(c);
 	return rc;
@@ -1198,6 +1355,8 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		return rc;
 	if (c->absent) {
 		rc = check_schema(c, 1, errstr, errstr_size);
+		if (rc == 0 && c->ordered)
+			rc = order_install(c, errstr, errstr_size);
 		if (rc)
 			return rc;
 		c->absent = 0;
@@ -1317,13 +1476,14 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
-	if (args_init(&a, SCRIPT_HEAD + 4, 3) != 0)
+	if (args_init(&a, SCRIPT_HEAD + 5, 3) != 0)
 		return ACKBOX_ERR_NOMEM;
 	args_script(c, &a, SC_CLAIM);
 	args_i64(&a, now_ms);
 	args_i64(&a, lease_until_ms);
 	args_u64(&a, limit);
 	args_str(&a, c->owner);
+	args_str(&a, c->ordered ? "o" : "-");
 	rc = run_script(c, &a, SC_CLAIM, "claim", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -1369,6 +1529,41 @@ static int sweep(rd_ctx *c, int which, const char *what, int64_t arg, const char
 			break;
 	}
 	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+/* Keys whose head (oldest message) is FAILED; none before per-key order is installed. */
+static int rd_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                           char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	args a;
+	redisReply *r;
+	int rc = ready(c, errstr, errstr_size), n = 0;
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD + 1, 1) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_BLOCKED);
+	args_u64(&a, limit ? limit : (uint64_t)INT32_MAX);
+	rc = run_script(c, &a, SC_BLOCKED, "blocked keys", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 3 <= r->elements; i += 3) {
+		ackbox_store_blocked b;
+		memset(&b, 0, sizeof(b));
+		if (!is_str(r->element[i]) || ackbox_id_parse(r->element[i]->str, &b.failed_id) != 0 ||
+		    !is_str(r->element[i + 1]))
+			continue;
+		b.key = r->element[i + 1]->str;
+		b.key_len = r->element[i + 1]->len;
+		b.waiting = (uint64_t)num(r->element[i + 2]);
+		n++;
+		if (cb(&b, opaque))
+			break;
+	}
+	freeReplyObject(r);
+	return n;
 }
 
 /*
@@ -1701,4 +1896,5 @@ const ackbox_store_ops ackbox_redis_store = {
 	.has_pending = rd_has_pending,
 	.force = rd_force,
 	.usage = rd_usage,
+	.blocked_keys = rd_blocked_keys,
 };

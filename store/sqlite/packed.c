@@ -252,8 +252,8 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 	sq_batch *b = NULL;
 	int held, rc;
 
-	if (n < PACK_MIN || n > UINT32_MAX)
-		return 0;
+	if (n < PACK_MIN || n > UINT32_MAX || c->ordered)
+		return 0; /* an ordered claim must see every message as a row */
 	for (size_t i = 0; i < n; i++) {
 		if (recs[i].due_ms != recs[0].due_ms)
 			return 0;
@@ -766,6 +766,80 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 		r->blob = NULL;
 	}
 	return rc ? rc : (int)handed;
+}
+
+/*
+ * Per-key order (delivery.order=key) needs every pending message to be a
+ * row the ordered claim can see. An ordered store writes no batches, but a
+ * file may hold some from before: every due batch is written out as rows
+ * (SENDING, attempts 0, due now) and deleted. Members acked in this
+ * process's memory or moved out already are skipped. Returns the number of
+ * rows written, or an error.
+ */
+int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	sqlite3_stmt *q = c->pk[PK_DUE];
+	int total = 0;
+	for (;;) {
+		pk_raw heads[16];
+		size_t nh = 0;
+		int rc;
+		sqlite3_bind_int64(q, 1, now_ms);
+		sqlite3_bind_int64(q, 2, (sqlite3_int64)(sizeof(heads) / sizeof(heads[0])));
+		sqlite3_bind_int64(q, 3, c->owner); /* not another live relay's (SQ_NOT_HELD) */
+		while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+			memset(&heads[nh], 0, sizeof(heads[nh]));
+			heads[nh].bseq = sqlite3_column_int64(q, 0);
+			heads[nh].n = (uint32_t)sqlite3_column_int64(q, 1);
+			heads[nh].lease = sqlite3_column_int64(q, 3);
+			nh++;
+		}
+		sqlite3_reset(q);
+		if (rc != SQLITE_DONE)
+			return sq_error(c->db, rc, c->path, "unpacking batches", errstr, errstr_size);
+		if (nh == 0)
+			return total;
+		for (size_t i = 0; i < nh; i++) {
+			pk_raw *r = &heads[i];
+			uint8_t *skip = calloc(1, (r->n + 7) / 8 + 1);
+			char *tbuf = NULL;
+			sq_batch *mine = batch_find(c, r->bseq);
+			size_t off = 0;
+			int64_t due;
+			if (!skip)
+				return ACKBOX_ERR_NOMEM;
+			rc = final_members(c, r, skip, errstr, errstr_size);
+			if (rc == 0)
+				rc = batch_blob(c, r->bseq, r->lease, &r->blob, &r->len, &due, errstr,
+				                errstr_size);
+			if (rc == 0 && !(tbuf = malloc(r->len + 2)))
+				rc = ACKBOX_ERR_NOMEM;
+			for (uint32_t k = 0; rc == 0 && k < r->n; k++) {
+				ackbox_store_row m;
+				size_t tused;
+				if (sq_member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
+					rc = corrupt(c, r->bseq, errstr, errstr_size);
+					break;
+				}
+				if (skip[k / 8] >> (k % 8) & 1)
+					continue;
+				/* the batch's lease: whoever owned it owns its rows */
+				rc = row_add(c, &m, ACKBOX_MSG_SENDING, 0, now_ms, now_ms, NULL, 0, r->lease,
+				             errstr, errstr_size);
+				total++;
+			}
+			if (rc == 0)
+				rc = batch_row_delete(c, r->bseq, r->lease, errstr, errstr_size);
+			if (rc == 0 && mine)
+				batch_forget(c, mine);
+			free(skip);
+			free(tbuf);
+			free(r->blob);
+			if (rc < 0)
+				return rc;
+			/* rc > 0: changed under us; the next round sees what is left */
+		}
+	}
 }
 
 /* ------------------------------------------------------------------ */

@@ -75,6 +75,34 @@ static const char schema_sql[] =
     " pid INTEGER NOT NULL, start INTEGER NOT NULL, boot TEXT NOT NULL, pidns TEXT NOT NULL,"
     " since_ms INTEGER NOT NULL);";
 
+/*
+ * Per-key order (delivery.order=key, docs/ordering.md). `head` is 1 on the
+ * oldest row (lowest id) of each key, in any state; triggers keep it so for
+ * every writer of the file, the application's transactional enqueue
+ * included. The ordered claim takes only heads and rows without a key, from
+ * a partial index that holds nothing else, so a deep backlog of one key
+ * costs nothing per claim. Installed by the first handle that opens the
+ * file with delivery.order=key (one transaction), kept afterwards.
+ */
+static const char order_sql[] =
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_key ON ackbox_outbox(msg_key, id)"
+    " WHERE msg_key IS NOT NULL;"
+    "UPDATE ackbox_outbox SET head = 1 WHERE msg_key IS NOT NULL AND head = 0 AND NOT EXISTS"
+    " (SELECT 1 FROM ackbox_outbox p WHERE p.msg_key = ackbox_outbox.msg_key"
+    " AND p.id < ackbox_outbox.id);"
+    "CREATE INDEX IF NOT EXISTS ackbox_outbox_ready ON ackbox_outbox(due_ms)"
+    " WHERE state < 2 AND (msg_key IS NULL OR head = 1);"
+    "CREATE TRIGGER IF NOT EXISTS ackbox_outbox_head_ins AFTER INSERT ON ackbox_outbox"
+    " WHEN new.msg_key IS NOT NULL BEGIN"
+    " UPDATE ackbox_outbox SET head = 1 WHERE seq = new.seq AND NOT EXISTS"
+    " (SELECT 1 FROM ackbox_outbox p WHERE p.msg_key = new.msg_key AND p.id < new.id);"
+    " END;"
+    "CREATE TRIGGER IF NOT EXISTS ackbox_outbox_head_del AFTER DELETE ON ackbox_outbox"
+    " WHEN old.head = 1 AND old.msg_key IS NOT NULL BEGIN"
+    " UPDATE ackbox_outbox SET head = 1 WHERE seq = (SELECT seq FROM ackbox_outbox"
+    " WHERE msg_key = old.msg_key ORDER BY id LIMIT 1);"
+    " END;";
+
 #define ROW_COLS                                                                                   \
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
 	"headers, payload, last_error, last_code, lease"
@@ -271,6 +299,7 @@ static void sq_close(void *vctx)
 	sq_ctx *c = vctx;
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(c->st[i]);
+	sqlite3_finalize(c->claim_ordered);
 	close_handover(c);
 	sq_pack_close(c);
 	if (c->db)
@@ -399,6 +428,82 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 		                  c->path, version, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
+	return 0;
+}
+
+/* One integer from a query without parameters; -1 on error. */
+static int query_int(sq_ctx *c, const char *sql)
+{
+	sqlite3_stmt *s;
+	int v = -1;
+	if (sqlite3_prepare_v2(c->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		v = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	return v;
+}
+
+/* Whether the file has the per-key order objects (head column, triggers). */
+static int order_present(sq_ctx *c)
+{
+	return query_int(c, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+	                    " AND name = 'ackbox_outbox_head_del'") == 1;
+}
+
+/*
+ * delivery.order=key: installs the per-key order objects if the file lacks
+ * them (one transaction, so every writer sees all or none) and prepares
+ * the ordered claim.
+ */
+static const char claim_ordered_sql[] =
+    "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND"
+    " (msg_key IS NULL OR head = 1) AND due_ms <= ?1"
+    " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2";
+
+static int order_open(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	char buf[1024];
+	int rc = SQLITE_OK;
+	if (!order_present(c)) {
+		rc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+		if (rc == SQLITE_OK && query_int(c, "SELECT count(*) FROM pragma_table_info("
+		                                    "'ackbox_outbox') WHERE name = 'head'") == 0)
+			rc = sqlite3_exec(c->db,
+			                  "ALTER TABLE ackbox_outbox ADD COLUMN head INTEGER NOT NULL"
+			                  " DEFAULT 0",
+			                  NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(c->db, order_sql, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+		if (rc != SQLITE_OK) {
+			rc = sq_error(c->db, rc, c->path, "installing per-key order", errstr,
+			              errstr_size);
+			sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+			return rc;
+		}
+	}
+	c->order_installed = 1;
+	c->ordered = 1;
+	/* The WHERE repeats the partial index's, so the planner uses it. A head
+	 * another live relay holds is not taken (SQ_NOT_HELD, as ST_CLAIM_SEL),
+	 * and the rows behind it are not heads: the key stays on that relay. */
+	rc = sqlite3_prepare_v3(c->db,
+	                        sq_stmt_sql(c, claim_ordered_sql, buf, sizeof(buf)), -1,
+	                        SQLITE_PREPARE_PERSISTENT, &c->claim_ordered, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "preparing statements", errstr, errstr_size);
+	return 0;
+}
+
+/* After the statements: order_open() if this handle claims in key order,
+ * else only whether the file has the order objects (blocked_keys). */
+static int order_setup(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	if (c->order_wanted)
+		return order_open(c, errstr, errstr_size);
+	c->order_installed = order_present(c);
 	return 0;
 }
 
@@ -605,6 +710,8 @@ static int materialize(sq_ctx *c, char *errstr, size_t errstr_size)
 	rc = create_schema(c, errstr, errstr_size);
 	if (rc == 0)
 		rc = prepare_all(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = order_setup(c, errstr, errstr_size);
 	if (rc)
 		return rc; /* close() finalizes what was prepared */
 	c->absent = 0;
@@ -634,7 +741,9 @@ static int finish_open(sq_ctx *c, const sq_schema *have, char *errstr, size_t er
 		rc = create_schema(c, errstr, errstr_size);
 	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
 		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
-	return rc ? rc : prepare_all(c, errstr, errstr_size);
+	if (rc == 0)
+		rc = prepare_all(c, errstr, errstr_size);
+	return rc ? rc : order_setup(c, errstr, errstr_size);
 }
 
 static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
@@ -681,6 +790,10 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		return ACKBOX_ERR_BAD_URL;
 	c->create = create_mode(conf);
 	c->sender = ackbox_conf_get(conf, "transport.url") != NULL;
+	{
+		const char *order = ackbox_conf_get(conf, "delivery.order");
+		c->order_wanted = order && strcmp(order, "key") == 0;
+	}
 	c->path = url_to_path(url);
 	if (!c->path)
 		return ACKBOX_ERR_NOMEM;
@@ -973,6 +1086,17 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 		rollback(c);
 		return rc;
 	}
+	if (c->ordered) {
+		/* every message a row, then only the oldest of each key (order_sql) */
+		rc = sq_pack_unpack_due(c, now_ms, errstr, errstr_size);
+		if (rc < 0) {
+			rollback(c);
+			return rc;
+		}
+		s = c->claim_ordered;
+		nb = 0;
+		goto rows;
+	}
 	/* Packed batches get half the room first, rows what is left, then
 	 * batches the rest: neither waits behind a backlog of the other. */
 	rc = sq_pack_claim(c, now_ms, lease_until_ms, limit / 2 ? limit / 2 : 1, cb, opaque, &stop,
@@ -982,6 +1106,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 		return rc;
 	}
 	nb = (size_t)rc;
+rows:
 	sqlite3_bind_int64(s, 1, now_ms);
 	sqlite3_bind_int64(s, 2, nb < limit ? (sqlite3_int64)(limit - nb) : 0);
 	sqlite3_bind_int64(s, 3, c->owner);
@@ -1029,7 +1154,7 @@ static int sq_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 		}
 	}
 	rows = n;
-	if (!stop && nb + rows < limit) {
+	if (!stop && nb + rows < limit && !c->ordered) {
 		rc = sq_pack_claim(c, now_ms, lease_until_ms, limit - nb - rows, cb, opaque, &stop,
 		                   errstr, errstr_size);
 		if (rc < 0) {
@@ -1549,6 +1674,46 @@ static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	return 1;
 }
 
+/*
+ * Keys whose head (oldest row) is FAILED. Read-only; a file never opened
+ * with delivery.order=key has no heads and so no blocked keys.
+ */
+static int sq_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                           char *errstr, size_t errstr_size)
+{
+	sq_ctx *c = vctx;
+	sqlite3_stmt *s;
+	int rc, n = 0, stop = 0;
+	if (c->absent) /* store.create=insert, nothing inserted yet */
+		return 0;
+	if (!c->order_installed && !(c->order_installed = order_present(c)))
+		return 0;
+	rc = sqlite3_prepare_v2(c->db,
+	                        "SELECT f.msg_key, f.id, (SELECT count(*) FROM ackbox_outbox p"
+	                        " WHERE p.msg_key = f.msg_key AND p.state < 2)"
+	                        " FROM ackbox_outbox f WHERE f.state = 2 AND f.head = 1"
+	                        " AND f.msg_key IS NOT NULL ORDER BY f.seq LIMIT ?1",
+	                        -1, &s, NULL);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "blocked keys", errstr, errstr_size);
+	sqlite3_bind_int64(s, 1, limit ? (sqlite3_int64)limit : -1);
+	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		ackbox_store_blocked b;
+		memset(&b, 0, sizeof(b));
+		b.key = sqlite3_column_blob(s, 0);
+		b.key_len = (size_t)sqlite3_column_bytes(s, 0);
+		if (sqlite3_column_bytes(s, 1) == 16)
+			memcpy(b.failed_id.b, sqlite3_column_blob(s, 1), 16);
+		b.waiting = (uint64_t)sqlite3_column_int64(s, 2);
+		n++;
+		stop = cb(&b, opaque);
+	}
+	sqlite3_finalize(s);
+	if (!stop && rc != SQLITE_DONE)
+		return sq_error(c->db, rc, c->path, "blocked keys", errstr, errstr_size);
+	return n;
+}
+
 const ackbox_store_ops ackbox_sqlite_store = {
 	.abi_version = ACKBOX_STORE_ABI_VERSION,
 	.struct_size = sizeof(ackbox_store_ops),
@@ -1572,6 +1737,7 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.sync = sq_sync,
 	.force = sq_force,
 	.usage = sq_usage,
+	.blocked_keys = sq_blocked_keys,
 };
 
 /* ------------------------------------------------------------------ */

@@ -118,6 +118,12 @@ typedef struct sq_ctx {
 	/* this relay's ownership of rows (owner.c) */
 	int64_t owner;            /* its ackbox_owner row, 0 until registered */
 	int64_t owners_checked_ms; /* when the other owners were last looked at */
+
+	/* delivery.order=key (docs/ordering.md) */
+	int order_wanted;               /* conf says delivery.order=key */
+	int ordered;                /* this handle claims in key order, writes no batches */
+	int order_installed;        /* the file has the head column and its triggers */
+	sqlite3_stmt *claim_ordered; /* prepared when ordered */
 } sq_ctx;
 
 /* Walks the packed members that are not final, batch by batch (in the
@@ -241,6 +247,10 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
  */
 int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                   size_t errstr_size);
+
+/* Inside claim()'s transaction, ordered mode: writes every due batch out
+ * as rows. Returns the rows written, or an error. */
+int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_size);
 
 /* Members not yet final, and the oldest one's created_ms (0 if none). */
 int sq_pack_counts(sq_ctx *c, uint64_t *pending, int64_t *oldest_ms, char *errstr,

@@ -36,6 +36,8 @@ __attribute__((noreturn, format(printf, 4, 5))) void crshim_fail(const char *fil
                                                                   const char *what,
                                                                   const char *fmt, ...);
 __attribute__((format(printf, 1, 2))) void crshim_log(const char *fmt, ...);
+/* Runs the registered tests (what main does); exit status. */
+int crshim_run(int argc, char **argv);
 
 #define TestSuite(s_, ...)                                                                         \
 	static struct crshim_suite crshim_s_##s_ = {.name = #s_, __VA_ARGS__};                     \

@@ -1,5 +1,5 @@
 # ackbox_add_crash_tests(<transport> FIXTURE <fixture> ADAPTER <crash_adapter.sh>
-#                        [MODES kill9 outage] [POINTS] [ENV KEY=VALUE...])
+#                        [MODES kill9 outage] [POINTS] [ENVIRONMENT <KEY=value>...])
 #
 # Adds the crash and outage suite (docs/reliability.md) for one transport:
 # crash_kill9_<transport> (the CLI's publish killed with -9 at random moments,
@@ -9,8 +9,9 @@
 # and restart its broker). ADAPTER tells the harness how to reach, consume
 # from, stop and start that broker (the interface is in harness.sh). With
 # POINTS, also crash_point_<point>_<transport> for every crash point of the
-# core (a CLI built with ACKBOX_CRASH_POINTS dies there). ENV: more
-# environment for the harness and the adapter (generator expressions allowed).
+# core (a CLI built with ACKBOX_CRASH_POINTS dies there). ENVIRONMENT is
+# set for every one of these tests (the adapter reads it: the path of a
+# consumer built in the folder, say; values may be generator expressions).
 #
 # A transport's tests/CMakeLists.txt calls it; tests/CMakeLists.txt includes
 # this file before adding them. Every test and the fixture carry the label
@@ -18,7 +19,7 @@
 include_guard(GLOBAL)
 
 function(ackbox_add_crash_tests broker)
-  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "MODES;ENV" ${ARGN})
+  cmake_parse_arguments(C "POINTS" "FIXTURE;ADAPTER" "MODES;ENVIRONMENT" ${ARGN})
   if(NOT C_FIXTURE OR NOT C_ADAPTER)
     message(FATAL_ERROR "ackbox_add_crash_tests(${broker}): FIXTURE and ADAPTER are required")
   endif()
@@ -29,7 +30,7 @@ function(ackbox_add_crash_tests broker)
   set(harness ${PROJECT_SOURCE_DIR}/tests/crash/harness.sh)
   set(envfile ${ACKBOX_FIXTURE_DIR}/${C_FIXTURE}/env)
   set(env "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;CRASH_RESULTS=${CMAKE_BINARY_DIR}/crash-results.txt")
-  list(APPEND env ${C_ENV})
+  list(APPEND env ${C_ENVIRONMENT})
   set(names "")
   if(NOT C_MODES)
     set(C_MODES kill9 outage)
@@ -59,7 +60,7 @@ function(ackbox_add_crash_tests broker)
   endforeach()
 endfunction()
 
-# ackbox_add_netfault_test(<transport> FIXTURE <fixture> [ENV KEY=VALUE...])
+# ackbox_add_netfault_test(<transport> FIXTURE <fixture> [ENVIRONMENT KEY=VALUE...])
 #
 # crash_netfault_<transport>: tests/crash/netfault.sh runs the CLI through
 # tests/tools/faultproxy.py against the broker FIXTURE started (reset,
@@ -70,7 +71,7 @@ endfunction()
 # 20 s (NETFAULT_UNREACHABLE_S), not the 60 s of run-full.sh's series, so that
 # the three brokers' scenarios take about a minute each.
 function(ackbox_add_netfault_test broker)
-  cmake_parse_arguments(N "" "FIXTURE" "ENV" ${ARGN})
+  cmake_parse_arguments(N "" "FIXTURE" "ENVIRONMENT" ${ARGN})
   if(NOT N_FIXTURE)
     message(FATAL_ERROR "ackbox_add_netfault_test(${broker}): FIXTURE is required")
   endif()
@@ -83,7 +84,7 @@ function(ackbox_add_netfault_test broker)
             ${ACKBOX_FIXTURE_DIR}/${N_FIXTURE}/env ${PROJECT_SOURCE_DIR}/tests/tools/faultproxy.py)
   set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED ${N_FIXTURE} TIMEOUT 600
     LABELS first_pass_only ENVIRONMENT
-    "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;NETFAULT_RESULTS=${CMAKE_BINARY_DIR}/netfault-results.txt;NETFAULT_UNREACHABLE_S=20;${N_ENV}")
+    "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;NETFAULT_RESULTS=${CMAKE_BINARY_DIR}/netfault-results.txt;NETFAULT_UNREACHABLE_S=20;${N_ENVIRONMENT}")
 endfunction()
 
 # ackbox_add_crash_tool(<VAR> <target>): BUILD/crash-tools.env, which the

@@ -39,6 +39,19 @@
 #                  It may use $work (scratch dir), $size (payload bytes), $n,
 #                  $cli, $store, $ledger, $trials, fail MESSAGE, and append
 #                  background pids to pids.
+#                  Optional:
+#                    trial_sets        consumer_start may fill this array with
+#                                      extra CLI arguments for the trial's
+#                                      publish and relay (a stream named
+#                                      after TOPIC, say); emptied before it
+#                    crash_no_duplicates=1
+#                                      the broker drops a resend of a message
+#                                      it holds (by the id on the wire): a
+#                                      duplicate read back fails the trial
+#                    trial_note TRIAL  prints " key=value" fields to append
+#                                      to the trial's result line (it may
+#                                      read $work/publish-TRIAL.err and
+#                                      $work/relay-TRIAL.err)
 #   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_KILL_FROM (store: the
 #   kill9 delay counts from the store file's creation; start: from the
 #   launch), CRASH_OUTAGE_TRIALS (1),
@@ -131,6 +144,7 @@ check_trial() { # trial topic store ledger
   local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}${crash_tag:+ $crash_tag} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
   [ -s "$work/queue-after-restart-$i" ] &&
     line+=" confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")"
+  if declare -F trial_note >/dev/null; then line="$line$(trial_note "$i")"; fi
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
   if [ "$lost" -ne 0 ]; then
@@ -146,6 +160,8 @@ check_trial() { # trial topic store ledger
   [ "$extra" -eq 0 ] || fail "trial $i received $extra message(s) that were never published"
   [ "$sending" = 0 ] && [ "$retrying" = 0 ] || fail "trial $i left rows pending: $st"
   [ "$failed" = 0 ] || fail "trial $i has $failed FAILED message(s): $("$cli" list --store "$store" --state failed --limit 3)"
+  [ "${crash_no_duplicates:-0}" != 1 ] || [ "$dups" -eq 0 ] ||
+    fail "trial $i: $dups duplicate(s) read back, from a broker that drops resends by message id"
   totals_trials=$((totals_trials + 1))
   totals_accepted=$((totals_accepted + accepted))
   totals_lost=$((totals_lost + lost))
@@ -172,6 +188,7 @@ for i in $(seq 1 "$trials"); do
   store="sqlite://$work/outbox-$i.db"
   ledger="$work/ledger-$i"
   : > "$ledger"
+  trial_sets=()
   consumer_start "$topic"
   pub_cli=$cli
   [ "$mode" = point ] && pub_cli=${CRASH_CLI:?point mode needs CRASH_CLI}
@@ -181,7 +198,7 @@ for i in $(seq 1 "$trials"); do
   [ "$mode" = kill9 ] && [ $((i % 2)) -eq 1 ] && batch=10
   ACKBOX_CRASH_AT=${CRASH_POINT:-} \
   "$pub_cli" publish --store "$store" --transport "$url" --topic "$topic" --count "$n" --size "$size" \
-    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
+    --batch "$batch" --ledger "$ledger" "${sets[@]}" "${pub_sets[@]}" "${trial_sets[@]}" > "$work/publish-$i.out" 2> "$work/publish-$i.err" &
   pub=$!
   pids+=("$pub")
   case "$mode" in
@@ -217,7 +234,7 @@ for i in $(seq 1 "$trials"); do
       continue
     fi
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;
@@ -228,7 +245,7 @@ for i in $(seq 1 "$trials"); do
       fail "publish did not die at $CRASH_POINT (exit $rc): $(cat "$work/publish-$i.err")"
     log "trial $i: died at $CRASH_POINT with $(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger") accepted, $("$cli" status --store "$store" --json | jq -c '{sending,retrying}') in the store"
     rc=0
-    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" \
+    "$cli" relay --store "$store" --transport "$url" --until-empty --max-seconds 120 "${sets[@]}" "${trial_sets[@]}" \
       > "$work/relay-$i.out" 2> "$work/relay-$i.err" || rc=$?
     [ "$rc" -eq 0 ] || fail "relay --until-empty exited $rc: $(cat "$work/relay-$i.err")"
     ;;

@@ -310,6 +310,51 @@ Test(abi, garbage_and_duplicates_are_refused)
 	cr_assert(strstr(err, "send"), "%s", err);
 }
 
+static int trap_blocked_keys(void *ctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
+                             char *errstr, size_t errstr_size)
+{
+	(void)ctx, (void)limit, (void)cb, (void)opaque, (void)errstr, (void)errstr_size;
+	atomic_fetch_add(&trap_calls, 1);
+	return 0;
+}
+
+static int no_blocked(const ackbox_blocked_key *b, void *opaque)
+{
+	(void)b, (void)opaque;
+	return 0;
+}
+
+Test(abi, store_1_4_cannot_keep_per_key_order)
+{
+	/* blocked_keys (1.5) is what promises the ordered claim: a 1.4 table
+	 * with a pointer past its end neither gets called nor opens with
+	 * delivery.order=key */
+	char err[512] = "", url[1200];
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	ackbox_store_ops old = *ackbox_store_lookup("sqlite");
+	old.abi_version = ACKBOX_ABI_VERSION(1, 4);
+	old.struct_size = (uint32_t)END_OF(ackbox_store_ops, usage);
+	old.scheme = "abitestsqlite14";
+	old.aliases = NULL;
+	old.blocked_keys = trap_blocked_keys;
+	cr_assert_eq(ackbox_store_register(&old, err, sizeof(err)), 0, "%s", err);
+	cr_assert_null(ackbox_store_lookup("abitestsqlite14")->blocked_keys);
+
+	snprintf(url, sizeof(url), "abitestsqlite14://%s/outbox.db", dir);
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "delivery.order", "key");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE);
+	cr_assert(strstr(err, "delivery.order=key") && strstr(err, "1.5"), "%s", err);
+	TU_SET(c, "delivery.order", "none");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_blocked_keys(ab, 0, no_blocked, NULL, err, sizeof(err)),
+	             ACKBOX_ERR_INVALID);
+	cr_assert(strstr(err, "cannot keep per-key order"), "%s", err);
+	ackbox_destroy(ab);
+	cr_assert_eq(atomic_load(&trap_calls), 0, "the core called blocked_keys of a 1.4 table");
+}
+
 static int trap_usage(void *ctx, uint64_t *messages, uint64_t *bytes, char *errstr,
                       size_t errstr_size)
 {

@@ -59,7 +59,8 @@ const cli_command cli_commands[CMD_COUNT] = {
     [CMD_STATUS] = {"status", cli_status, 0, false, "counts by state, age of the oldest pending",
                     "ackbox status --store URL [--json]",
                     "Counts stored messages by state and shows the age of the oldest pending\n"
-                    "one. Exit 1 if any message is FAILED. Never creates or changes a store.\n"
+                    "one, and the keys a FAILED message blocks (delivery.order=key). Exit 1 if\n"
+                    "any message is FAILED. Never creates or changes a store.\n"
                     "\n"
                     "  --json               one JSON object instead of text\n"},
     [CMD_LIST] = {"list", cli_list, 0, false, "stored messages with attempts and last error",

@@ -6,11 +6,16 @@
  * what AMQP cannot carry refused at publish, or FAILED without a reconnect
  * when it was stored unchecked; a message over max_message_size -> FAILED
  * alone; a poison message RabbitMQ answers by closing the connection ->
- * FAILED alone with the broker's code, every other message delivered.
+ * FAILED alone with the broker's code, every other message delivered;
+ * delivery.order=key through nacks, closed connections and a kill -9 of the
+ * publisher -> per key, first deliveries in publish order.
  */
 #include "testutil.h"
 
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -767,6 +772,183 @@ Test(amqp, trace_context_reaches_the_consumer_unchanged)
 	cr_assert_eq(found, 2, "traceparent and tracestate both arrived");
 	amqp_destroy_message(&msg);
 	raw_close(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Per-key order (delivery.order=key)                                   */
+/* ------------------------------------------------------------------ */
+
+#include "ordercheck.h"
+
+/* Takes what is in queue now, in queue order, into the order check. */
+static size_t drain_order(const char *queue, tu_order *o)
+{
+	amqp_connection_state_t c = raw_connect();
+	size_t n = 0;
+	for (;;) {
+		amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes(queue), 1);
+		cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+		if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD)
+			break;
+		amqp_message_t m;
+		cr_assert_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+		tu_order_see(o, m.body.bytes, m.body.len);
+		amqp_destroy_message(&m);
+		n++;
+	}
+	raw_close(c);
+	return n;
+}
+
+/*
+ * delivery.order=key through nacks and dropped connections: the queue holds
+ * at most 10 messages and refuses more (x-overflow reject-publish: a
+ * basic.nack), a consumer takes what is there now and then, and RabbitMQ
+ * closes the publisher's connection twice. Per key, the consumer finds the
+ * first delivery of each message in publish order. (Without the mode a
+ * refused message is retried after its successors went in.)
+ */
+Test(amqp, ordered_keys_arrive_in_order_through_nacks_and_closed_connections)
+{
+	enum { KEYS = 8, PER_KEY = 30 };
+	seen s = {0};
+	tu_order o;
+	char err[256];
+	amqp_table_entry_t e[2];
+	e[0].key = amqp_cstring_bytes("x-max-length");
+	e[0].value.kind = AMQP_FIELD_KIND_I32;
+	e[0].value.value.i32 = 10;
+	e[1].key = amqp_cstring_bytes("x-overflow");
+	e[1].value.kind = AMQP_FIELD_KIND_UTF8;
+	e[1].value.value.bytes = amqp_cstring_bytes("reject-publish");
+	amqp_table_t args = {2, e};
+	declare("t_order", args);
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "delivery.order", "key");
+	TU_SET(c, "retry.max_attempts", "100000");
+	TU_SET(c, "retry.backoff.initial", "10ms");
+	TU_SET(c, "retry.backoff.max", "50ms");
+	ackbox *ab = open_conf(c);
+	tu_order_init(&o, KEYS);
+	for (int seq = 0; seq < PER_KEY; seq++) {
+		for (int k = 0; k < KEYS; k++) {
+			char key[16], payload[32];
+			ackbox_msg m = {0};
+			tu_order_texts(k, seq, key, sizeof(key), payload, sizeof(payload));
+			m.topic = "t_order";
+			m.key = key;
+			m.key_len = strlen(key);
+			m.payload = payload;
+			m.payload_len = strlen(payload);
+			cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+		}
+		if (seq == PER_KEY / 3 || seq == 2 * PER_KEY / 3)
+			rabbitmq_eval("[rabbit_networking:close_connection(P, \"ackbox order test\")"
+			              " || P <- rabbit_networking:connections()].");
+	}
+	/* consume while the relay works through the refusals */
+	long long deadline = tu_mono_ms() + 180000;
+	ackbox_counts n;
+	do {
+		drain_order("t_order", &o);
+		ackbox_poll(ab, 20);
+		cr_assert_eq(ackbox_counts_get(ab, &n, err, sizeof(err)), 0, "%s", err);
+	} while (n.sending + n.retrying > 0 && tu_mono_ms() < deadline);
+	cr_assert_eq(n.sending + n.retrying, 0, "every message confirmed within 180 s");
+	cr_assert_eq(s.failed, 0);
+	ackbox_stats st;
+	cr_assert_eq(ackbox_stats_get(ab, &st, sizeof(st), err, sizeof(err)), 0, "%s", err);
+	cr_assert_gt(st.retried, 0, "the full queue nacked some publishes");
+	cr_assert_geq(st.disconnects, 2, "RabbitMQ closed the connection twice");
+	ackbox_destroy(ab);
+	drain_order("t_order", &o);
+	cr_assert_eq(o.violations, 0, "%ld first deliveries out of key order; the first: %s",
+	             o.violations, o.first_violation);
+	cr_assert_eq(tu_order_in_order(&o), KEYS * PER_KEY, "every message arrived");
+	cr_log_info("amqp ordered: %d messages, %ld duplicates", KEYS * PER_KEY, o.dups);
+}
+
+/* The publisher of the kill -9 trial, in a child process: publishes the
+ * keys' messages through its own handle (its relay sending as it goes),
+ * writes a byte to `progress` after each round, until it is killed. */
+static void ordered_child(int progress, int keys, int per_key)
+{
+	seen s = {0};
+	char err[256];
+	ackbox_conf *c = make_conf(&s);
+	ackbox *ab;
+	ackbox_conf_set_report_cb(c, NULL, NULL);
+	TU_SET(c, "delivery.order", "key");
+	if (ackbox_new(&ab, c, err, sizeof(err)) != 0)
+		_exit(2);
+	for (int seq = 0; seq < per_key; seq++) {
+		for (int k = 0; k < keys; k++) {
+			char key[16], payload[32];
+			ackbox_msg m = {0};
+			tu_order_texts(k, seq, key, sizeof(key), payload, sizeof(payload));
+			m.topic = "t_order_kill";
+			m.key = key;
+			m.key_len = strlen(key);
+			m.payload = payload;
+			m.payload_len = strlen(payload);
+			if (ackbox_publish(ab, &m, NULL, err, sizeof(err)) != 0)
+				_exit(3);
+		}
+		if (write(progress, "x", 1) != 1)
+			_exit(4);
+	}
+	ackbox_flush(ab, 60000);
+	_exit(0);
+}
+
+/*
+ * delivery.order=key across a crash: the publishing process is SIGKILLed
+ * mid-stream (messages in flight, acked rows not yet deleted), and a new
+ * process on the same store delivers the rest. Per key, the consumer finds
+ * the first delivery of each message in publish order; duplicates of
+ * messages in flight at the kill may follow.
+ */
+Test(amqp, ordered_keys_keep_their_order_across_a_kill_9_of_the_publisher)
+{
+	enum { KEYS = 16, PER_KEY = 60 };
+	seen s = {0};
+	tu_order o;
+	int fds[2], rounds = 0, status = 0;
+	char b;
+	declare("t_order_kill", amqp_empty_table);
+	cr_assert_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		close(fds[0]);
+		ordered_child(fds[1], KEYS, PER_KEY);
+	}
+	close(fds[1]);
+	/* a third of the rounds stored: the relay is sending, rows are in flight */
+	while (rounds < PER_KEY / 3 && read(fds[0], &b, 1) == 1)
+		rounds++;
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	close(fds[0]);
+	cr_assert(WIFSIGNALED(status), "the publisher was killed mid-stream (status %d)", status);
+	cr_assert_eq(rounds, PER_KEY / 3);
+
+	/* the next process: recovery resends what was in flight, then the rest */
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "delivery.order", "key");
+	ackbox *ab = open_conf(c);
+	cr_assert_eq(ackbox_flush(ab, 120000), 0);
+	cr_assert_eq(s.failed, 0);
+	ackbox_destroy(ab);
+	tu_order_init(&o, KEYS);
+	drain_order("t_order_kill", &o);
+	cr_assert_eq(o.violations, 0, "%ld first deliveries out of key order; the first: %s",
+	             o.violations, o.first_violation);
+	/* every message the child stored arrived: at least the rounds it reported */
+	for (int k = 0; k < KEYS; k++)
+		cr_assert_geq(o.next[k], rounds, "key k%d: %d of at least %d", k, o.next[k], rounds);
+	cr_log_info("amqp ordered kill -9: %ld in order, %ld duplicates", tu_order_in_order(&o),
+	            o.dups);
 }
 
 /* ackbox_new with the test's store and `url` (plus one key), expecting rc. */

@@ -359,6 +359,61 @@ Test(owner, create_insert_makes_the_file_with_the_first_message)
  * A relay and an admin handle (never) read it as an empty store, write
  * nothing, and the relay takes the store up once another process has made
  * it there. */
+/*
+ * store.create=insert with delivery.order=key: the first insert makes the
+ * store with its per-key order objects, so the key's second message waits
+ * for the first, which the broker nacks once (unordered, it would go first).
+ */
+Test(owner, create_insert_with_key_order_installs_it_with_the_first_message)
+{
+	ackbox_loopback *lb = ackbox_loopback_get("insord");
+	ackbox_conf *c = ackbox_conf_new();
+	ackbox *ab = NULL;
+	ackbox_msg m[2];
+	ackbox_id ids[2], got;
+	char err[512] = "";
+	sqlite3 *db;
+	sqlite3_stmt *st;
+
+	ackbox_loopback_script(lb, ACKBOX_LB_NACK, 1, 0);
+	TU_SET(c, "store.url", db_url);
+	TU_SET(c, "store.create", "insert");
+	TU_SET(c, "log.level", "error");
+	TU_SET(c, "transport.url", "loopback://insord");
+	TU_SET(c, "delivery.order", "key");
+	TU_SET(c, "retry.backoff.initial", "20ms");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_not(exists(path), "opening created nothing");
+	for (int i = 0; i < 2; i++)
+		m[i] = (ackbox_msg){.topic = "t", .key = "k", .key_len = 1, .payload = "x",
+		                    .payload_len = 1};
+	cr_assert_eq(ackbox_publish_batch(ab, m, 2, ids, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	ackbox_destroy(ab);
+
+	cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+	cr_assert_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+	                                    " AND name = 'ackbox_outbox_head_del'",
+	                                -1, &st, NULL),
+	             SQLITE_OK);
+	cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+	cr_assert_eq(sqlite3_column_int(st, 0), 1, "per-key order installed with the store");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+
+	/* accepted: the first message (after its nack), then the second */
+	size_t n = ackbox_loopback_received(lb), k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (ackbox_loopback_accepted(lb, i) != 1)
+			continue;
+		cr_assert_eq(ackbox_loopback_message(lb, i, &got, NULL, 0, NULL, NULL, NULL), 0);
+		cr_assert_lt(k, 2u);
+		cr_assert(memcmp(&got, &ids[k], sizeof(got)) == 0, "accepted #%zu out of key order", k);
+		k++;
+	}
+	cr_assert_eq(k, 2u);
+}
+
 Test(owner, an_empty_file_is_an_empty_store_until_the_store_appears)
 {
 	ackbox_loopback *lb = ackbox_loopback_get("empty");
