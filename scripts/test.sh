@@ -20,9 +20,10 @@ cmake --build "$BUILD_DIR" -j"$(nproc)"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 "$@"
 echo "test.sh: first pass done after $((SECONDS - start)) s"
 
-# The crash suite, the CLI and scale-out runs (and their broker fixtures),
-# benchmarks, valgrind and fuzzing run in the first pass only: their tests
-# carry the ctest label first_pass_only (wherever they are declared).
+# The crash suite (with the network faults and the short soak), the CLI and
+# scale-out runs (and their broker fixtures), benchmarks, valgrind and
+# fuzzing run in the first pass only: their tests carry the ctest label
+# first_pass_only (wherever they are declared).
 
 # Then the unit, store and broker tests again, built with AddressSanitizer +
 # UBSan, and built with ThreadSanitizer (Debug builds: assert()s are on).

@@ -476,10 +476,17 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 		c->mainq = rd_kafka_queue_get_main(c->rk);
 		rd_kafka_queue_io_event_enable(c->mainq, c->pipefd[1], "1", 1);
 	}
-	/* librdkafka connects by itself; this only asks whether anyone answers,
-	 * in slices so that a shutting-down handle need not wait */
-	for (waited = 0;;) {
-		int slice = timeout_ms - waited < 250 ? timeout_ms - waited : 250;
+	/*
+	 * librdkafka connects by itself; this only asks whether anyone answers,
+	 * in slices so that a shutting-down handle need not wait long. A
+	 * metadata request is dropped when its slice ends, so the slices grow
+	 * (250 ms, doubling, at most 2 s): with fixed 250 ms slices a cluster
+	 * more than 250 ms of round trip away never answered in time
+	 * (docs/reliability.md, the latency fault).
+	 */
+	waited = 0;
+	for (int step = 250;; step = step < 1000 ? 2 * step : 2000) {
+		int slice = timeout_ms - waited < step ? timeout_ms - waited : step;
 		int auth_failed;
 		err = rd_kafka_metadata(c->rk, 0, NULL, &md, slice > 0 ? slice : 1);
 		waited += slice;

@@ -44,7 +44,10 @@
  * some rows reached the relay hands out numbers nobody will get again.
  * lease_owner names the relay that leased the row or decided its state last
  * (relay_id; NULL for rows the transactional entry point wrote or an operator
- * requeued). The partial index holds only pending rows, so "what is due" stays
+ * requeued). payload_len is the payload's length when the row was written: a
+ * claim fails a row whose payload is no longer that long (NULL in rows from
+ * before the column, which an owner's next open adds). The partial index
+ * holds only pending rows, so "what is due" stays
  * cheap however many FAILED rows pile up. Everything is created inside a
  * DO block, object by object, so that a role without CREATE privileges can
  * open a store an owner has set up. ackbox_attempt holds the attempt history
@@ -78,9 +81,14 @@ static const char install_sql[] =
     "  last_error text,"
     "  last_code integer NOT NULL DEFAULT 0,"
     "  lease_owner text,"
-    "  lease bigint NOT NULL DEFAULT 0); "
+    "  lease bigint NOT NULL DEFAULT 0,"
+    "  payload_len bigint); "
     " CREATE INDEX ackbox_outbox_due ON @S.ackbox_outbox(due_ms) WHERE state < 2; "
     " CREATE INDEX ackbox_outbox_failed ON @S.ackbox_outbox(updated_ms) WHERE state = 2; "
+    "END IF; "
+    "IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '@S.ackbox_outbox'::regclass"
+    "  AND attname = 'payload_len' AND NOT attisdropped) THEN "
+    " ALTER TABLE @S.ackbox_outbox ADD COLUMN payload_len bigint; "
     "END IF; "
     "IF to_regclass('@S.ackbox_lease_seq') IS NULL THEN "
     " CREATE SEQUENCE @S.ackbox_lease_seq; "
@@ -137,7 +145,7 @@ static const char order_seed_sql[] =
 
 #define ROW_COLS                                                                                   \
 	"t.id, t.state, t.attempts, t.created_ms, t.updated_ms, t.due_ms, t.topic, t.msg_key, "   \
-	"t.content_type, t.headers, t.payload, t.last_error, t.last_code, t.lease"
+	"t.content_type, t.headers, t.payload, t.last_error, t.last_code, t.lease, t.payload_len"
 
 enum {
 	ST_INSERT,
@@ -156,6 +164,7 @@ enum {
 	ST_PURGE,
 	ST_FORCE_FAIL,
 	ST_FORCE_DELETE,
+	ST_DAMAGED,
 	ST_USAGE,
 	/* per-key order: prepared only once it is installed */
 	ST_ORDER_FIRST,
@@ -196,8 +205,9 @@ enum {
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] =
         "INSERT INTO @S.ackbox_outbox(id, state, attempts, created_ms, updated_ms, due_ms, topic,"
-        " msg_key, content_type, headers, payload, lease_owner, lease)"
-        " SELECT u.id, 0, 0, u.cr, u.cr, u.due, u.topic, u.k, u.ct, u.h, u.p, $9::text, 0"
+        " msg_key, content_type, headers, payload, lease_owner, lease, payload_len)"
+        " SELECT u.id, 0, 0, u.cr, u.cr, u.due, u.topic, u.k, u.ct, u.h, u.p, $9::text, 0,"
+        " length(u.p)"
         " FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::bytea[], $6::text[],"
         " $7::bytea[], $8::bytea[]) AS u(id, cr, due, topic, k, ct, h, p)",
     /* SKIP LOCKED: concurrent claimers take disjoint rows and never wait on
@@ -249,6 +259,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " lease = nextval('@S.ackbox_lease_seq'), lease_owner = NULL"
                       " WHERE id = $1::uuid",
     [ST_FORCE_DELETE] = "DELETE FROM @S.ackbox_outbox WHERE id = $1::uuid",
+    /* a claim's verdict on a row whose payload is damaged (see payload_len);
+     * the lease is the one the claim just took */
+    [ST_DAMAGED] = "UPDATE @S.ackbox_outbox SET state = 2, last_error = $2::text, last_code = 0,"
+                   " updated_ms = $3::int8 WHERE id = $1::uuid AND lease = $4::int8",
     /* the backlog bound: a sequential scan; the core asks rarely */
     [ST_USAGE] = "SELECT count(*), coalesce(sum(octet_length(payload)), 0)::int8"
                  " FROM @S.ackbox_outbox",
@@ -345,6 +359,7 @@ typedef struct pg_ctx {
 	char *relay_id; /* lease_owner of this instance */
 	char *sql[ST_COUNT];
 	char *setup_sql;
+	const ackbox_conf *conf; /* the handle's, for ackbox_store_log */
 	int durable;  /* store.sync=full: inserts wait for the WAL flush */
 	int ready;    /* session set up and statements prepared on conn */
 	int absent;   /* no outbox tables yet (store.create=insert): the first insert makes them */
@@ -980,7 +995,9 @@ static int check_schema(PGconn *conn, const char *schema, const char *where, int
 	params[3] = att;
 	r = PQexecParams(conn,
 	                 "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,"
-	                 " to_regclass($3) IS NOT NULL, " HIST_CASE("$4"),
+	                 " to_regclass($3) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute WHERE"
+	                 " attrelid = to_regclass($2) AND attname = 'payload_len' AND NOT"
+	                 " attisdropped), " HIST_CASE("$4"),
 	                 4, NULL, params, NULL, NULL, 0);
 	if (!res_ok(r) || PQntuples(r) != 1) {
 		rc = pg_error(conn, r, where, schema, "reading the schema", errstr, errstr_size);
@@ -990,7 +1007,8 @@ static int check_schema(PGconn *conn, const char *schema, const char *where, int
 	int have_meta = PQgetvalue(r, 0, 0)[0] == 't';
 	int have_outbox = PQgetvalue(r, 0, 1)[0] == 't';
 	int have_seq = PQgetvalue(r, 0, 2)[0] == 't';
-	int have_hist = hist_state(PQgetvalue(r, 0, 3));
+	int have_payload_len = PQgetvalue(r, 0, 3)[0] == 't';
+	int have_hist = hist_state(PQgetvalue(r, 0, 4));
 	PQclear(r);
 	if (!have_meta) {
 		if (have_outbox) {
@@ -1032,7 +1050,7 @@ static int check_schema(PGconn *conn, const char *schema, const char *where, int
 		                  where, version, schema, SCHEMA_VERSION);
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
-	*have = have_outbox && have_seq;
+	*have = have_outbox && have_seq && have_payload_len;
 	*hist = *have ? have_hist : HIST_NONE;
 	return 0;
 }
@@ -1262,6 +1280,7 @@ static int pg_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 	const char *v;
 	int rc = 0, have, hist;
 
+	c->conf = conf;
 	c->durable = sync == ACKBOX_SYNC_FULL;
 	if ((v = ackbox_conf_get(conf, "postgres.connect_timeout")))
 		ackbox_parse_duration_ms(v, &connect_ms);
@@ -1576,18 +1595,88 @@ static int deliver_rows(const PGresult *r, ackbox_store_row_cb cb, void *opaque,
 	return n;
 }
 
+/* A row a claim found damaged, failed once the claim's result is read. */
+typedef struct pg_damaged {
+	ackbox_id id;
+	uint64_t lease;
+	char why[160];
+} pg_damaged;
+
 struct claim_arg {
 	ackbox_store_row_cb cb;
 	void *opaque;
+	pg_damaged *damaged;
+	size_t ndamaged, cap;
 };
+
+/* Whether row i's payload is no longer as long as when it was written. */
+static int payload_damaged(const PGresult *r, int i, const ackbox_store_row *row, char *why,
+                           size_t why_size)
+{
+	int64_t want;
+	if (PQgetisnull(r, i, 14) || PQgetlength(r, i, 14) != 8)
+		return 0; /* written before payload_len */
+	want = get_be64(PQgetvalue(r, i, 14));
+	if (want == (int64_t)row->payload_len)
+		return 0;
+	snprintf(why, why_size,
+	         "stored bytes damaged: the payload is %zu bytes, %lld were stored (%s)",
+	         row->payload_len, (long long)want,
+	         (int64_t)row->payload_len < want ? "truncated" : "longer than written");
+	return 1;
+}
 
 static int claim_row(const PGresult *r, void *arg)
 {
 	struct claim_arg *a = arg;
 	ackbox_store_row row;
+	char why[160];
 	if (read_row(r, 0, &row) != 0)
 		return 0; /* a column type changed under us: skip the row, never crash */
+	if (payload_damaged(r, 0, &row, why, sizeof(why))) {
+		if (a->ndamaged == a->cap) {
+			size_t cap = a->cap ? 2 * a->cap : 8;
+			pg_damaged *d = realloc(a->damaged, cap * sizeof(*d));
+			if (!d)
+				return 0; /* failed by a later claim, once its lease runs out */
+			a->damaged = d;
+			a->cap = cap;
+		}
+		a->damaged[a->ndamaged].id = row.id;
+		a->damaged[a->ndamaged].lease = row.lease;
+		snprintf(a->damaged[a->ndamaged].why, sizeof(a->damaged[0].why), "%s", why);
+		a->ndamaged++;
+		return 0;
+	}
 	return a->cb(&row, a->opaque);
+}
+
+/*
+ * Fails the damaged rows a claim found, each with its reason, and logs each
+ * once. The store does this itself, as the core can only be handed rows it
+ * can trust, and it has no outcome for "the store's bytes are bad". A row
+ * that could not be failed now keeps its lease and is found again.
+ */
+static void fail_damaged(pg_ctx *c, const pg_damaged *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char now_b[8], lease_b[8], idtext[ACKBOX_ID_STRLEN], err[256];
+		const char *vals[4] = {(const char *)d[i].id.b, d[i].why, now_b, lease_b};
+		int lens[4] = {16, (int)strlen(d[i].why), 8, 8};
+		put_be64(now_b, (uint64_t)ackbox_wall_ms());
+		put_be64(lease_b, d[i].lease);
+		ackbox_id_format(&d[i].id, idtext);
+		if (run(c, ST_DAMAGED, 4, vals, lens, 0, NULL, "failing a damaged row", err,
+		        sizeof(err)) == 0)
+			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "postgres",
+			                 "postgres at %s: message %s FAILED: %s", c->where, idtext,
+			                 d[i].why);
+		else
+			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "postgres",
+			                 "postgres at %s: message %s is damaged (%s) and could not be "
+			                 "failed: %s",
+			                 c->where, idtext, d[i].why, err);
+	}
 }
 
 static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
@@ -1597,7 +1686,8 @@ static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	char now_b[8], until_b[8], lim_b[8];
 	const char *vals[4] = {now_b, until_b, c->relay_id, lim_b};
 	int lens[4] = {8, 8, (int)strlen(c->relay_id), 8};
-	struct claim_arg a = {cb, opaque};
+	struct claim_arg a = {cb, opaque, NULL, 0, 0};
+	int rc;
 
 	if (limit == 0)
 		return 0;
@@ -1619,7 +1709,10 @@ static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	}
 	/* Autocommit, asynchronous commit: a lost lease only makes rows due
 	 * early. Rows after a stop stay leased to us until the lease runs out. */
-	return run_rows(c, ST_CLAIM, 4, vals, lens, claim_row, &a, "claim", errstr, errstr_size);
+	rc = run_rows(c, ST_CLAIM, 4, vals, lens, claim_row, &a, "claim", errstr, errstr_size);
+	fail_damaged(c, a.damaged, a.ndamaged);
+	free(a.damaged);
+	return rc;
 }
 
 /* Builds and runs the statement for one kind of change; *first is cleared
@@ -2374,11 +2467,15 @@ int ackbox_pg_enqueue(PGconn *conn, const ackbox_msg *m, ackbox_id *id_out, cons
 	}
 	conn_where(conn, where, sizeof(where));
 
-	/* first use on this database: the tables are created inside the
-	 * application's transaction, so they roll back with it too */
+	/* first use on this database (or on tables from before payload_len):
+	 * the tables are created inside the application's transaction, so they
+	 * roll back with it too */
 	snprintf(table, sizeof(table), "\"%s\".ackbox_outbox", schema);
 	vals[0] = table;
-	r = PQexecParams(conn, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, vals, NULL, NULL, 0);
+	r = PQexecParams(conn,
+	                 "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
+	                 " to_regclass($1) AND attname = 'payload_len' AND NOT attisdropped)",
+	                 1, NULL, vals, NULL, NULL, 0);
 	if (!res_ok(r) || PQntuples(r) != 1) {
 		rc = pg_error(conn, r, where, schema, "looking up the outbox table", errstr,
 		              errstr_size);
@@ -2398,9 +2495,9 @@ int ackbox_pg_enqueue(PGconn *conn, const ackbox_msg *m, ackbox_id *id_out, cons
 		ackbox_headers_encode(m->headers, m->header_count, (uint8_t *)hbuf);
 	}
 	sql = expand("INSERT INTO @S.ackbox_outbox(id, state, attempts, created_ms, updated_ms,"
-	             " due_ms, topic, msg_key, content_type, headers, payload, lease)"
+	             " due_ms, topic, msg_key, content_type, headers, payload, lease, payload_len)"
 	             " VALUES($1::uuid, 0, 0, $2::int8, $2::int8, $2::int8, $3::text, $4::bytea,"
-	             " $5::text, $6::bytea, $7::bytea, 0)",
+	             " $5::text, $6::bytea, $7::bytea, 0, length($7::bytea))",
 	             schema);
 	if (!sql) {
 		free(hbuf);

@@ -31,7 +31,10 @@
  *
  *   {P}:meta      hash: schema, version
  *   {P}:m:<id>    hash per message: state attempts created updated due topic
- *                 key ct headers payload last_error last_code lease owner
+ *                 key ct headers payload last_error last_code lease owner plen
+ *                 (plen: the payload's length when written; a claim fails a
+ *                 message whose payload is no longer that long, or whose
+ *                 fields do not parse, and logs it once)
  *   {P}:due       zset of SENDING/RETRYING ids by due_ms    (claim, recover, has_pending)
  *   {P}:created   zset of SENDING/RETRYING ids by created_ms (oldest pending)
  *   {P}:s0 :s1 :s2  zsets, score 0, of ids per state: lexicographic = id order
@@ -69,10 +72,10 @@ static const char *const key_suffix[K_COUNT] = {"meta", "due", "created", "s0", 
 
 /* The fields of a row, in the order every script and HMGET returns them. */
 enum { F_STATE, F_ATTEMPTS, F_CREATED, F_UPDATED, F_DUE, F_TOPIC, F_KEY, F_CT, F_HEADERS,
-       F_PAYLOAD, F_LAST_ERROR, F_LAST_CODE, F_LEASE, F_COUNT };
+       F_PAYLOAD, F_LAST_ERROR, F_LAST_CODE, F_LEASE, F_PLEN, F_COUNT };
 static const char *const field_name[F_COUNT] = {
     "state", "attempts", "created", "updated", "due", "topic", "key",
-    "ct",    "headers",  "payload", "last_error", "last_code", "lease"};
+    "ct",    "headers",  "payload", "last_error", "last_code", "lease", "plen"};
 
 /* The per-key order helpers every script gets (no-ops until installed).
  * ord_due: a pending row's due changed, or it became pending (requeue);
@@ -128,7 +131,7 @@ static const char *const field_name[F_COUNT] = {
 	"local function FORGET(k) redis.call('DECRBY', K_BYTES, redis.call('HSTRLEN', k, 'payload')) end\n" \
 	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
-	"'payload','last_error','last_code','lease'}\n"                                           \
+	"'payload','last_error','last_code','lease','plen'}\n"                                    \
 	LUA_ORDER
 
 /* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
@@ -174,7 +177,8 @@ static const char lua_insert[] = LUA_PRELUDE
     "  local id, created, due, flags = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]\n"
     "  local h = {'state', '0', 'attempts', '0', 'created', created, 'updated', created,\n"
     "             'due', due, 'topic', ARGV[b + 3], 'payload', ARGV[b + 8],\n"
-    "             'last_code', '0', 'lease', '0', 'owner', owner}\n"
+    "             'last_code', '0', 'lease', '0', 'owner', owner,\n"
+    "             'plen', tostring(#ARGV[b + 8])}\n"
     "  if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = ARGV[b + 5] end\n"
     "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
     "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
@@ -380,6 +384,23 @@ static const char lua_force[] = LUA_PRELUDE
     "redis.call('ZADD', K_FAILED, now, id)\n"
     "return 1\n";
 
+/* ARGV: MP, now, id (as stored), reason. A claim's verdict on a message
+ * whose fields are damaged: FAILED with the reason, whatever its state
+ * field says (it may not parse); a missing topic becomes "" so that the
+ * row can be listed. Returns 1, or 0 if there is no such message. */
+static const char lua_damaged[] = LUA_PRELUDE
+    "local now, id = ARGV[2], ARGV[3]\n"
+    "local k = MP .. id\n"
+    "if redis.call('EXISTS', k) == 0 then return 0 end\n"
+    "redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "redis.call('ZREM', SK(0), id); redis.call('ZREM', SK(1), id)\n"
+    "redis.call('HSET', k, 'state', '2', 'last_code', '0', 'updated', now, 'last_error', ARGV[4])\n"
+    "if redis.call('HEXISTS', k, 'topic') == 0 then redis.call('HSET', k, 'topic', '') end\n"
+    "redis.call('ZADD', SK(2), 0, id); redis.call('ZADD', K_ALL, 0, id)\n"
+    "redis.call('ZADD', K_FAILED, now, id)\n"
+    "ord_failed(id)\n"
+    "return 1\n";
+
 /* ARGV: MP, start ('-' or '(id'), max. Installs per-key order, a page of
  * ids at a time: every row joins its key's set, then, in a second pass
  * (ARGV[4] == '2'), pending heads and rows without a key join {P}:ready.
@@ -422,13 +443,13 @@ static const char lua_usage[] = LUA_PRELUDE
     "return {redis.call('ZCARD', K_ALL), tonumber(redis.call('GET', K_BYTES) or '0')}\n";
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_TAKE, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {
     [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
     [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
     [SC_PAGE] = lua_page,       [SC_REQUEUE] = lua_requeue, [SC_PURGE] = lua_purge,
-    [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_USAGE] = lua_usage,
-    [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
+    [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_DAMAGED] = lua_damaged,
+    [SC_USAGE] = lua_usage,     [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
 };
 
 typedef struct rd_ctx {
@@ -762,15 +783,24 @@ static int read_row(rd_ctx *c, const redisReply *idr, const redisReply *f, ackbo
 		return ACKBOX_ERR_STORE_CORRUPT;
 	}
 	e = (const redisReply *const *)f->element;
-	if (!is_str(e[F_STATE]))
-		return 1;
-	if (ackbox_id_parse(idr->str, &row->id) != 0 || e[F_STATE]->len != 1 ||
-	    e[F_STATE]->str[0] < '0' || e[F_STATE]->str[0] > '2' || !is_str(e[F_TOPIC])) {
-		ackbox_errstr_set(errstr, errstr_size,
-		                  "%s: message '%.64s' is damaged (state '%.8s'): not written by "
-		                  "ackbox?",
-		                  c->where, idr->str, e[F_STATE]->str);
-		return ACKBOX_ERR_STORE_CORRUPT;
+	if (!is_str(e[F_STATE]) && !is_str(e[F_TOPIC]) && !is_str(e[F_PAYLOAD]))
+		return 1; /* no such hash (any more) */
+	{
+		const char *what = NULL;
+		if (ackbox_id_parse(idr->str, &row->id) != 0)
+			what = "the id does not parse";
+		else if (!is_str(e[F_STATE]))
+			what = "no state";
+		else if (e[F_STATE]->len != 1 || e[F_STATE]->str[0] < '0' || e[F_STATE]->str[0] > '2')
+			what = "the state does not parse";
+		else if (!is_str(e[F_TOPIC]))
+			what = "no topic";
+		if (what) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "stored bytes damaged: %s (message '%.64s' in %s)", what,
+			                  idr->str, c->where);
+			return ACKBOX_ERR_STORE_CORRUPT;
+		}
 	}
 	row->state = (ackbox_state)(e[F_STATE]->str[0] - '0');
 	row->attempts = (int)num(e[F_ATTEMPTS]);
@@ -799,12 +829,60 @@ static int read_row(rd_ctx *c, const redisReply *idr, const redisReply *f, ackbo
 	return 0;
 }
 
+/* Whether a row that parsed is damaged all the same: its payload is not as
+ * long as when it was written (plen; rows from before plen have none). */
+static int payload_damaged(const redisReply *f, const ackbox_store_row *row, char *why,
+                           size_t why_size)
+{
+	const redisReply *pl = f->element[F_PLEN];
+	long long want;
+	if (!is_str(pl))
+		return 0;
+	want = strtoll(pl->str, NULL, 10);
+	if (want == (long long)row->payload_len)
+		return 0;
+	snprintf(why, why_size,
+	         "stored bytes damaged: the payload is %zu bytes, %lld were stored (%s)",
+	         row->payload_len, want,
+	         (long long)row->payload_len < want ? "truncated" : "longer than written");
+	return 1;
+}
+
+/*
+ * A claim found the message whose id is idtext damaged: FAILED with why,
+ * logged once. The store does this itself, as the core can only be handed
+ * rows it can trust, and it has no outcome for "the store's bytes are bad".
+ */
+static void fail_damaged(rd_ctx *c, const char *idtext, const char *why)
+{
+	args a;
+	redisReply *r = NULL;
+	char err[256];
+	if (args_init(&a, SCRIPT_HEAD + 3, 1) != 0)
+		return; /* out of memory: skipped this time, failed by a later claim */
+	args_script(c, &a, SC_DAMAGED);
+	args_i64(&a, ackbox_wall_ms());
+	args_str(&a, idtext);
+	args_str(&a, why);
+	if (run_script(c, &a, SC_DAMAGED, "failing a damaged message", &r, err, sizeof(err)) == 0)
+		ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis", "%s: message '%.64s' FAILED: %s",
+		                 c->where, idtext, why);
+	else
+		ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis",
+		                 "%s: message '%.64s' is damaged (%s) and could not be failed: %s",
+		                 c->where, idtext, why, err);
+	args_fini(&a);
+	if (r)
+		freeReplyObject(r);
+}
+
 /* Walks an "id, fields, id, fields" reply. Returns rows passed to cb, or an
  * error; *consumed is the number of pairs looked at, *stop whether cb asked
- * to stop. A damaged row fails the walk, unless skip_damaged: then it is
- * logged and skipped, so that one bad hash cannot stop every claim. */
+ * to stop. A damaged row fails the walk, unless fail_damaged_rows (a claim):
+ * then it is FAILED (fail_damaged()) and skipped, so that one bad hash can
+ * stop no claim. */
 static int walk_rows(rd_ctx *c, const redisReply *r, ackbox_store_row_cb cb, void *opaque,
-                     int skip_damaged, size_t *consumed, int *stop, char *errstr,
+                     int fail_damaged_rows, size_t *consumed, int *stop, char *errstr,
                      size_t errstr_size)
 {
 	int n = 0;
@@ -819,15 +897,20 @@ static int walk_rows(rd_ctx *c, const redisReply *r, ackbox_store_row_cb cb, voi
 		ackbox_store_row row;
 		char why[256];
 		int rc = read_row(c, r->element[i], r->element[i + 1], &row,
-		                  skip_damaged ? why : errstr, skip_damaged ? sizeof(why) : errstr_size);
-		if (rc < 0 && skip_damaged) {
-			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis", "claim skips a row: %s", why);
+		                  fail_damaged_rows ? why : errstr,
+		                  fail_damaged_rows ? sizeof(why) : errstr_size);
+		if (rc < 0 && fail_damaged_rows && is_str(r->element[i])) {
+			fail_damaged(c, r->element[i]->str, why);
 			continue;
 		}
 		if (rc < 0)
 			return rc;
 		if (rc == 1)
 			continue;
+		if (fail_damaged_rows && payload_damaged(r->element[i + 1], &row, why, sizeof(why))) {
+			fail_damaged(c, r->element[i]->str, why);
+			continue;
+		}
 		n++;
 		if (cb(&row, opaque)) {
 			*stop = 1;

@@ -20,6 +20,11 @@
  * holder's memory knows which members are acked, so another process's
  * counts see them as pending until the row goes.
  *
+ * Damaged bytes (a blob that does not parse from some member on): a claim
+ * fails the member where the damage starts, with what is left of it, and
+ * notes it and every member after it out (see quarantine()); the other
+ * walks stop there. The member format is in pack_codec.h.
+ *
  * An operator's override (force: ackbox fail, ackbox purge --id) takes a
  * member out whoever holds the batch, noted in ackbox_batch_out like a
  * move: FAIL as a FAILED row whose lease is above the batch's, DELETE as
@@ -30,12 +35,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pack_codec.h"
 #include "sqlite_int.h"
 
 #define PACK_MIN 4                 /* fewer messages are written as rows */
 #define PACK_MAX_BYTES (16u << 20) /* larger batches too: one blob stays modest */
-#define MEMBER_HDR 44              /* id, created_ms, five lengths */
-#define NO_LEN 0xffffffffu         /* content_type NULL */
 
 struct sq_batch {
 	sq_batch *prev, *next;
@@ -64,8 +68,8 @@ static const char *const pk_sql[PK_COUNT] = {
     /* OR IGNORE: a member that moved out before keeps its own row */
     [PK_ROW_ADD] = "INSERT OR IGNORE INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
                    " updated_ms, topic, msg_key, content_type, headers, payload, last_error,"
-                   " last_code, lease)"
-                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                   " last_code, lease" SQ_PLEN_COL ")"
+                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     /* not another registered relay's (sqlite_int.h) */
     [PK_DUE] = "SELECT bseq, n, due_ms, lease FROM ackbox_batch WHERE due_ms <= ?1"
                " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
@@ -78,129 +82,12 @@ static const char *const pk_sql[PK_COUNT] = {
 };
 
 /* ------------------------------------------------------------------ */
-/* Encoding: per member, id, created_ms and five little-endian lengths  */
-/* (topic, key, content_type or NO_LEN, headers, payload), then bytes.  */
-/* ------------------------------------------------------------------ */
-
-static uint8_t *put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		*p++ = (uint8_t)(v >> (8 * i));
-	return p;
-}
-
-static uint8_t *put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		*p++ = (uint8_t)(v >> (8 * i));
-	return p;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static size_t member_size(const ackbox_store_rec *r)
-{
-	return MEMBER_HDR + strlen(r->topic) + r->key_len +
-	       (r->content_type ? strlen(r->content_type) : 0) + r->headers_len + r->payload_len;
-}
-
-static uint8_t *member_put(uint8_t *p, const ackbox_store_rec *r)
-{
-	size_t tl = strlen(r->topic), cl = r->content_type ? strlen(r->content_type) : 0;
-	memcpy(p, r->id.b, 16);
-	p = put64(p + 16, (uint64_t)r->created_ms);
-	p = put32(p, (uint32_t)tl);
-	p = put32(p, (uint32_t)r->key_len);
-	p = put32(p, r->content_type ? (uint32_t)cl : NO_LEN);
-	p = put32(p, (uint32_t)r->headers_len);
-	p = put32(p, (uint32_t)r->payload_len);
-	memcpy(p, r->topic, tl);
-	p += tl;
-	if (r->key_len)
-		memcpy(p, r->key, r->key_len);
-	p += r->key_len;
-	if (cl)
-		memcpy(p, r->content_type, cl);
-	p += cl;
-	if (r->headers_len)
-		memcpy(p, r->headers, r->headers_len);
-	p += r->headers_len;
-	if (r->payload_len)
-		memcpy(p, r->payload, r->payload_len);
-	return p + r->payload_len;
-}
-
-/*
- * Decodes the member at *off of a blob into row (pointing into the blob;
- * strings are not terminated there, so topic and content_type are copied
- * into tbuf, which must hold `left` + 2 bytes; *tused says how many it
- * took). Returns 0, or -1 if the bytes do not parse.
- */
-static int member_get(const uint8_t *blob, size_t len, size_t *off, ackbox_store_row *row,
-                      char *tbuf, size_t *tused)
-{
-	const uint8_t *p = blob + *off;
-	size_t left = len - *off;
-	uint32_t tl, kl, cl, hl, pl;
-	uint64_t need;
-
-	if (left < MEMBER_HDR)
-		return -1;
-	memset(row, 0, sizeof(*row));
-	memcpy(row->id.b, p, 16);
-	row->created_ms = (int64_t)get64(p + 16);
-	tl = get32(p + 24);
-	kl = get32(p + 28);
-	cl = get32(p + 32);
-	hl = get32(p + 36);
-	pl = get32(p + 40);
-	need = (uint64_t)MEMBER_HDR + tl + kl + (cl == NO_LEN ? 0 : cl) + hl + pl;
-	if (need > left)
-		return -1;
-	p += MEMBER_HDR;
-	memcpy(tbuf, p, tl);
-	tbuf[tl] = '\0';
-	row->topic = tbuf;
-	p += tl;
-	row->key = kl ? p : NULL;
-	row->key_len = kl;
-	p += kl;
-	if (cl != NO_LEN) {
-		memcpy(tbuf + tl + 1, p, cl);
-		tbuf[tl + 1 + cl] = '\0';
-		row->content_type = tbuf + tl + 1;
-		p += cl;
-	}
-	row->headers = hl ? p : NULL;
-	row->headers_len = hl;
-	p += hl;
-	row->payload = p;
-	row->payload_len = pl;
-	row->state = ACKBOX_MSG_SENDING;
-	row->updated_ms = row->created_ms;
-	*off += (size_t)need;
-	*tused = tl + 1 + (cl == NO_LEN ? 0 : (size_t)cl + 1);
-	return 0;
-}
-
-/* ------------------------------------------------------------------ */
 /* The id map (open addressing, linear probing, backward-shift delete)  */
 /* ------------------------------------------------------------------ */
 
 static size_t id_hash(const ackbox_id *id)
 {
-	uint64_t h = get64(id->b + 8) ^ get64(id->b);
+	uint64_t h = sq_get64(id->b + 8) ^ sq_get64(id->b);
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdULL;
 	h ^= h >> 33;
@@ -370,7 +257,7 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 	for (size_t i = 0; i < n; i++) {
 		if (recs[i].due_ms != recs[0].due_ms)
 			return 0;
-		bytes += member_size(&recs[i]);
+		bytes += sq_member_size(&recs[i]);
 		if (bytes > PACK_MAX_BYTES)
 			return 0;
 	}
@@ -391,7 +278,7 @@ int sq_pack_insert(sq_ctx *c, const ackbox_store_rec *recs, size_t n, int64_t no
 	}
 	p = blob;
 	for (size_t i = 0; i < n; i++)
-		p = member_put(p, &recs[i]);
+		p = sq_member_put(p, &recs[i]);
 	sqlite3_bind_int64(c->pk[PK_INSERT], 1, recs[0].due_ms);
 	sqlite3_bind_int64(c->pk[PK_INSERT], 2, recs[0].created_ms);
 	sqlite3_bind_int64(c->pk[PK_INSERT], 3, (sqlite3_int64)n);
@@ -476,10 +363,12 @@ static int corrupt(sq_ctx *c, int64_t bseq, char *errstr, size_t errstr_size)
 	return ACKBOX_ERR_STORE_CORRUPT;
 }
 
-/* Writes a member as an ackbox_outbox row with the given state and lease. */
-static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts, int64_t due,
-                   int64_t now_ms, const char *err, int code, int64_t lease, char *errstr,
-                   size_t errstr_size)
+/* Writes a member as an ackbox_outbox row with the given state and lease;
+ * the row records the payload's length (payload_len, checked by claims) as
+ * m's, or as `declared` for what is left of a damaged member (declared >= 0). */
+static int row_add_len(sq_ctx *c, const ackbox_store_row *m, int state, int attempts,
+                       int64_t due, int64_t now_ms, const char *err, int code, int64_t lease,
+                       int64_t declared, char *errstr, size_t errstr_size)
 {
 	sqlite3_stmt *s = c->pk[PK_ROW_ADD];
 	sqlite3_bind_blob(s, 1, m->id.b, 16, SQLITE_STATIC);
@@ -501,7 +390,17 @@ static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts
 		sqlite3_bind_text(s, 12, err, -1, SQLITE_STATIC);
 	sqlite3_bind_int(s, 13, code);
 	sqlite3_bind_int64(s, 14, lease);
+	sqlite3_bind_int64(s, 15, declared >= 0 ? declared : (int64_t)m->payload_len);
 	return step_done(c, s, "moving a packed message out", errstr, errstr_size);
+}
+
+/* Writes a member as an ackbox_outbox row with the given state and lease. */
+static int row_add(sq_ctx *c, const ackbox_store_row *m, int state, int attempts, int64_t due,
+                   int64_t now_ms, const char *err, int code, int64_t lease, char *errstr,
+                   size_t errstr_size)
+{
+	return row_add_len(c, m, state, attempts, due, now_ms, err, code, lease, -1, errstr,
+	                   errstr_size);
 }
 
 /* Notes member idx of batch bseq as out of the batch. Returns 1 if it was
@@ -542,7 +441,7 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 		return ACKBOX_ERR_NOMEM;
 	}
 	for (uint32_t i = 0; i <= idx; i++) {
-		if (member_get(blob, len, &off, &m, tbuf, &tused) != 0) {
+		if (sq_member_get(blob, len, &off, &m, tbuf, &tused) != 0) {
 			free(tbuf);
 			free(blob);
 			return corrupt(c, b->bseq, errstr, errstr_size);
@@ -689,6 +588,68 @@ static int final_members(sq_ctx *c, const pk_raw *r, uint8_t *skip, char *errstr
 	return moved_out(c, r->bseq, skip, r->n, errstr, errstr_size);
 }
 
+/* Whether every member from k on is in skip. */
+static int out_from(const uint8_t *skip, uint32_t k, uint32_t n)
+{
+	for (; k < n; k++)
+		if (!(skip[k / 8] >> (k % 8) & 1))
+			return 0;
+	return 1;
+}
+
+/*
+ * Member k of batch r does not parse at off, and nothing after it can (its
+ * offset comes from the member before). Claim's answer, inside its
+ * transaction: the member becomes a FAILED row if at least its id is there,
+ * holding what is left of it and a reason that names the damage, and
+ * recording the payload length its header gave (a requeue is refused the
+ * same way); every member from k on is noted out, so no walk reaches the
+ * damage again; one line is logged. The core never sees these members:
+ * their bytes cannot be trusted. The members before k go on as usual.
+ */
+static int quarantine(sq_ctx *c, const pk_raw *r, sq_batch *mine, const uint8_t *skip,
+                      uint32_t k, size_t off, char *tbuf, int64_t now_ms, char *errstr,
+                      size_t errstr_size)
+{
+	ackbox_store_row m;
+	uint32_t declared;
+	char why[128], reason[384], idtext[ACKBOX_ID_STRLEN] = "(id unreadable)";
+	int have_id = sq_member_salvage(r->blob, r->len, off, &m, tbuf, &declared, why, sizeof(why));
+	int rc = 0;
+
+	snprintf(reason, sizeof(reason),
+	         "stored bytes damaged: member %u of %u of packed batch %lld %s%s", k + 1, r->n,
+	         (long long)r->bseq, why,
+	         k + 1 < r->n ? "; the members after it in the batch are unreadable" : "");
+	/* a member out already (moved out before the damage) keeps its row */
+	if (have_id && !(skip[k / 8] >> (k % 8) & 1)) {
+		ackbox_id_format(&m.id, idtext);
+		/* the batch's lease, as any member moved out keeps it */
+		rc = row_add_len(c, &m, ACKBOX_MSG_FAILED, 0, now_ms, now_ms, reason, 0, r->lease,
+		                 declared, errstr, errstr_size);
+	}
+	for (uint32_t j = k; j < r->n && rc == 0; j++) {
+		int noted = note_out(c, r->bseq, j, errstr, errstr_size);
+		if (noted < 0)
+			rc = noted;
+		else if (!(mine->gone[j / 8] >> (j % 8) & 1)) {
+			set_bit(mine, j);
+			mine->live--;
+		}
+	}
+	if (rc)
+		return rc;
+	if (c->conf)
+		ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "sqlite",
+		                 "store '%s': %s; message %s FAILED, %u member(s) of the batch out",
+		                 c->path, reason, idtext, r->n - k);
+	if (mine->live == 0) {
+		rc = batch_row_delete(c, r->bseq, mine->lease, errstr, errstr_size);
+		batch_unlink(c, mine);
+	}
+	return rc;
+}
+
 int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budget,
                   ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
                   size_t errstr_size)
@@ -773,8 +734,11 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 		for (uint32_t k = 0; k < r->n && rc == 0 && !*stop; k++) {
 			ackbox_store_row m;
 			size_t tused;
-			if (member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
-				rc = corrupt(c, r->bseq, errstr, errstr_size);
+			if (sq_member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
+				/* damaged bytes: the rest of the batch is out now, or goes */
+				if (!out_from(skip, k, r->n))
+					rc = quarantine(c, r, mine, skip, k, off, tbuf, now_ms, errstr,
+					                errstr_size);
 				break;
 			}
 			if (skip[k / 8] >> (k % 8) & 1) {
@@ -853,7 +817,7 @@ int sq_pack_unpack_due(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr_si
 			for (uint32_t k = 0; rc == 0 && k < r->n; k++) {
 				ackbox_store_row m;
 				size_t tused;
-				if (member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
+				if (sq_member_get(r->blob, r->len, &off, &m, tbuf, &tused) != 0) {
 					rc = corrupt(c, r->bseq, errstr, errstr_size);
 					break;
 				}
@@ -924,8 +888,9 @@ static int find_in_next(sq_ctx *c, int64_t after, const ackbox_id *id, pk_found 
 	if (rc == 0)
 		rc = final_members(c, &f->r, skip, errstr, errstr_size);
 	for (uint32_t k = 0; k < f->r.n && rc == 0 && !found; k++) {
-		if (member_get(f->r.blob, f->r.len, &off, &f->m, f->tbuf, &tused) != 0)
-			rc = corrupt(c, f->r.bseq, errstr, errstr_size);
+		/* nothing past damaged bytes can be found (a claim fails them) */
+		if (sq_member_get(f->r.blob, f->r.len, &off, &f->m, f->tbuf, &tused) != 0)
+			break;
 		else if (!(skip[k / 8] >> (k % 8) & 1) && memcmp(f->m.id.b, id->b, 16) == 0) {
 			f->idx = k;
 			found = 1;
@@ -1122,10 +1087,9 @@ static int iter_load(sq_pack_iter *it, char *errstr, size_t errstr_size)
 	for (uint32_t k = 0; k < v[0].n && rc == 0; k++) {
 		ackbox_store_row m;
 		size_t tused;
-		if (member_get(it->blob, v[0].len, &off, &m, (char *)it->tbuf + toff, &tused) != 0) {
-			rc = corrupt(c, v[0].bseq, errstr, errstr_size);
+		/* damaged bytes end the walk: a claim fails what they held */
+		if (sq_member_get(it->blob, v[0].len, &off, &m, (char *)it->tbuf + toff, &tused) != 0)
 			break;
-		}
 		toff += tused;
 		if (skip[k / 8] >> (k % 8) & 1)
 			continue;
@@ -1197,7 +1161,7 @@ int sq_pack_write_out(sq_ctx *c, char *err, size_t err_size)
 		}
 		for (uint32_t k = 0; k < b->n && rc == 0; k++) {
 			ackbox_store_row m;
-			if (member_get(blob, len, &off, &m, tbuf, &tused) != 0)
+			if (sq_member_get(blob, len, &off, &m, tbuf, &tused) != 0)
 				rc = corrupt(c, b->bseq, err, err_size);
 			else if (!(skip[k / 8] >> (k % 8) & 1))
 				/* this relay's, until it unregisters right after */

@@ -53,7 +53,8 @@ static const char schema_sql[] =
     " payload BLOB NOT NULL,"
     " last_error TEXT,"
     " last_code INTEGER NOT NULL DEFAULT 0,"
-    " lease INTEGER NOT NULL DEFAULT 0);"
+    " lease INTEGER NOT NULL DEFAULT 0,"
+    " payload_len INTEGER);"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_due ON ackbox_outbox(due_ms, created_ms)"
     " WHERE state < 2;"
     "CREATE INDEX IF NOT EXISTS ackbox_outbox_troubled ON ackbox_outbox(state, seq)"
@@ -108,6 +109,20 @@ static const char order_sql[] =
 	"seq, id, state, attempts, created_ms, updated_ms, due_ms, topic, msg_key, content_type, " \
 	"headers, payload, last_error, last_code, lease"
 
+/*
+ * Rows record the length of their payload (payload_len) when written, so
+ * that a claim can tell a damaged row: its payload no longer that long, or
+ * an id that is not 16 bytes. Rows written before there was the column
+ * have NULL there and are not checked. A handle that sends adds the column
+ * to an older file; on one that does not, sq_stmt_sql() drops it from the
+ * statements (SQ_PLEN: the column, last in a column list, and its value,
+ * last in VALUES; a claim reads it as NULL).
+ */
+#define CLAIM_COLS ROW_COLS SQ_PLEN_COL
+#define CLAIM_PLEN_COL 15
+static const char add_payload_len_sql[] =
+    "ALTER TABLE ackbox_outbox ADD COLUMN payload_len INTEGER";
+
 
 /* Acks come in bursts: one DELETE statement for this many rows costs less
  * than as many single ones (fewer statement runs and index seeks). */
@@ -120,11 +135,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_INSERT] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms, updated_ms,"
-                  " topic, msg_key, content_type, headers, payload, lease)"
-                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                  " topic, msg_key, content_type, headers, payload, lease" SQ_PLEN_COL ")"
+                  " VALUES(?1, 0, 0, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     /* not another registered relay's: a live relay's rows are its own
      * (owner.c); sq_stmt_sql() drops this for a file without owners */
-    [ST_CLAIM_SEL] = "SELECT " ROW_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
+    [ST_CLAIM_SEL] = "SELECT " CLAIM_COLS " FROM ackbox_outbox WHERE state < 2 AND due_ms <= ?1"
                      " AND " SQ_NOT_HELD " ORDER BY due_ms LIMIT ?2",
     /* every claim takes a new lease (sq_lease_next); a change carrying an
      * older one is from an owner whose lease ran out: skipped */
@@ -143,6 +158,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DELETE_MANY] = "DELETE FROM ackbox_outbox WHERE lease = ?1 AND id IN (" Q64 ")",
     /* a NOTE change: the row is still this lease's (same parameters as the rest) */
     [ST_HELD] = "SELECT 1 FROM ackbox_outbox WHERE id = ?1 AND state < 2 AND lease = ?7",
+    /* a claim's verdict on a row whose bytes are damaged (see SQ_PLEN_COL) */
+    [ST_DAMAGED] = "UPDATE ackbox_outbox SET state = 2, last_error = ?1, last_code = 0,"
+                   " updated_ms = ?2 WHERE seq = ?3",
 };
 
 static const ackbox_prop sq_props[] = {
@@ -298,6 +316,7 @@ static void sq_close(void *vctx)
 		close(c->wal_fd);
 	free(c->path);
 	free(c->seqs);
+	free(c->damaged);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -354,6 +373,7 @@ typedef struct sq_schema {
 	int batch;  /* the packed-batch tables */
 	int owners; /* ackbox_owner */
 	int tables; /* tables of any kind: none is an empty database */
+	int plen;   /* ackbox_outbox has payload_len */
 	int history; /* ackbox_attempt (store ABI 1.6) */
 } sq_schema;
 
@@ -372,6 +392,8 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 	                        " type='table' AND name='ackbox_batch_out'), (SELECT count(*) FROM"
 	                        " sqlite_master WHERE type='table' AND name='ackbox_owner'),"
 	                        " (SELECT count(*) FROM sqlite_master WHERE type='table'),"
+	                        " (SELECT count(*) FROM pragma_table_info('ackbox_outbox') WHERE"
+	                        " name='payload_len'),"
 	                        " (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
 	                        " name='ackbox_attempt')",
 	                        -1, &s, NULL);
@@ -383,7 +405,8 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 		have->batch = sqlite3_column_int(s, 1);
 		have->owners = sqlite3_column_int(s, 2);
 		have->tables = sqlite3_column_int(s, 3);
-		have->history = sqlite3_column_int(s, 4);
+		have->plen = sqlite3_column_int(s, 4);
+		have->history = sqlite3_column_int(s, 5);
 	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
@@ -580,6 +603,26 @@ static int open_db(sq_ctx *c, int create, int64_t busy_ms, char *errstr, size_t 
 	return 0;
 }
 
+/* Adds payload_len to an ackbox_outbox from before it (inside the caller's
+ * transaction); nothing if it is there. */
+static int add_payload_len(sqlite3 *db)
+{
+	sqlite3_stmt *s = NULL;
+	int rc = sqlite3_prepare_v2(db,
+	                            "SELECT count(*) FROM pragma_table_info('ackbox_outbox')"
+	                            " WHERE name='payload_len'",
+	                            -1, &s, NULL);
+	int have = 0;
+	if (rc != SQLITE_OK)
+		return rc;
+	if ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		have = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+	if (rc != SQLITE_ROW)
+		return rc;
+	return have ? SQLITE_OK : sqlite3_exec(db, add_payload_len_sql, NULL, NULL, NULL);
+}
+
 /* WAL mode, then every table and index that is missing, in one transaction. */
 static int create_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 {
@@ -590,6 +633,8 @@ static int create_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
+		rc = add_payload_len(c->db);
+	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		rc = sq_error(c->db, rc, c->path, "creating the schema", errstr, errstr_size);
@@ -597,17 +642,50 @@ static int create_schema(sq_ctx *c, char *errstr, size_t errstr_size)
 		return rc;
 	}
 	c->has_owners = 1;
+	c->have_payload_len = 1;
 	return 0;
+}
+
+/* Removes the first `cut` at or after `from`; 1 if there was one. */
+static int cut_out(char *from, const char *cut)
+{
+	char *at = strstr(from, cut);
+	if (!at)
+		return 0;
+	memmove(at, at + strlen(cut), strlen(at + strlen(cut)) + 1);
+	return 1;
 }
 
 const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size)
 {
-	const char *at = strstr(sql, " AND " SQ_NOT_HELD);
-	if (c->has_owners || !at)
-		return sql;
+	char *at;
+	int changed = 0;
+	if (strlen(sql) >= size)
+		return sql; /* prepare then names what is wrong */
+	snprintf(buf, size, "%s", sql);
 	/* an older file nobody upgraded: nobody owns anything */
-	snprintf(buf, size, "%.*s%s", (int)(at - sql), sql, at + strlen(" AND " SQ_NOT_HELD));
-	return buf;
+	if (!c->has_owners)
+		changed |= cut_out(buf, " AND " SQ_NOT_HELD);
+	/* nor records payload lengths (see SQ_PLEN_COL) */
+	if (!c->have_payload_len && (at = strstr(buf, SQ_PLEN_COL)) != NULL) {
+		char *values = strstr(buf, "VALUES(");
+		changed = 1;
+		if (strncmp(buf, "SELECT", 6) == 0) {
+			/* read as NULL: same column count, "not checked" */
+			memcpy(at, ", NULL       ", strlen(SQ_PLEN_COL));
+		} else {
+			char *close, *comma;
+			cut_out(at, SQ_PLEN_COL);
+			values = strstr(buf, "VALUES(");
+			close = values ? strchr(values, ')') : NULL;
+			/* the last value, ", ?N" before the closing parenthesis */
+			for (comma = close; comma && comma > values && *comma != ','; comma--)
+				;
+			if (comma && comma > values)
+				memmove(comma, close, strlen(close) + 1);
+		}
+	}
+	return changed ? buf : sql;
 }
 
 static int prepare_all(sq_ctx *c, char *errstr, size_t errstr_size)
@@ -671,8 +749,10 @@ static int finish_open(sq_ctx *c, const sq_schema *have, char *errstr, size_t er
 	}
 	c->has_owners = have->owners;
 	c->has_history = have->history;
+	c->have_payload_len = have->plen;
 	/* a relay or a publisher adds what an older ackbox did not make */
-	if (!have->meta || !have->batch || ((!have->owners || !have->history) && c->sender))
+	if (!have->meta || !have->batch ||
+	    (!(have->owners && have->plen && have->history) && c->sender))
 		rc = create_schema(c, errstr, errstr_size);
 	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
 		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
@@ -768,6 +848,7 @@ static int sq_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 		return rc;
 	}
 	c->has_owners = have.owners;
+	c->have_payload_len = have.plen;
 	if (!have.meta && (c->create == SQ_CREATE_INSERT || !have.tables)) {
 		/*
 		 * Ours is added by the first insert to another application's
@@ -856,6 +937,7 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		sqlite3_bind_blob(s, 8, r->payload_len ? r->payload : "", (int)r->payload_len,
 		                  SQLITE_STATIC);
 		sqlite3_bind_int64(s, 9, sq_lease_own(c));
+		sqlite3_bind_int64(s, 10, (sqlite3_int64)r->payload_len);
 		rc = sqlite3_step(s);
 		sqlite3_reset(s);
 		if (rc != SQLITE_DONE) {
@@ -886,6 +968,82 @@ static int sq_sync(void *vctx, char *errstr, size_t errstr_size)
 		return ACKBOX_ERR_STORE;
 	}
 	c->need_sync = 0;
+	return 0;
+}
+
+/* Whether the current row of a CLAIM_COLS statement is damaged, with why. */
+static int row_damaged(sqlite3_stmt *s, char *why, size_t why_size)
+{
+	int idl = sqlite3_column_bytes(s, 1);
+	if (idl != 16) {
+		snprintf(why, why_size, "stored bytes damaged: the id is %d bytes, not 16", idl);
+		return 1;
+	}
+	if (sqlite3_column_type(s, CLAIM_PLEN_COL) != SQLITE_NULL) {
+		int64_t want = sqlite3_column_int64(s, CLAIM_PLEN_COL),
+		        have = sqlite3_column_bytes(s, 11);
+		if (want != have) {
+			snprintf(why, why_size,
+			         "stored bytes damaged: the payload is %lld bytes, %lld were stored (%s)",
+			         (long long)have, (long long)want,
+			         have < want ? "truncated" : "longer than written");
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Fails the damaged rows a claim found (inside its transaction), each with
+ * its reason, and logs each once: they are FAILED now, never claimed again.
+ * The store does this itself, as the core can only be handed rows it can
+ * trust, and it has no outcome for "the store's bytes are bad".
+ */
+static int fail_damaged(sq_ctx *c, const sq_damaged *d, size_t n, char *errstr,
+                        size_t errstr_size)
+{
+	sqlite3_stmt *u = c->st[ST_DAMAGED];
+	int64_t now = ackbox_wall_ms();
+	for (size_t i = 0; i < n; i++) {
+		int rc;
+		sqlite3_bind_text(u, 1, d[i].why, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(u, 2, now);
+		sqlite3_bind_int64(u, 3, d[i].seq);
+		rc = sqlite3_step(u);
+		sqlite3_reset(u);
+		sqlite3_clear_bindings(u);
+		if (rc != SQLITE_DONE)
+			return sq_error(c->db, rc, c->path, "failing a damaged row", errstr, errstr_size);
+		if (c->conf)
+			ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "sqlite",
+			                 "store '%s': message %s (row %lld) FAILED: %s", c->path, d[i].id,
+			                 (long long)d[i].seq, d[i].why);
+	}
+	return 0;
+}
+
+/* Notes the current row of a claim as damaged (why), for fail_damaged(). */
+static int damaged_add(sq_ctx *c, sqlite3_stmt *s, const char *why)
+{
+	sq_damaged *d;
+	if (c->ndamaged == c->cap_damaged) {
+		size_t cap = c->cap_damaged ? 2 * c->cap_damaged : 8;
+		d = realloc(c->damaged, cap * sizeof(*d));
+		if (!d)
+			return -1;
+		c->damaged = d;
+		c->cap_damaged = cap;
+	}
+	d = &c->damaged[c->ndamaged++];
+	d->seq = sqlite3_column_int64(s, 0);
+	snprintf(d->why, sizeof(d->why), "%s", why);
+	if (sqlite3_column_bytes(s, 1) == 16) {
+		ackbox_id id;
+		memcpy(id.b, sqlite3_column_blob(s, 1), 16);
+		ackbox_id_format(&id, d->id);
+	} else {
+		snprintf(d->id, sizeof(d->id), "(id unreadable)");
+	}
 	return 0;
 }
 
@@ -971,6 +1129,14 @@ rows:
 	 * could make the scan meet it again. */
 	while (!stop && (rc = sqlite3_step(s)) == SQLITE_ROW) {
 		ackbox_store_row row;
+		char why[sizeof(((sq_damaged *)0)->why)];
+		if (row_damaged(s, why, sizeof(why))) {
+			if (damaged_add(c, s, why) != 0) {
+				rc = SQLITE_NOMEM;
+				break;
+			}
+			continue;
+		}
 		read_row(s, &row);
 		/* the lease this claim takes (the UPDATE below) */
 		row.lease = (uint64_t)sq_lease_next((int64_t)row.lease, c->owner);
@@ -980,6 +1146,13 @@ rows:
 	sqlite3_reset(s);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
 		rc = sq_error(c->db, rc, c->path, "claim", errstr, errstr_size);
+		c->ndamaged = 0;
+		rollback(c);
+		return rc;
+	}
+	rc = fail_damaged(c, c->damaged, c->ndamaged, errstr, errstr_size);
+	c->ndamaged = 0;
+	if (rc) {
 		rollback(c);
 		return rc;
 	}
@@ -1665,6 +1838,8 @@ int ackbox_sqlite_install_schema(sqlite3 *db, char *errstr, size_t errstr_size)
 	if (!db)
 		return ACKBOX_ERR_INVALID;
 	rc = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = add_payload_len(db);
 	if (rc != SQLITE_OK)
 		return sq_error(db, rc, sqlite3_db_filename(db, "main"), "creating the schema", errstr,
 		                errstr_size);
@@ -1675,8 +1850,8 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
                           size_t errstr_size)
 {
 	static const char sql[] = "INSERT INTO ackbox_outbox(id, state, attempts, due_ms, created_ms,"
-	                          " updated_ms, topic, msg_key, content_type, headers, payload)"
-	                          " VALUES(?1, 0, 0, ?2, ?2, ?2, ?3, ?4, ?5, ?6, ?7)";
+	                          " updated_ms, topic, msg_key, content_type, headers, payload,"
+	                          " payload_len) VALUES(?1, 0, 0, ?2, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 	const char *path;
 	sqlite3_stmt *s = NULL;
 	ackbox_id id;
@@ -1694,8 +1869,9 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
 	path = sqlite3_db_filename(db, "main");
 	rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
 	if (rc != SQLITE_OK) {
-		/* first use on this database: the outbox table is created inside the
-		 * application's transaction, so it rolls back with it too */
+		/* first use on this database (or on a file from before payload_len):
+		 * the outbox table is created inside the application's transaction,
+		 * so it rolls back with it too */
 		rc = ackbox_sqlite_install_schema(db, errstr, errstr_size);
 		if (rc)
 			return rc;
@@ -1724,6 +1900,7 @@ int ackbox_sqlite_enqueue(sqlite3 *db, const ackbox_msg *m, ackbox_id *id_out, c
 	if (hl)
 		sqlite3_bind_blob(s, 6, hbuf, (int)hl, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 7, m->payload_len ? m->payload : "", (int)m->payload_len, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 8, (sqlite3_int64)m->payload_len);
 	rc = sqlite3_step(s);
 	sqlite3_finalize(s);
 	free(hbuf);

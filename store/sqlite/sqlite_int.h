@@ -26,8 +26,16 @@ enum {
 	ST_PENDING_ANY,
 	ST_DELETE_MANY,
 	ST_HELD,
+	ST_DAMAGED,
 	ST_COUNT
 };
+
+/* A row a claim found damaged: failed by the store before the claim ends. */
+typedef struct sq_damaged {
+	int64_t seq;
+	char id[40];
+	char why[160];
+} sq_damaged;
 
 /* packed.c's statements */
 enum {
@@ -72,6 +80,11 @@ typedef enum sq_create {
 	"(lease >> 32) NOT IN (SELECT owner FROM ackbox_owner WHERE owner <> ?3"                   \
 	" AND owner NOT IN (SELECT owner FROM temp.ackbox_foreign))"
 
+/* The payload's length as written, last in an ackbox_outbox column list
+ * (its value last in VALUES; in a SELECT, a column claims check): a file
+ * from before the column has it dropped by sq_stmt_sql(). */
+#define SQ_PLEN_COL ", payload_len"
+
 typedef struct sq_ctx {
 	sqlite3 *db;
 	char *path;
@@ -85,6 +98,9 @@ typedef struct sq_ctx {
 	int wal_fd;    /* our descriptor of <path>-wal for sync(), -1 if none */
 	ino_t wal_ino;
 	int need_sync; /* an insert committed without fsync since the last sync() */
+	int have_payload_len; /* the file's ackbox_outbox has the column */
+	sq_damaged *damaged;  /* rows the claim under way found damaged */
+	size_t ndamaged, cap_damaged;
 
 	/* packed batches this instance wrote and still has members of */
 	sqlite3_stmt *pk[PK_COUNT];
@@ -128,7 +144,9 @@ int sq_error(sqlite3 *db, int rc, const char *path, const char *what, char *errs
              size_t errstr_size);
 
 /* sql as prepared on this file: without the owner filter (SQ_NOT_HELD) when
- * the file has no ackbox_owner table (an older one a handle must not upgrade). */
+ * the file has no ackbox_owner table, and without payload_len (SQ_PLEN_COL;
+ * a SELECT reads NULL) when its ackbox_outbox lacks the column: an older
+ * file a handle must not upgrade. */
 const char *sq_stmt_sql(const sq_ctx *c, const char *sql, char *buf, size_t size);
 
 /* The lease a claim by `owner` gives a row that had `old`. */

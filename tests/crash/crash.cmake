@@ -59,3 +59,39 @@ function(ackbox_add_crash_tests broker)
     endif()
   endforeach()
 endfunction()
+
+# ackbox_add_netfault_test(<transport> FIXTURE <fixture> [ENVIRONMENT KEY=VALUE...])
+#
+# crash_netfault_<transport>: tests/crash/netfault.sh runs the CLI through
+# tests/tools/faultproxy.py against the broker FIXTURE started (reset,
+# blackhole, 200 ms latency, trickle, unreachable for 60 s; NETFAULT_SCENARIOS
+# picks some). The broker is not restarted, so a crash fixture serves; a Kafka
+# cluster must run behind the proxy (kafka-mock.sh start-proxied). Label
+# first_pass_only, as the crash tests. CI makes the broker unreachable for
+# 20 s (NETFAULT_UNREACHABLE_S), not the 60 s of run-full.sh's series, so that
+# the three brokers' scenarios take about a minute each.
+function(ackbox_add_netfault_test broker)
+  cmake_parse_arguments(N "" "FIXTURE" "ENVIRONMENT" ${ARGN})
+  if(NOT N_FIXTURE)
+    message(FATAL_ERROR "ackbox_add_netfault_test(${broker}): FIXTURE is required")
+  endif()
+  if(NOT TARGET ackbox-cli)
+    return()
+  endif()
+  set(name crash_netfault_${broker})
+  add_test(NAME ${name}
+    COMMAND bash ${PROJECT_SOURCE_DIR}/tests/crash/netfault.sh ${broker} $<TARGET_FILE:ackbox-cli>
+            ${ACKBOX_FIXTURE_DIR}/${N_FIXTURE}/env ${PROJECT_SOURCE_DIR}/tests/tools/faultproxy.py)
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED ${N_FIXTURE} TIMEOUT 600
+    LABELS first_pass_only ENVIRONMENT
+    "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;NETFAULT_RESULTS=${CMAKE_BINARY_DIR}/netfault-results.txt;NETFAULT_UNREACHABLE_S=20;${N_ENVIRONMENT}")
+endfunction()
+
+# ackbox_add_crash_tool(<VAR> <target>): BUILD/crash-tools.env, which the
+# scripts run by hand read (run-full.sh, soak.sh --tools), gets
+# VAR=<the target's file>. A plugin's tests/CMakeLists.txt names its helpers
+# (a consumer, a mock cluster); tests/crash/CMakeLists.txt writes the file
+# once every folder has been read.
+function(ackbox_add_crash_tool var target)
+  set_property(GLOBAL APPEND PROPERTY ACKBOX_CRASH_TOOLS "${var}=$<TARGET_FILE:${target}>")
+endfunction()

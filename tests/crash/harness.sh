@@ -18,6 +18,7 @@
 #                  FIXTURE_ENV, it sets
 #                    crash_url         the transport URL
 #                    crash_sets        extra CLI arguments (--set KEY=VALUE ...)
+#                    crash_tag         (optional) a word for the result lines
 #                  and defines
 #                    consumer_start TOPIC    before publishing: an independent
 #                                            consumer, or what it needs
@@ -27,8 +28,17 @@
 #                                            (WANT: the ledger's numbers, sorted)
 #                    broker_down             the fault: the broker stops
 #                    broker_up PUBPID TOPIC  it starts again with its data
+#                  It may also define
+#                    crash_prepare TOPIC...  once, before the first trial, with
+#                                            every trial's topic
+#                    broker_evidence TOPIC   a losing trial: copy what the
+#                                            broker says about it into $work
+#                  broker_up gets the trial's number as a third argument and
+#                  may leave "$work/confirmed-before-kill-TRIAL" and
+#                  "$work/queue-after-restart-TRIAL" (added to the result line).
 #                  It may use $work (scratch dir), $size (payload bytes), $n,
-#                  fail MESSAGE, and append background pids to pids.
+#                  $cli, $store, $ledger, $trials, fail MESSAGE, and append
+#                  background pids to pids.
 #                  Optional:
 #                    trial_sets        consumer_start may fill this array with
 #                                      extra CLI arguments for the trial's
@@ -42,9 +52,16 @@
 #                                      to the trial's result line (it may
 #                                      read $work/publish-TRIAL.err and
 #                                      $work/relay-TRIAL.err)
-#   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_OUTAGE_TRIALS (1),
+#   Environment: CRASH_TRIALS (kill9 trials, 3), CRASH_KILL_FROM (store: the
+#   kill9 delay counts from the store file's creation; start: from the
+#   launch), CRASH_OUTAGE_TRIALS (1),
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
-#   CRASH_RESULTS (file to append result lines to).
+#   CRASH_RESULTS (file to append result lines to),
+#   CRASH_CONTINUE=1 (a trial that lost messages is recorded and the next
+#   one runs; the exit status is still non-zero at the end); the adapter may
+#   read more (AMQP: CRASH_AMQP_DECLARE, AMQP_DRAIN).
+# A losing trial keeps its files (store, ledger, what publish said, what the
+# broker said) in a directory it names.
 #
 # The ledger: `ackbox publish --ledger` appends each range of sequence
 # numbers as soon as the store has accepted it. Every number in the ledger
@@ -67,12 +84,17 @@ base=${ACKBOX_TEST_TMP:-/tmp}
 mkdir -p "$base"
 work=$(mktemp -d "$base/crash-$broker-$mode-XXXXXX")
 pids=()
+keep=0 losses=0
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ "$keep" = 1 ]; then
+    echo "harness $broker/$mode: evidence kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
-fail() { echo "harness $broker/$mode: FAIL: $*" >&2; exit 1; }
+fail() { keep=1; echo "harness $broker/$mode: FAIL: $*" >&2; exit 1; }
 log() { echo "harness $broker/$mode: $*"; }
 
 # Settings that make a test run brisk: quick reconnects after the outage.
@@ -92,6 +114,16 @@ url=$crash_url
 sets+=("${crash_sets[@]}")
 
 # ---- checks ----
+# "lo..hi" per run of consecutive numbers read on stdin (sorted), at most 8
+ranges() {
+  awk 'NR == 1 {lo = $1; hi = $1; next}
+       $1 == hi + 1 {hi = $1; next}
+       {out = out sep lo ".." hi; sep = ", "; lo = $1; hi = $1; n++}
+       END {if (NR) {out = out sep lo ".." hi; n++}
+            if (n > 8) {split(out, a, ", "); out = a[1] ", ... (" n " runs), " a[n]}
+            print out " (" NR " numbers)"}'
+}
+
 totals_trials=0 totals_accepted=0 totals_lost=0 totals_dups=0
 check_trial() { # trial topic store ledger
   local i=$1 t=$2 store=$3 ledger=$4
@@ -109,11 +141,22 @@ check_trial() { # trial topic store ledger
   lost=$(comm -23 "$want" <(sort -u "$got") | wc -l)
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
-  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}${crash_tag:+ $crash_tag} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  [ -s "$work/queue-after-restart-$i" ] &&
+    line+=" confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")"
   if declare -F trial_note >/dev/null; then line="$line$(trial_note "$i")"; fi
   log "$line"
   [ -n "${CRASH_RESULTS:-}" ] && echo "$line" >> "$CRASH_RESULTS"
-  [ "$lost" -eq 0 ] || fail "trial $i lost $lost accepted message(s), numbers $(comm -23 "$want" <(sort -u "$got") | sort -n | awk 'NR == 1 {lo = $1} {hi = $1; n++} END {printf "%s..%s (%s of them)", lo, hi, n}'); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
+  if [ "$lost" -ne 0 ]; then
+    comm -23 "$want" <(sort -u "$got") | sort -n > "$work/lost-$i"
+    keep=1
+    declare -F broker_evidence > /dev/null && broker_evidence "$t"
+    local what
+    what="trial $i lost $lost accepted message(s), numbers $(ranges < "$work/lost-$i"); publish said: $(grep -h "disconnected" "$work/publish-$i.err" 2>/dev/null | head -3 | tr '\n' ' ')$(cat "$work/publish-$i.out" "$work/publish-$i.err" 2>/dev/null | tail -3 | tr '\n' ' ')"
+    [ "${CRASH_CONTINUE:-0}" = 1 ] || fail "$what"
+    echo "harness $broker/$mode: LOSS: $what" >&2
+    losses=$((losses + 1))
+  fi
   [ "$extra" -eq 0 ] || fail "trial $i received $extra message(s) that were never published"
   [ "$sending" = 0 ] && [ "$retrying" = 0 ] || fail "trial $i left rows pending: $st"
   [ "$failed" = 0 ] || fail "trial $i has $failed FAILED message(s): $("$cli" list --store "$store" --state failed --limit 3)"
@@ -135,6 +178,11 @@ wait_ledger() { # ledger pid
   done
 }
 
+if declare -F crash_prepare > /dev/null; then
+  topics=()
+  for i in $(seq 1 "$trials"); do topics+=("crash_${mode}_$$_$i"); done
+  crash_prepare "${topics[@]}"
+fi
 for i in $(seq 1 "$trials"); do
   topic="crash_${mode}_$$_$i"
   store="sqlite://$work/outbox-$i.db"
@@ -156,7 +204,17 @@ for i in $(seq 1 "$trials"); do
   case "$mode" in
   kill9)
     # a random moment within the run: the fault, not a synchronisation
-    # (odd trials while publish is still storing, even ones while it sends)
+    # (odd trials while publish is still storing, even ones while it sends).
+    # Counted from the store file's creation (the first insert): on a loaded
+    # machine the CLI takes longer than the whole window to start, and a
+    # kill before it stores anything proves nothing (CRASH_KILL_FROM=start:
+    # from the launch, as before).
+    if [ "${CRASH_KILL_FROM:-store}" = store ]; then
+      deadline=$((SECONDS + 30))
+      until [ -e "$work/outbox-$i.db" ] || ! kill -0 "$pub" 2>/dev/null || [ $SECONDS -ge $deadline ]; do
+        sleep 0.005
+      done
+    fi
     if [ $((i % 2)) -eq 1 ]; then
       delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 300) / 1000 }')
     else
@@ -170,6 +228,8 @@ for i in $(seq 1 "$trials"); do
       # killed before it created its store: then it cannot have accepted anything
       [ ! -s "$ledger" ] || fail "trial $i: a ledger but no store file"
       log "trial $i: killed before the store existed; nothing accepted, nothing to deliver"
+      [ -n "${CRASH_RESULTS:-}" ] &&
+        echo "broker=$broker mode=$mode trial=$i n=$n accepted=0 received=0 lost=0 duplicates=0 no_store=1" >> "$CRASH_RESULTS"
       totals_trials=$((totals_trials + 1))
       continue
     fi
@@ -194,7 +254,7 @@ for i in $(seq 1 "$trials"); do
     broker_down
     log "trial $i: broker down for ${outage}s mid-stream"
     sleep "$outage" # the length of the outage is the fault being injected
-    broker_up "$pub" "$topic"
+    broker_up "$pub" "$topic" "$i"
     rc=0
     wait "$pub" || rc=$?
     [ "$rc" -eq 0 ] || fail "publish exited $rc after the outage: $(cat "$work/publish-$i.err")"
@@ -205,3 +265,4 @@ for i in $(seq 1 "$trials"); do
   check_trial "$i" "$topic" "$store" "$ledger"
 done
 log "TOTAL trials=$totals_trials accepted=$totals_accepted lost=$totals_lost duplicates=$totals_dups"
+[ "$losses" -eq 0 ] || { echo "harness $broker/$mode: FAIL: $losses trial(s) lost messages" >&2; exit 1; }

@@ -16,3 +16,4 @@ consumer_collect() { # topic ledger_expanded
 
 broker_down() { bash "$adapter_dir/kafka-mock.sh" down "$KAFKA_FIXTURE_DIR"; }
 broker_up() { bash "$adapter_dir/kafka-mock.sh" up "$KAFKA_FIXTURE_DIR"; }
+broker_evidence() { cp "$KAFKA_FIXTURE_DIR/log" "$work/kafka-mock.log" 2>/dev/null || true; }

@@ -3,21 +3,89 @@
  * broker inside librdkafka; there is no Kafka package on Debian) served on
  * loopback for other processes: the CLI tests, kcat, a demo.
  *
- *   kafka-mock-cluster [--brokers N] [--max-seconds S]
+ *   kafka-mock-cluster [--brokers N] [--max-seconds S] [--behind-proxy]
  *
  * Prints the bootstrap list ("127.0.0.1:port,...") on one line, then serves
  * until SIGINT/SIGTERM or S seconds (default 3600). SIGUSR1 sets every broker
  * down, SIGUSR2 sets them up again (outages for tests in other processes).
+ *
+ * --behind-proxy: each broker listens on 127.0.0.2 and advertises 127.0.0.1
+ * at the same port, where a proxy (tests/tools/faultproxy.py, routes
+ * 127.0.0.1:P=127.0.0.2:P) forwards to it. Kafka clients connect to the
+ * addresses the cluster advertises in its metadata, not to the bootstrap
+ * address they were given, so a proxy in front of a plain cluster would see
+ * only the first request. The mock takes no listener address, so this file
+ * wraps bind() and getsockname() for the cluster's listening sockets (the
+ * only sockets this process binds; exported, since the build hides symbols
+ * by default). The second line printed is then the
+ * proxy's routes, space separated.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+
+/* ---- --behind-proxy: listen on LISTEN_ADDR, advertise ADVERTISED_ADDR ---- */
+
+#define ADVERTISED_ADDR 0x7f000001u /* 127.0.0.1 */
+#define LISTEN_ADDR 0x7f000002u     /* 127.0.0.2 */
+#define MAX_LISTENERS 64
+
+static int behind_proxy;
+static int moved_fds[MAX_LISTENERS];
+static int nmoved;
+
+static int is_moved(int fd)
+{
+	for (int i = 0; i < nmoved; i++)
+		if (moved_fds[i] == fd)
+			return 1;
+	return 0;
+}
+
+/* librdkafka binds each mock broker's listener to 127.0.0.1 (port 0 at
+ * first, its own port again when set up after a down): move it to
+ * 127.0.0.2, same port. */
+__attribute__((visibility("default"))) int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	static int (*real_bind)(int, const struct sockaddr *, socklen_t);
+	if (!real_bind)
+		real_bind = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
+	if (behind_proxy && sa && sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in) &&
+	    ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(ADVERTISED_ADDR)) {
+		struct sockaddr_in moved = *(const struct sockaddr_in *)sa;
+		moved.sin_addr.s_addr = htonl(LISTEN_ADDR);
+		int rc = real_bind(fd, (struct sockaddr *)&moved, sizeof(moved));
+		if (rc == 0 && !is_moved(fd) && nmoved < MAX_LISTENERS)
+			moved_fds[nmoved++] = fd;
+		return rc;
+	}
+	return real_bind(fd, sa, len);
+}
+
+/* ...and report it as bound to 127.0.0.1, which the cluster then advertises. */
+__attribute__((visibility("default"))) int getsockname(int fd, struct sockaddr *sa,
+                                                      socklen_t *len)
+{
+	static int (*real_getsockname)(int, struct sockaddr *, socklen_t *);
+	if (!real_getsockname)
+		real_getsockname =
+		    (int (*)(int, struct sockaddr *, socklen_t *))dlsym(RTLD_NEXT, "getsockname");
+	int rc = real_getsockname(fd, sa, len);
+	if (rc == 0 && behind_proxy && is_moved(fd) && sa->sa_family == AF_INET &&
+	    ((struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(LISTEN_ADDR))
+		((struct sockaddr_in *)sa)->sin_addr.s_addr = htonl(ADVERTISED_ADDR);
+	return rc;
+}
 
 int main(int argc, char **argv)
 {
@@ -31,8 +99,11 @@ int main(int argc, char **argv)
 			brokers = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--max-seconds") == 0 && i + 1 < argc)
 			max_s = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--behind-proxy") == 0)
+			behind_proxy = 1;
 		else {
-			fprintf(stderr, "usage: kafka-mock-cluster [--brokers N] [--max-seconds S]\n");
+			fprintf(stderr, "usage: kafka-mock-cluster [--brokers N] [--max-seconds S] "
+			                "[--behind-proxy]\n");
 			return 2;
 		}
 	}
@@ -61,6 +132,22 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("%s\n", rd_kafka_mock_cluster_bootstraps(mc));
+	if (behind_proxy) {
+		/* the routes: 127.0.0.1:port=127.0.0.2:port per broker */
+		char *list = strdup(rd_kafka_mock_cluster_bootstraps(mc)), *save = NULL;
+		for (char *hp = strtok_r(list, ",", &save); hp; hp = strtok_r(NULL, ",", &save)) {
+			const char *port = strrchr(hp, ':');
+			printf("%s%s=127.0.0.2%s", hp == list ? "" : " ", hp, port ? port : "");
+		}
+		printf("\n");
+		free(list);
+		if (nmoved != brokers) {
+			fprintf(stderr, "kafka-mock-cluster: --behind-proxy moved %d of %d listeners "
+			                "(this librdkafka binds them otherwise)\n",
+			        nmoved, brokers);
+			return 1;
+		}
+	}
 	fflush(stdout);
 
 	ts.tv_sec = max_s;

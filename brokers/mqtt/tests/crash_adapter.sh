@@ -47,3 +47,5 @@ broker_up() { # publisher pid, topic (held while the subscriber re-attaches)
   done
   kill -CONT "$1" 2>/dev/null || true
 }
+
+broker_evidence() { cp "$MOSQUITTO_FIXTURE_DIR/log" "$work/mosquitto.log" 2>/dev/null || true; }

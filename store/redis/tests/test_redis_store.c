@@ -491,7 +491,7 @@ Test(redis, create_never_and_insert_write_no_key_before_a_message)
 	redisFree(r);
 }
 
-Test(redis, a_damaged_row_is_skipped_by_claim_and_reported_by_get)
+Test(redis, a_damaged_row_is_failed_by_claim_and_reported_by_get)
 {
 	redisContext *r = connect_to(fixture_port());
 	store s = {0};
@@ -515,13 +515,18 @@ Test(redis, a_damaged_row_is_skipped_by_claim_and_reported_by_get)
 	ackbox_id_format(&recs[0].id, id);
 	freeReplyObject(cmd(r, "HSET {%s}:m:%s state x", prefix, id));
 	rc = s.ops->claim(s.ctx, now, now + 1000, 10, dump_cb, &d, err, sizeof(err));
-	cr_assert_eq(rc, 1, "the sound row is handed out, the damaged one skipped (rc %d: %s)", rc,
+	cr_assert_eq(rc, 1, "the sound row is handed out, the damaged one is not (rc %d: %s)", rc,
 	             err);
 	cr_assert_eq(d.rows, 1);
+	/* the claim failed it, with a reason naming the damage: a row again */
 	rc = s.ops->get(s.ctx, &recs[0].id, dump_cb, &d, err, sizeof(err));
-	cr_assert_eq(rc, ACKBOX_ERR_STORE_CORRUPT, "rc %d: %s", rc, err);
-	cr_assert(strstr(err, id) && strstr(err, "damaged"), "%s", err);
-	cr_assert_eq(d.rows, 1, "no callback for a damaged row");
+	cr_assert_eq(rc, 0, "rc %d: %s", rc, err);
+	cr_assert_eq(d.rows, 2);
+	cr_assert(strstr(d.text, " s2 ") && strstr(d.text, "the state does not parse"), "%s",
+	          d.text);
+	/* and no claim hands it out (the sound one is leased until now + 1000) */
+	rc = s.ops->claim(s.ctx, now + 500, now + 6000, 10, dump_cb, &d, err, sizeof(err));
+	cr_assert_eq(rc, 0, "rc %d: %s", rc, err);
 	free(d.text);
 	st_close(&s);
 	redisFree(r);
