@@ -898,7 +898,28 @@ struct stored_ctx {
 	ackbox_stored_cb cb;
 	void *opaque;
 	int rc;
+	int kept;                  /* the store keeps history */
+	size_t nhist;              /* notes read for ackbox_show */
+	ackbox_attempt hist[ACKBOX_HISTORY_MAX];
+	char text[ACKBOX_HISTORY_MAX][ACKBOX_HISTORY_TEXT_MAX + 1];
 };
+
+/* Keeps the last ACKBOX_HISTORY_MAX notes a store hands back, texts copied. */
+static int history_cb(const ackbox_attempt *a, void *opaque)
+{
+	struct stored_ctx *c = opaque;
+	size_t i;
+	if (c->nhist == ACKBOX_HISTORY_MAX) {
+		/* a store that keeps more than it should: keep the newest */
+		memmove(&c->hist[0], &c->hist[1], (ACKBOX_HISTORY_MAX - 1) * sizeof(c->hist[0]));
+		memmove(c->text[0], c->text[1], (ACKBOX_HISTORY_MAX - 1) * sizeof(c->text[0]));
+		c->nhist--;
+	}
+	i = c->nhist++;
+	c->hist[i] = *a;
+	snprintf(c->text[i], sizeof(c->text[i]), "%s", a->text ? a->text : "");
+	return 0;
+}
 
 /* Turns a store row into the public view, decoding its headers. */
 static int stored_cb(const ackbox_store_row *row, void *opaque)
@@ -929,6 +950,11 @@ static int stored_cb(const ackbox_store_row *row, void *opaque)
 	s.payload_len = row->payload_len;
 	s.last_error = row->last_error;
 	s.last_code = row->last_code;
+	s.history_kept = c->kept;
+	s.history_count = c->nhist;
+	for (size_t i = 0; i < c->nhist; i++)
+		c->hist[i].text = c->text[i];
+	s.history = c->nhist ? c->hist : NULL;
 	stop = c->cb(&s, c->opaque);
 	free(hs);
 	return stop;
@@ -937,10 +963,14 @@ static int stored_cb(const ackbox_store_row *row, void *opaque)
 static int gated_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, void *opaque,
                 char *errstr, size_t errstr_size)
 {
-	struct stored_ctx c = {cb, opaque, 0};
+	struct stored_ctx c;
 	int rc;
 	if (!ab || !cb)
 		return ACKBOX_ERR_INVALID;
+	memset(&c, 0, offsetof(struct stored_ctx, hist));
+	c.cb = cb;
+	c.opaque = opaque;
+	c.kept = abx_store_keeps_history(ab);
 	abx_store_lock(ab);
 	rc = ab->store_ops->list(ab->store_ctx, state, limit, stored_cb, &c, errstr, errstr_size);
 	abx_store_unlock(ab);
@@ -950,13 +980,24 @@ static int gated_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb, 
 static int gated_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque, char *errstr,
                 size_t errstr_size)
 {
-	struct stored_ctx c = {cb, opaque, 0};
-	int rc;
+	struct stored_ctx *c;
+	int rc = 0;
 	if (!ab || !id || !cb)
 		return ACKBOX_ERR_INVALID;
+	c = calloc(1, sizeof(*c)); /* 3 kB of texts: not on the caller's stack */
+	if (!c)
+		return ACKBOX_ERR_NOMEM;
+	c->cb = cb;
+	c->opaque = opaque;
+	c->kept = abx_store_keeps_history(ab);
 	abx_store_lock(ab);
-	rc = ab->store_ops->get(ab->store_ctx, id, stored_cb, &c, errstr, errstr_size);
+	/* the history first, then the row: both under one hold of the lock */
+	if (c->kept)
+		rc = ab->store_ops->history(ab->store_ctx, id, history_cb, c, errstr, errstr_size);
+	if (rc >= 0)
+		rc = ab->store_ops->get(ab->store_ctx, id, stored_cb, c, errstr, errstr_size);
 	abx_store_unlock(ab);
+	free(c);
 	return rc;
 }
 
@@ -989,16 +1030,20 @@ static int gated_purge_failed(ackbox *ab, int64_t older_than_ms, char *errstr, s
 
 /* An operator's override of one row, whatever its state and lease. */
 static int force_one(ackbox *ab, ackbox_change_kind kind, const ackbox_id *id, const char *reason,
-                     char *errstr, size_t errstr_size)
+                     const ackbox_attempt *note, char *errstr, size_t errstr_size)
 {
 	ackbox_store_change c;
+	int64_t now = ackbox_wall_ms();
 	int rc;
 	memset(&c, 0, sizeof(c));
 	c.kind = kind;
 	c.id = *id;
 	c.last_error = reason;
 	abx_store_lock(ab);
-	rc = ab->store_ops->force(ab->store_ctx, &c, ackbox_wall_ms(), errstr, errstr_size);
+	if (abx_store_keeps_history(ab))
+		rc = ab->store_ops->force_noted(ab->store_ctx, &c, note, now, errstr, errstr_size);
+	else
+		rc = ab->store_ops->force(ab->store_ctx, &c, now, errstr, errstr_size);
 	abx_store_unlock(ab);
 	return rc;
 }
@@ -1022,9 +1067,16 @@ static int gated_fail(ackbox *ab, const ackbox_id *id, const char *reason, char 
 	rc = force_supported(ab, "fail", errstr, errstr_size);
 	if (rc)
 		return rc;
+	ackbox_attempt note;
+	char short_reason[ACKBOX_HISTORY_TEXT_MAX + 1];
 	snprintf(text, sizeof(text), "marked failed by an operator%s%s",
 	         reason && *reason ? ": " : "", reason ? reason : "");
-	return force_one(ab, ACKBOX_CHANGE_FAIL, id, text, errstr, errstr_size);
+	snprintf(short_reason, sizeof(short_reason), "%s", reason ? reason : "");
+	memset(&note, 0, sizeof(note));
+	note.at_ms = ackbox_wall_ms();
+	note.outcome = ACKBOX_OUTCOME_OPERATOR;
+	note.text = short_reason;
+	return force_one(ab, ACKBOX_CHANGE_FAIL, id, text, &note, errstr, errstr_size);
 }
 
 static int gated_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *errstr, size_t errstr_size)
@@ -1036,7 +1088,7 @@ static int gated_purge_ids(ackbox *ab, const ackbox_id *ids, size_t n, char *err
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < n; i++) {
-		rc = force_one(ab, ACKBOX_CHANGE_DELETE, &ids[i], NULL, errstr, errstr_size);
+		rc = force_one(ab, ACKBOX_CHANGE_DELETE, &ids[i], NULL, NULL, errstr, errstr_size);
 		if (rc == ACKBOX_ERR_NOT_FOUND)
 			continue;
 		if (rc < 0)

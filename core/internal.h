@@ -241,6 +241,15 @@ static inline void abx_store_unlock(struct ackbox *ab)
 	abx_log_release();
 }
 
+/* The store has the ABI 1.6 attempt-history slots (all three: registry.c
+ * refuses a table with some of them). */
+static inline bool abx_store_keeps_history(const struct ackbox *ab)
+{
+	return ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, apply_noted) &&
+	       ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, force_noted) &&
+	       ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, history);
+}
+
 /* A report item holding copies of r's texts; NULL if out of memory. */
 abx_report_item *abx_report_new(const ackbox_report *r);
 /* Queues final delivery reports, head..tail linked by next (relay thread). */

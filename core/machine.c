@@ -73,6 +73,7 @@ const char *abx_outcome_text(ackbox_outcome oc)
 		       "library cannot take)";
 	case ACKBOX_OUTCOME_INVALID: return "the transport can never send it";
 	case ACKBOX_OUTCOME_OPERATOR: return "failed by an operator";
+	case ACKBOX_OUTCOME_NOT_SENT: return "never left the process";
 	case ACKBOX_OUTCOME_NONE: break;
 	}
 	return "";

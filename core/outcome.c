@@ -19,16 +19,18 @@ void abx_change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, int64
 		size_t ncap = r->cap_changes ? r->cap_changes * 2 : 256;
 		ackbox_store_change *nc = realloc(r->changes, ncap * sizeof(*nc));
 		char **nt = nc ? realloc(r->change_texts, ncap * sizeof(*nt)) : NULL;
-		if (!nc || !nt) {
+		ackbox_attempt *nn = nt ? realloc(r->notes, ncap * sizeof(*nn)) : NULL;
+		if (nc)
+			r->changes = nc;
+		if (nt)
+			r->change_texts = nt;
+		if (!nc || !nt || !nn) {
 			/* Out of memory: drop the change. The row stays pending in the
 			 * store and is resent later: a duplicate, never a loss. */
-			if (nc)
-				r->changes = nc;
 			abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay", "out of memory queueing a change");
 			return;
 		}
-		r->changes = nc;
-		r->change_texts = nt;
+		r->notes = nn;
 		r->cap_changes = ncap;
 	}
 	if (r->nchanges == 0)
@@ -43,7 +45,59 @@ void abx_change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, int64
 	c->lease = e->lease;
 	r->change_texts[r->nchanges] = text ? strdup(text) : NULL;
 	c->last_error = r->change_texts[r->nchanges];
+	memset(&r->notes[r->nchanges], 0, sizeof(r->notes[0]));
 	r->nchanges++;
+}
+
+/* The first ACKBOX_HISTORY_TEXT_MAX bytes of text, not cutting a UTF-8
+ * sequence in two. */
+static char *note_text(const char *text)
+{
+	size_t n = text ? strlen(text) : 0;
+	char *out;
+	if (n > ACKBOX_HISTORY_TEXT_MAX) {
+		n = ACKBOX_HISTORY_TEXT_MAX;
+		while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+			n--;
+	}
+	out = malloc(n + 1);
+	if (out) {
+		if (n)
+			memcpy(out, text, n);
+		out[n] = '\0';
+	}
+	return out;
+}
+
+void abx_attempt_note(abx_relay *r, entry *e, ackbox_outcome oc, int code, const char *text,
+                      bool own_change)
+{
+	ackbox_attempt *a;
+	e->last_oc = oc;
+	e->last_at = ackbox_wall_ms();
+	if (!r->history)
+		return;
+	if (own_change)
+		abx_change_add(r, ACKBOX_CHANGE_NOTE, e, 0, NULL, 0);
+	/* the change just queued is e's (abx_change_add may have failed: then none) */
+	if (r->nchanges == 0 || memcmp(&r->changes[r->nchanges - 1].id, &e->id, sizeof(e->id)) != 0 ||
+	    r->changes[r->nchanges - 1].kind == ACKBOX_CHANGE_DELETE)
+		return;
+	a = &r->notes[r->nchanges - 1];
+	a->at_ms = e->last_at;
+	a->outcome = oc;
+	a->code = code;
+	a->text = note_text(text); /* NULL if out of memory: the store writes "" */
+}
+
+/* Frees the queued changes' texts and forgets the changes. */
+static void changes_clear(abx_relay *r)
+{
+	for (size_t i = 0; i < r->nchanges; i++) {
+		free(r->change_texts[i]);
+		free((char *)r->notes[i].text);
+	}
+	r->nchanges = 0;
 }
 
 /* A report about e; its texts point into e and reason. */
@@ -60,6 +114,9 @@ static ackbox_report report_of(const entry *e, ackbox_state st, ackbox_outcome o
 	rep.broker_code = code;
 	rep.retriable = retriable;
 	rep.reason = reason ? reason : "";
+	rep.struct_size = sizeof(rep);
+	rep.last_outcome = e->last_oc;
+	rep.last_attempt_ms = e->last_at;
 	return rep;
 }
 
@@ -203,6 +260,7 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		atomic_fetch_add_explicit(&ab->stats.dropped, 1, memory_order_relaxed);
 		abx_poisoned_forget(r, e);
 		abx_change_add(r, ACKBOX_CHANGE_DELETE, e, 0, NULL, 0);
+		abx_attempt_note(r, e, oc, code, why, false); /* a DELETE: counters only */
 		abx_report_add(r, e, ACKBOX_MSG_DROPPED, oc, code, retriable, reason);
 		e->state = E_DONE;
 	} else if (v.action == ABX_DO_FAIL) {
@@ -212,6 +270,7 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		snprintf(full, sizeof(full), "%s (after %d attempt%s)", reason, e->attempts,
 		         e->attempts == 1 ? "" : "s");
 		abx_change_add(r, ACKBOX_CHANGE_FAIL, e, 0, full, code);
+		abx_attempt_note(r, e, oc, code, why, false);
 		abx_report_add(r, e, ACKBOX_MSG_FAILED, oc, code, retriable, full);
 		log_failed(r, e, full);
 		e->state = E_DONE;
@@ -226,6 +285,7 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		assert(v.action == ABX_DO_RETRY);
 		atomic_fetch_add_explicit(&ab->stats.retried, 1, memory_order_relaxed);
 		abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
+		abx_attempt_note(r, e, oc, code, why, false);
 		e->state = E_WAITING;
 		if (abx_heap_push(&r->retry_at, at) != 0)
 			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
@@ -277,7 +337,13 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 		if (!force && r->nchanges < APPLY_BATCH && now < abx_apply_due_at(r))
 			return;
 		abx_store_lock(ab);
-		rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err, sizeof(err));
+		/* the notes go in the same transaction as their changes */
+		if (r->history)
+			rc = ab->store_ops->apply_noted(ab->store_ctx, r->changes, r->notes, r->nchanges,
+			                                err, sizeof(err));
+		else
+			rc = ab->store_ops->apply(ab->store_ctx, r->changes, r->nchanges, err,
+			                          sizeof(err));
 		if (rc >= 0 && r->rep_head)
 			abx_report_push_list(ab, r->rep_head, r->rep_tail);
 		abx_store_unlock(ab);
@@ -292,9 +358,7 @@ void abx_apply_changes(abx_relay *r, int64_t now, bool force)
 		}
 		applied = true;
 		r->last_apply_at = now;
-		for (size_t i = 0; i < r->nchanges; i++)
-			free(r->change_texts[i]);
-		r->nchanges = 0;
+		changes_clear(r);
 	} else if (r->rep_head) {
 		abx_report_push_list(ab, r->rep_head, r->rep_tail);
 	}

@@ -159,6 +159,9 @@ void abx_on_lost(abx_relay *r, tok *t, const char *why, int code)
 	abx_tok_drop(r, t);
 	e->refs--;
 	atomic_fetch_add_explicit(&r->ab->stats.in_doubt, 1, memory_order_relaxed);
+	/* a NOTE of its own: the row does not change (if this one is blamed
+	 * later, its history shows both: lost, then judged) */
+	abx_attempt_note(r, e, ACKBOX_OUTCOME_IN_DOUBT, code, why, true);
 	if (alone && !r->blame) {
 		abx_blame_hold(r, e, why, code);
 		return;

@@ -31,6 +31,7 @@ static const size_t st_minor_size[] = {
 	END_OF(ackbox_store_ops, aliases),     /* 1.3 */
 	END_OF(ackbox_store_ops, usage),       /* 1.4 */
 	END_OF(ackbox_store_ops, blocked_keys), /* 1.5 */
+	END_OF(ackbox_store_ops, history),      /* 1.6 */
 };
 _Static_assert(sizeof(tx_minor_size) / sizeof(tx_minor_size[0]) ==
                    ACKBOX_ABI_MINOR(ACKBOX_TRANSPORT_ABI_VERSION) + 1,
@@ -40,7 +41,7 @@ _Static_assert(sizeof(st_minor_size) / sizeof(st_minor_size[0]) ==
                "every store ABI minor needs its table size in st_minor_size");
 _Static_assert(END_OF(ackbox_transport_ops, validate) == sizeof(ackbox_transport_ops),
                "a transport slot was appended without a new ABI minor");
-_Static_assert(END_OF(ackbox_store_ops, blocked_keys) == sizeof(ackbox_store_ops),
+_Static_assert(END_OF(ackbox_store_ops, history) == sizeof(ackbox_store_ops),
                "a store slot was appended without a new ABI minor");
 
 /*
@@ -223,6 +224,12 @@ static int st_normalise(const ackbox_store_ops *ops, ackbox_store_ops *out, char
 	    !out->apply || !out->recover || !out->counts || !out->list || !out->get ||
 	    !out->requeue || !out->purge) {
 		ackbox_errstr_set(errstr, errstr_size, "store table lacks a required function");
+		return ACKBOX_ERR_INVALID;
+	}
+	if (!out->apply_noted != !out->history || !out->apply_noted != !out->force_noted) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store table sets some of apply_noted, force_noted and history: the "
+		                  "attempt history needs all three, or none");
 		return ACKBOX_ERR_INVALID;
 	}
 	return 0;

@@ -183,6 +183,7 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	case ACKBOX_TX_NOT_SENT:
 	default:
 		/* never left: resend (a suspect stays one), attempt not burnt */
+		abx_attempt_note(r, e, ACKBOX_OUTCOME_NOT_SENT, ev->broker_code, ev->reason, true);
 		abx_back_add(r, e);
 		break;
 	}

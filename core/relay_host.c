@@ -220,10 +220,13 @@ static void relay_free(abx_relay *r)
 		free(r->evs[i].reason);
 	free(r->evs);
 	free(r->evs_spare);
-	for (size_t i = 0; i < r->nchanges; i++)
+	for (size_t i = 0; i < r->nchanges; i++) {
 		free(r->change_texts[i]);
+		free((char *)r->notes[i].text);
+	}
 	free(r->changes);
 	free(r->change_texts);
+	free(r->notes);
 	for (abx_report_item *it = r->rep_head, *nx; it; it = nx) {
 		nx = it->next;
 		free(it);
@@ -257,6 +260,7 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 		return ACKBOX_ERR_NOMEM;
 	}
 	r->ab = ab;
+	r->history = abx_store_keeps_history(ab);
 	r->wake_fd = -1;
 	pthread_mutex_init(&r->in_mtx, NULL);
 	pthread_mutex_init(&r->ev_mtx, NULL);

@@ -57,6 +57,9 @@ typedef struct entry {
 	bool from_fresh;    /* data counts against the publisher's reservation */
 	bool suspect;       /* in flight when the connection died: resent by probing */
 	bool isolate;       /* blamed for a drop before: sent only alone */
+	/* for the report (ackbox_report.last_outcome and last_attempt_ms) */
+	ackbox_outcome last_oc;
+	int64_t last_at;
 	bool key_held;      /* holds its key (delivery.order=key, order.c) */
 	uint64_t keyh;      /* hash of its key, 0 if none (order.c) */
 } entry;
@@ -214,6 +217,9 @@ struct abx_relay {
 	ackbox_store_change *changes;
 	size_t nchanges, cap_changes;
 	char **change_texts; /* owned last_error strings, parallel to changes */
+	ackbox_attempt *notes; /* attempt notes, parallel to changes (at_ms 0: none); their
+	                          texts are owned. Used only if the store keeps history */
+	bool history;          /* the store has the ABI 1.6 history slots */
 	abx_report_item *rep_head, *rep_tail; /* released after their changes */
 	abx_report_item *ack_head, *ack_tail; /* ACKED: released after each batch of events */
 	size_t nreports;
@@ -253,6 +259,11 @@ abx_fresh *abx_fresh_from_row(const ackbox_store_row *row);
 /* ---- outcome.c ---- */
 void abx_change_add(abx_relay *r, ackbox_change_kind kind, const entry *e, int64_t due_ms,
                     const char *text, int code);
+/* Records an attempt of e that was not confirmed: the entry's counters, and
+ * (if the store keeps history) a note with the last change queued for e,
+ * or, with own_change, a NOTE change of its own. */
+void abx_attempt_note(abx_relay *r, entry *e, ackbox_outcome oc, int code, const char *text,
+                      bool own_change);
 void abx_report_add(abx_relay *r, const entry *e, ackbox_state st, ackbox_outcome oc,
                     int code, int retriable, const char *reason);
 void abx_on_acked(abx_relay *r, entry *e);

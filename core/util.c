@@ -60,6 +60,23 @@ const char *ackbox_state_name(ackbox_state s)
 	return "unknown";
 }
 
+const char *ackbox_outcome_name(ackbox_outcome oc)
+{
+	switch (oc) {
+	case ACKBOX_OUTCOME_NONE: return "none";
+	case ACKBOX_OUTCOME_NACK: return "nacked";
+	case ACKBOX_OUTCOME_UNROUTABLE: return "unroutable";
+	case ACKBOX_OUTCOME_TIMEOUT: return "timed-out";
+	case ACKBOX_OUTCOME_ERROR: return "error";
+	case ACKBOX_OUTCOME_IN_DOUBT: return "in-doubt";
+	case ACKBOX_OUTCOME_DISCONNECT: return "disconnect-blamed";
+	case ACKBOX_OUTCOME_INVALID: return "invalid";
+	case ACKBOX_OUTCOME_OPERATOR: return "operator";
+	case ACKBOX_OUTCOME_NOT_SENT: return "not-sent";
+	}
+	return "unknown";
+}
+
 void ackbox_errstr_set(char *errstr, size_t errstr_size, const char *fmt, ...)
 {
 	va_list ap;

@@ -151,8 +151,32 @@ typedef enum ackbox_outcome {
 	ACKBOX_OUTCOME_INVALID = 7,     /* the transport says it can never be sent (a topic the
 	                                   protocol forbids); stored by a version that did not
 	                                   check */
-	ACKBOX_OUTCOME_OPERATOR = 8     /* marked FAILED by an operator (ackbox_fail) */
+	ACKBOX_OUTCOME_OPERATOR = 8,    /* marked FAILED by an operator (ackbox_fail) */
+	ACKBOX_OUTCOME_NOT_SENT = 9     /* never left the process (the transport said so); only
+	                                   in the attempt history, the attempt is not burnt */
 } ackbox_outcome;
+
+/** A short name of an outcome ("nacked", "in-doubt", ...). Never NULL. */
+ACKBOX_API const char *ackbox_outcome_name(ackbox_outcome oc);
+
+/** The attempt history keeps the last this many attempts of a message. */
+#define ACKBOX_HISTORY_MAX 16
+/** ...and the first this many bytes of each attempt's text. */
+#define ACKBOX_HISTORY_TEXT_MAX 200
+
+/**
+ * One attempt of a message in its history: every attempt that ended other
+ * than with a confirm (those that reached the broker, and those lost in
+ * doubt or never sent, which do not count in `attempts`), and an
+ * operator's ackbox_fail.
+ */
+typedef struct ackbox_attempt {
+	int64_t at_ms;          /* wall clock, when the outcome was seen */
+	ackbox_outcome outcome;
+	int code;               /* the broker's own code, 0 if none */
+	const char *text;       /* the broker's (or ackbox's) words, at most
+	                           ACKBOX_HISTORY_TEXT_MAX bytes; "" if none */
+} ackbox_attempt;
 
 /**
  * A delivery report: the final word on one message, delivered exactly once
@@ -168,6 +192,21 @@ typedef struct ackbox_report {
 	int broker_code;          /* the broker's own code, 0 if none */
 	int retriable;            /* would a requeue plausibly succeed? */
 	const char *reason;       /* human text, "" when acked */
+
+	/*
+	 * Appended with the attempt history. A report is only ever read through
+	 * the pointer a callback gets, so fields at the end are compatible both
+	 * ways; an application built against this header that may run with an
+	 * older library reads them only if struct_size covers them.
+	 */
+	size_t struct_size;          /* sizeof(ackbox_report) of the library that filled it */
+	ackbox_outcome last_outcome; /* how the latest attempt that was not confirmed ended, in
+	                                doubt or never sent included, since this process last
+	                                took the message from the store (for FAILED and DROPPED
+	                                the final attempt; for ACKED e.g. IN_DOUBT if the
+	                                confirm came to a resend); NONE if none. The whole
+	                                story is in the store's attempt history (ackbox_show) */
+	int64_t last_attempt_ms;     /* when it ended (wall clock), 0 if none */
 } ackbox_report;
 
 /**
@@ -376,13 +415,22 @@ typedef struct ackbox_stored {
 	size_t payload_len;
 	const char *last_error; /* NULL if none */
 	int last_code;
+
+	/* Appended with the attempt history (the library fills, the application
+	 * reads through the callback's pointer: compatible both ways). */
+	int history_kept;         /* 1 if the store keeps an attempt history, 0 if it is an
+	                             older store that does not */
+	size_t history_count;     /* ackbox_show only: the entries in history (at most
+	                             ACKBOX_HISTORY_MAX); 0 from ackbox_list */
+	const ackbox_attempt *history; /* oldest first; NULL if none */
 } ackbox_stored;
 
 /** Return non-zero from an iteration callback to stop early. */
 typedef int (*ackbox_stored_cb)(const ackbox_stored *m, void *opaque);
 
 /**
- * Lists stored messages in id (time) order. state < 0 lists every state;
+ * Lists stored messages in id (time) order, without their attempt history
+ * (ackbox_show reads it: one more store query per message). state < 0 lists every state;
  * limit 0 means no limit. Returns the number listed or a negative error.
  * cb runs on the calling thread under the store lock (the rows are read as
  * it goes): it must not call ackbox on the same handle.
@@ -390,7 +438,10 @@ typedef int (*ackbox_stored_cb)(const ackbox_stored *m, void *opaque);
 ACKBOX_API int ackbox_list(ackbox *ab, int state, size_t limit, ackbox_stored_cb cb,
                            void *opaque, char *errstr, size_t errstr_size);
 
-/** Calls cb once with the message `id`. ACKBOX_ERR_NOT_FOUND if absent. */
+/**
+ * Calls cb once with the message `id`, its attempt history included (if
+ * the store keeps one). ACKBOX_ERR_NOT_FOUND if absent.
+ */
 ACKBOX_API int ackbox_show(ackbox *ab, const ackbox_id *id, ackbox_stored_cb cb, void *opaque,
                            char *errstr, size_t errstr_size);
 

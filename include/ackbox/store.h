@@ -21,8 +21,9 @@ extern "C" {
  *   1.4  usage
  *   1.5  blocked_keys (and with it, per-key order: see claim() and
  *        docs/ordering.md)
+ *   1.6  apply_noted, force_noted, history (the attempt history)
  */
-#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 5)
+#define ACKBOX_STORE_ABI_VERSION ACKBOX_ABI_VERSION(1, 6)
 
 /** Durability of insert(), from the store.sync key. */
 typedef enum ackbox_sync {
@@ -66,6 +67,9 @@ typedef struct ackbox_store_row {
 } ackbox_store_row;
 
 /** Return non-zero to stop the iteration. */
+typedef int (*ackbox_store_attempt_cb)(const ackbox_attempt *a, void *opaque);
+
+/** Return non-zero to stop the iteration. */
 typedef int (*ackbox_store_row_cb)(const ackbox_store_row *row, void *opaque);
 
 /** A key whose oldest message is FAILED (ABI 1.5). Valid during the callback only. */
@@ -83,7 +87,9 @@ typedef enum ackbox_change_kind {
 	ACKBOX_CHANGE_DELETE = 1,  /* acked or dropped */
 	ACKBOX_CHANGE_RETRY = 2,   /* state RETRYING, attempts, due_ms, last_error/code */
 	ACKBOX_CHANGE_FAIL = 3,    /* state FAILED, attempts, last_error/code */
-	ACKBOX_CHANGE_RELEASE = 4  /* due_ms only (a lease given back, state unchanged) */
+	ACKBOX_CHANGE_RELEASE = 4, /* due_ms only (a lease given back, state unchanged) */
+	ACKBOX_CHANGE_NOTE = 5     /* ABI 1.6, apply_noted() only: the row is unchanged, its
+	                              note is added to its history (an attempt lost in doubt) */
 } ackbox_change_kind;
 
 typedef struct ackbox_store_change {
@@ -239,6 +245,37 @@ typedef struct ackbox_store_ops {
 	 */
 	int (*blocked_keys)(void *ctx, size_t limit, ackbox_store_blocked_cb cb, void *opaque,
 	                    char *errstr, size_t errstr_size);
+
+	/* ---- ABI 1.6: the attempt history ---- */
+
+	/*
+	 * A store of this minor keeps, per message, the last ACKBOX_HISTORY_MAX
+	 * attempt notes (ackbox_attempt: when, outcome, code, the first
+	 * ACKBOX_HISTORY_TEXT_MAX bytes of the text), oldest dropped first, and
+	 * drops them with the message (ack, drop, purge, force DELETE). The
+	 * three slots go together: set all or none.
+	 */
+
+	/**
+	 * apply() with notes: notes[i] belongs to changes[i] (notes[i].at_ms
+	 * 0: none) and is written in the SAME transaction as the change, only
+	 * if the change was not skipped. A NOTE change only adds its note (lease
+	 * checked as for RELEASE). With this slot set the core calls it instead
+	 * of apply(), never both.
+	 */
+	int (*apply_noted)(void *ctx, const ackbox_store_change *changes,
+	                   const ackbox_attempt *notes, size_t n, char *errstr, size_t errstr_size);
+
+	/** force() with a note (may be NULL) added in the same transaction if it FAILs the row. */
+	int (*force_noted)(void *ctx, const ackbox_store_change *c, const ackbox_attempt *note,
+	                   int64_t now_ms, char *errstr, size_t errstr_size);
+
+	/**
+	 * Calls cb per note of the message `id`, oldest first; returns the
+	 * count (0 for a message without notes, or one that is not stored).
+	 */
+	int (*history)(void *ctx, const ackbox_id *id, ackbox_store_attempt_cb cb, void *opaque,
+	               char *errstr, size_t errstr_size);
 } ackbox_store_ops;
 
 /**

@@ -45,6 +45,10 @@
  *                 backlog bound, store.max_bytes), kept by every script that
  *                 adds or removes a message; made at open for a store from
  *                 before it
+ *   {P}:h:<id>    list per message: its attempt history (store ABI 1.6), the
+ *                 last ACKBOX_HISTORY_MAX notes "at_ms:outcome:code:text",
+ *                 oldest first; written by the script that changes the
+ *                 message, deleted with its hash. Absent: no history (yet)
  *
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
@@ -110,8 +114,18 @@ static const char *const field_name[F_COUNT] = {
 	"  end\n"                                                                                  \
 	"end\n"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* MP is "{P}:m:"; HP, the history lists' prefix, is "{P}:h:". NOTE adds a
+ * note (already encoded) to the history of id and keeps the last few. */
 #define LUA_PRELUDE                                                                                \
 	"local MP = ARGV[1]\n"                                                                     \
+	"local HP = string.sub(MP, 1, -3) .. 'h:'\n"                                               \
+	"local function NOTE(id, note)\n"                                                          \
+	"  redis.call('RPUSH', HP .. id, note)\n"                                                  \
+	"  redis.call('LTRIM', HP .. id, -" STR(ACKBOX_HISTORY_MAX) ", -1)\n"                      \
+	"end\n"                                                                                    \
 	"local K_DUE, K_CREATED, K_ALL, K_FAILED = KEYS[2], KEYS[3], KEYS[7], KEYS[8]\n"          \
 	"local K_BYTES = KEYS[9]\n"                                                               \
 	"local function FORGET(k) redis.call('DECRBY', K_BYTES, redis.call('HSTRLEN', k, 'payload')) end\n" \
@@ -202,20 +216,23 @@ static const char lua_claim[] = LUA_PRELUDE
     "end\n"
     "return out\n";
 
-/* ARGV: MP, now, n, then per change: kind id lease attempts due has_error error code.
- * A change applies only if the row exists and carries the same lease. */
+/* ARGV: MP, now, n, then per change: kind id lease attempts due has_error error code
+ * note ('' for none). A change applies only if the row exists and carries the
+ * same lease; its note is added only if it applied (a NOTE change, kind 5,
+ * applies to a pending row and changes nothing else). */
 static const char lua_apply[] = LUA_PRELUDE
     "local now, n, done = ARGV[2], tonumber(ARGV[3]), 0\n"
     "for i = 0, n - 1 do\n"
-    "  local b = 4 + i * 8\n"
+    "  local b = 4 + i * 9\n"
     "  local kind, id = ARGV[b], ARGV[b + 1]\n"
     "  local k = MP .. id\n"
     "  local cur = redis.call('HMGET', k, 'state', 'lease', 'key')\n"
     "  local st = cur[1]\n"
+    "  local before = done\n"
     "  if st and cur[2] == ARGV[b + 2] then\n"
     "    if kind == '1' then\n"
     "      FORGET(k)\n"
-    "      redis.call('DEL', k)\n"
+    "      redis.call('DEL', k, HP .. id)\n"
     "      ord_gone(id, cur[3] or nil)\n"
     "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
     "      redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
@@ -243,7 +260,10 @@ static const char lua_apply[] = LUA_PRELUDE
     "      redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
     "      ord_due(id, cur[3] or nil, ARGV[b + 4], false)\n"
     "      done = done + 1\n"
+    "    elseif st ~= '2' and kind == '5' then\n"
+    "      done = done + 1\n"
     "    end\n"
+    "    if done > before and kind ~= '1' and ARGV[b + 8] ~= '' then NOTE(id, ARGV[b + 8]) end\n"
     "  end\n"
     "end\n"
     "return done\n";
@@ -327,7 +347,7 @@ static const char lua_purge[] = LUA_PRELUDE
     "  local cur = redis.call('HMGET', k, 'state', 'key')\n"
     "  if cur[1] == '2' then\n"
     "    FORGET(k)\n"
-    "    redis.call('DEL', k)\n"
+    "    redis.call('DEL', k, HP .. id)\n"
     "    redis.call('ZREM', SK(2), id); redis.call('ZREM', K_ALL, id)\n"
     "    ord_gone(id, cur[2] or nil)\n"
     "    n = n + 1\n"
@@ -335,10 +355,10 @@ static const char lua_purge[] = LUA_PRELUDE
     "end\n"
     "return {n, #ids}\n";
 
-/* ARGV: MP, now, kind ('1' delete, '3' fail), id, has_error, error, code.
- * An operator's override, whatever the state and lease: FAIL takes a new
- * lease, so a relay that holds the message can no longer change it.
- * Returns 1, or 0 if there is no such message. */
+/* ARGV: MP, now, kind ('1' delete, '3' fail), id, has_error, error, code, note
+ * ('' for none; FAIL only). An operator's override, whatever the state and
+ * lease: FAIL takes a new lease, so a relay that holds the message can no
+ * longer change it. Returns 1, or 0 if there is no such message. */
 static const char lua_force[] = LUA_PRELUDE
     "local now, kind, id = ARGV[2], ARGV[3], ARGV[4]\n"
     "local k = MP .. id\n"
@@ -349,11 +369,12 @@ static const char lua_force[] = LUA_PRELUDE
     "redis.call('ZREM', SK(st), id)\n"
     "if kind == '1' then\n"
     "  FORGET(k)\n"
-    "  redis.call('DEL', k)\n"
+    "  redis.call('DEL', k, HP .. id)\n"
     "  redis.call('ZREM', K_ALL, id); redis.call('ZREM', K_FAILED, id)\n"
     "  ord_gone(id, cur[2] or nil)\n"
     "  return 1\n"
     "end\n"
+    "if ARGV[8] and ARGV[8] ~= '' then NOTE(id, ARGV[8]) end\n"
     "ord_failed(id)\n"
     "redis.call('HSET', k, 'state', '2', 'last_code', ARGV[7], 'updated', now)\n"
     "if ARGV[5] == '1' then redis.call('HSET', k, 'last_error', ARGV[6])\n"
@@ -1398,11 +1419,65 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 	return 0;
 }
 
-static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
-                    size_t errstr_size)
+/* ------------------------------------------------------------------ */
+/* The attempt history (store ABI 1.6)                                  */
+/* ------------------------------------------------------------------ */
+
+/* The first ACKBOX_HISTORY_TEXT_MAX bytes of t, not cutting a UTF-8 sequence. */
+static int note_len(const char *t)
+{
+	size_t n = t ? strlen(t) : 0;
+	if (n > ACKBOX_HISTORY_TEXT_MAX) {
+		n = ACKBOX_HISTORY_TEXT_MAX;
+		while (n > 0 && ((unsigned char)t[n] & 0xC0) == 0x80)
+			n--;
+	}
+	return (int)n;
+}
+
+/* A list element: "at_ms:outcome:code:text" (the text last: it may hold ':'). */
+#define NOTE_SIZE (3 * 24 + ACKBOX_HISTORY_TEXT_MAX + 1)
+static void note_encode(const ackbox_attempt *a, char out[NOTE_SIZE])
+{
+	snprintf(out, NOTE_SIZE, "%" PRId64 ":%d:%d:%.*s", a->at_ms, (int)a->outcome, a->code,
+	         note_len(a->text), a->text ? a->text : "");
+}
+
+/* Reads a list element back; 0, or -1 if it is not one. */
+static int note_decode(const char *s, ackbox_attempt *a, char text[ACKBOX_HISTORY_TEXT_MAX + 1])
+{
+	char *end;
+	long oc, code;
+	memset(a, 0, sizeof(*a));
+	a->at_ms = strtoll(s, &end, 10);
+	if (*end != ':')
+		return -1;
+	oc = strtol(end + 1, &end, 10);
+	if (*end != ':')
+		return -1;
+	code = strtol(end + 1, &end, 10);
+	if (*end != ':')
+		return -1;
+	a->outcome = (ackbox_outcome)oc;
+	a->code = (int)code;
+	snprintf(text, ACKBOX_HISTORY_TEXT_MAX + 1, "%.*s", note_len(end + 1), end + 1);
+	a->text = text;
+	return 0;
+}
+
+/* The note for change i, NULL if none (a DELETE takes the history along). */
+static const ackbox_attempt *note_of(const ackbox_store_change *ch, const ackbox_attempt *notes,
+                                     size_t i)
+{
+	return notes && notes[i].at_ms && ch[i].kind != ACKBOX_CHANGE_DELETE ? &notes[i] : NULL;
+}
+
+static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *notes,
+                          size_t n, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
 	char (*ids)[ACKBOX_ID_STRLEN];
+	char (*enc)[NOTE_SIZE] = NULL;
 	args a;
 	redisReply *r;
 	int rc;
@@ -1413,8 +1488,11 @@ static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 	if (rc)
 		return rc;
 	ids = malloc(n * sizeof(*ids));
-	if (!ids || args_init(&a, SCRIPT_HEAD + 2 + 8 * n, 2 + 5 * n) != 0) {
+	if (notes)
+		enc = malloc(n * sizeof(*enc));
+	if (!ids || (notes && !enc) || args_init(&a, SCRIPT_HEAD + 2 + 9 * n, 2 + 5 * n) != 0) {
 		free(ids);
+		free(enc);
 		return ACKBOX_ERR_NOMEM;
 	}
 	args_script(c, &a, SC_APPLY);
@@ -1430,14 +1508,28 @@ static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		args_str(&a, ch[i].last_error ? "1" : "0");
 		args_str(&a, ch[i].last_error ? ch[i].last_error : "");
 		args_i64(&a, ch[i].last_code);
+		if (note_of(ch, notes, i)) {
+			note_encode(&notes[i], enc[i]);
+			args_str(&a, enc[i]);
+		} else {
+			args_str(&a, "");
+		}
 	}
+	/* one script: the notes are written with their changes, atomically */
 	rc = run_script(c, &a, SC_APPLY, "state change", &r, errstr, errstr_size);
 	args_fini(&a);
 	free(ids);
+	free(enc);
 	if (rc)
 		return rc;
 	freeReplyObject(r);
 	return 0;
+}
+
+static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+	return rd_apply_noted(vctx, ch, NULL, n, errstr, errstr_size);
 }
 
 /* Rows a claim leased but the callback did not take are given back. */
@@ -1835,11 +1927,11 @@ static int rd_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	return sweep(c, SC_PURGE, "purge", older_than_ms, NULL, errstr, errstr_size);
 }
 
-static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
-                    size_t errstr_size)
+static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *note,
+                          int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
-	char idstr[ACKBOX_ID_STRLEN];
+	char idstr[ACKBOX_ID_STRLEN], enc[NOTE_SIZE] = "";
 	args a;
 	redisReply *r;
 	int rc;
@@ -1851,9 +1943,11 @@ static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	rc = ready(c, errstr, errstr_size);
 	if (rc)
 		return rc;
-	if (args_init(&a, SCRIPT_HEAD + 6, 3) != 0)
+	if (args_init(&a, SCRIPT_HEAD + 7, 3) != 0)
 		return ACKBOX_ERR_NOMEM;
 	ackbox_id_format(&ch->id, idstr);
+	if (note && note->at_ms && ch->kind == ACKBOX_CHANGE_FAIL)
+		note_encode(note, enc);
 	args_script(c, &a, SC_FORCE);
 	args_i64(&a, now_ms);
 	args_i64(&a, ch->kind);
@@ -1861,6 +1955,7 @@ static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 	args_str(&a, ch->last_error ? "1" : "0");
 	args_str(&a, ch->last_error ? ch->last_error : "");
 	args_i64(&a, ch->last_code);
+	args_str(&a, enc);
 	rc = run_script(c, &a, SC_FORCE, "force", &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
@@ -1872,6 +1967,53 @@ static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 		return ACKBOX_ERR_NOT_FOUND;
 	}
 	return 1;
+}
+
+static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                    size_t errstr_size)
+{
+	return rd_force_noted(vctx, ch, NULL, now_ms, errstr, errstr_size);
+}
+
+/* One LRANGE: a list written by older versions of the scripts, or none,
+ * reads as no history. */
+static int rd_history(void *vctx, const ackbox_id *id, ackbox_store_attempt_cb cb, void *opaque,
+                      char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	char idstr[ACKBOX_ID_STRLEN], key[300], first[8];
+	const char *av[4] = {"LRANGE", key, first, "-1"};
+	redisReply *r;
+	int rc, count = 0;
+
+	rc = ready(c, errstr, errstr_size);
+	if (rc)
+		return rc;
+	ackbox_id_format(id, idstr);
+	/* msg_prefix is "{P}:m:" */
+	snprintf(key, sizeof(key), "%.*sh:%s", (int)strlen(c->msg_prefix) - 2, c->msg_prefix, idstr);
+	snprintf(first, sizeof(first), "-%d", ACKBOX_HISTORY_MAX);
+	rc = simple(c, "reading the attempt history", &r, errstr, errstr_size, 4, av);
+	if (rc)
+		return rc;
+	if (r->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(r);
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "%s: unexpected reply reading the attempt history of %s", c->where,
+		                  idstr);
+		return ACKBOX_ERR_STORE;
+	}
+	for (size_t i = 0; i < r->elements; i++) {
+		ackbox_attempt at;
+		char text[ACKBOX_HISTORY_TEXT_MAX + 1];
+		if (!is_str(r->element[i]) || note_decode(r->element[i]->str, &at, text) != 0)
+			continue; /* not ours: skipped, never a crash */
+		count++;
+		if (cb(&at, opaque))
+			break;
+	}
+	freeReplyObject(r);
+	return count;
 }
 
 const ackbox_store_ops ackbox_redis_store = {
@@ -1897,4 +2039,7 @@ const ackbox_store_ops ackbox_redis_store = {
 	.force = rd_force,
 	.usage = rd_usage,
 	.blocked_keys = rd_blocked_keys,
+	.apply_noted = rd_apply_noted,
+	.force_noted = rd_force_noted,
+	.history = rd_history,
 };

@@ -1188,3 +1188,8 @@ void sq_pack_close(sq_ctx *c)
 	free(c->fresh);
 	free(c->slots);
 }
+
+int sq_pack_holds(sq_ctx *c, const ackbox_id *id)
+{
+	return map_find(c, id) != NULL;
+}

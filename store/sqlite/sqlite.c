@@ -73,7 +73,9 @@ static const char schema_sql[] =
     /* the relays using the file (owner.c); a row's owner is its lease >> 32 */
     "CREATE TABLE IF NOT EXISTS ackbox_owner(owner INTEGER PRIMARY KEY AUTOINCREMENT,"
     " pid INTEGER NOT NULL, start INTEGER NOT NULL, boot TEXT NOT NULL, pidns TEXT NOT NULL,"
-    " since_ms INTEGER NOT NULL);";
+    " since_ms INTEGER NOT NULL);"
+    /* the attempt history (history.c) */
+    SQ_HIST_SCHEMA;
 
 /*
  * Per-key order (delivery.order=key, docs/ordering.md). `head` is 1 on the
@@ -154,6 +156,8 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PENDING_ANY] = "SELECT 1 WHERE EXISTS(SELECT 1 FROM ackbox_outbox WHERE state < 2)"
                        " OR EXISTS(SELECT 1 FROM ackbox_batch)",
     [ST_DELETE_MANY] = "DELETE FROM ackbox_outbox WHERE lease = ?1 AND id IN (" Q64 ")",
+    /* a NOTE change: the row is still this lease's (same parameters as the rest) */
+    [ST_HELD] = "SELECT 1 FROM ackbox_outbox WHERE id = ?1 AND state < 2 AND lease = ?7",
     /* a claim's verdict on a row whose bytes are damaged (see SQ_PLEN_COL) */
     [ST_DAMAGED] = "UPDATE ackbox_outbox SET state = 2, last_error = ?1, last_code = 0,"
                    " updated_ms = ?2 WHERE seq = ?3",
@@ -299,6 +303,10 @@ static void sq_close(void *vctx)
 	sq_ctx *c = vctx;
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(c->st[i]);
+	sqlite3_finalize(c->hist_add);
+	sqlite3_finalize(c->hist_trim);
+	sqlite3_finalize(c->hist_del);
+	sqlite3_finalize(c->hist_any);
 	sqlite3_finalize(c->claim_ordered);
 	close_handover(c);
 	sq_pack_close(c);
@@ -366,6 +374,7 @@ typedef struct sq_schema {
 	int owners; /* ackbox_owner */
 	int tables; /* tables of any kind: none is an empty database */
 	int plen;   /* ackbox_outbox has payload_len */
+	int history; /* ackbox_attempt (store ABI 1.6) */
 } sq_schema;
 
 /* Reads the schema marker; refuses a foreign or newer schema. Reads only:
@@ -384,7 +393,9 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 	                        " sqlite_master WHERE type='table' AND name='ackbox_owner'),"
 	                        " (SELECT count(*) FROM sqlite_master WHERE type='table'),"
 	                        " (SELECT count(*) FROM pragma_table_info('ackbox_outbox') WHERE"
-	                        " name='payload_len')",
+	                        " name='payload_len'),"
+	                        " (SELECT count(*) FROM sqlite_master WHERE type='table' AND"
+	                        " name='ackbox_attempt')",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "reading the schema", errstr, errstr_size);
@@ -395,6 +406,7 @@ static int check_schema(sq_ctx *c, sq_schema *have, char *errstr, size_t errstr_
 		have->owners = sqlite3_column_int(s, 2);
 		have->tables = sqlite3_column_int(s, 3);
 		have->plen = sqlite3_column_int(s, 4);
+		have->history = sqlite3_column_int(s, 5);
 	}
 	sqlite3_finalize(s);
 	if (rc != SQLITE_ROW)
@@ -736,8 +748,11 @@ static int finish_open(sq_ctx *c, const sq_schema *have, char *errstr, size_t er
 		return ACKBOX_ERR_STORE_SCHEMA;
 	}
 	c->has_owners = have->owners;
+	c->has_history = have->history;
 	c->have_payload_len = have->plen;
-	if (!have->meta || !have->batch || (!(have->owners && have->plen) && c->sender))
+	/* a relay or a publisher adds what an older ackbox did not make */
+	if (!have->meta || !have->batch ||
+	    (!(have->owners && have->plen && have->history) && c->sender))
 		rc = create_schema(c, errstr, errstr_size);
 	else if ((rc = sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL)) != SQLITE_OK)
 		rc = sq_error(c->db, rc, c->path, "enabling WAL", errstr, errstr_size);
@@ -1176,8 +1191,14 @@ static sqlite3_int64 change_lease(const sq_ctx *c, const ackbox_store_change *ch
 	return ch->lease ? (sqlite3_int64)ch->lease : sq_lease_own(c);
 }
 
-static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
-                    size_t errstr_size)
+/* The note for change i, NULL if none. */
+static const ackbox_attempt *note_of(const ackbox_attempt *notes, size_t i)
+{
+	return notes && notes[i].at_ms ? &notes[i] : NULL;
+}
+
+static int sq_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *notes,
+                          size_t n, char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
 	int64_t now = ackbox_wall_ms();
@@ -1197,7 +1218,13 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 			return ACKBOX_ERR_NOMEM;
 		}
 		for (size_t i = 0; i < n; i++) {
-			rc = sq_pack_change(c, &ch[i], now, errstr, errstr_size);
+			if (ch[i].kind == ACKBOX_CHANGE_NOTE) /* the member stays packed */
+				rc = sq_pack_holds(c, &ch[i].id);
+			else
+				rc = sq_pack_change(c, &ch[i], now, errstr, errstr_size);
+			if (rc > 0 && note_of(notes, i) && ch[i].kind != ACKBOX_CHANGE_DELETE &&
+			    (rc = sq_hist_add(c, &ch[i].id, &notes[i], errstr, errstr_size)) == 0)
+				rc = 1;
 			if (rc < 0) {
 				free(done);
 				rollback(c);
@@ -1209,6 +1236,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 	for (size_t i = 0; i < n; i++) {
 		sqlite3_stmt *s;
 		size_t run = 0;
+		int applied;
 		if (done && done[i])
 			continue;
 		/* DELETE_MANY deletes of one lease in a row go in one statement */
@@ -1236,6 +1264,7 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		case ACKBOX_CHANGE_RETRY: s = c->st[ST_RETRY]; break;
 		case ACKBOX_CHANGE_FAIL: s = c->st[ST_FAIL]; break;
 		case ACKBOX_CHANGE_RELEASE: s = c->st[ST_RELEASE]; break;
+		case ACKBOX_CHANGE_NOTE: s = c->st[ST_HELD]; break;
 		default: continue;
 		}
 		sqlite3_bind_blob(s, 1, ch[i].id.b, 16, SQLITE_STATIC);
@@ -1249,20 +1278,41 @@ static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *e
 		if (ch[i].kind == ACKBOX_CHANGE_RETRY || ch[i].kind == ACKBOX_CHANGE_RELEASE)
 			sqlite3_bind_int64(s, 3, ch[i].due_ms);
 		rc = sqlite3_step(s);
+		/* skipped (row gone, lease moved on): no note either */
+		applied = s == c->st[ST_HELD] ? rc == SQLITE_ROW : sqlite3_changes(c->db) > 0;
+		if (rc == SQLITE_ROW)
+			rc = SQLITE_DONE;
 		sqlite3_reset(s);
 		sqlite3_clear_bindings(s);
+		if (rc == SQLITE_DONE && applied && note_of(notes, i) &&
+		    ch[i].kind != ACKBOX_CHANGE_DELETE &&
+		    (rc = sq_hist_add(c, &ch[i].id, &notes[i], errstr, errstr_size)) == 0)
+			rc = SQLITE_DONE;
 		if (rc != SQLITE_DONE) {
-			rc = sq_error(c->db, rc, c->path, "state change", errstr, errstr_size);
+			if (rc > 0)
+				rc = sq_error(c->db, rc, c->path, "state change", errstr, errstr_size);
 			free(done);
 			rollback(c);
 			return rc;
 		}
 	}
 	free(done);
+	/* a message that goes takes its history with it */
+	rc = sq_hist_drop(c, ch, n, errstr, errstr_size);
+	if (rc < 0) {
+		rollback(c);
+		return rc;
+	}
 	rc = commit(c);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
 	return 0;
+}
+
+static int sq_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
+                    size_t errstr_size)
+{
+	return sq_apply_noted(vctx, ch, NULL, n, errstr, errstr_size);
 }
 
 /* Runs one UPDATE/DELETE with int64 parameters; returns changes or error. */
@@ -1599,11 +1649,32 @@ static int sq_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms
 
 static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errstr_size)
 {
+	sq_ctx *c = vctx;
 	int64_t a[1] = {older_than_ms};
-	if (((sq_ctx *)vctx)->absent)
+	int rc, hist;
+	if (c->absent)
 		return 0;
-	return exec_changes(vctx, "DELETE FROM ackbox_outbox WHERE state = 2 AND updated_ms < ?1", a,
-	                    1, "purge", errstr, errstr_size);
+	rc = begin(c, 0);
+	if (rc != SQLITE_OK)
+		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
+	/* the histories first, in the same transaction */
+	hist = sq_hist_table(c, 0, errstr, errstr_size);
+	rc = hist;
+	if (hist > 0)
+		rc = exec_changes(c,
+		                  "DELETE FROM ackbox_attempt WHERE id IN (SELECT id FROM ackbox_outbox"
+		                  " WHERE state = 2 AND updated_ms < ?1)",
+		                  a, 1, "purge", errstr, errstr_size);
+	if (rc >= 0)
+		rc = exec_changes(c, "DELETE FROM ackbox_outbox WHERE state = 2 AND updated_ms < ?1",
+		                  a, 1, "purge", errstr, errstr_size);
+	if (rc < 0) {
+		rollback(c);
+		return rc;
+	}
+	if ((hist = commit(c)) != SQLITE_OK)
+		return sq_error(c->db, hist, c->path, "commit", errstr, errstr_size);
+	return rc;
 }
 
 /*
@@ -1612,8 +1683,8 @@ static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
  * carry the old one) or goes; a packed member is taken out of its batch.
  * Durable like an insert: an operator expects it to stick.
  */
-static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
-                    size_t errstr_size)
+static int sq_force_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *note,
+                          int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s = NULL;
@@ -1668,10 +1739,24 @@ static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, c
 		ackbox_errstr_set(errstr, errstr_size, "no message %s in '%s'", idstr, c->path);
 		return ACKBOX_ERR_NOT_FOUND;
 	}
+	if (ch->kind == ACKBOX_CHANGE_FAIL && note)
+		done = sq_hist_add(c, &ch->id, note, errstr, errstr_size);
+	else if (ch->kind == ACKBOX_CHANGE_DELETE)
+		done = sq_hist_drop(c, ch, 1, errstr, errstr_size);
+	if (done < 0) {
+		rollback(c);
+		return done;
+	}
 	rc = commit(c);
 	if (rc != SQLITE_OK)
 		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
 	return 1;
+}
+
+static int sq_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
+                    size_t errstr_size)
+{
+	return sq_force_noted(vctx, ch, NULL, now_ms, errstr, errstr_size);
 }
 
 /*
@@ -1738,6 +1823,9 @@ const ackbox_store_ops ackbox_sqlite_store = {
 	.force = sq_force,
 	.usage = sq_usage,
 	.blocked_keys = sq_blocked_keys,
+	.apply_noted = sq_apply_noted,
+	.force_noted = sq_force_noted,
+	.history = sq_history,
 };
 
 /* ------------------------------------------------------------------ */

@@ -25,6 +25,7 @@ enum {
 	ST_RELEASE,
 	ST_PENDING_ANY,
 	ST_DELETE_MANY,
+	ST_HELD,
 	ST_DAMAGED,
 	ST_COUNT
 };
@@ -113,6 +114,8 @@ typedef struct sq_ctx {
 	int sender;     /* the handle has a transport: it may upgrade an older schema */
 	int absent;     /* no ackbox store yet (store.create=insert): the first insert makes it */
 	int has_owners; /* the ackbox_owner table exists */
+	int has_history; /* the ackbox_attempt table is known to exist (history.c) */
+	sqlite3_stmt *hist_add, *hist_trim, *hist_del, *hist_any; /* prepared at first use */
 	int relay;      /* recover() was called: this handle claims and sends */
 
 	/* this relay's ownership of rows (owner.c) */
@@ -224,6 +227,27 @@ void sq_pack_inserted(sq_ctx *c, int committed);
  * member this instance holds. Returns 1 if done, 0 if the message is not
  * one (the caller applies it to ackbox_outbox), or an error.
  */
+/* 1 if this process holds the packed member id (in its map), else 0. */
+int sq_pack_holds(sq_ctx *c, const ackbox_id *id);
+
+/* ---- history.c: the attempt history (store ABI 1.6) ---- */
+/* 1 if ackbox_attempt exists (made first when create), 0 if not, or an error. */
+int sq_hist_table(sq_ctx *c, int create, char *errstr, size_t errstr_size);
+/* Adds a note for id and keeps the last ACKBOX_HISTORY_MAX. In a transaction. */
+int sq_hist_add(sq_ctx *c, const ackbox_id *id, const ackbox_attempt *a, char *errstr,
+                size_t errstr_size);
+/* Drops the notes of the messages that the DELETE changes among ch[0..n) name.
+ * In a transaction. */
+int sq_hist_drop(sq_ctx *c, const ackbox_store_change *ch, size_t n, char *errstr,
+                 size_t errstr_size);
+int sq_history(void *vctx, const ackbox_id *id, ackbox_store_attempt_cb cb, void *opaque,
+               char *errstr, size_t errstr_size);
+/* The SQL that makes the table (in the schema of a new file too). */
+#define SQ_HIST_SCHEMA                                                                             \
+	"CREATE TABLE IF NOT EXISTS ackbox_attempt(id BLOB NOT NULL, n INTEGER NOT NULL,"         \
+	" at_ms INTEGER NOT NULL, outcome INTEGER NOT NULL, code INTEGER NOT NULL,"                \
+	" text TEXT NOT NULL, PRIMARY KEY(id, n)) WITHOUT ROWID;"
+
 int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                    size_t errstr_size);
 

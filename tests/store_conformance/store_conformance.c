@@ -1475,6 +1475,251 @@ Test(store, force_from_another_process_then_the_relay_claims_again)
 }
 
 /* ------------------------------------------------------------------ */
+/* The attempt history (store ABI 1.6, optional)                        */
+/* ------------------------------------------------------------------ */
+
+static int has_history_slots(const store *s)
+{
+	return s->ops->struct_size >= offsetof(ackbox_store_ops, history) + sizeof(void *) &&
+	       s->ops->apply_noted && s->ops->force_noted && s->ops->history;
+}
+
+/* What history() handed back, texts copied. */
+typedef struct hist {
+	int n;
+	ackbox_attempt a[ACKBOX_HISTORY_MAX + 4];
+	char text[ACKBOX_HISTORY_MAX + 4][ACKBOX_HISTORY_TEXT_MAX + 8];
+} hist;
+
+static int hist_cb(const ackbox_attempt *a, void *opaque)
+{
+	hist *h = opaque;
+	cr_assert_lt(h->n, ACKBOX_HISTORY_MAX + 4, "history handed back more than %d notes",
+	             ACKBOX_HISTORY_MAX + 4);
+	cr_assert(a->text != NULL, "a note without text: \"\" is none");
+	cr_assert_leq(strlen(a->text), ACKBOX_HISTORY_TEXT_MAX, "a note's text over %d bytes",
+	              ACKBOX_HISTORY_TEXT_MAX);
+	h->a[h->n] = *a;
+	snprintf(h->text[h->n], sizeof(h->text[0]), "%s", a->text);
+	h->a[h->n].text = h->text[h->n];
+	h->n++;
+	return 0;
+}
+
+static hist *s_history(const ackbox_id *id)
+{
+	static hist h;
+	char err[512] = "";
+	int rc;
+	memset(&h, 0, sizeof(h));
+	rc = S.ops->history(S.ctx, id, hist_cb, &h, err, sizeof(err));
+	cr_assert_geq(rc, 0, "history of %s: %s (%s)", idstr(id), err, ackbox_strerror(rc));
+	cr_assert_eq(rc, h.n, "history returns the number of notes handed back");
+	return &h;
+}
+
+static void s_apply_noted(const ackbox_store_change *ch, const ackbox_attempt *notes, size_t n)
+{
+	char err[512] = "";
+	int rc = S.ops->apply_noted(S.ctx, ch, notes, n, err, sizeof(err));
+	cr_assert_eq(rc, 0, "apply_noted of %zu change(s): %s (%s)", n, err, ackbox_strerror(rc));
+}
+
+static ackbox_attempt note(int64_t at, ackbox_outcome oc, int code, const char *text)
+{
+	ackbox_attempt a;
+	a.at_ms = at;
+	a.outcome = oc;
+	a.code = code;
+	a.text = text;
+	return a;
+}
+
+/* Notes come in the order written, only with changes that applied, at most
+ * ACKBOX_HISTORY_MAX, texts cut on a UTF-8 boundary; they survive a reopen
+ * and go with the message (ack, forced delete, purge). */
+Test(store, history_is_kept_in_order_trimmed_and_dropped_with_the_message)
+{
+	int64_t now = ackbox_wall_ms();
+	crows a = {0};
+	ackbox_store_change ch[24];
+	ackbox_attempt nt[24];
+	ackbox_store_rec recs[6];
+	char err[512] = "", long_text[3][400];
+	hist *h;
+	uint64_t l[4];
+
+	if (!has_history_slots(&S))
+		SKIP("store '%s' keeps no attempt history (the optional ABI 1.6 slots)", scheme);
+	/* four rows, claimed (ids[3] is failed and purged at the end) */
+	for (int i = 0; i < 4; i++) {
+		recs[0] = rec(i, now + i, now);
+		s_insert(recs, 1);
+	}
+	s_claim(now, now + 600000, 10, &a);
+	for (int i = 0; i < 4; i++)
+		l[i] = lease_of(&a, &ids[i]);
+	cr_assert_eq(s_history(&ids[0])->n, 0, "a new message has no history");
+
+	/* one batch: a nack and a note of an attempt lost in doubt for ids[0], a
+	 * nack for ids[1], an ack of ids[2] (its note is ignored), a note under
+	 * a stale lease (skipped), and a change without a note */
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[0], l[0]);
+	ch[0].attempts = 1;
+	ch[0].due_ms = now + 600000;
+	ch[0].last_error = "nacked";
+	ch[0].last_code = 406;
+	nt[0] = note(now + 1, ACKBOX_OUTCOME_NACK, 406, "PRECONDITION_FAILED - nack");
+	ch[1] = change(ACKBOX_CHANGE_NOTE, &ids[0], l[0]);
+	nt[1] = note(now + 2, ACKBOX_OUTCOME_IN_DOUBT, 0, "connection lost: in doubt");
+	ch[2] = change(ACKBOX_CHANGE_RETRY, &ids[1], l[1]);
+	ch[2].attempts = 1;
+	ch[2].due_ms = now + 600000;
+	nt[2] = note(now + 3, ACKBOX_OUTCOME_ERROR, 500, NULL);
+	ch[3] = change(ACKBOX_CHANGE_DELETE, &ids[2], l[2]);
+	nt[3] = note(now + 4, ACKBOX_OUTCOME_NACK, 1, "ignored");
+	ch[4] = change(ACKBOX_CHANGE_NOTE, &ids[1], l[1] + 987654321);
+	nt[4] = note(now + 5, ACKBOX_OUTCOME_NACK, 2, "stale lease: skipped");
+	ch[5] = change(ACKBOX_CHANGE_RELEASE, &ids[3], l[3]);
+	ch[5].due_ms = now + 600000;
+	nt[5] = note(0, ACKBOX_OUTCOME_NONE, 0, NULL); /* at_ms 0: no note */
+	s_apply_noted(ch, nt, 6);
+	h = s_history(&ids[0]);
+	cr_assert_eq(h->n, 2, "ids[0]: two notes, got %d", h->n);
+	cr_assert(h->a[0].at_ms == now + 1 && h->a[0].outcome == ACKBOX_OUTCOME_NACK &&
+	              h->a[0].code == 406,
+	          "the first note, as written");
+	cr_assert_str_eq(h->text[0], "PRECONDITION_FAILED - nack");
+	cr_assert(h->a[1].at_ms == now + 2 && h->a[1].outcome == ACKBOX_OUTCOME_IN_DOUBT,
+	          "the NOTE change's note second");
+	h = s_history(&ids[1]);
+	cr_assert_eq(h->n, 1, "ids[1]: one note (the stale one skipped), got %d", h->n);
+	cr_assert(h->a[0].outcome == ACKBOX_OUTCOME_ERROR && h->a[0].code == 500);
+	cr_assert_str_eq(h->text[0], "", "a NULL text reads back as \"\"");
+	cr_assert_eq(s_history(&ids[2])->n, 0, "an acked message has no history");
+	cr_assert_eq(s_history(&ids[3])->n, 0, "a change without a note leaves none");
+	{
+		crows g = {0};
+		crow r = s_get(&ids[0], &g);
+		cr_assert_eq(r.state, ACKBOX_MSG_RETRYING, "the RETRY applied with its note");
+		cr_assert_eq(r.attempts, 1, "a NOTE change changes no row");
+		crows_free(&g);
+	}
+
+	/* texts: cut at ACKBOX_HISTORY_TEXT_MAX bytes, never inside a UTF-8
+	 * sequence (2, 3 and 4 bytes, the boundary falling mid-character) */
+	snprintf(long_text[0], sizeof(long_text[0]), "a");
+	for (int i = 0; i < 150; i++)
+		strcat(long_text[0], "\xc3\xa9"); /* é */
+	long_text[1][0] = '\0';
+	for (int i = 0; i < 100; i++)
+		strcat(long_text[1], "\xe2\x82\xac"); /* € */
+	snprintf(long_text[2], sizeof(long_text[2]), "xy");
+	for (int i = 0; i < 75; i++)
+		strcat(long_text[2], "\xf0\x9f\x93\xa6"); /* 📦 */
+	for (int i = 0; i < 3; i++) {
+		ch[i] = change(ACKBOX_CHANGE_NOTE, &ids[1], l[1]);
+		nt[i] = note(now + 10 + i, ACKBOX_OUTCOME_UNROUTABLE, 312, long_text[i]);
+	}
+	s_apply_noted(ch, nt, 3);
+	h = s_history(&ids[1]);
+	cr_assert_eq(h->n, 4);
+	{
+		static const size_t want[3] = {199, 198, 198};
+		for (int i = 0; i < 3; i++) {
+			size_t len = strlen(h->text[1 + i]);
+			cr_assert_eq(len, want[i], "text %d cut to %zu bytes, want %zu", i, len, want[i]);
+			cr_assert_eq(memcmp(h->text[1 + i], long_text[i], len), 0,
+			             "text %d: the first bytes, unchanged", i);
+			cr_assert_neq((unsigned char)long_text[i][len] & 0xC0, 0x80,
+			              "text %d cut inside a UTF-8 sequence", i);
+		}
+	}
+
+	/* more than ACKBOX_HISTORY_MAX: the oldest go, in one batch and one by one */
+	for (int i = 0; i < 10; i++) {
+		ch[i] = change(ACKBOX_CHANGE_NOTE, &ids[0], l[0]);
+		nt[i] = note(now + 100 + i, ACKBOX_OUTCOME_NACK, 1000 + i, "batch");
+	}
+	s_apply_noted(ch, nt, 10);
+	for (int i = 10; i < 20; i++) {
+		ch[0] = change(i % 2 ? ACKBOX_CHANGE_RETRY : ACKBOX_CHANGE_NOTE, &ids[0], l[0]);
+		ch[0].attempts = 2 + i;
+		ch[0].due_ms = now + 600000;
+		nt[0] = note(now + 100 + i, ACKBOX_OUTCOME_TIMEOUT, 1000 + i, "one");
+		s_apply_noted(ch, nt, 1);
+	}
+	h = s_history(&ids[0]);
+	cr_assert_eq(h->n, ACKBOX_HISTORY_MAX, "22 written, %d kept, got %d", ACKBOX_HISTORY_MAX,
+	             h->n);
+	for (int i = 0; i < ACKBOX_HISTORY_MAX; i++)
+		cr_assert_eq(h->a[i].code, 1004 + i, "note %d: code %d, want %d (the newest, oldest "
+		             "first)", i, h->a[i].code, 1004 + i);
+
+	/* an operator's FAIL with a note; then a reopen keeps all of it */
+	{
+		ackbox_store_change f;
+		ackbox_attempt op = note(now + 500, ACKBOX_OUTCOME_OPERATOR, 0, "see ticket 42");
+		memset(&f, 0, sizeof(f));
+		f.kind = ACKBOX_CHANGE_FAIL;
+		f.id = ids[3];
+		f.last_error = "marked failed by an operator: see ticket 42";
+		cr_assert_eq(S.ops->force_noted(S.ctx, &f, &op, now + 500, err, sizeof(err)), 1,
+		             "force_noted: %s", err);
+		f.id = ids[2]; /* gone: not found, and no note for it */
+		cr_assert_eq(S.ops->force_noted(S.ctx, &f, &op, now + 500, err, sizeof(err)),
+		             ACKBOX_ERR_NOT_FOUND);
+	}
+	st_close(&S);
+	st_open(&S);
+	h = s_history(&ids[0]);
+	cr_assert_eq(h->n, ACKBOX_HISTORY_MAX, "after reopen");
+	cr_assert_eq(h->a[ACKBOX_HISTORY_MAX - 1].code, 1019);
+	cr_assert_str_eq(h->text[ACKBOX_HISTORY_MAX - 1], "one");
+	cr_assert_eq(s_history(&ids[1])->n, 4, "after reopen");
+	h = s_history(&ids[3]);
+	cr_assert_eq(h->n, 1, "after reopen: the operator's note");
+	cr_assert(h->a[0].outcome == ACKBOX_OUTCOME_OPERATOR && h->a[0].at_ms == now + 500);
+	cr_assert_str_eq(h->text[0], "see ticket 42");
+	cr_assert_eq(s_history(&ids[2])->n, 0);
+
+	/* the history goes with the message: ack, forced delete, purge */
+	ch[0] = change(ACKBOX_CHANGE_DELETE, &ids[0], l[0]);
+	s_apply(ch, 1);
+	cr_assert_not(s_exists(&ids[0]));
+	cr_assert_eq(s_history(&ids[0])->n, 0, "acked: its history went with it");
+	s_force(ACKBOX_CHANGE_DELETE, &ids[1], NULL, 0);
+	cr_assert_eq(s_history(&ids[1])->n, 0, "force-deleted: its history went with it");
+	cr_assert_eq(S.ops->purge(S.ctx, ackbox_wall_ms() + 1000, err, sizeof(err)), 1,
+	             "purge: %s", err);
+	cr_assert_eq(s_history(&ids[3])->n, 0, "purged: its history went with it");
+	check_counts(0, 0, 0, "at the end");
+	crows_free(&a);
+
+	/* messages their publisher holds (lease 0; six in one insert: a packed
+	 * batch in SQLite) take notes too, and lose them with their ack */
+	for (int i = 0; i < 6; i++)
+		recs[i] = rec(i, now + i, now + 600000);
+	s_insert(recs, 6);
+	ch[0] = change(ACKBOX_CHANGE_RETRY, &ids[1], 0);
+	ch[0].attempts = 1;
+	ch[0].due_ms = now + 600000;
+	nt[0] = note(now + 1, ACKBOX_OUTCOME_NACK, 7, "held: nack");
+	ch[1] = change(ACKBOX_CHANGE_NOTE, &ids[4], 0);
+	nt[1] = note(now + 2, ACKBOX_OUTCOME_NOT_SENT, 0, "held: never sent");
+	s_apply_noted(ch, nt, 2);
+	cr_assert_eq(s_history(&ids[1])->n, 1, "a held message's RETRY note");
+	cr_assert_eq(s_history(&ids[4])->n, 1, "a held message's NOTE");
+	cr_assert_eq(s_history(&ids[4])->a[0].outcome, ACKBOX_OUTCOME_NOT_SENT);
+	for (int i = 0; i < 6; i++)
+		ch[i] = change(ACKBOX_CHANGE_DELETE, &ids[i], 0);
+	s_apply_noted(ch, NULL, 6);
+	cr_assert_eq(s_history(&ids[1])->n, 0, "acked: no history left");
+	cr_assert_eq(s_history(&ids[4])->n, 0, "acked: no history left");
+	check_counts(0, 0, 0, "after the held messages' acks");
+}
+
+/* ------------------------------------------------------------------ */
 /* Bytes in, the same bytes out                                         */
 /* ------------------------------------------------------------------ */
 

@@ -364,6 +364,19 @@ void cli_json_message(const ackbox_stored *m, bool full)
 		}
 		printf("],");
 		json_bytes_field("payload", m->payload, m->payload_len, true);
+		/* null when the store keeps no history, [] when there is none */
+		printf(",\"attempts_history\":%s", m->history_kept ? "[" : "null");
+		for (size_t i = 0; m->history_kept && i < m->history_count; i++) {
+			const ackbox_attempt *a = &m->history[i];
+			printf("%s{", i ? "," : "");
+			cli_json_time_fields("at", a->at_ms);
+			printf(",\"outcome\":\"%s\",\"code\":%d,\"text\":",
+			       ackbox_outcome_name(a->outcome), a->code);
+			json_cstr(a->text ? a->text : "");
+			putchar('}');
+		}
+		if (m->history_kept)
+			putchar(']');
 	}
 	putchar('}');
 }

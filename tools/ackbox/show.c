@@ -8,6 +8,40 @@
 
 #include "cli.h"
 
+/* Text from a broker on one line: control bytes, DEL and backslash as \xNN. */
+static void print_escaped(const char *t)
+{
+	for (const unsigned char *p = (const unsigned char *)t; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f || *p == '\\')
+			printf("\\x%02x", *p);
+		else
+			putchar(*p);
+	}
+}
+
+/* One line per attempt, oldest first: time, outcome, code, text. */
+static void print_history(const ackbox_stored *m)
+{
+	char t[48];
+	if (!m->history_kept) {
+		printf("history       not kept by this store (its store ABI predates it)\n");
+		return;
+	}
+	if (!m->history_count) {
+		printf("history       -\n");
+		return;
+	}
+	printf("history       %zu attempt%s, oldest first (the last %d are kept)\n",
+	       m->history_count, m->history_count == 1 ? "" : "s", ACKBOX_HISTORY_MAX);
+	for (size_t i = 0; i < m->history_count; i++) {
+		const ackbox_attempt *a = &m->history[i];
+		cli_fmt_time(a->at_ms, true, t, sizeof(t));
+		printf("  %s  %-17s code %-5d ", t, ackbox_outcome_name(a->outcome), a->code);
+		print_escaped(a->text ? a->text : "");
+		putchar('\n');
+	}
+}
+
 static int show_one(const ackbox_stored *m, void *opaque)
 {
 	bool json = *(const bool *)opaque;
@@ -34,6 +68,7 @@ static int show_one(const ackbox_stored *m, void *opaque)
 		printf("last error    %s (code %d)\n", cli_esc(m->last_error, buf, sizeof(buf)), m->last_code);
 	else
 		printf("last error    -\n");
+	print_history(m);
 	if (m->key && m->key_len) {
 		printf("key           ");
 		cli_print_bytes_human(m->key, m->key_len, 256);

@@ -63,7 +63,11 @@ __attribute__((format(printf, 2, 3))) static void sql(PGconn *c, const char *fmt
 	PQclear(r);
 }
 
-/* The ops table driven directly: one instance = one relay. */
+/* The ops table driven directly: one instance = one relay. With
+ * open_as_sender set, the next open has a transport.url (a relay or a
+ * publisher, which may upgrade the outbox), else it is an admin handle. */
+static int open_as_sender;
+
 typedef struct inst {
 	const ackbox_store_ops *ops;
 	void *ctx;
@@ -81,6 +85,8 @@ static int inst_open(inst *s, const char *url, const char *relay_id, char *err, 
 	if (relay_id)
 		TU_SET(s->conf, "postgres.relay_id", relay_id);
 	TU_SET(s->conf, "postgres.connect_timeout", "2s");
+	if (open_as_sender)
+		TU_SET(s->conf, "transport.url", "loopback://pg");
 	cr_assert_eq(ackbox_url_parse(url, &u, err, errsz), 0, "%s", err);
 	s->ctx = calloc(1, s->ops->ctx_size);
 	rc = s->ops->open(s->ctx, &u, s->conf, ACKBOX_SYNC_FULL, err, errsz);
@@ -695,7 +701,8 @@ Test(pg, missing_privileges_are_explained)
 	              strstr(err, "SELECT, INSERT, UPDATE, DELETE"),
 	          "%s", err);
 
-	/* with the documented grants it works, without CREATE anywhere */
+	/* with the documented grants it works, without CREATE anywhere (and
+	 * without a grant on ackbox_attempt: then without a history) */
 	sql(su, "GRANT SELECT ON %s.ackbox_meta TO %s", schema, role);
 	sql(su, "GRANT SELECT, INSERT, UPDATE, DELETE ON %s.ackbox_outbox TO %s", schema, role);
 	acks r = {0};
@@ -719,6 +726,84 @@ Test(pg, missing_privileges_are_explained)
 	cr_assert(strstr(err, "permission denied for table ackbox_outbox"), "%s", err);
 	ackbox_destroy(ab);
 	sql(su, "DROP OWNED BY %s; DROP ROLE %s", role, role);
+	PQfinish(su);
+}
+
+static int count_note(const ackbox_attempt *a, void *opaque)
+{
+	(void)a;
+	++*(int *)opaque;
+	return 0;
+}
+
+/* The notes of id through s; fails the test on an error. */
+static int notes_of(inst *s, const ackbox_id *id)
+{
+	char err[512] = "";
+	int n = 0, rc = s->ops->history(s->ctx, id, count_note, &n, err, sizeof(err));
+	cr_assert_geq(rc, 0, "history: %s", err);
+	cr_assert_eq(rc, n);
+	return n;
+}
+
+static int has_attempt_table(PGconn *su)
+{
+	char q[200];
+	snprintf(q, sizeof(q), "SELECT to_regclass('%s.ackbox_attempt') IS NOT NULL", schema);
+	PGresult *r = PQexec(su, q);
+	cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+	int have = PQgetvalue(r, 0, 0)[0] == 't';
+	PQclear(r);
+	return have;
+}
+
+/* An outbox an ackbox before the attempt history made (no ackbox_attempt):
+ * an admin handle reads "no history yet" and changes nothing; the first
+ * relay adds the table, and the admin handle then sees its notes. */
+Test(pg, an_outbox_without_the_history_table_is_upgraded_by_a_relay)
+{
+	PGconn *su = app_connect(pg_url);
+	inst admin, relay;
+	ackbox_id id;
+	ackbox_store_change ch;
+	ackbox_attempt note = {ackbox_wall_ms(), ACKBOX_OUTCOME_NACK, 406, "nacked"};
+	char err[512] = "";
+
+	inst_open_ok(&admin, NULL);
+	inst_insert(&admin, 1, ackbox_wall_ms() + 600000, &id);
+	inst_close(&admin);
+	sql(su, "DROP TABLE %s.ackbox_attempt", schema);
+
+	inst_open_ok(&admin, NULL);
+	cr_assert_eq(notes_of(&admin, &id), 0, "no history yet");
+	memset(&ch, 0, sizeof(ch));
+	ch.kind = ACKBOX_CHANGE_RETRY;
+	ch.id = id;
+	ch.attempts = 1;
+	ch.due_ms = ackbox_wall_ms() + 600000;
+	cr_assert_eq(admin.ops->apply_noted(admin.ctx, &ch, &note, 1, err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(notes_of(&admin, &id), 0, "the note has nowhere to go");
+	cr_assert_not(has_attempt_table(su), "an admin handle does not change the schema");
+
+	open_as_sender = 1;
+	inst_open_ok(&relay, "hist-relay");
+	open_as_sender = 0;
+	cr_assert(has_attempt_table(su), "the relay added ackbox_attempt");
+	ch.kind = ACKBOX_CHANGE_NOTE;
+	cr_assert_eq(relay.ops->apply_noted(relay.ctx, &ch, &note, 1, err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(notes_of(&relay, &id), 1);
+	cr_assert_eq(notes_of(&admin, &id), 1, "the admin handle finds the new table");
+
+	/* the admin handle's forced delete takes the history along */
+	ch.kind = ACKBOX_CHANGE_DELETE;
+	cr_assert_eq(admin.ops->force_noted(admin.ctx, &ch, NULL, ackbox_wall_ms(), err,
+	                                    sizeof(err)),
+	             1, "%s", err);
+	cr_assert_eq(notes_of(&relay, &id), 0);
+	inst_close(&relay);
+	inst_close(&admin);
 	PQfinish(su);
 }
 
