@@ -38,6 +38,12 @@ typedef struct kafka_ctx {
 	int window;
 	atomic_int fatal;
 	char fatal_reason[512];
+	/* librdkafka said every broker is down (ALL_BROKERS_DOWN): the
+	 * connection is lost, as a closed socket is to the other transports.
+	 * Set in on_error, on the relay thread (rd_kafka_poll); poll() drops
+	 * the producer and reports DISCONNECTED */
+	int all_down;
+	char down_reason[400];
 	/* the last error about the client as a whole (librdkafka's threads
 	 * write it, connect reads it to say why nobody answered) */
 	pthread_mutex_t err_mtx;
@@ -184,6 +190,12 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		return;
 	}
 	note_error(c, reason, err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL);
+	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+		/* on_error runs inside rd_kafka_poll(): the relay thread */
+		c->all_down = 1;
+		snprintf(c->down_reason, sizeof(c->down_reason), "%s: %s",
+		         rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+	}
 	/* broker connections come and go; librdkafka reconnects by itself */
 	ackbox_tx_log(c->host, err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? ACKBOX_LOG_WARN
 	                                                                   : ACKBOX_LOG_INFO,
@@ -444,6 +456,7 @@ static void drop_producer(kafka_ctx *c)
 	close(c->pipefd[1]);
 	c->pipefd[0] = c->pipefd[1] = -1;
 	atomic_store(&c->fatal, 0);
+	c->all_down = 0;
 }
 
 static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr_size)
@@ -495,6 +508,13 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 		pthread_mutex_unlock(&c->err_mtx);
 		if (!err || waited >= timeout_ms || ackbox_tx_stopping(c->host) || auth_failed)
 			break;
+	}
+	if (!err) {
+		/* a broker answered: what librdkafka said while none did (queued
+		 * on the main queue, ALL_BROKERS_DOWN among it) is history. Served
+		 * now, or the next poll() would take the cluster for gone again */
+		serve(c);
+		c->all_down = 0;
 	}
 	if (err) {
 		char last[512];
@@ -656,6 +676,26 @@ static int kafka_poll(void *vctx, int timeout_ms)
 		pf[1] = (struct pollfd){c->pipefd[0], POLLIN, 0};
 		if (poll(pf, 2, timeout_ms) > 0 && (pf[1].revents & POLLIN))
 			serve(c);
+	}
+	if (c->all_down) {
+		/*
+		 * Every broker is down: the connection is lost, as a closed
+		 * socket is to the other transports. Reported first, so that
+		 * everything outstanding is in doubt (resent, no attempt burnt)
+		 * and the core waits out no retry.timeout on messages no broker
+		 * can take. Then the producer goes with what it holds (its
+		 * reports come too late to count), so nothing it queued is
+		 * delivered behind the resends; connect() starts a new one once
+		 * a broker answers.
+		 */
+		char why[512];
+		snprintf(why, sizeof(why), "kafka: every broker of %s is unreachable (%s)",
+		         c->bootstrap, c->down_reason);
+		ackbox_tx_event ev = {ACKBOX_TX_DISCONNECTED, 0, RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, 1,
+		                      why};
+		ackbox_tx_report(c->host, &ev);
+		drop_producer(c);
+		return ACKBOX_ERR_TRANSPORT;
 	}
 	if (c->nstale)
 		check_stale(c);

@@ -51,6 +51,7 @@ TestSuite(kafka, .init = setup, .fini = teardown, .timeout = 240);
 
 typedef struct seen {
 	int acked, failed, code, attempts;
+	int acked_attempts; /* the most attempts burnt by a message acked in the end */
 	char reason[512];
 } seen;
 
@@ -59,6 +60,8 @@ static void on_report(const ackbox_report *r, void *o)
 	seen *s = o;
 	if (r->state == ACKBOX_MSG_ACKED) {
 		s->acked++;
+		if (r->attempts > s->acked_attempts)
+			s->acked_attempts = r->attempts;
 	} else {
 		s->failed++;
 		s->code = r->broker_code;
@@ -229,6 +232,57 @@ Test(kafka, leader_down_mid_stream_and_back_loses_nothing)
 	size_t read = consume_all("t.down", N, &distinct);
 	cr_assert_eq(distinct, (size_t)N);
 	cr_log_info("leader down 3 s: %zu read, %zu duplicates", read, read - distinct);
+}
+
+/*
+ * Every broker of the cluster down (connections refused) for longer than
+ * retry.max_attempts x retry.timeout: no message reached a broker, so none
+ * may burn an attempt, let alone be FAILED; all are delivered once the
+ * cluster is back (issue 16: a 60 s unreachable cluster FAILED thousands).
+ */
+Test(kafka, whole_cluster_down_longer_than_all_attempts_fails_nothing)
+{
+	seen s = {0};
+	size_t distinct;
+	enum { M = 2000 };
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "retry.timeout", "3s"); /* message.timeout.ms 1 s; 3 attempts = 9 s */
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.alldown", PARTITIONS, 3), 0);
+	ackbox *ab = open_ab(c);
+	publish_range(ab, "t.alldown", 0, M / 2);
+	for (int b = 1; b <= 3; b++)
+		rd_kafka_mock_broker_set_down(mc, b);
+	/* publishing goes on through the outage, 5 at a time, as a service
+	 * would; the outage (the fault) outlasts three attempts' timeouts */
+	long long t0 = tu_mono_ms();
+	for (int i = M / 2; i < M; i += 5) {
+		struct timespec gap = {0, 40 * 1000000};
+		publish_range(ab, "t.alldown", i, i + 5);
+		nanosleep(&gap, NULL);
+	}
+	while (tu_mono_ms() - t0 < 14000) {
+		struct timespec gap = {0, 100 * 1000000};
+		nanosleep(&gap, NULL);
+	}
+	ackbox_counts n;
+	cr_assert_eq(ackbox_counts_get(ab, &n, NULL, 0), 0);
+	cr_assert_eq(s.failed, 0, "cluster down: %d FAILED (%s)", s.failed, s.reason);
+	cr_assert_eq(n.failed, 0u);
+	/* librdkafka said every broker was down: the transport reported the
+	 * connection lost, so nothing waited out retry.timeout meanwhile */
+	ackbox_stats st;
+	cr_assert_eq(ackbox_stats_get(ab, &st, sizeof(st), NULL, 0), 0);
+	cr_assert_geq(st.disconnects, 1, "the cluster is down and the transport says connected");
+	for (int b = 1; b <= 3; b++)
+		rd_kafka_mock_broker_set_up(mc, b);
+	cr_assert_eq(ackbox_flush(ab, 120000), 0);
+	cr_assert_eq(s.failed, 0, "an outage alone fails nothing (%s)", s.reason);
+	cr_assert_eq(s.acked, M);
+	cr_assert_eq(s.acked_attempts, 0, "an outage burnt %d attempt(s)", s.acked_attempts);
+	ackbox_destroy(ab);
+	size_t read = consume_all("t.alldown", M, &distinct);
+	cr_assert_eq(distinct, (size_t)M);
+	cr_log_info("cluster down 14 s: %zu read, %zu duplicates", read, read - distinct);
 }
 
 Test(kafka, injected_produce_errors_are_retried_nothing_lost)
