@@ -250,6 +250,9 @@ Test(kafka, whole_cluster_down_longer_than_all_attempts_fails_nothing)
 	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.alldown", PARTITIONS, 3), 0);
 	ackbox *ab = open_ab(c);
 	publish_range(ab, "t.alldown", 0, M / 2);
+	/* connected first (a slow build may still be connecting): the outage
+	 * must be a connection lost, not a first connect that fails */
+	cr_assert(TU_WAIT_UNTIL(ackbox_connected(ab), 30000 * TU_SLOW), "never connected");
 	for (int b = 1; b <= 3; b++)
 		rd_kafka_mock_broker_set_down(mc, b);
 	/* publishing goes on through the outage, 5 at a time, as a service
