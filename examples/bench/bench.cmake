@@ -19,7 +19,8 @@ function(ackbox_add_bench_smoke name)
   if(B_FIXTURE AND B_KEY)
     add_test(NAME ${test} COMMAND bash ${PROJECT_SOURCE_DIR}/examples/bench/smoke.sh
       $<TARGET_FILE:ackbox-bench> ${B_FIXTURE} ${B_KEY} ${B_ARGS})
-    set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED ${B_FIXTURE})
+    set_tests_properties(${test} PROPERTIES FIXTURES_REQUIRED ${B_FIXTURE}
+      RESOURCE_LOCK ${B_FIXTURE})
   elseif(B_URL)
     add_test(NAME ${test} COMMAND ackbox-bench --smoke --transport ${B_URL} ${B_ARGS})
   else()

@@ -52,7 +52,8 @@ function(ackbox_add_crash_tests broker)
       list(APPEND names ${name})
     endforeach()
   endif()
-  set_tests_properties(${names} PROPERTIES FIXTURES_REQUIRED ${C_FIXTURE})
+  set_tests_properties(${names} PROPERTIES FIXTURES_REQUIRED ${C_FIXTURE}
+    RESOURCE_LOCK ${C_FIXTURE})
   foreach(t ${names} fixture.${C_FIXTURE}.start fixture.${C_FIXTURE}.stop)
     if(TEST ${t})
       set_property(TEST ${t} APPEND PROPERTY LABELS first_pass_only)
@@ -82,7 +83,8 @@ function(ackbox_add_netfault_test broker)
   add_test(NAME ${name}
     COMMAND bash ${PROJECT_SOURCE_DIR}/tests/crash/netfault.sh ${broker} $<TARGET_FILE:ackbox-cli>
             ${ACKBOX_FIXTURE_DIR}/${N_FIXTURE}/env ${PROJECT_SOURCE_DIR}/tests/tools/faultproxy.py)
-  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED ${N_FIXTURE} TIMEOUT 600
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED ${N_FIXTURE}
+    RESOURCE_LOCK ${N_FIXTURE} TIMEOUT 600
     LABELS first_pass_only ENVIRONMENT
     "ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp;NETFAULT_RESULTS=${CMAKE_BINARY_DIR}/netfault-results.txt;NETFAULT_UNREACHABLE_S=20;${N_ENVIRONMENT}")
 endfunction()

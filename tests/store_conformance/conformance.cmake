@@ -43,6 +43,7 @@ function(ackbox_add_store_conformance)
     LABELS "store;conformance"
     ENVIRONMENT "ACKBOX_CONFORMANCE_URL=${SC_URL};ACKBOX_CONFORMANCE_CONF=${conf};ACKBOX_FIXTURE_DIR=${ACKBOX_FIXTURE_DIR};ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp")
   if(SC_FIXTURES)
-    set_tests_properties(store_conformance.${SC_NAME} PROPERTIES FIXTURES_REQUIRED "${SC_FIXTURES}")
+    set_tests_properties(store_conformance.${SC_NAME} PROPERTIES FIXTURES_REQUIRED "${SC_FIXTURES}"
+      RESOURCE_LOCK "${SC_FIXTURES}")
   endif()
 endfunction()

@@ -67,7 +67,8 @@ function(ackbox_add_transport_conformance)
     LABELS "${_tc_labels}"
     ENVIRONMENT "ACKBOX_FIXTURE_DIR=${ACKBOX_FIXTURE_DIR};ACKBOX_TEST_TMP=${CMAKE_BINARY_DIR}/testtmp")
   if(TC_FIXTURES)
-    set_tests_properties(transport_conformance.${TC_NAME} PROPERTIES FIXTURES_REQUIRED "${TC_FIXTURES}")
+    set_tests_properties(transport_conformance.${TC_NAME} PROPERTIES FIXTURES_REQUIRED "${TC_FIXTURES}"
+      RESOURCE_LOCK "${TC_FIXTURES}")
   endif()
 endfunction()
 
