@@ -96,7 +96,11 @@ typedef struct ackbox_tc_adapter {
 	 * the check to end FAILED without being sent.
 	 */
 	size_t oversized;
-	/** "key=value" settings for every handle, NULL-terminated (may be NULL). */
+	/**
+	 * "key=value" settings for every handle, NULL-terminated (may be NULL).
+	 * A "plugin.load=<path>" among them is also loaded before the first
+	 * test: the way to test a transport built as a shared object.
+	 */
 	const char *const *conf;
 } ackbox_tc_adapter;
 

@@ -860,6 +860,34 @@ Test(transport, close_with_messages_in_flight_loses_nothing)
 /* Entry point and helpers for adapters                                  */
 /* ------------------------------------------------------------------ */
 
+/*
+ * A transport loaded at run time (plugin.load=<path> in the adapter's conf)
+ * must be registered before the first test looks its scheme up, so it is
+ * loaded here, once, before the tests fork; every handle's configuration
+ * sets the key again, which then does nothing.
+ */
+static int load_plugins(const ackbox_tc_adapter *a)
+{
+	static const char key[] = "plugin.load=";
+	for (const char *const *p = a->conf; p && *p; p++) {
+		char err[512] = "out of memory";
+		ackbox_conf *c;
+		int rc;
+		if (strncmp(*p, key, sizeof(key) - 1) != 0)
+			continue;
+		c = ackbox_conf_new();
+		rc = c ? ackbox_conf_set(c, "plugin.load", *p + sizeof(key) - 1, err, sizeof(err))
+		       : ACKBOX_ERR_NOMEM;
+		if (c)
+			ackbox_conf_destroy(c);
+		if (rc) {
+			fprintf(stderr, "ackbox_tc_main: %s: %s\n", a->name, err);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 int ackbox_tc_main(const ackbox_tc_adapter *adapter, int argc, char **argv)
 {
 	if (!adapter || adapter->struct_size < sizeof(ackbox_tc_adapter) || !adapter->start ||
@@ -869,6 +897,8 @@ int ackbox_tc_main(const ackbox_tc_adapter *adapter, int argc, char **argv)
 		return 2;
 	}
 	A = adapter;
+	if (load_plugins(A))
+		return 2;
 	fprintf(stderr, "[====] transport conformance suite: %s\n", A->name);
 	return crshim_run(argc, argv);
 }
