@@ -6,8 +6,16 @@
 # suite, benchmarks, valgrind and fuzzing run in the first pass only).
 # Then a third time under ThreadSanitizer, over the same tests.
 # Options: BUILD_DIR (default build); ACKBOX_SANITIZE_PASS=0 skips the
-# ASan/UBSan pass, ACKBOX_TSAN_PASS=0 the TSan pass; extra arguments go to
-# every ctest run (e.g. -R amqp).
+# ASan/UBSan pass, ACKBOX_TSAN_PASS=0 the TSan pass; ACKBOX_TEST_JOBS (6)
+# tests at once in the first pass, ACKBOX_SANITIZER_JOBS (2) in each
+# sanitizer pass; extra arguments go to every ctest run (e.g. -R amqp).
+#
+# Tests run in parallel: most of their time is spent waiting on brokers and
+# outages. Every test that uses a broker fixture holds that fixture's
+# RESOURCE_LOCK (the crash tests kill and restart it), and the builds, the
+# fuzzers and valgrind hold the lock "cpu". tests/ctest-costs.txt seeds
+# ctest's record of how long each test took, so that a fresh build starts
+# the longest ones first instead of finishing on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -17,7 +25,13 @@ start=$SECONDS
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DACKBOX_SANITIZE=OFF \
       -DCMAKE_C_FLAGS="-Werror" >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
-ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 "$@"
+seed_costs() {
+  mkdir -p "$1/Testing/Temporary"
+  [ -f "$1/Testing/Temporary/CTestCostData.txt" ] ||
+    cp tests/ctest-costs.txt "$1/Testing/Temporary/CTestCostData.txt"
+}
+seed_costs "$BUILD_DIR"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 -j"${ACKBOX_TEST_JOBS:-6}" "$@"
 echo "test.sh: first pass done after $((SECONDS - start)) s"
 
 # The crash suite (with the network faults and the short soak), the CLI and
@@ -56,8 +70,9 @@ for pass in "${passes[@]}"; do
       export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp"
     fi
     rc=0
+    seed_costs "$BUILD_DIR-$pass"
     ctest --test-dir "$BUILD_DIR-$pass" --output-on-failure --timeout 600 \
-          -LE first_pass_only "$@" >"$BUILD_DIR-$pass/ctest.log" 2>&1 || rc=$?
+          -j"${ACKBOX_SANITIZER_JOBS:-2}" -LE first_pass_only "$@" >"$BUILD_DIR-$pass/ctest.log" 2>&1 || rc=$?
     echo "$rc" >"$BUILD_DIR-$pass/ctest.rc"
   ) &
 done
