@@ -100,6 +100,7 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 		pthread_condattr_destroy(&ca);
 	}
 	ab->retry_timeout_ms = abx_conf_int(conf, "retry.timeout");
+	ab->silence_limit_ms = abx_conf_int(conf, "retry.silence_limit");
 	ab->max_attempts = (int)abx_conf_int(conf, "retry.max_attempts");
 	ab->backoff_initial_ms = abx_conf_int(conf, "retry.backoff.initial");
 	ab->backoff_max_ms = abx_conf_int(conf, "retry.backoff.max");

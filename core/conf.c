@@ -65,6 +65,13 @@ static const ackbox_prop core_props[] = {
 	 "Most unconfirmed messages at once; 0 takes the transport's default."},
 	{"retry.timeout", ACKBOX_PROP_DURATION, "10s", 50, MS_DAY, NULL,
 	 "An attempt with no confirm after this long counts as failed and is resent."},
+	{"retry.silence_limit", ACKBOX_PROP_DURATION, "120s", 0, MS_DAY, NULL,
+	 "How long a connection may stay up yet answer nothing at all before an overdue confirm "
+	 "on it counts as a failed attempt. Until then a message whose confirm is overdue "
+	 "(retry.timeout) is resent after a backoff without counting an attempt: a blackholed or "
+	 "stalled connection is not the message's fault. Keep it above the transport's own "
+	 "detection of a dead connection (twice amqp.heartbeat, 1.5 times mqtt.keepalive, "
+	 "kafka.socket.timeout.ms); 0 counts every overdue confirm."},
 	{"retry.max_attempts", ACKBOX_PROP_INT, "3", 1, 1000000, NULL,
 	 "Attempts that reached the broker before a message is marked FAILED."},
 	{"retry.backoff.initial", ACKBOX_PROP_DURATION, "1s", 0, MS_DAY, NULL,

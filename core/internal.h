@@ -204,6 +204,7 @@ struct ackbox {
 
 	/* settings */
 	int64_t retry_timeout_ms;
+	int64_t silence_limit_ms; /* retry.silence_limit */
 	int max_attempts;
 	int64_t backoff_initial_ms, backoff_max_ms;
 	size_t max_message_bytes;

@@ -305,6 +305,40 @@ void abx_on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, 
 	abx_on_attempt_failed_ex(r, e, oc, code, retriable, why, false);
 }
 
+/*
+ * As a retry (a RETRY change with a backoff, the row RETRYING), but the
+ * attempt is not counted: the machine's LOST event, the message in doubt.
+ * Not a suspect either: the connection, not the message, said nothing.
+ */
+void abx_on_silent_timeout(abx_relay *r, entry *e, const char *why)
+{
+	struct ackbox *ab = r->ab;
+	char reason[768];
+	abx_verdict v = abx_machine_step(ACKBOX_MSG_SENDING, e->attempts, ABX_EV_LOST,
+	                                 ACKBOX_POLICY_DEFAULT, ab->max_attempts);
+	int64_t delay = abx_backoff_ms(r, e->attempts + 1);
+	/* wall before mono, as in abx_on_attempt_failed_ex */
+	int64_t due = ackbox_wall_ms() + delay;
+	int64_t at = ackbox_mono_ms() + delay + 1;
+
+	assert(e->state == E_INFLIGHT && v.action == ABX_DO_RESEND && v.attempts == e->attempts);
+	(void)v;
+	abx_suspect_resolved(r, e, false);
+	snprintf(reason, sizeof(reason), "%s: %s", abx_outcome_text(ACKBOX_OUTCOME_TIMEOUT), why);
+	atomic_fetch_add_explicit(&ab->stats.in_doubt, 1, memory_order_relaxed);
+	abx_entry_drop_data(r, e);
+	abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, 0);
+	abx_attempt_note(r, e, ACKBOX_OUTCOME_TIMEOUT, 0, why, false);
+	e->state = E_WAITING;
+	if (abx_heap_push(&r->retry_at, at) != 0)
+		abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
+		        "out of memory for a retry time: claimed at the next poll");
+	if (r->next_claim_at > at)
+		r->next_claim_at = at;
+	if (ab->ordered)
+		abx_order_release(r, e);
+}
+
 /* When queued changes are applied without more joining them: APPLY_DELAY_MS
  * after the oldest was queued, or after the last apply, whichever is first
  * (so after a quiet spell at once: waiting would only delay the reports,

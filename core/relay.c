@@ -145,8 +145,10 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	if (!t)
 		return; /* unknown, or already decided: the first report wins */
 	e = t->e;
-	if (ev->kind != ACKBOX_TX_IN_DOUBT && ev->kind != ACKBOX_TX_NOT_SENT)
+	if (ev->kind != ACKBOX_TX_IN_DOUBT && ev->kind != ACKBOX_TX_NOT_SENT) {
 		r->answers++;
+		r->last_answer_at = ackbox_mono_ms();
+	}
 	if (ev->kind == ACKBOX_TX_ACK) {
 		e->refs++;
 		abx_tok_drop(r, t);
@@ -190,8 +192,25 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	abx_entry_maybe_free(r, e);
 }
 
-/* Attempts whose confirm is overdue count as failed; superseded tokens
- * that the transport never answered are forgotten after a long grace. */
+/*
+ * Whether a confirm overdue for the token sent at sent_at is the
+ * connection's fault rather than the message's: the connection has answered
+ * nothing at all since (a blackhole, a broker that stopped reading, a
+ * RabbitMQ blocking publishers), and not for longer than
+ * retry.silence_limit. The transport's own check (heartbeat, keepalive,
+ * socket timeout) is expected to notice a dead connection within that limit;
+ * past it, a connection that says nothing about one message is judged as
+ * if it answered the others.
+ */
+static bool connection_silent(const abx_relay *r, int64_t sent_at, int64_t now)
+{
+	int64_t since = r->last_answer_at > r->connected_at ? r->last_answer_at : r->connected_at;
+	return r->last_answer_at < sent_at && now - since < r->ab->silence_limit_ms;
+}
+
+/* Attempts whose confirm is overdue count as failed, unless the connection
+ * was silent (above); superseded tokens that the transport never answered
+ * are forgotten after a long grace. */
 static void check_timeouts(abx_relay *r, int64_t now)
 {
 	while (r->fifo_head && r->fifo_head->deadline <= now) {
@@ -210,7 +229,17 @@ static void check_timeouts(abx_relay *r, int64_t now)
 		abx_fifo_append(r, t);
 		if (e->cur_token == t->token)
 			e->cur_token = 0;
-		if (e->state == E_INFLIGHT) {
+		if (e->state == E_INFLIGHT && connection_silent(r, t->sent_at, now)) {
+			char why[160];
+			int64_t since = r->last_answer_at > r->connected_at ? r->last_answer_at
+			                                                     : r->connected_at;
+			snprintf(why, sizeof(why),
+			         "%lld ms, and the connection has answered nothing for %lld ms: "
+			         "not counted (retry.silence_limit %lld ms)",
+			         (long long)r->ab->retry_timeout_ms, (long long)(now - since),
+			         (long long)r->ab->silence_limit_ms);
+			abx_on_silent_timeout(r, e, why);
+		} else if (e->state == E_INFLIGHT) {
 			char why[64];
 			snprintf(why, sizeof(why), "%lld ms", (long long)r->ab->retry_timeout_ms);
 			abx_on_attempt_failed(r, e, ACKBOX_OUTCOME_TIMEOUT, 0, 1, why);
@@ -359,6 +388,7 @@ static void send_ready(abx_relay *r, int64_t now)
 		t->token = m.token;
 		t->e = e;
 		t->deadline = now + r->ab->retry_timeout_ms;
+		t->sent_at = now;
 		t->probe = e->suspect;
 		t->isolated = alone;
 		/* register before send(): a synchronous report must find the token */

@@ -70,6 +70,7 @@ typedef struct tok {
 	uint64_t token;
 	entry *e;
 	int64_t deadline;   /* mono ms: timeout, or zombie expiry once superseded */
+	int64_t sent_at;    /* mono ms of the send */
 	bool superseded;    /* timed out; kept so a late confirm still acks */
 	bool probe;         /* a suspect's resend (counts in susp_live) */
 	bool isolated;      /* sent with nothing else in flight */
@@ -199,6 +200,7 @@ struct abx_relay {
 	/* the connection's life, for the reconnect backoff and the log */
 	int64_t connected_at;
 	uint64_t answers;    /* outcomes received on this connection */
+	int64_t last_answer_at; /* mono ms of the last outcome received (any connection) */
 	bool conn_blamed;    /* its drop left a message to judge */
 	int flaps;           /* short connections in a row that achieved nothing */
 	int64_t next_disc_log_at;
@@ -271,6 +273,9 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
                     int retriable, const char *why, bool fail_now);
 void abx_on_attempt_failed(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
                     const char *why);
+/* e's confirm is overdue on a connection that answered nothing since it was
+ * sent: resent after a backoff, no attempt counted (relay.c check_timeouts). */
+void abx_on_silent_timeout(abx_relay *r, entry *e, const char *why);
 int64_t abx_apply_due_at(const abx_relay *r);
 /* Hands the ACKED reports gathered so far to ackbox_poll. */
 void abx_release_acks(abx_relay *r);

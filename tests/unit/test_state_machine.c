@@ -238,6 +238,72 @@ Test(sm, lost_confirm_is_resent_after_retry_timeout)
 	ackbox_destroy(ab);
 }
 
+/*
+ * A connection that answers nothing at all (a blackhole the transport has
+ * not noticed yet, a broker that stopped reading): overdue confirms are
+ * resent without counting attempts, for up to retry.silence_limit. Twenty
+ * messages each time out at least three times with max_attempts 2, then the
+ * broker answers again: all acked, none FAILED.
+ */
+Test(sm, a_silent_connection_burns_no_attempt)
+{
+	enum { M = 20 };
+	seen s = {0};
+	ackbox *ab = open_handle("silent", &s, "retry.max_attempts", "2");
+	ackbox_loopback *lb = ackbox_loopback_get("silent");
+	ackbox_id ids[M];
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	for (int i = 0; i < M; i++)
+		ids[i] = publish_one(ab, "x");
+	TU_WAIT_UNTIL((ackbox_poll(ab, 10), ackbox_loopback_received(lb) >= 3 * M), 30000);
+	cr_assert_eq(s.failed, 0, "a silent connection burnt attempts: %s", s.last_reason);
+	ackbox_counts c = counts(ab);
+	cr_assert_eq(c.failed, 0);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_CONFIRM, 0);
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	cr_assert_eq(s.acked, M);
+	cr_assert_eq(s.failed, 0);
+	for (int i = 0; i < M; i++)
+		cr_assert_geq(ackbox_loopback_count_id(lb, &ids[i]), 3, "message %d resent", i);
+	ackbox_destroy(ab);
+}
+
+/* Past retry.silence_limit, an overdue confirm counts again: a message the
+ * broker never answers still ends FAILED, if later. */
+Test(sm, silence_past_the_limit_counts_attempts_again)
+{
+	seen s = {0};
+	const char *kv[] = {"retry.max_attempts", "2", "retry.silence_limit", "1s", NULL};
+	ackbox *ab = open_handle_kv("silent_limit", &s, kv);
+	ackbox_loopback_set_default(ackbox_loopback_get("silent_limit"), ACKBOX_LB_DROP, 0);
+	long long t0 = tu_mono_ms();
+	publish_one(ab, "x");
+	cr_assert_eq(ackbox_flush(ab, 20000), 0, "FAILED in the end");
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(s.last_failed.outcome, ACKBOX_OUTCOME_TIMEOUT);
+	cr_assert_eq(s.last_failed.attempts, 2);
+	cr_assert_geq(tu_mono_ms() - t0, 1000, "not before the silence limit");
+	cr_assert(strstr(s.last_reason, "retry.timeout"), "reason: %s", s.last_reason);
+	ackbox_destroy(ab);
+}
+
+/* A confirm overdue while the connection answers the others is the
+ * message's own: it counts at once (max_attempts 1: FAILED). */
+Test(sm, an_unanswered_message_among_answered_ones_counts)
+{
+	seen s = {0};
+	ackbox *ab = open_handle("one_unanswered", &s, "retry.max_attempts", "1");
+	ackbox_loopback_script(ackbox_loopback_get("one_unanswered"), ACKBOX_LB_DROP, 1, 0);
+	ackbox_id lost = publish_one(ab, "x");
+	publish_one(ab, "y"); /* confirmed after the first was sent: the connection answers */
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	cr_assert_eq(s.acked, 1);
+	cr_assert_eq(s.failed, 1);
+	cr_assert_eq(memcmp(&s.last_failed.id, &lost, sizeof(lost)), 0);
+	cr_assert_eq(s.last_failed.outcome, ACKBOX_OUTCOME_TIMEOUT);
+	ackbox_destroy(ab);
+}
+
 Test(sm, max_attempts_marks_failed_with_reason)
 {
 	seen s = {0};
