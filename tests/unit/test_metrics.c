@@ -108,7 +108,9 @@ Test(metrics, counters_match_what_happened)
 
 	ackbox_stats s = stats(ab);
 	cr_assert_eq(s.published, 40);
-	cr_assert_eq(s.acked, 39);
+	cr_assert_eq(s.acked, 39, "acked %llu failed %llu retried %llu sent %llu",
+	             (unsigned long long)s.acked, (unsigned long long)s.failed,
+	             (unsigned long long)s.retried, (unsigned long long)s.sent);
 	cr_assert_eq(s.failed, 1);
 	cr_assert_eq(s.retried, 3, "2 first nacks + the payment's first");
 	cr_assert_eq(s.sent, 43, "40 + 3 resends");
