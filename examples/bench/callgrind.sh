@@ -100,5 +100,5 @@ for mode in raw reliable handwritten; do
   big_ir=$(run "$mode" "$n")
   small_ir=$(run "$mode" "$small")
   awk -v s="$scheme" -v m="$mode" -v n="$n" -v k="$small" -v b="$big_ir" -v a="$small_ir" \
-    'BEGIN { printf "%s %s %d %d %.0f %.0f\n", s, m, n, b, b / n, (b - a) / (n - k) }'
+    'BEGIN { printf "%s %s %d %.0f %.0f %.0f\n", s, m, n, b, b / n, (b - a) / (n - k) }'
 done
