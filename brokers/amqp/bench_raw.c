@@ -121,15 +121,20 @@ static int amqp_prepare_queue(const bench_opts *o, char *err, size_t errn)
 }
 
 /* Marks tags [from, to] answered (1-based tags = sequence + 1). */
-static void amqp_raw_answer(bench_times *t, uint8_t *done, uint64_t from, uint64_t to, bool ack,
-                            bench_result *r, int64_t now)
+static void amqp_raw_answer(const bench_opts *o, bench_times *t, uint8_t *done, uint64_t from,
+                            uint64_t to, bool ack, bench_result *r, int64_t now)
 {
 	for (uint64_t tag = from; tag <= to && tag <= t->n; tag++) {
 		size_t i = (size_t)(tag - 1);
 		if (done[i])
 			continue;
+		bool ok = ack;
 		done[i] = 1;
-		if (ack) {
+		if (o->each) {
+			ok = bench_answered(o, i, ack);
+			now = bench_now_ns(); /* after the application's DELETE */
+		}
+		if (ok) {
 			t->ack[i] = now;
 			r->acked++;
 		} else {
@@ -179,6 +184,8 @@ static void raw_amqp(const bench_opts *o, bench_times *t, bench_result *r, int64
 			ackbox_id_format(&id, idtext);
 			p.message_id = amqp_cstring_bytes(idtext);
 			t->pub[sent] = o->rate ? bench_due_ns(o, start, sent) : bench_now_ns();
+			if (bench_before(o, sent) != 0)
+				goto out;
 			int rc = amqp_basic_publish(conn, 1, amqp_cstring_bytes(""),
 			                            amqp_cstring_bytes(BENCH_TOPIC), 1, 0, &p,
 			                            (amqp_bytes_t){o->size, payload});
@@ -216,13 +223,13 @@ static void raw_amqp(const bench_opts *o, bench_times *t, bench_result *r, int64
 			switch (f.payload.method.id) {
 			case AMQP_BASIC_ACK_METHOD: {
 				amqp_basic_ack_t *m = f.payload.method.decoded;
-				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
+				amqp_raw_answer(o, t, done, m->multiple ? base : m->delivery_tag,
 				                m->delivery_tag, true, r, now);
 				break;
 			}
 			case AMQP_BASIC_NACK_METHOD: {
 				amqp_basic_nack_t *m = f.payload.method.decoded;
-				amqp_raw_answer(t, done, m->multiple ? base : m->delivery_tag,
+				amqp_raw_answer(o, t, done, m->multiple ? base : m->delivery_tag,
 				                m->delivery_tag, false, r, now);
 				break;
 			}

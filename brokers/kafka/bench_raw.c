@@ -17,6 +17,7 @@
 #include "bench.h"
 
 typedef struct kafka_raw {
+	const bench_opts *o;
 	bench_times *t;
 	bench_result *r;
 	size_t inflight;
@@ -27,7 +28,7 @@ static void kafka_raw_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaq
 	kafka_raw *k = opaque;
 	size_t i = (size_t)(uintptr_t)m->_private;
 	(void)rk;
-	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+	if (bench_answered(k->o, i, m->err == RD_KAFKA_RESP_ERR_NO_ERROR)) {
 		k->t->ack[i] = bench_now_ns();
 		k->r->acked++;
 	} else {
@@ -77,7 +78,7 @@ static void kafka_mock_stop(void)
 static void raw_kafka(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline)
 {
 	char err[512];
-	kafka_raw k = {.t = t, .r = r};
+	kafka_raw k = {.o = o, .t = t, .r = r};
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	rd_kafka_t *rk = NULL;
 	char *payload = bench_payload(o->size);
@@ -148,6 +149,10 @@ static void raw_kafka(const bench_opts *o, bench_times *t, bench_result *r, int6
 		ackbox_id_format(&id, idtext);
 		rd_kafka_header_add(hs, "ackbox-id", -1, idtext, ACKBOX_ID_STRLEN - 1);
 		t->pub[i] = o->rate ? bench_due_ns(o, start, i) : bench_now_ns();
+		if (bench_before(o, i) != 0) {
+			rd_kafka_headers_destroy(hs);
+			goto out;
+		}
 		rd_kafka_resp_err_t e = rd_kafka_producev(
 		    rk, RD_KAFKA_V_TOPIC(BENCH_TOPIC), RD_KAFKA_V_VALUE(payload, o->size),
 		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs),

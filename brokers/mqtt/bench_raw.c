@@ -21,6 +21,7 @@ typedef struct mqtt_raw {
 	pthread_cond_t cond;
 	int inflight;
 	int connect_state; /* 0 pending, 1 ok, -1 failed */
+	const bench_opts *o;
 	bench_times *t;
 	bench_result *r;
 } mqtt_raw;
@@ -54,6 +55,7 @@ typedef struct mqtt_pub {
 static void mqtt_raw_done(mqtt_pub *p, bool ok)
 {
 	mqtt_raw *m = p->m;
+	ok = bench_answered(m->o, p->i, ok); /* outside m->mtx: it may write a file */
 	int64_t now = bench_now_ns();
 	pthread_mutex_lock(&m->mtx);
 	if (ok) {
@@ -96,7 +98,7 @@ static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64
 	MQTTAsync client = NULL;
 	MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
 	MQTTAsync_connectOptions c = MQTTAsync_connectOptions_initializer5;
-	mqtt_raw m = {.t = t, .r = r};
+	mqtt_raw m = {.o = o, .t = t, .r = r};
 	mqtt_pub *pubs = calloc(t->n, sizeof(*pubs));
 	char *payload = bench_payload(o->size);
 	char uri[1100], client_id[64];
@@ -181,6 +183,13 @@ static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64
 		ro.onFailure5 = mqtt_raw_pub_fail;
 		ro.context = &pubs[i];
 		t->pub[i] = o->rate ? due : bench_now_ns();
+		if (bench_before(o, i) != 0) {
+			MQTTProperties_free(&props);
+			pthread_mutex_lock(&m.mtx);
+			m.inflight--;
+			pthread_mutex_unlock(&m.mtx);
+			goto out;
+		}
 		for (;;) {
 			rc = MQTTAsync_sendMessage(client, BENCH_TOPIC, &msg, &ro);
 			if (rc != MQTTASYNC_MAX_MESSAGES_INFLIGHT && rc != MQTTASYNC_MAX_BUFFERED_MESSAGES)

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,7 @@ typedef struct nats_raw {
 	pthread_mutex_t mtx;
 	pthread_cond_t cond;
 	int inflight;
+	const bench_opts *o;
 	bench_times *t;
 	bench_result *r;
 } nats_raw;
@@ -80,14 +82,16 @@ static void nats_raw_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae
 {
 	nats_raw *n = closure;
 	const char *id = NULL;
-	int64_t now = bench_now_ns();
 	size_t i = (size_t)-1;
 	(void)js;
 	(void)pae;
 	if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK)
 		i = (size_t)strtoull(id, NULL, 16);
+	/* outside n->mtx: it may write a file */
+	bool ok = i < n->t->n && bench_answered(n->o, i, pa != NULL);
+	int64_t now = bench_now_ns();
 	pthread_mutex_lock(&n->mtx);
-	if (pa && i < n->t->n) {
+	if (ok) {
 		n->t->ack[i] = now;
 		n->r->acked++;
 	} else {
@@ -119,7 +123,7 @@ static void raw_nats(const bench_opts *o, bench_times *t, bench_result *r, int64
 	natsConnection *nc = NULL;
 	jsCtx *js = NULL;
 	jsOptions jo;
-	nats_raw n = {.t = t, .r = r};
+	nats_raw n = {.o = o, .t = t, .r = r};
 	int window = o->window ? o->window : 1000;
 
 	pthread_mutex_init(&n.mtx, NULL);
@@ -164,6 +168,12 @@ static void raw_nats(const bench_opts *o, bench_times *t, bench_result *r, int64
 		 * 3/4 of the default 10 s), so a lost PubAck is answered */
 		po.MaxWait = 7500;
 		t->pub[i] = o->rate ? due : bench_now_ns();
+		if (bench_before(o, i) != 0) {
+			pthread_mutex_lock(&n.mtx);
+			n.inflight--;
+			pthread_mutex_unlock(&n.mtx);
+			goto out;
+		}
 		natsStatus s = natsMsg_Create(&m, BENCH_TOPIC, NULL, payload, (int)o->size);
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(js, &m, &po);

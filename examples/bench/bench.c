@@ -1,9 +1,11 @@
 /*
  * bench.c - ackbox-bench: what reliability costs. In one run and in
- * alternating rounds it publishes the same messages (a) RAW, through the same
- * client library with confirms and the same in-flight window but no store,
- * and (b) RELIABLE, through ackbox with a SQLite store at full durability,
- * and prints throughput, latency, CPU time and peak RSS for each.
+ * rounds that rotate their order it publishes the same messages (a) RAW,
+ * through the same client library with confirms and the same in-flight window
+ * but no store, (b) RELIABLE, through ackbox with a SQLite store at full
+ * durability, and (c) HANDWRITTEN, what an application writes instead: per
+ * message a row inserted, the raw publisher at window 1, the row deleted at
+ * the confirm, and prints throughput, latency, CPU time and peak RSS for each.
  *
  * Every loop is bounded in count and in time (--max-seconds per round).
  * Brokers must be on loopback unless --allow-remote is given.
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include <ackbox/ackbox.h>
+#include <sqlite3.h>
 
 #include "bench.h"
 
@@ -150,8 +153,9 @@ static int lat_add(lat *l, const int64_t *from, const int64_t *to, size_t n)
 	return 0;
 }
 
-/* Writes percentiles of raw publish->ack, reliable publish->ack and
- * reliable publish->durable, in ms; "-" where a mode did not run. */
+/* Writes percentiles of raw publish->ack, reliable publish->ack, reliable
+ * publish->durable and handwritten publish->ack, in ms; "-" where a mode did
+ * not run. */
 static int lat_write(const bench_opts *o, lat *ls, int nls)
 {
 	static const double pcts[] = {0,  10, 20, 30, 40,   50,   60,    70,    80, 90,
@@ -167,7 +171,7 @@ static int lat_write(const bench_opts *o, lat *ls, int nls)
 	fprintf(f,
 	        "# ackbox-bench %s: %s, %zu msgs x %zu B, window %d, rate %zu msg/s (0: unpaced), "
 	        "%d round(s) per mode merged\n# percentile raw_ack_ms reliable_ack_ms "
-	        "reliable_durable_ms\n",
+	        "reliable_durable_ms handwritten_ack_ms\n",
 	        ackbox_version(), o->shown, o->count, o->size, o->window, o->rate, o->rounds);
 	for (size_t i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++) {
 		fprintf(f, "%g", pcts[i]);
@@ -338,6 +342,150 @@ static void run_raw(const bench_opts *o, bench_times *t, bench_result *r, int64_
 		return;
 	}
 	bt->run_raw(o, t, r, deadline);
+}
+
+/* ------------------------------------------------------------------ */
+/* HANDWRITTEN: the original design in application code                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * One table, one row per message while it is unconfirmed, on the settings of
+ * ackbox's SQLite store (store/sqlite/sqlite.c): WAL, synchronous=FULL,
+ * secure_delete=fast, a 5 s busy timeout. The row is keyed by the sequence
+ * number (an application's own key; the raw publisher sends its 36-character
+ * id as ackbox does). Each statement is its own transaction (autocommit), so
+ * every INSERT and every DELETE is a commit with its fsync of the WAL: what
+ * a straightforward hand-written outbox does. (ackbox's own store commits
+ * its deletes at synchronous=NORMAL and packs batches; that is the point of
+ * comparing.)
+ */
+static const char handwritten_schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "PRAGMA secure_delete=fast;"
+    "CREATE TABLE IF NOT EXISTS outbox(id INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL, state TEXT NOT NULL);";
+
+typedef struct handwritten {
+	const bench_opts *o;
+	bench_times *t;
+	bench_result *r;
+	sqlite3 *db;
+	sqlite3_stmt *ins, *del;
+	const char *payload;
+	size_t stored; /* rows inserted so far (messages 0 .. stored-1) */
+} handwritten;
+
+static int handwritten_before(void *ctx, size_t i)
+{
+	handwritten *h = ctx;
+	if (i < h->stored)
+		return 0; /* the publisher retries message i: its row is there */
+	sqlite3_bind_int64(h->ins, 1, (sqlite3_int64)i);
+	sqlite3_bind_text(h->ins, 2, BENCH_TOPIC, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(h->ins, 3, h->payload, (int)h->o->size, SQLITE_STATIC);
+	int rc = sqlite3_step(h->ins);
+	sqlite3_reset(h->ins);
+	if (rc != SQLITE_DONE) {
+		bench_fail(h->r, "handwritten: INSERT of message %zu: %s", i, sqlite3_errmsg(h->db));
+		return -1;
+	}
+	h->stored = i + 1;
+	h->t->dur[i] = bench_now_ns();
+	return 0;
+}
+
+static bool handwritten_answered(void *ctx, size_t i, bool ok)
+{
+	handwritten *h = ctx;
+	if (!ok)
+		return false; /* the row stays 'sending', for the application to resend */
+	sqlite3_bind_int64(h->del, 1, (sqlite3_int64)i);
+	int rc = sqlite3_step(h->del);
+	sqlite3_reset(h->del);
+	if (rc != SQLITE_DONE) {
+		bench_fail(h->r, "handwritten: DELETE of message %zu: %s", i, sqlite3_errmsg(h->db));
+		return false;
+	}
+	return true;
+}
+
+int bench_before(const bench_opts *o, size_t i)
+{
+	return o->each ? o->each->before(o->each->ctx, i) : 0;
+}
+
+bool bench_answered(const bench_opts *o, size_t i, bool ok)
+{
+	return o->each ? o->each->answered(o->each->ctx, i, ok) : ok;
+}
+
+/* Removes dir/name and its WAL, shared-memory and journal files. */
+static void db_remove(const char *dir, const char *name)
+{
+	const char *suffix[] = {"", "-wal", "-shm", "-journal"};
+	char path[1200];
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(path, sizeof(path), "%s/%s%s", dir, name, suffix[i]);
+		unlink(path);
+	}
+}
+
+/* Rows the round left in the table (every confirmed message's is deleted). */
+static long handwritten_left(handwritten *h)
+{
+	sqlite3_stmt *s = NULL;
+	long n = -1;
+	if (sqlite3_prepare_v2(h->db, "SELECT count(*) FROM outbox", -1, &s, NULL) == SQLITE_OK &&
+	    sqlite3_step(s) == SQLITE_ROW)
+		n = (long)sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return n;
+}
+
+/* One HANDWRITTEN round: the transport's raw publisher at window 1 with the hook. */
+static void run_handwritten(const bench_opts *o, const char *dir, bench_times *t,
+                            bench_result *r, int64_t deadline)
+{
+	handwritten h = {.t = t, .r = r};
+	bench_each each = {handwritten_before, handwritten_answered, &h};
+	bench_opts ho = *o;
+	char path[1200], *payload = bench_payload(o->size);
+	ho.window = 1; /* one message at a time, by nature */
+	ho.count = t->n;
+	ho.each = &each;
+	h.o = &ho;
+	h.payload = payload;
+	db_remove(dir, "handwritten.db");
+	snprintf(path, sizeof(path), "%s/handwritten.db", dir);
+	if (!payload) {
+		bench_fail(r, "out of memory");
+		goto out;
+	}
+	if (sqlite3_open(path, &h.db) != SQLITE_OK ||
+	    sqlite3_busy_timeout(h.db, 5000) != SQLITE_OK ||
+	    sqlite3_exec(h.db, handwritten_schema, NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(h.db,
+	                       "INSERT INTO outbox(id, topic, payload, state)"
+	                       " VALUES(?1, ?2, ?3, 'sending')",
+	                       -1, &h.ins, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(h.db, "DELETE FROM outbox WHERE id = ?1", -1, &h.del, NULL) !=
+	        SQLITE_OK) {
+		bench_fail(r, "handwritten: %s: %s", path,
+		           h.db ? sqlite3_errmsg(h.db) : "cannot open");
+		goto out;
+	}
+	run_raw(&ho, t, r, deadline);
+	long left = handwritten_left(&h);
+	if (left != (long)r->failed && r->ok)
+		bench_fail(r, "handwritten: %ld row(s) left in the table, %zu message(s) failed", left,
+		           r->failed);
+out:
+	sqlite3_finalize(h.ins);
+	sqlite3_finalize(h.del);
+	sqlite3_close(h.db);
+	db_remove(dir, "handwritten.db");
+	free(payload);
 }
 
 /* ------------------------------------------------------------------ */
@@ -543,16 +691,6 @@ static long idmap_find(const idmap *m, const ackbox_id *id)
 	return -1;
 }
 
-static void db_remove(const char *dir)
-{
-	const char *suffix[] = {"", "-wal", "-shm", "-journal"};
-	char path[1200];
-	for (size_t i = 0; i < 4; i++) {
-		snprintf(path, sizeof(path), "%s/bench.db%s", dir, suffix[i]);
-		unlink(path);
-	}
-}
-
 static ackbox *open_ackbox(const bench_opts *o, const char *dir, reliable *b, bench_result *r)
 {
 	char err[512], val[1200];
@@ -620,7 +758,7 @@ static void run_reliable(const bench_opts *o, const char *dir, bench_times *t, b
 		goto out;
 	}
 	if (!o->store_dir || !o->drain)
-		db_remove(dir);
+		db_remove(dir, "bench.db");
 	if (!store_only && transport_of(o) && transport_of(o)->prepare &&
 	    transport_of(o)->prepare(o, err, sizeof(err)) != 0) {
 		bench_fail(r, "%s: %s", o->scheme, err);
@@ -787,7 +925,7 @@ static void print_row(const bench_result *r)
 		snprintf(bc, sizeof(bc), "%.2f", r->broker_cpu);
 	else
 		snprintf(bc, sizeof(bc), "-");
-	printf("%-5d %-10s %9.0f %10s %8s %8s %8s %8s %7zu %6zu %6.2f %6.2f %6s %8.1f%s%s\n",
+	printf("%-5d %-11s %9.0f %10s %8s %8s %8s %8s %7zu %6zu %6.2f %6.2f %6s %8.1f%s%s\n",
 	       r->round, r->mode, r->rate, dr, a, b, c, d, r->acked, r->failed, r->cpu_user,
 	       r->cpu_sys, bc, (double)r->peak_rss_kib / 1024.0, r->ok ? "" : "  ERROR: ",
 	       r->ok ? "" : r->err);
@@ -874,12 +1012,13 @@ static void usage_text(FILE *f)
 	        "  --size BYTES        payload size (default 256)\n"
 	        "  --keys K            reliable mode: message i gets key \"k<i mod K>\" (default 0:\n"
 	        "                      no key); with --set delivery.order=key, the cost of order\n"
-	        "  --window W          in-flight window for both modes (default: the transport's)\n"
+	        "  --window W          in-flight window of raw and reliable (default: the\n"
+	        "                      transport's); the hand-written mode has window 1\n"
 	        "  --threads T         reliable mode: T threads calling ackbox_publish (default 1:\n"
 	        "                      one thread calling ackbox_publish_batch in chunks of\n"
 	        "                      min(W, 500))\n"
-	        "  --rounds R          raw/reliable pairs, order alternating (default 3; --smoke 1)\n"
-	        "  --rate R            offer R msgs/s in both modes (open loop: latencies count\n"
+	        "  --rounds R          rounds of every mode, order rotating (default 3; --smoke 1)\n"
+	        "  --rate R            offer R msgs/s in every mode (open loop: latencies count\n"
 	        "                      from when a message was due, not when it could be sent);\n"
 	        "                      reliable stores what is due in one batch call (with\n"
 	        "                      --threads T, thread k publishes messages k, k+T, ...)\n"
@@ -892,7 +1031,10 @@ static void usage_text(FILE *f)
 	        "  --store-only        broker unreachable: time only the publish calls (durable\n"
 	        "                      msg/s, p50/p99 publish->durable, RSS); no raw mode\n"
 	        "  --drain             open --store-dir's store and time until its backlog is acked\n"
-	        "  --raw-only, --reliable-only   run one mode\n"
+	        "  --handwritten-count N   messages per hand-written round (default min(count,\n"
+	        "                      10000); --smoke min(count, 200))\n"
+	        "  --raw-only, --reliable-only, --handwritten-only   run one mode\n"
+	        "  --no-handwritten    run raw and reliable only\n"
 	        "  --broker-pid PID    also report the broker process's CPU time per round\n"
 	        "  --poll-sleep-us N   diagnostic: the report thread calls ackbox_poll(ab, 0) and\n"
 	        "                      sleeps N us when nothing came (default: ackbox_poll(ab, 50))\n"
@@ -945,6 +1087,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	o->threads = 1;
 	o->rounds = 3;
 	o->max_seconds = 120;
+	int only = 0; /* --raw-only, --reliable-only, --handwritten-only */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1014,9 +1157,18 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		} else if (strcmp(a, "--drain") == 0) {
 			o->drain = true;
 		} else if (strcmp(a, "--raw-only") == 0) {
-			o->no_reliable = true;
+			o->no_reliable = o->no_handwritten = true;
+			only++;
 		} else if (strcmp(a, "--reliable-only") == 0) {
-			o->no_raw = true;
+			o->no_raw = o->no_handwritten = true;
+			only++;
+		} else if (strcmp(a, "--handwritten-only") == 0) {
+			o->no_raw = o->no_reliable = true;
+			only++;
+		} else if (strcmp(a, "--no-handwritten") == 0) {
+			o->no_handwritten = true;
+		} else if (strcmp(a, "--handwritten-count") == 0) {
+			NUM(o->handwritten_count, 1, 100000000);
 		} else if (strcmp(a, "--allow-remote") == 0) {
 			o->allow_remote = true;
 		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -1046,10 +1198,23 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		if (o->max_seconds > 25)
 			o->max_seconds = 25;
 	}
-	if (o->store_only || o->drain)
-		o->no_raw = true;
-	if (o->no_raw && o->no_reliable) {
-		fprintf(stderr, "ackbox-bench: --raw-only and --reliable-only exclude each other\n");
+	/* the hand-written mode is far slower (window 1, two commits a message):
+	 * fewer messages, unless told */
+	if (!o->handwritten_count)
+		o->handwritten_count = o->count < (o->smoke ? 200 : 10000) ? o->count
+		                       : o->smoke                          ? 200
+		                                                           : 10000;
+	if (o->store_only || o->drain) {
+		if (o->no_reliable) {
+			fprintf(stderr, "ackbox-bench: --store-only and --drain run the reliable mode "
+			                "only\n");
+			return -1;
+		}
+		o->no_raw = o->no_handwritten = true;
+	}
+	if (only > 1) {
+		fprintf(stderr, "ackbox-bench: --raw-only, --reliable-only and --handwritten-only "
+		                "exclude each other\n");
 		return -1;
 	}
 	const char *sep = strstr(o->transport, "://");
@@ -1071,7 +1236,7 @@ int main(int argc, char **argv)
 	bench_result *res;
 	int nres = 0, maxres;
 	bool ok = true;
-	lat lats[3] = {{0}}; /* raw ack, reliable ack, reliable durable */
+	lat lats[4] = {{0}}; /* raw ack, reliable ack, reliable durable, handwritten ack */
 
 	if (parse_args(argc, argv, &o) != 0)
 		return 2;
@@ -1091,7 +1256,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ackbox-bench: mkdtemp: %s\n", strerror(errno));
 		return 1;
 	}
-	maxres = o.rounds * 2;
+	maxres = o.rounds * 3;
 	res = calloc((size_t)maxres, sizeof(*res));
 	if (!res)
 		return 1;
@@ -1107,19 +1272,25 @@ int main(int argc, char **argv)
 		       o.threads > 1 ? " (ackbox_publish)" : " (ackbox_publish_batch)", o.rounds);
 		if (o.keys)
 			printf(", %zu key(s)", o.keys);
+		if (!o.no_handwritten)
+			printf("; handwritten: %zu msgs, window 1", o.handwritten_count);
 		putchar('\n');
 	}
 	if (!o.json) {
-		printf("%-5s %-10s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s\n", "round",
+		printf("%-5s %-11s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s\n", "round",
 		       "mode", "msgs/s", "durable/s", "dur p50", "dur p99", "ack p50", "ack p99",
 		       "acked", "failed", "usr s", "sys s", "brk s", "RSS MiB");
 		fflush(stdout);
 	}
 	for (int round = 1; round <= o.rounds; round++) {
-		/* alternate the order so neither mode always runs on a warmer broker */
-		for (int k = 0; k < 2; k++) {
-			bool raw = (round % 2 == 1) == (k == 0);
-			if ((raw && o.no_raw) || (!raw && o.no_reliable))
+		/* rotate the order (raw, reliable, handwritten; then reliable,
+		 * handwritten, raw; ...) so no mode always runs on a warmer broker;
+		 * with two modes they alternate */
+		for (int k = 0; k < 3; k++) {
+			int mode = (k + round - 1) % 3; /* 0 raw, 1 reliable, 2 handwritten */
+			bool raw = mode == 0, hand = mode == 2;
+			if ((raw && o.no_raw) || (mode == 1 && o.no_reliable) ||
+			    (hand && o.no_handwritten))
 				continue;
 			bench_result *r = &res[nres++];
 			bench_times t;
@@ -1127,10 +1298,14 @@ int main(int argc, char **argv)
 			int64_t deadline = bench_now_ns() + (int64_t)o.max_seconds * 1000000000;
 			r->round = round;
 			r->ok = true;
-			r->count = o.count;
-			r->mode = raw ? "raw" : o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
+			r->count = hand ? o.handwritten_count : o.count;
+			r->mode = raw    ? "raw"
+			          : hand ? "handwritten"
+			          : o.drain      ? "drain"
+			          : o.store_only ? "store-only"
+			                         : "reliable";
 			r->dur_p50 = r->dur_p99 = r->ack_p50 = r->ack_p99 = -1;
-			if (times_init(&t, o.count) != 0) {
+			if (times_init(&t, r->count) != 0) {
 				bench_fail(r, "out of memory");
 				times_fini(&t);
 				continue;
@@ -1138,6 +1313,8 @@ int main(int argc, char **argv)
 			usage_begin(&u, o.broker_pid);
 			if (raw)
 				run_raw(&o, &t, r, deadline);
+			else if (hand)
+				run_handwritten(&o, dir, &t, r, deadline);
 			else if (o.drain)
 				run_drain(&o, dir, r, deadline);
 			else
@@ -1146,9 +1323,10 @@ int main(int argc, char **argv)
 			if (!o.drain)
 				finish_times(r, &t);
 			if (o.latency_file && !o.drain &&
-			    (raw ? lat_add(&lats[0], t.pub, t.ack, t.n)
-			         : lat_add(&lats[1], t.pub, t.ack, t.n) ||
-			               lat_add(&lats[2], t.pub, t.dur, t.n)))
+			    (raw    ? lat_add(&lats[0], t.pub, t.ack, t.n)
+			     : hand ? lat_add(&lats[3], t.pub, t.ack, t.n)
+			            : lat_add(&lats[1], t.pub, t.ack, t.n) ||
+			                  lat_add(&lats[2], t.pub, t.dur, t.n)))
 				bench_fail(r, "out of memory for --latency-file");
 			if (o.store_only) {
 				r->secs = r->publish_secs;
@@ -1167,8 +1345,9 @@ int main(int argc, char **argv)
 	const char *rmode = o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
 	double rel = median_of(res, nres, rmode, false);
 	double durable = median_of(res, nres, rmode, true);
+	double hand = median_of(res, nres, "handwritten", false);
 	struct rusage ru;
-	size_t lat_want[3] = {0, 0, 0};
+	size_t lat_want[4] = {0, 0, 0, 0};
 	getrusage(RUSAGE_SELF, &ru);
 	for (int i = 0; i < nres; i++) {
 		const bench_result *r = &res[i];
@@ -1179,7 +1358,7 @@ int main(int argc, char **argv)
 			sane = sane && r->acked == r->count && r->failed == 0;
 		else
 			sane = sane && r->acked == r->count && r->failed == 0 && r->ack_p99 >= 0;
-		if (strcmp(r->mode, "reliable") == 0)
+		if (strcmp(r->mode, "reliable") == 0 || strcmp(r->mode, "handwritten") == 0)
 			sane = sane && r->durable_rate > 0 && r->dur_p99 >= 0;
 		/* --rate paces: no mode may run faster than it was offered */
 		if (o.rate && r->rate > 1.1 * (double)o.rate) {
@@ -1191,15 +1370,18 @@ int main(int argc, char **argv)
 			ok = false;
 		if (strcmp(r->mode, "raw") == 0) {
 			lat_want[0] += r->acked;
+		} else if (strcmp(r->mode, "handwritten") == 0) {
+			lat_want[3] += r->acked;
 		} else if (strcmp(r->mode, "drain") != 0) {
 			lat_want[1] += r->acked;
 			lat_want[2] += r->count;
 		}
 	}
 	/* --latency-file: a sample for every message acked (and, reliable, stored) */
-	static const char *const lat_names[3] = {"raw publish->confirm", "reliable publish->ack",
-	                                         "reliable publish->durable"};
-	for (int k = 0; o.latency_file && k < 3; k++) {
+	static const char *const lat_names[4] = {"raw publish->confirm", "reliable publish->ack",
+	                                         "reliable publish->durable",
+	                                         "handwritten publish->confirm"};
+	for (int k = 0; o.latency_file && k < 4; k++) {
 		if (lats[k].n != lat_want[k]) {
 			fprintf(stderr, "ackbox-bench: --latency-file: %zu %s samples, expected %zu\n",
 			        lats[k].n, lat_names[k], lat_want[k]);
@@ -1208,9 +1390,9 @@ int main(int argc, char **argv)
 	}
 	if (nres == 0)
 		ok = false;
-	if (o.latency_file && lat_write(&o, lats, 3) != 0)
+	if (o.latency_file && lat_write(&o, lats, 4) != 0)
 		ok = false;
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < 4; k++)
 		free(lats[k].v);
 	if (o.json) {
 		printf("{\"version\":");
@@ -1220,8 +1402,9 @@ int main(int argc, char **argv)
 		printf(",\"scheme\":");
 		json_str(o.scheme);
 		printf(",\"count\":%zu,\"size\":%zu,\"window\":%d,\"threads\":%d,\"rounds\":%d,"
-		       "\"keys\":%zu,\"results\":[",
-		       o.count, o.size, o.window, o.threads, o.rounds, o.keys);
+		       "\"keys\":%zu,\"handwritten_count\":%zu,\"results\":[",
+		       o.count, o.size, o.window, o.threads, o.rounds, o.keys,
+		       o.no_handwritten ? (size_t)0 : o.handwritten_count);
 		for (int i = 0; i < nres; i++) {
 			if (i)
 				putchar(',');
@@ -1231,18 +1414,24 @@ int main(int argc, char **argv)
 		json_num("raw_msgs_per_s", raw, true);
 		json_num("reliable_msgs_per_s", rel, true);
 		json_num("reliable_durable_msgs_per_s", durable, true);
-		json_num("ratio", raw > 0 && rel > 0 ? rel / raw : -1, false);
+		json_num("ratio", raw > 0 && rel > 0 ? rel / raw : -1, true);
+		json_num("handwritten_msgs_per_s", hand, true);
+		json_num("reliable_vs_handwritten", hand > 0 && rel > 0 ? rel / hand : -1, false);
 		printf("},\"max_rss_kib\":%ld,\"ok\":%s}\n", ru.ru_maxrss, ok ? "true" : "false");
 	} else {
 		printf("median: raw %.0f msg/s, %s %.0f msg/s (durable %.0f msg/s)", raw > 0 ? raw : 0,
 		       rmode, rel > 0 ? rel : 0, durable > 0 ? durable : 0);
 		if (raw > 0 && rel > 0)
 			printf(", ratio %.2f", rel / raw);
+		if (hand > 0)
+			printf("; handwritten %.0f msg/s", hand);
+		if (hand > 0 && rel > 0)
+			printf(" (reliable %.1fx)", rel / hand);
 		printf("; process peak RSS %.1f MiB; %s\n", (double)ru.ru_maxrss / 1024.0,
 		       ok ? "ok" : "FAILED");
 	}
 	if (!o.store_dir) {
-		db_remove(dir);
+		db_remove(dir, "bench.db");
 		rmdir(dir);
 	}
 	if (bt && bt->setup && bt->teardown)

@@ -4,6 +4,8 @@
  * ackbox_plugin(... BENCH_SOURCES ...)): its raw publisher, the client
  * library alone with the same window and no store, which the RELIABLE rounds
  * are measured against, and what else the bench must do for that broker.
+ * The HANDWRITTEN rounds run the same raw publisher at window 1 with a
+ * per-message hook (bench_each): what an application writes without ackbox.
  */
 #ifndef ACKBOX_BENCH_H
 #define ACKBOX_BENCH_H
@@ -18,6 +20,7 @@
 #define BENCH_TOPIC "ackbox-bench"
 #define BENCH_MAX_SETS 64
 
+struct bench_each;
 
 typedef struct bench_opts {
 	const char *transport; /* as given (a transport's setup may put another URL in url) */
@@ -27,7 +30,7 @@ typedef struct bench_opts {
 	size_t count, size;
 	int window; /* 0: the transport's default */
 	int threads, rounds, max_seconds;
-	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable;
+	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable, no_handwritten;
 	const char *store_dir;
 	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE, as given */
 	int nsets;
@@ -37,10 +40,14 @@ typedef struct bench_opts {
 	const char *latency_file; /* --latency-file: latency distributions written here */
 	bool count_given, rounds_given;
 	size_t keys; /* --keys: message i gets key "k<i mod keys>"; 0: no key */
+	size_t handwritten_count; /* messages per HANDWRITTEN round */
+	/* NULL, or the HANDWRITTEN round's hook: a raw publisher calls it
+	 * through bench_before and bench_answered (below) */
+	const struct bench_each *each;
 } bench_opts;
 
 typedef struct bench_result {
-	const char *mode; /* "raw", "reliable", "store-only", "drain" */
+	const char *mode; /* "raw", "reliable", "handwritten", "store-only", "drain" */
 	int round;
 	bool ok;
 	char err[256];
@@ -48,8 +55,8 @@ typedef struct bench_result {
 	double secs;           /* first publish to last ack (or last durable in store-only) */
 	double rate;           /* count / secs */
 	double publish_secs;   /* first publish to last publish call returning */
-	double durable_rate;   /* count / publish_secs (reliable only) */
-	double dur_p50, dur_p99; /* ms, publish -> durable (reliable only; <0: n/a) */
+	double durable_rate;   /* count / publish_secs (reliable, handwritten) */
+	double dur_p50, dur_p99; /* ms, publish -> durable (reliable, handwritten; <0: n/a) */
 	double ack_p50, ack_p99; /* ms, publish -> ack */
 	double cpu_user, cpu_sys;
 	double broker_cpu;     /* s, -1 when unknown */
@@ -60,7 +67,7 @@ typedef struct bench_result {
 typedef struct bench_times {
 	size_t n;
 	int64_t *pub; /* publish call started */
-	int64_t *dur; /* publish call returned (reliable) */
+	int64_t *dur; /* publish call returned (reliable); row committed (handwritten) */
 	int64_t *ack; /* confirm seen; 0: never */
 } bench_times;
 
@@ -83,7 +90,8 @@ typedef struct bench_transport {
 	int (*prepare)(const bench_opts *o, char *err, size_t errn);
 	/* One RAW round: publishes t->n messages to BENCH_TOPIC, setting t->pub[i]
 	 * and t->ack[i] and counting r->acked and r->failed; gives up at deadline
-	 * (bench_now_ns) with bench_fail. */
+	 * (bench_now_ns) with bench_fail. With o->each (a HANDWRITTEN round, o->window
+	 * 1) it calls bench_before and bench_answered around every message. */
 	void (*run_raw)(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline);
 } bench_transport;
 
@@ -106,6 +114,32 @@ int64_t bench_pace(const bench_opts *o, int64_t start, size_t i);
 
 /* Marks the round failed; the first message is kept. */
 void bench_fail(bench_result *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * The HANDWRITTEN mode (bench.c): the original design written by hand around
+ * a raw publisher, per message: INSERT a row in state 'sending', publish, wait
+ * for the confirm, DELETE the row. A raw publisher calls:
+ *
+ * bench_before(o, i) once t->pub[i] is set, just before it publishes message
+ * i (again if it retries i: the row is stored once). 0, or -1 after
+ * bench_fail: the round stops. Nothing without o->each.
+ *
+ * bench_answered(o, i, ok) when message i's confirm (ok) or failure came,
+ * before it stamps t->ack[i] and counts it; returns what to count (false also
+ * when the application's own step, the DELETE, failed). Returns ok without
+ * o->each.
+ *
+ * Either may run on the client library's thread; with window 1 they never
+ * run at the same time.
+ */
+typedef struct bench_each {
+	int (*before)(void *ctx, size_t i);
+	bool (*answered)(void *ctx, size_t i, bool ok);
+	void *ctx;
+} bench_each;
+
+int bench_before(const bench_opts *o, size_t i);
+bool bench_answered(const bench_opts *o, size_t i, bool ok);
 
 /* A payload of size bytes ('a'..'z'); free() it. */
 char *bench_payload(size_t size);

@@ -3,6 +3,7 @@
 #
 #   plot.sh BENCH URL [COUNT] [WINDOWS...]
 #     throughput against window size, raw vs reliable: docs/bench/<scheme>-window.dat, .png
+#     (no hand-written rounds in either plot: they have window 1 and no offered rate)
 #     e.g. plot.sh build/examples/bench/ackbox-bench amqp://127.0.0.1:5672 20000 1 8 64 256 1024
 #   plot.sh --latency BENCH URL RATE [COUNT] [WINDOW]
 #     latency distribution at an offered RATE msg/s (open loop), 3 rounds per mode merged:
@@ -26,7 +27,7 @@ if $latency; then
   count=${4:-50000}
   window=${5:-}
   out=docs/bench/$scheme-latency
-  "$bench" --transport "$url" --count "$count" --rounds 3 --rate "$rate" \
+  "$bench" --transport "$url" --count "$count" --rounds 3 --rate "$rate" --no-handwritten \
     ${window:+--window "$window"} --latency-file "$out.dat" >&2
   cat "$out.dat"
   gnuplot <<GP
@@ -57,7 +58,8 @@ out=docs/bench/$scheme-window
 {
   echo "# window raw_msgs_per_s reliable_msgs_per_s ratio   ($count msgs x 256 B, median of 3 rounds, $machine)"
   for w in "${windows[@]}"; do
-    "$bench" --transport "$url" --count "$count" --rounds 3 --window "$w" --json 2>/dev/null |
+    "$bench" --transport "$url" --count "$count" --rounds 3 --window "$w" --no-handwritten \
+      --json 2>/dev/null |
       jq -r --arg w "$w" '"\($w) \(.median.raw_msgs_per_s|floor) \(.median.reliable_msgs_per_s|floor) \(.median.ratio)"'
   done
 } > "$out.dat"

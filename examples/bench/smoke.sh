@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # smoke.sh BENCH FIXTURE KEY [ARG...]: runs `BENCH --smoke ARG...` against the
 # broker that the ctest fixture FIXTURE started, reading its URL (KEY) from
-# the fixture's env file. A missing fixture is a failure, never a skip.
+# the fixture's env file. A missing fixture is a failure, never a skip. The
+# checks are the bench's own (--smoke): raw, reliable and hand-written rounds,
+# each complete and sane, or exit 1.
 set -euo pipefail
 bench=${1:?usage: smoke.sh BENCH FIXTURE KEY}
 fixture=${2:?usage: smoke.sh BENCH FIXTURE KEY}
