@@ -234,6 +234,28 @@ static void log_failed(abx_relay *r, const entry *e, const char *why)
  * never be sent) the verdict is FAILED whatever the count, unless the
  * policy drops it.
  */
+/*
+ * e waits delay ms, then a claim takes it again: a RETRY change (the row's
+ * due time, reason and code) and the attempt's note. The row's due time is
+ * wall clock, claims are scheduled on the monotonic one, both truncated to
+ * ms. Reading wall before mono here, mono before wall in the claim, and
+ * claiming 1 ms later makes a claim at `at` or after always find the row due.
+ */
+static void retry_later(abx_relay *r, entry *e, int64_t delay, ackbox_outcome oc, int code,
+                        const char *reason, const char *why)
+{
+	int64_t due = ackbox_wall_ms() + delay;
+	int64_t at = ackbox_mono_ms() + delay + 1;
+	abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
+	abx_attempt_note(r, e, oc, code, why, false);
+	e->state = E_WAITING;
+	if (abx_heap_push(&r->retry_at, at) != 0)
+		abx_log(r->ab->conf, ACKBOX_LOG_ERROR, "relay",
+		        "out of memory for a retry time: claimed at the next poll");
+	if (r->next_claim_at > at)
+		r->next_claim_at = at;
+}
+
 void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int code, int retriable,
                               const char *why, bool fail_now)
 {
@@ -275,23 +297,9 @@ void abx_on_attempt_failed_ex(abx_relay *r, entry *e, ackbox_outcome oc, int cod
 		log_failed(r, e, full);
 		e->state = E_DONE;
 	} else {
-		int64_t delay = abx_backoff_ms(r, e->attempts);
-		/* The row's due time is wall clock, claims are scheduled on the
-		 * monotonic one, both truncated to ms. Reading wall before mono
-		 * here, mono before wall in the claim, and claiming 1 ms later
-		 * makes a claim at `at` or after always find the row due. */
-		int64_t due = ackbox_wall_ms() + delay;
-		int64_t at = ackbox_mono_ms() + delay + 1;
 		assert(v.action == ABX_DO_RETRY);
 		atomic_fetch_add_explicit(&ab->stats.retried, 1, memory_order_relaxed);
-		abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, code);
-		abx_attempt_note(r, e, oc, code, why, false);
-		e->state = E_WAITING;
-		if (abx_heap_push(&r->retry_at, at) != 0)
-			abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
-			        "out of memory for a retry time: claimed at the next poll");
-		if (r->next_claim_at > at)
-			r->next_claim_at = at;
+		retry_later(r, e, abx_backoff_ms(r, e->attempts), oc, code, reason, why);
 	}
 	if (r->ab->ordered) {
 		r->store_dirty |= v.action == ABX_DO_DELETE; /* a dropped one frees its key */
@@ -316,10 +324,6 @@ void abx_on_silent_timeout(abx_relay *r, entry *e, const char *why)
 	char reason[768];
 	abx_verdict v = abx_machine_step(ACKBOX_MSG_SENDING, e->attempts, ABX_EV_LOST,
 	                                 ACKBOX_POLICY_DEFAULT, ab->max_attempts);
-	int64_t delay = abx_backoff_ms(r, e->attempts + 1);
-	/* wall before mono, as in abx_on_attempt_failed_ex */
-	int64_t due = ackbox_wall_ms() + delay;
-	int64_t at = ackbox_mono_ms() + delay + 1;
 
 	assert(e->state == E_INFLIGHT && v.action == ABX_DO_RESEND && v.attempts == e->attempts);
 	(void)v;
@@ -327,14 +331,7 @@ void abx_on_silent_timeout(abx_relay *r, entry *e, const char *why)
 	snprintf(reason, sizeof(reason), "%s: %s", abx_outcome_text(ACKBOX_OUTCOME_TIMEOUT), why);
 	atomic_fetch_add_explicit(&ab->stats.in_doubt, 1, memory_order_relaxed);
 	abx_entry_drop_data(r, e);
-	abx_change_add(r, ACKBOX_CHANGE_RETRY, e, due, reason, 0);
-	abx_attempt_note(r, e, ACKBOX_OUTCOME_TIMEOUT, 0, why, false);
-	e->state = E_WAITING;
-	if (abx_heap_push(&r->retry_at, at) != 0)
-		abx_log(ab->conf, ACKBOX_LOG_ERROR, "relay",
-		        "out of memory for a retry time: claimed at the next poll");
-	if (r->next_claim_at > at)
-		r->next_claim_at = at;
+	retry_later(r, e, abx_backoff_ms(r, e->attempts + 1), ACKBOX_OUTCOME_TIMEOUT, 0, reason, why);
 	if (ab->ordered)
 		abx_order_release(r, e);
 }
