@@ -31,34 +31,60 @@ seed_costs() {
     cp tests/ctest-costs.txt "$1/Testing/Temporary/CTestCostData.txt"
 }
 seed_costs "$BUILD_DIR"
-ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 -j"${ACKBOX_TEST_JOBS:-6}" "$@"
+
+# The sanitizer trees (below) build meanwhile, one compiler at a time and at
+# a lower priority: the first pass mostly waits on brokers.
+passes=()
+[ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ] && passes+=(sanitize)
+[ "${ACKBOX_TSAN_PASS:-1}" = 1 ] && passes+=(tsan)
+rm -f "$BUILD_DIR-broken"
+build_pass() { # pass
+  local opt=-DACKBOX_SANITIZE=ON
+  [ "$1" = tsan ] && opt=-DACKBOX_TSAN=ON
+  cmake -S . -B "$BUILD_DIR-$1" -DCMAKE_BUILD_TYPE=Debug "$opt" -DCMAKE_C_FLAGS="-Werror" &&
+    nice -n 10 cmake --build "$BUILD_DIR-$1" -j1
+}
+(
+  rc=0
+  for pass in "${passes[@]}"; do
+    mkdir -p "$BUILD_DIR-$pass"
+    build_pass "$pass" > "$BUILD_DIR-$pass.build.log" 2>&1 || { rc=1; echo "$pass" > "$BUILD_DIR-broken"; }
+  done
+  exit $rc
+) &
+builds=$!
+
+kill_tree() { # pid: it and everything it started
+  local c
+  for c in $(pgrep -P "$1"); do kill_tree "$c"; done
+  kill "$1" 2>/dev/null || true
+}
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 -j"${ACKBOX_TEST_JOBS:-6}" "$@" || {
+  kill_tree "$builds"
+  exit 1
+}
 echo "test.sh: first pass done after $((SECONDS - start)) s"
+if ! wait "$builds"; then
+  pass=$(cat "$BUILD_DIR-broken")
+  echo "test.sh: the $pass build failed:" >&2
+  tail -40 "$BUILD_DIR-$pass.build.log" >&2
+  exit 1
+fi
+echo "test.sh: sanitizer builds done after $((SECONDS - start)) s"
 
 # The crash suite (with the network faults and the short soak), the CLI and
 # scale-out runs (and their broker fixtures), benchmarks, valgrind and
 # fuzzing run in the first pass only: their tests carry the ctest label
 # first_pass_only (wherever they are declared).
 
-# Then the unit, store and broker tests again, built with AddressSanitizer +
-# UBSan, and built with ThreadSanitizer (Debug builds: assert()s are on).
+# Then the unit, store and broker tests again, built (above, during the first
+# pass) with AddressSanitizer + UBSan, and with ThreadSanitizer (Debug
+# builds: assert()s are on).
 # Both passes run at the same time: their tests mostly wait on brokers, and
 # each pass has its own build tree, brokers and ports. Under TSan, Criterion
 # cannot run; those tests use tests/common/crshim.h. Only third-party
 # libraries are suppressed (the lsan.supp gathered in the build tree from
 # the plugin folders, and tests/tsan.supp, say why).
-passes=()
-if [ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ]; then
-  cmake -S . -B "$BUILD_DIR-sanitize" -DCMAKE_BUILD_TYPE=Debug -DACKBOX_SANITIZE=ON \
-        -DCMAKE_C_FLAGS="-Werror" >/dev/null
-  cmake --build "$BUILD_DIR-sanitize" -j"$(nproc)"
-  passes+=(sanitize)
-fi
-if [ "${ACKBOX_TSAN_PASS:-1}" = 1 ]; then
-  cmake -S . -B "$BUILD_DIR-tsan" -DCMAKE_BUILD_TYPE=Debug -DACKBOX_TSAN=ON \
-        -DCMAKE_C_FLAGS="-Werror" >/dev/null
-  cmake --build "$BUILD_DIR-tsan" -j"$(nproc)"
-  passes+=(tsan)
-fi
 for pass in "${passes[@]}"; do
   (
     if [ "$pass" = sanitize ]; then
