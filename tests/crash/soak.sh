@@ -95,6 +95,7 @@ start_proxy() { # lane
   mqtt) routes=("0=$MQTT_PORT") ;;
   kafka) read -r -a routes <<< "$KAFKA_PROXY_ROUTES" ;;
   esac
+  : > "$work/$l/proxy.out" # there before the loop below reads it
   python3 "$proxy" serve --log "$work/$l/proxy.log" "${routes[@]}" > "$work/$l/proxy.out" 2> "$work/$l/proxy.err" &
   echo $! > "$work/$l/proxy.pid"
   local deadline=$((SECONDS + 30))
