@@ -32,8 +32,8 @@ seed_costs() {
 }
 seed_costs "$BUILD_DIR"
 
-# The sanitizer trees (below) build meanwhile, one compiler at a time and at
-# a lower priority: the first pass mostly waits on brokers.
+# The sanitizer trees (below) build meanwhile at the lowest priority: the
+# first pass mostly waits on brokers, and leaves about half the CPU idle.
 passes=()
 [ "${ACKBOX_SANITIZE_PASS:-1}" = 1 ] && passes+=(sanitize)
 [ "${ACKBOX_TSAN_PASS:-1}" = 1 ] && passes+=(tsan)
@@ -42,7 +42,7 @@ build_pass() { # pass
   local opt=-DACKBOX_SANITIZE=ON
   [ "$1" = tsan ] && opt=-DACKBOX_TSAN=ON
   cmake -S . -B "$BUILD_DIR-$1" -DCMAKE_BUILD_TYPE=Debug "$opt" -DCMAKE_C_FLAGS="-Werror" &&
-    nice -n 10 cmake --build "$BUILD_DIR-$1" -j1
+    nice -n 15 cmake --build "$BUILD_DIR-$1" -j"$(nproc)"
 }
 (
   rc=0
