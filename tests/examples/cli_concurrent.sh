@@ -43,7 +43,10 @@ run() {
     amqp-declare-queue --url="$AMQP_URL" --queue="$tag.$i" --durable >/dev/null
   done
   for i in $(seq 1 "$p"); do
+    # retry.timeout 60 s: a confirm that a loaded machine delays past the
+    # default 10 s is resent, a legitimate duplicate this test would count
     "$cli" publish --store "$store" --transport "$AMQP_URL" --topic "$tag.$i" --count "$each" \
+      --set retry.timeout=60s \
       --ledger "$tmp/ledger-$p-$i" >"$tmp/out-$p-$i" 2>"$tmp/err-$p-$i" </dev/null &
     pids+=("$!")
     deadline=$((SECONDS + 60))
