@@ -45,6 +45,7 @@ void abx_on_connected(abx_relay *r, int64_t now)
 			abx_blame_release(r);
 	}
 	r->connected_at = now;
+	r->unanswered_since = 0;
 	r->answers = 0;
 	r->conn_blamed = false;
 }
@@ -148,6 +149,7 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
 	if (ev->kind != ACKBOX_TX_IN_DOUBT && ev->kind != ACKBOX_TX_NOT_SENT) {
 		r->answers++;
 		r->last_answer_at = ackbox_mono_ms();
+		r->unanswered_since = 0;
 	}
 	if (ev->kind == ACKBOX_TX_ACK) {
 		e->refs++;
@@ -196,16 +198,17 @@ static void handle_event(abx_relay *r, const tx_ev *ev)
  * Whether a confirm overdue for the token sent at sent_at is the
  * connection's fault rather than the message's: the connection has answered
  * nothing at all since (a blackhole, a broker that stopped reading, a
- * RabbitMQ blocking publishers), and not for longer than
- * retry.silence_limit. The transport's own check (heartbeat, keepalive,
- * socket timeout) is expected to notice a dead connection within that limit;
- * past it, a connection that says nothing about one message is judged as
- * if it answered the others.
+ * RabbitMQ blocking publishers), and has been silent for less than
+ * retry.silence_limit, counted from the first send it left unanswered (an
+ * idle connection is not a silent one). The transport's own check
+ * (heartbeat, keepalive, socket timeout) is expected to notice a dead
+ * connection within that limit; past it, a connection that says nothing
+ * about one message is judged as if it answered the others.
  */
 static bool connection_silent(const abx_relay *r, int64_t sent_at, int64_t now)
 {
-	int64_t since = r->last_answer_at > r->connected_at ? r->last_answer_at : r->connected_at;
-	return r->last_answer_at < sent_at && now - since < r->ab->silence_limit_ms;
+	return r->last_answer_at < sent_at && r->unanswered_since &&
+	       now - r->unanswered_since < r->ab->silence_limit_ms;
 }
 
 /* Attempts whose confirm is overdue count as failed, unless the connection
@@ -231,12 +234,11 @@ static void check_timeouts(abx_relay *r, int64_t now)
 			e->cur_token = 0;
 		if (e->state == E_INFLIGHT && connection_silent(r, t->sent_at, now)) {
 			char why[160];
-			int64_t since = r->last_answer_at > r->connected_at ? r->last_answer_at
-			                                                     : r->connected_at;
 			snprintf(why, sizeof(why),
 			         "%lld ms, and the connection has answered nothing for %lld ms: "
 			         "not counted (retry.silence_limit %lld ms)",
-			         (long long)r->ab->retry_timeout_ms, (long long)(now - since),
+			         (long long)r->ab->retry_timeout_ms,
+			         (long long)(now - r->unanswered_since),
 			         (long long)r->ab->silence_limit_ms);
 			abx_on_silent_timeout(r, e, why);
 		} else if (e->state == E_INFLIGHT) {
@@ -389,6 +391,8 @@ static void send_ready(abx_relay *r, int64_t now)
 		t->e = e;
 		t->deadline = now + r->ab->retry_timeout_ms;
 		t->sent_at = now;
+		if (!r->unanswered_since)
+			r->unanswered_since = now;
 		t->probe = e->suspect;
 		t->isolated = alone;
 		/* register before send(): a synchronous report must find the token */

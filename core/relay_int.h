@@ -201,6 +201,7 @@ struct abx_relay {
 	int64_t connected_at;
 	uint64_t answers;    /* outcomes received on this connection */
 	int64_t last_answer_at; /* mono ms of the last outcome received (any connection) */
+	int64_t unanswered_since; /* mono ms of the first send after it (0: none since) */
 	bool conn_blamed;    /* its drop left a message to judge */
 	int flaps;           /* short connections in a row that achieved nothing */
 	int64_t next_disc_log_at;

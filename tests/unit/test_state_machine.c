@@ -287,6 +287,32 @@ Test(sm, silence_past_the_limit_counts_attempts_again)
 	ackbox_destroy(ab);
 }
 
+/* Silence counts from the first unanswered send, not from the last answer:
+ * after an idle spell longer than the limit, a connection gone silent is
+ * still given retry.silence_limit before its overdue confirms count. */
+Test(sm, an_idle_spell_is_not_silence)
+{
+	seen s = {0};
+	const char *kv[] = {"retry.max_attempts", "1", "retry.silence_limit", "2s", NULL};
+	ackbox *ab = open_handle_kv("idle_then_silent", &s, kv);
+	ackbox_loopback *lb = ackbox_loopback_get("idle_then_silent");
+	publish_one(ab, "answered");
+	cr_assert_eq(ackbox_flush(ab, 10000), 0);
+	cr_assert_eq(s.acked, 1);
+	/* idle, connected, for longer than the limit (the condition under test) */
+	long long idle_from = tu_mono_ms();
+	while (tu_mono_ms() - idle_from < 2500)
+		ackbox_poll(ab, 100);
+	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
+	long long t0 = tu_mono_ms();
+	ackbox_id id = publish_one(ab, "unanswered");
+	cr_assert_eq(ackbox_flush(ab, 20000), 0, "FAILED in the end");
+	cr_assert_eq(s.failed, 1);
+	cr_assert_geq(tu_mono_ms() - t0, 2000, "counted before the connection was silent for 2 s");
+	cr_assert_geq(ackbox_loopback_count_id(lb, &id), 2, "resent, uncounted, meanwhile");
+	ackbox_destroy(ab);
+}
+
 /* A confirm overdue while the connection answers the others is the
  * message's own: it counts at once (max_attempts 1: FAILED). */
 Test(sm, an_unanswered_message_among_answered_ones_counts)
