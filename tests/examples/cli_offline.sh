@@ -195,6 +195,26 @@ run_relay TERM 0
 grep -q "stopped by SIGTERM: nothing pending left in the store; 0 FAILED" "$tmp/relay.err" ||
   fail "an idle relay stopped: $(cat "$tmp/relay.err")"
 
+step "status names the keys a FAILED message blocks (delivery.order=key), and forgets them on requeue"
+ord="sqlite://$tmp/ordered.db"
+expect 4 publish --store "$ord" --transport "$nowhere" "${idle[@]}" --set delivery.order=key \
+  --topic t --key k1 --count 3 --stall-seconds 1
+expect 4 publish --store "$ord" --transport "$nowhere" "${idle[@]}" --set delivery.order=key \
+  --topic t --key k2 --count 2 --stall-seconds 1
+expect 0 list --store "$ord" --json
+head_k1=$(jq -r '.[0].id' "$tmp/out") # ids sort by creation: k1's first
+expect 0 fail --store "$ord" "$head_k1" --reason "blocked-key test"
+expect 1 status --store "$ord"
+grep -q "^blocked keys    1 " "$tmp/out" || { cat "$tmp/out" >&2; fail "status does not count one blocked key"; }
+grep -q "^  key k1  held by $head_k1, 2 waiting\$" "$tmp/out" ||
+  { cat "$tmp/out" >&2; fail "status does not name k1, its FAILED head and its 2 waiting"; }
+grep -q "key k2" "$tmp/out" && fail "status calls k2 blocked: nothing of k2 FAILED"
+expect 1 status --store "$ord" --json
+[ "$(jq .blocked_keys "$tmp/out")" = 1 ] || fail "status --json: blocked_keys $(jq .blocked_keys "$tmp/out"), not 1"
+expect 0 requeue --store "$ord" "$head_k1"
+expect 0 status --store "$ord" --json
+[ "$(jq .blocked_keys "$tmp/out")" = 0 ] || fail "a requeued head still blocks its key"
+
 step "ackbox bench runs the benchmark next to ackbox"
 expect 0 bench --help
 grep -q "usage: ackbox-bench" "$tmp/out" || fail "ackbox bench --help: $(cat "$tmp/out" "$tmp/err")"
