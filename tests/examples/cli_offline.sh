@@ -162,6 +162,9 @@ expect 4 publish --store "$svc" --transport "$nowhere" "${idle[@]}" --topic t --
 # run_relay SIGNAL WANT_RC: a relay that cannot connect, stopped by SIGNAL
 run_relay() {
   local sig=$1 want=$2 rc=0 deadline=$((SECONDS + 30))
+  # emptied here, not only by the child's redirection, which may come after
+  # the loop below has read the previous relay's "cannot connect"
+  : >"$tmp/relay.err"
   "$cli" relay --store "$svc" --transport "$nowhere" --set transport.require_connect=false \
     >"$tmp/relay.out" 2>"$tmp/relay.err" </dev/null &
   relay_pid=$!
