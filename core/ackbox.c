@@ -454,6 +454,38 @@ static size_t admit(ackbox *ab, struct abx_gc_req *batch)
 	return n;
 }
 
+/* Every admitted request of a commit that failed gets rc and the reason. */
+static void commit_failed(struct abx_gc_req *batch, int rc, const char *err)
+{
+	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		if (!q->admitted)
+			continue;
+		q->rc = rc;
+		snprintf(q->err, sizeof(q->err), "publish: %.240s", err);
+	}
+}
+
+/* Gives the admitted messages of a committed batch to the relay, in order. */
+static void hand_to_relay(ackbox *ab, struct abx_gc_req *batch)
+{
+	abx_fresh *head = NULL, *tail = NULL;
+	for (struct abx_gc_req *q = batch; q; q = q->next) {
+		if (!q->admitted)
+			continue;
+		for (size_t k = 0; k < q->n; k++) {
+			abx_fresh *f = q->msgs[k];
+			f->next = NULL;
+			if (tail)
+				tail->next = f;
+			else
+				head = f;
+			tail = f;
+			q->msgs[k] = NULL; /* the relay owns it now */
+		}
+	}
+	abx_relay_push_fresh(ab->relay, head, tail);
+}
+
 /*
  * The group-commit leader: writes every admitted request in ONE store
  * transaction (one fsync), then hands the messages to the relay.
@@ -522,45 +554,41 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
 	if (rc < 0 && abx_bound_active(ab))
 		abx_bound_forget(ab, n, bytes);
 	abx_store_unlock(ab);
-	/* The flush to disk runs without the lock, so the relay's deletes go
-	 * on meanwhile. Only one leader runs at a time: never two syncs. If it
-	 * fails, the rows may still be sent later; a publish that returned an
-	 * error may thus be delivered (a duplicate if retried), never lost. */
-	if (rc >= 0 && ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, sync))
-		rc = ab->store_ops->sync(ab->store_ctx, err, sizeof(err));
 	free(recs);
 	if (rc < 0) {
 		if (handed)
 			abx_relay_unreserve(ab->relay, n, bytes);
-		for (struct abx_gc_req *q = batch; q; q = q->next) {
-			if (!q->admitted)
-				continue;
-			q->rc = rc;
-			snprintf(q->err, sizeof(q->err), "publish: %.240s", err);
-		}
+		commit_failed(batch, rc, err);
 		return;
 	}
-	ABX_CRASH_POINT("after_persist");
-	if (handed) {
-		abx_fresh *head = NULL, *tail = NULL;
-		for (struct abx_gc_req *q = batch; q; q = q->next) {
-			if (!q->admitted)
-				continue;
-			for (size_t k = 0; k < q->n; k++) {
-				abx_fresh *f = q->msgs[k];
-				f->next = NULL;
-				if (tail)
-					tail->next = f;
-				else
-					head = f;
-				tail = f;
-				q->msgs[k] = NULL; /* the relay owns it now */
-			}
-		}
-		abx_relay_push_fresh(ab->relay, head, tail);
-	} else if (ab->relay) {
-		abx_relay_poke(ab->relay);
+	/*
+	 * The rows are committed, not yet flushed: the relay may send them now,
+	 * so that the broker's round trip overlaps the flush (a row claimed
+	 * from the store could always be sent this early). Nothing is promised
+	 * before the flush returns: a crash before it loses a message whose
+	 * publish never returned (it may have reached the broker: a duplicate
+	 * if the application publishes it again). A confirm that comes first
+	 * deletes the row in a later transaction of the same log, which the
+	 * flush covers or the crash takes with it. Without a sync op the insert
+	 * was durable already.
+	 */
+	if (handed)
+		hand_to_relay(ab, batch);
+	/* The flush to disk runs without the lock, so the relay's deletes go
+	 * on meanwhile. Only one leader runs at a time: never two syncs. If it
+	 * fails, the rows may still be sent later (or were handed over above);
+	 * a publish that returned an error may thus be delivered (a duplicate
+	 * if retried), never lost. */
+	if (ABX_HAS_SLOT(ab->store_ops, ackbox_store_ops, sync))
+		rc = ab->store_ops->sync(ab->store_ctx, err, sizeof(err));
+	if (rc < 0) {
+		commit_failed(batch, rc, err);
+		return;
 	}
+	atomic_fetch_add_explicit(&ab->stats.commits, 1, memory_order_relaxed);
+	ABX_CRASH_POINT("after_persist");
+	if (!handed && ab->relay)
+		abx_relay_poke(ab->relay);
 	for (struct abx_gc_req *q = batch; q; q = q->next)
 		if (q->admitted)
 			q->rc = 0;

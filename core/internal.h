@@ -115,6 +115,7 @@ typedef struct abx_dest {
 typedef struct abx_stats {
 	atomic_uint_least64_t published, acked, failed, dropped, retried, in_doubt, sent;
 	atomic_uint_least64_t connects, disconnects;
+	atomic_uint_least64_t commits; /* group commits that reached the disk */
 	atomic_int_least64_t state_since_ms; /* mono ms of the last connect or disconnect */
 	atomic_bool store_stuck;            /* the relay's last apply failed */
 	abx_hist durable, ack;

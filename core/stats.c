@@ -83,6 +83,7 @@ int abx_stats_get(ackbox *ab, ackbox_stats *out, size_t out_size, char *errstr,
 	s.sent = LOAD(st->sent);
 	s.connects = LOAD(st->connects);
 	s.disconnects = LOAD(st->disconnects);
+	s.store_commits = LOAD(st->commits);
 	s.connected = abx_relay_connected(ab->relay) ? 1 : 0;
 	s.state_for_ms = ackbox_mono_ms() - LOAD(st->state_since_ms);
 	hist_get(&st->durable, &s.publish_durable);
@@ -228,6 +229,10 @@ int abx_metrics_text(ackbox *ab, char **out, size_t *out_len, char *errstr, size
 	put(&b, "ackbox_oldest_pending_age_seconds %.3f\n", (double)s.oldest_pending_age_ms / 1000);
 	put_counter(&b, "ackbox_published_messages", "Messages stored by this handle.", "",
 	            s.published);
+	put_counter(&b, "ackbox_store_commits",
+	            "Group commits of published messages that reached the disk (one store "
+	            "transaction and flush each).",
+	            "", s.store_commits);
 	put_counter(&b, "ackbox_acked_messages", "Messages the broker confirmed.", lbl, s.acked);
 	put_counter(&b, "ackbox_failed_messages", "Messages marked FAILED.", lbl, s.failed);
 	put_counter(&b, "ackbox_dropped_messages", "Messages the nack policy dropped.", lbl,

@@ -548,6 +548,11 @@ typedef struct ackbox_stats {
 	int64_t oldest_pending_age_ms; /* 0 if nothing is pending */
 	ackbox_histogram publish_durable; /* ackbox_publish: call -> durable in the store */
 	ackbox_histogram publish_ack;     /* message id time -> confirm seen by the relay */
+	/* Appended (a caller built with the struct before it passes a smaller
+	 * out_size and does not get it): group commits of ackbox_publish* that
+	 * reached the disk, each one store transaction and, on SQLite, one
+	 * fdatasync. published / store_commits = messages per flush. */
+	uint64_t store_commits;
 } ackbox_stats;
 
 /**

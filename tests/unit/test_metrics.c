@@ -121,6 +121,7 @@ Test(metrics, counters_match_what_happened)
 	cr_assert_eq(s.pending.sending + s.pending.retrying, 0);
 	cr_assert_eq(s.oldest_pending_age_ms, 0);
 	cr_assert_eq(s.publish_durable.count, 40);
+	cr_assert_eq(s.store_commits, 40, "one thread, one message per call: a commit each");
 	cr_assert_eq(s.publish_ack.count, 39);
 	uint64_t in_buckets = 0;
 	for (int i = 0; i <= ACKBOX_HIST_BUCKETS; i++)
@@ -138,6 +139,7 @@ Test(metrics, counters_match_what_happened)
 	cr_assert_eq(sample(t, "ackbox_acked_messages_total{messaging_system=\"loopback\"}"), 39);
 	cr_assert_eq(sample(t, "ackbox_failed_messages_total{messaging_system=\"loopback\"}"), 1);
 	cr_assert_eq(sample(t, "ackbox_published_messages_total"), 40);
+	cr_assert_eq(sample(t, "ackbox_store_commits_total"), 40);
 	cr_assert_eq(sample(t, "messaging_client_operation_duration_seconds_count{messaging_system="
 	                       "\"loopback\",messaging_operation_name=\"publish\"}"),
 	             39);
