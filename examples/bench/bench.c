@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +375,7 @@ typedef struct handwritten {
 	sqlite3_stmt *ins, *del;
 	const char *payload;
 	size_t stored; /* rows inserted so far (messages 0 .. stored-1) */
+	int64_t insert_ns; /* time spent in the INSERTs (each its own commit) */
 } handwritten;
 
 static int handwritten_before(void *ctx, size_t i)
@@ -381,11 +383,13 @@ static int handwritten_before(void *ctx, size_t i)
 	handwritten *h = ctx;
 	if (i < h->stored)
 		return 0; /* the publisher retries message i: its row is there */
+	int64_t t0 = bench_now_ns();
 	sqlite3_bind_int64(h->ins, 1, (sqlite3_int64)i);
 	sqlite3_bind_text(h->ins, 2, BENCH_TOPIC, -1, SQLITE_STATIC);
 	sqlite3_bind_blob(h->ins, 3, h->payload, (int)h->o->size, SQLITE_STATIC);
 	int rc = sqlite3_step(h->ins);
 	sqlite3_reset(h->ins);
+	h->insert_ns += bench_now_ns() - t0;
 	if (rc != SQLITE_DONE) {
 		bench_fail(h->r, "handwritten: INSERT of message %zu: %s", i, sqlite3_errmsg(h->db));
 		return -1;
@@ -476,6 +480,8 @@ static void run_handwritten(const bench_opts *o, const char *dir, bench_times *t
 		goto out;
 	}
 	run_raw(&ho, t, r, deadline);
+	if (h.stored && h.insert_ns > 0)
+		r->commit_rate = (double)h.stored / ((double)h.insert_ns / 1e9);
 	long left = handwritten_left(&h);
 	if (left != (long)r->failed && r->ok)
 		bench_fail(r, "handwritten: %ld row(s) left in the table, %zu message(s) failed", left,
@@ -513,6 +519,8 @@ typedef struct reliable {
 	_Atomic int publish_err;
 	char publish_errstr[256];
 	pthread_mutex_t err_mtx;
+	pthread_mutex_t rep_mtx; /* --wait-ack: nreports under it, rep_cond on each */
+	pthread_cond_t rep_cond;
 } reliable;
 
 static void on_report(const ackbox_report *rep, void *opaque)
@@ -520,10 +528,35 @@ static void on_report(const ackbox_report *rep, void *opaque)
 	reliable *b = opaque;
 	if (b->nreports >= b->cap)
 		return; /* a report for a message of an earlier run (--store-dir reused) */
-	seen *s = &b->reports[b->nreports++];
+	seen *s = &b->reports[b->nreports];
 	s->id = rep->id;
 	s->t = bench_now_ns();
 	s->acked = rep->state == ACKBOX_MSG_ACKED;
+	if (b->o->wait_ack) {
+		pthread_mutex_lock(&b->rep_mtx);
+		b->nreports++;
+		pthread_cond_broadcast(&b->rep_cond);
+		pthread_mutex_unlock(&b->rep_mtx);
+	} else {
+		b->nreports++;
+	}
+}
+
+/* --wait-ack: until n reports came (or the deadline passed). */
+static void wait_reports(reliable *b, size_t n)
+{
+	pthread_mutex_lock(&b->rep_mtx);
+	while (b->nreports < n && bench_now_ns() < b->deadline) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&b->rep_cond, &b->rep_mtx, &ts);
+	}
+	pthread_mutex_unlock(&b->rep_mtx);
 }
 
 static void *poll_thread(void *arg)
@@ -604,6 +637,8 @@ static void publish_batches(reliable *b, const char *payload)
 			b->t->pub[i + k] = o->rate ? bench_due_ns(o, b->start, i + k) : t0;
 			b->t->dur[i + k] = t1;
 		}
+		if (o->wait_ack)
+			wait_reports(b, i + n);
 	}
 	free(keys);
 	free(msgs);
@@ -751,6 +786,8 @@ static void run_reliable(const bench_opts *o, const char *dir, bench_times *t, b
 	char err[256];
 
 	pthread_mutex_init(&b.err_mtx, NULL);
+	pthread_mutex_init(&b.rep_mtx, NULL);
+	pthread_cond_init(&b.rep_cond, NULL);
 	b.ids = calloc(t->n, sizeof(*b.ids));
 	b.reports = calloc(t->n, sizeof(*b.reports));
 	if (!payload || !b.ids || !b.reports) {
@@ -843,13 +880,20 @@ out:
 		b.stop = true;
 		pthread_join(poller, NULL);
 	}
-	if (b.ab)
+	if (b.ab) {
+		ackbox_stats st;
+		if (ackbox_stats_get(b.ab, &st, sizeof(st), err, sizeof(err)) == 0 &&
+		    st.store_commits > 0)
+			r->per_commit = (double)st.published / (double)st.store_commits;
 		ackbox_destroy(b.ab);
+	}
 	free(map.slot);
 	free(b.ids);
 	free(b.reports);
 	free(payload);
 	pthread_mutex_destroy(&b.err_mtx);
+	pthread_mutex_destroy(&b.rep_mtx);
+	pthread_cond_destroy(&b.rep_cond);
 }
 
 /*
@@ -912,7 +956,7 @@ static void fmt_ms(char *buf, size_t n, double v)
 
 static void print_row(const bench_result *r)
 {
-	char a[32], b[32], c[32], d[32], dr[32], bc[32];
+	char a[32], b[32], c[32], d[32], dr[32], bc[32], pc[32];
 	fmt_ms(a, sizeof(a), r->dur_p50);
 	fmt_ms(b, sizeof(b), r->dur_p99);
 	fmt_ms(c, sizeof(c), r->ack_p50);
@@ -925,9 +969,13 @@ static void print_row(const bench_result *r)
 		snprintf(bc, sizeof(bc), "%.2f", r->broker_cpu);
 	else
 		snprintf(bc, sizeof(bc), "-");
-	printf("%-5d %-11s %9.0f %10s %8s %8s %8s %8s %7zu %6zu %6.2f %6.2f %6s %8.1f%s%s\n",
+	if (r->per_commit > 0)
+		snprintf(pc, sizeof(pc), "%.1f", r->per_commit);
+	else
+		snprintf(pc, sizeof(pc), "-");
+	printf("%-5d %-11s %9.0f %10s %8s %8s %8s %8s %7zu %6zu %6.2f %6.2f %6s %8.1f %8s%s%s\n",
 	       r->round, r->mode, r->rate, dr, a, b, c, d, r->acked, r->failed, r->cpu_user,
-	       r->cpu_sys, bc, (double)r->peak_rss_kib / 1024.0, r->ok ? "" : "  ERROR: ",
+	       r->cpu_sys, bc, (double)r->peak_rss_kib / 1024.0, pc, r->ok ? "" : "  ERROR: ",
 	       r->ok ? "" : r->err);
 }
 
@@ -973,6 +1021,8 @@ static void print_json_result(const bench_result *r)
 	json_num("cpu_user_s", r->cpu_user, true);
 	json_num("cpu_sys_s", r->cpu_sys, true);
 	json_num("broker_cpu_s", r->broker_cpu, true);
+	json_num("msgs_per_commit", r->per_commit, true);
+	json_num("commit_rate", r->commit_rate, true);
 	printf("\"peak_rss_kib\":%ld,\"error\":", r->peak_rss_kib);
 	json_str(r->err);
 	putchar('}');
@@ -983,6 +1033,25 @@ static int cmp_dbl(const void *a, const void *b)
 	double x = *(const double *)a, y = *(const double *)b;
 	return x < y ? -1 : x > y;
 }
+
+/* The median over the good rounds of one mode of the double at `off` in
+ * bench_result; -1 if no round has it (a negative value means n/a). */
+static double median_field(const bench_result *res, int n, const char *mode, size_t off)
+{
+	double v[256];
+	int k = 0;
+	for (int i = 0; i < n && k < 256; i++) {
+		double x;
+		memcpy(&x, (const char *)&res[i] + off, sizeof(x));
+		if (strcmp(res[i].mode, mode) == 0 && res[i].ok && x >= 0)
+			v[k++] = x;
+	}
+	if (!k)
+		return -1;
+	qsort(v, (size_t)k, sizeof(double), cmp_dbl);
+	return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+#define MEDIAN_OF(res, n, mode, field) median_field(res, n, mode, offsetof(bench_result, field))
 
 /* The median over rounds of one mode's figure (rate when durable is false). */
 static double median_of(const bench_result *res, int n, const char *mode, bool durable)
@@ -1035,6 +1104,9 @@ static void usage_text(FILE *f)
 	        "                      10000); --smoke min(count, 200))\n"
 	        "  --raw-only, --reliable-only, --handwritten-only   run one mode\n"
 	        "  --no-handwritten    run raw and reliable only\n"
+	        "  --wait-ack          reliable mode, one thread: each publish call waits for its\n"
+	        "                      messages' reports before the next (with --window 1: one\n"
+	        "                      message at a time, as raw and hand-written do)\n"
 	        "  --broker-pid PID    also report the broker process's CPU time per round\n"
 	        "  --poll-sleep-us N   diagnostic: the report thread calls ackbox_poll(ab, 0) and\n"
 	        "                      sleeps N us when nothing came (default: ackbox_poll(ab, 50))\n"
@@ -1167,6 +1239,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			only++;
 		} else if (strcmp(a, "--no-handwritten") == 0) {
 			o->no_handwritten = true;
+		} else if (strcmp(a, "--wait-ack") == 0) {
+			o->wait_ack = true;
 		} else if (strcmp(a, "--handwritten-count") == 0) {
 			NUM(o->handwritten_count, 1, 100000000);
 		} else if (strcmp(a, "--allow-remote") == 0) {
@@ -1204,6 +1278,11 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		o->handwritten_count = o->count < (o->smoke ? 200 : 10000) ? o->count
 		                       : o->smoke                          ? 200
 		                                                           : 10000;
+	if (o->wait_ack && (o->threads > 1 || o->store_only || o->drain)) {
+		fprintf(stderr, "ackbox-bench: --wait-ack is for the reliable mode with one thread and a "
+		                "broker (not --threads, --store-only or --drain)\n");
+		return -1;
+	}
 	if (o->store_only || o->drain) {
 		if (o->no_reliable) {
 			fprintf(stderr, "ackbox-bench: --store-only and --drain run the reliable mode "
@@ -1269,7 +1348,10 @@ int main(int argc, char **argv)
 		       "round(s)",
 		       ackbox_version(), o.shown, o.count, o.size, o.window,
 		       o.window ? "" : " (transport default)", o.threads,
-		       o.threads > 1 ? " (ackbox_publish)" : " (ackbox_publish_batch)", o.rounds);
+		       o.threads > 1 ? " (ackbox_publish)"
+		       : o.wait_ack  ? " (ackbox_publish_batch, waiting for each call's acks)"
+		                     : " (ackbox_publish_batch)",
+		       o.rounds);
 		if (o.keys)
 			printf(", %zu key(s)", o.keys);
 		if (!o.no_handwritten)
@@ -1277,9 +1359,9 @@ int main(int argc, char **argv)
 		putchar('\n');
 	}
 	if (!o.json) {
-		printf("%-5s %-11s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s\n", "round",
+		printf("%-5s %-11s %9s %10s %8s %8s %8s %8s %7s %6s %6s %6s %6s %8s %8s\n", "round",
 		       "mode", "msgs/s", "durable/s", "dur p50", "dur p99", "ack p50", "ack p99",
-		       "acked", "failed", "usr s", "sys s", "brk s", "RSS MiB");
+		       "acked", "failed", "usr s", "sys s", "brk s", "RSS MiB", "msg/sync");
 		fflush(stdout);
 	}
 	for (int round = 1; round <= o.rounds; round++) {
@@ -1305,6 +1387,7 @@ int main(int argc, char **argv)
 			          : o.store_only ? "store-only"
 			                         : "reliable";
 			r->dur_p50 = r->dur_p99 = r->ack_p50 = r->ack_p99 = -1;
+			r->per_commit = r->commit_rate = -1;
 			if (times_init(&t, r->count) != 0) {
 				bench_fail(r, "out of memory");
 				times_fini(&t);
@@ -1346,6 +1429,20 @@ int main(int argc, char **argv)
 	double rel = median_of(res, nres, rmode, false);
 	double durable = median_of(res, nres, rmode, true);
 	double hand = median_of(res, nres, "handwritten", false);
+	double per_commit = MEDIAN_OF(res, nres, rmode, per_commit);
+	double commit_rate = MEDIAN_OF(res, nres, "handwritten", commit_rate);
+	/* Window 1 (a target of docs/performance.md): reliable against the lower
+	 * of raw and the store's own one-message commit rate, both of this run. */
+	double w1_base = raw > 0 && commit_rate > 0 ? (raw < commit_rate ? raw : commit_rate) : -1;
+	double w1 = o.window == 1 && o.wait_ack && w1_base > 0 && rel > 0 ? rel / w1_base : -1;
+	/* --rate (a target too): ackbox p50 <= raw p50 + durable p50 + 0.3 ms and
+	 * p99 <= 1.5 x raw p99 + durable p99, with the medians of the rounds. */
+	double raw50 = MEDIAN_OF(res, nres, "raw", ack_p50), raw99 = MEDIAN_OF(res, nres, "raw", ack_p99);
+	double rel50 = MEDIAN_OF(res, nres, rmode, ack_p50), rel99 = MEDIAN_OF(res, nres, rmode, ack_p99);
+	double dur50 = MEDIAN_OF(res, nres, rmode, dur_p50), dur99 = MEDIAN_OF(res, nres, rmode, dur_p99);
+	bool lat_known = o.rate && raw50 >= 0 && rel50 >= 0 && dur50 >= 0 && raw99 >= 0 &&
+	                 rel99 >= 0 && dur99 >= 0;
+	double lim50 = raw50 + dur50 + 0.3, lim99 = 1.5 * raw99 + dur99;
 	struct rusage ru;
 	size_t lat_want[4] = {0, 0, 0, 0};
 	getrusage(RUSAGE_SELF, &ru);
@@ -1416,7 +1513,14 @@ int main(int argc, char **argv)
 		json_num("reliable_durable_msgs_per_s", durable, true);
 		json_num("ratio", raw > 0 && rel > 0 ? rel / raw : -1, true);
 		json_num("handwritten_msgs_per_s", hand, true);
-		json_num("reliable_vs_handwritten", hand > 0 && rel > 0 ? rel / hand : -1, false);
+		json_num("reliable_vs_handwritten", hand > 0 && rel > 0 ? rel / hand : -1, true);
+		json_num("msgs_per_commit", per_commit, true);
+		json_num("store_commit_rate", commit_rate, true);
+		json_num("window1_ratio", w1, true);
+		json_num("latency_p50_ms", lat_known ? rel50 : -1, true);
+		json_num("latency_p50_limit_ms", lat_known ? lim50 : -1, true);
+		json_num("latency_p99_ms", lat_known ? rel99 : -1, true);
+		json_num("latency_p99_limit_ms", lat_known ? lim99 : -1, false);
 		printf("},\"max_rss_kib\":%ld,\"ok\":%s}\n", ru.ru_maxrss, ok ? "true" : "false");
 	} else {
 		printf("median: raw %.0f msg/s, %s %.0f msg/s (durable %.0f msg/s)", raw > 0 ? raw : 0,
@@ -1427,8 +1531,23 @@ int main(int argc, char **argv)
 			printf("; handwritten %.0f msg/s", hand);
 		if (hand > 0 && rel > 0)
 			printf(" (reliable %.1fx)", rel / hand);
+		if (per_commit > 0)
+			printf("; %.1f msgs per store commit (%.3f fsyncs per msg)", per_commit,
+			       1 / per_commit);
 		printf("; process peak RSS %.1f MiB; %s\n", (double)ru.ru_maxrss / 1024.0,
 		       ok ? "ok" : "FAILED");
+		if (commit_rate > 0)
+			printf("store one-message commits (hand-written INSERTs): %.0f/s\n", commit_rate);
+		if (w1 > 0)
+			printf("window 1: reliable / min(raw, store one-message commits) = %.2f "
+			       "(target 0.9: %s)\n",
+			       w1, w1 >= 0.9 ? "met" : "not met");
+		if (lat_known)
+			printf("latency at %zu msg/s: ackbox p50 %.2f ms vs raw p50 %.2f + durable p50 "
+			       "%.2f + 0.3 = %.2f (%s); p99 %.2f vs 1.5 x raw p99 %.2f + durable p99 "
+			       "%.2f = %.2f (%s)\n",
+			       o.rate, rel50, raw50, dur50, lim50, rel50 <= lim50 ? "met" : "not met",
+			       rel99, raw99, dur99, lim99, rel99 <= lim99 ? "met" : "not met");
 	}
 	if (!o.store_dir) {
 		db_remove(dir, "bench.db");

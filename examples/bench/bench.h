@@ -31,6 +31,7 @@ typedef struct bench_opts {
 	int window; /* 0: the transport's default */
 	int threads, rounds, max_seconds;
 	bool json, smoke, store_only, drain, allow_remote, no_raw, no_reliable, no_handwritten;
+	bool wait_ack; /* reliable: wait for each call's reports before the next call */
 	const char *store_dir;
 	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE, as given */
 	int nsets;
@@ -61,6 +62,10 @@ typedef struct bench_result {
 	double cpu_user, cpu_sys;
 	double broker_cpu;     /* s, -1 when unknown */
 	long peak_rss_kib;     /* VmHWM during the round */
+	double per_commit;     /* reliable, store-only: messages per store commit (one
+	                          fdatasync each on SQLite); <0: n/a */
+	double commit_rate;    /* handwritten: one-row INSERT commits per second of
+	                          INSERT time (the store's own one-message rate); <0: n/a */
 } bench_result;
 
 /* Per-message timestamps of one round, indexed by sequence number. */
