@@ -91,6 +91,13 @@ int ackbox_new(ackbox **out, ackbox_conf *conf, char *errstr, size_t errstr_size
 	pthread_mutex_init(&ab->store_mtx, NULL);
 	pthread_mutex_init(&ab->gc_mtx, NULL);
 	pthread_cond_init(&ab->gc_cond, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&ab->gc_arrive, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	pthread_mutex_init(&ab->rep_mtx, NULL);
 	{
 		pthread_condattr_t ca;
@@ -245,6 +252,7 @@ void ackbox_destroy(ackbox *ab)
 	pthread_mutex_destroy(&ab->store_mtx);
 	pthread_mutex_destroy(&ab->gc_mtx);
 	pthread_cond_destroy(&ab->gc_cond);
+	pthread_cond_destroy(&ab->gc_arrive);
 	pthread_mutex_destroy(&ab->rep_mtx);
 	pthread_cond_destroy(&ab->rep_cond);
 	pthread_mutex_destroy(&ab->gate_mtx);
@@ -598,6 +606,8 @@ static void commit_batch(ackbox *ab, struct abx_gc_req *batch)
  * Group commit: the first waiter becomes the leader and commits everything
  * queued meanwhile; the others sleep until it is done. Sets req->rc.
  */
+#define GATHER_MAX_US 200
+
 static void group_commit(ackbox *ab, struct abx_gc_req *req)
 {
 	bool led = false;
@@ -607,6 +617,9 @@ static void group_commit(ackbox *ab, struct abx_gc_req *req)
 	else
 		ab->gc_queue_head = req;
 	ab->gc_queue_tail = req;
+	ab->gc_queue_len++;
+	if (ab->gc_gathering)
+		pthread_cond_signal(&ab->gc_arrive);
 	if (ab->ordered) {
 		/* Ids made here, in queue order, follow commit order: leaders take
 		 * the queue whole and one at a time. So a key's id order is the
@@ -619,22 +632,63 @@ static void group_commit(ackbox *ab, struct abx_gc_req *req)
 	}
 	while (!req->done) {
 		if (!ab->gc_leader_active) {
-			struct abx_gc_req *batch = ab->gc_queue_head;
-			ab->gc_queue_head = ab->gc_queue_tail = NULL;
+			struct abx_gc_req *batch;
+			size_t group = 0;
+			int64_t t0, t1;
 			ab->gc_leader_active = true;
+			/*
+			 * Gathering. The publishers the last commit let go have
+			 * not come back yet: they were woken, and on a busy
+			 * machine that takes a while. Taking the queue at once
+			 * splits T publishers into two groups that alternate
+			 * (8 threads: 4.2 messages per commit). So a leader whose
+			 * predecessor carried several requests waits until as
+			 * many are queued as took part in the last round (that
+			 * group plus those that queued while it committed), for
+			 * at most half the last commit's time (GATHER_MAX_US at
+			 * most): the wait costs less than the commit it fills.
+			 * A lone publisher never waits (its last group was 1).
+			 */
+			if (ab->gc_last_group > 1 && ab->gc_last_commit_us > 1) {
+				size_t want = ab->gc_last_group + ab->gc_last_waiting;
+				int64_t us = ab->gc_last_commit_us / 2;
+				struct timespec ts;
+				if (us > GATHER_MAX_US)
+					us = GATHER_MAX_US;
+				clock_gettime(CLOCK_MONOTONIC, &ts);
+				ts.tv_nsec += (long)us * 1000;
+				if (ts.tv_nsec >= 1000000000) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000;
+				}
+				ab->gc_gathering = true;
+				while (ab->gc_queue_len < want &&
+				       pthread_cond_timedwait(&ab->gc_arrive, &ab->gc_mtx, &ts) == 0)
+					;
+				ab->gc_gathering = false;
+			}
+			batch = ab->gc_queue_head;
+			ab->gc_queue_head = ab->gc_queue_tail = NULL;
+			ab->gc_queue_len = 0;
 			pthread_mutex_unlock(&ab->gc_mtx);
 			/* The leader holds the other publishers: a log callback that
 			 * publishes must not run before it lets them go (it would wait
 			 * for itself). Its lines wait until then. */
 			abx_log_hold();
 			led = true;
+			t0 = abx_mono_us();
 			commit_batch(ab, batch);
+			t1 = abx_mono_us();
 			pthread_mutex_lock(&ab->gc_mtx);
+			ab->gc_last_commit_us = t1 - t0;
 			for (struct abx_gc_req *q = batch, *nx; q; q = nx) {
 				nx = q->next;
 				q->next = NULL;
 				q->done = true;
+				group++;
 			}
+			ab->gc_last_group = group;
+			ab->gc_last_waiting = ab->gc_queue_len;
 			ab->gc_leader_active = false;
 			pthread_cond_broadcast(&ab->gc_cond);
 		} else {

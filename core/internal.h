@@ -196,6 +196,12 @@ struct ackbox {
 	pthread_cond_t gc_cond;
 	struct abx_gc_req *gc_queue_head, *gc_queue_tail;
 	bool gc_leader_active;
+	size_t gc_last_group; /* requests the last group commit carried */
+	size_t gc_queue_len;   /* requests queued */
+	size_t gc_last_waiting; /* requests queued when the last group commit ended */
+	int64_t gc_last_commit_us; /* how long the last group commit took */
+	bool gc_gathering;     /* a leader waits for more: signal gc_arrive */
+	pthread_cond_t gc_arrive;
 
 	/* delivery reports, queued by the relay, served by poll */
 	pthread_mutex_t rep_mtx;
