@@ -40,6 +40,9 @@ int abx_conf_bool(const ackbox_conf *conf, const char *key);
 
 /* Monotonic microseconds (latency histograms). */
 int64_t abx_mono_us(void);
+/* *ts = CLOCK_MONOTONIC now + us, for pthread_cond_timedwait on a condition
+ * variable made with that clock. */
+void abx_abs_deadline_us(struct timespec *ts, int64_t us);
 
 /* ---- logging ---- */
 void abx_log(const ackbox_conf *conf, ackbox_log_level lvl, const char *component, const char *fmt,
@@ -175,6 +178,12 @@ int abx_bound_admit(struct ackbox *ab, uint64_t n, uint64_t bytes, uint64_t held
                     uint64_t held_bytes, char *errstr, size_t errstr_size);
 /* A commit that was admitted failed. Locks: as abx_bound_admit. */
 void abx_bound_forget(struct ackbox *ab, uint64_t n, uint64_t bytes);
+
+/* ---- publishing (commit.c) ---- */
+/* ackbox_publish_batch inside the gate: checks and copies the messages,
+ * stores them by a group commit, hands them to the relay. Any thread. */
+int abx_publish_batch(struct ackbox *ab, const ackbox_msg *msgs, size_t n, ackbox_id *ids_out,
+                      char *errstr, size_t errstr_size);
 
 /* ---- the handle (ackbox.c) ---- */
 typedef struct abx_report_item {
