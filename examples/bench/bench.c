@@ -1487,6 +1487,16 @@ int main(int argc, char **argv)
 	}
 	if (nres == 0)
 		ok = false;
+	/* the targets' figures must come out when their rounds ran */
+	if (o.window == 1 && o.wait_ack && !o.no_raw && !o.no_handwritten && !o.no_reliable &&
+	    w1 <= 0) {
+		fprintf(stderr, "ackbox-bench: --window 1 --wait-ack gave no window-1 ratio\n");
+		ok = false;
+	}
+	if (o.rate && !o.no_raw && !o.no_reliable && !o.store_only && !lat_known) {
+		fprintf(stderr, "ackbox-bench: --rate gave no latency target figures\n");
+		ok = false;
+	}
 	if (o.latency_file && lat_write(&o, lats, 4) != 0)
 		ok = false;
 	for (int k = 0; k < 4; k++)
