@@ -188,7 +188,12 @@ typedef struct ackbox_store_ops {
 	 * it durable per `sync`; the core calls it after each insert and only
 	 * then reports the messages stored. It is called WITHOUT the instance's
 	 * lock, so the relay's claims and changes run while the disk flushes;
-	 * it is never called concurrently with itself or with insert().
+	 * it is never called concurrently with itself or with insert(). The
+	 * relay gets the inserted messages before sync() is called, so apply()
+	 * may change or delete a row whose insert sync() has not yet made
+	 * durable: a crash before sync() returns may then keep the insert
+	 * without the change (the message is sent again) or lose both (its
+	 * publish never returned).
 	 */
 	int (*sync)(void *ctx, char *errstr, size_t errstr_size);
 
