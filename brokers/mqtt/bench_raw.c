@@ -80,19 +80,6 @@ static void mqtt_raw_pub_fail(void *ctx, MQTTAsync_failureData5 *d)
 	mqtt_raw_done(ctx, false);
 }
 
-/* Waits on m->cond until deadline or 100 ms, whichever is first. Locks: m->mtx held. */
-static void mqtt_raw_wait(mqtt_raw *m)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 100000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&m->cond, &m->mtx, &ts);
-}
-
 static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline)
 {
 	MQTTAsync client = NULL;
@@ -134,7 +121,7 @@ static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64
 	}
 	pthread_mutex_lock(&m.mtx);
 	while (m.connect_state == 0 && bench_now_ns() < deadline)
-		mqtt_raw_wait(&m);
+		bench_cond_wait(&m.cond, &m.mtx);
 	pthread_mutex_unlock(&m.mtx);
 	if (m.connect_state != 1) {
 		bench_fail(r, "raw mqtt: cannot connect to %s", uri);
@@ -153,7 +140,7 @@ static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64
 		/* the window: at most `window` publishes awaiting PUBACK */
 		pthread_mutex_lock(&m.mtx);
 		while (m.inflight >= window && bench_now_ns() < deadline)
-			mqtt_raw_wait(&m);
+			bench_cond_wait(&m.cond, &m.mtx);
 		if (m.inflight >= window) {
 			pthread_mutex_unlock(&m.mtx);
 			bench_fail(r, "raw mqtt: round exceeded --max-seconds (%zu of %zu acked)",
@@ -209,7 +196,7 @@ static void raw_mqtt(const bench_opts *o, bench_times *t, bench_result *r, int64
 	}
 	pthread_mutex_lock(&m.mtx);
 	while (m.inflight > 0 && bench_now_ns() < deadline)
-		mqtt_raw_wait(&m);
+		bench_cond_wait(&m.cond, &m.mtx);
 	if (m.inflight > 0)
 		bench_fail(r, "raw mqtt: round exceeded --max-seconds (%d unanswered)", m.inflight);
 	pthread_mutex_unlock(&m.mtx);

@@ -103,19 +103,6 @@ static void nats_raw_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae
 	natsMsg_Destroy(msg);
 }
 
-/* Waits on n->cond until signalled or 100 ms. Locks: n->mtx held. */
-static void nats_raw_wait(nats_raw *n)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 100000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&n->cond, &n->mtx, &ts);
-}
-
 static void raw_nats(const bench_opts *o, bench_times *t, bench_result *r, int64_t deadline)
 {
 	char err[256];
@@ -149,7 +136,7 @@ static void raw_nats(const bench_opts *o, bench_times *t, bench_result *r, int64
 		int64_t due = bench_pace(o, start, i);
 		pthread_mutex_lock(&n.mtx);
 		while (n.inflight >= window && bench_now_ns() < deadline)
-			nats_raw_wait(&n);
+			bench_cond_wait(&n.cond, &n.mtx);
 		if (n.inflight >= window) {
 			pthread_mutex_unlock(&n.mtx);
 			bench_fail(r, "raw nats: round exceeded --max-seconds (%zu of %zu acked)",
@@ -188,7 +175,7 @@ static void raw_nats(const bench_opts *o, bench_times *t, bench_result *r, int64
 	}
 	pthread_mutex_lock(&n.mtx);
 	while (n.inflight > 0 && bench_now_ns() < deadline)
-		nats_raw_wait(&n);
+		bench_cond_wait(&n.cond, &n.mtx);
 	if (n.inflight > 0)
 		bench_fail(r, "raw nats: round exceeded --max-seconds (%d unanswered)", n.inflight);
 	pthread_mutex_unlock(&n.mtx);

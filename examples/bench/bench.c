@@ -43,6 +43,18 @@ int64_t bench_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+void bench_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mtx)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 100000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(cond, mtx, &ts);
+}
+
 int64_t bench_due_ns(const bench_opts *o, int64_t start, size_t i)
 {
 	return start + (int64_t)((double)i * 1e9 / (double)o->rate);
@@ -546,16 +558,8 @@ static void on_report(const ackbox_report *rep, void *opaque)
 static void wait_reports(reliable *b, size_t n)
 {
 	pthread_mutex_lock(&b->rep_mtx);
-	while (b->nreports < n && bench_now_ns() < b->deadline) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100000000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
-		pthread_cond_timedwait(&b->rep_cond, &b->rep_mtx, &ts);
-	}
+	while (b->nreports < n && bench_now_ns() < b->deadline)
+		bench_cond_wait(&b->rep_cond, &b->rep_mtx);
 	pthread_mutex_unlock(&b->rep_mtx);
 }
 

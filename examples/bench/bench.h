@@ -10,6 +10,7 @@
 #ifndef ACKBOX_BENCH_H
 #define ACKBOX_BENCH_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -105,6 +106,10 @@ extern const bench_transport *const bench_transports[];
 
 /* Monotonic nanoseconds. */
 int64_t bench_now_ns(void);
+
+/* Waits on cond until signalled or 100 ms have passed, so that a caller
+ * looping on its condition also sees its deadline. Locks: mtx held. */
+void bench_cond_wait(pthread_cond_t *cond, pthread_mutex_t *mtx);
 
 /*
  * --rate: message i of a round is due at start + i / rate, whether or not
