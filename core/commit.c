@@ -26,6 +26,85 @@ struct abx_gc_req {
 	char err[256];
 };
 
+static int is_lower_hex(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static int all_zero(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != '0')
+			return 0;
+	return 1;
+}
+
+/*
+ * W3C Trace Context travels as the headers "traceparent" and "tracestate"
+ * (each transport puts headers where its ecosystem reads them: the AMQP
+ * headers table, Kafka headers, MQTT 5 user properties). A malformed one is
+ * refused at publish rather than dropped: a trace that silently breaks at
+ * the outbox is worse than an error the developer sees at once.
+ */
+/* A "traceparent" or "tracestate" header must be W3C Trace Context; other
+ * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
+static int trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size)
+{
+	const char *v = h->value;
+	size_t n = h->value_len;
+	if (strcmp(h->name, "traceparent") == 0) {
+		/* version "-" trace-id "-" parent-id "-" flags; version 00 is 55
+		 * bytes, a later version may append "-..." */
+		if (n < 55 || !is_lower_hex(v, 2) || v[2] != '-' || !is_lower_hex(v + 3, 32) ||
+		    v[35] != '-' || !is_lower_hex(v + 36, 16) || v[52] != '-' ||
+		    !is_lower_hex(v + 53, 2) || memcmp(v, "ff", 2) == 0 ||
+		    (memcmp(v, "00", 2) == 0 && n != 55) || (n > 55 && v[55] != '-')) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent is not W3C Trace Context "
+			                  "(version-traceid-parentid-flags in lower-case hex, e.g. "
+			                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01)");
+			return ACKBOX_ERR_INVALID;
+		}
+		if (all_zero(v + 3, 32) || all_zero(v + 36, 16)) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header traceparent has an all-zero trace-id or "
+			                  "parent-id, which W3C Trace Context forbids");
+			return ACKBOX_ERR_INVALID;
+		}
+	} else if (strcmp(h->name, "tracestate") == 0) {
+		size_t members = 1;
+		if (n > 512) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate is %zu bytes; W3C Trace Context "
+			                  "allows 512",
+			                  n);
+			return ACKBOX_ERR_INVALID;
+		}
+		for (size_t i = 0; i < n; i++) {
+			unsigned char c = (unsigned char)v[i];
+			if (c == ',')
+				members++;
+			else if (c < 0x20 || c > 0x7e) {
+				ackbox_errstr_set(errstr, errstr_size,
+				                  "publish: header tracestate has a byte 0x%02x that is not "
+				                  "printable ASCII",
+				                  c);
+				return ACKBOX_ERR_INVALID;
+			}
+		}
+		if (members > 32 || (n && !memchr(v, '=', n))) {
+			ackbox_errstr_set(errstr, errstr_size,
+			                  "publish: header tracestate must be at most 32 key=value "
+			                  "members separated by commas");
+			return ACKBOX_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
 /* Checks one message and copies it into one allocation. */
 static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errstr,
                    size_t errstr_size)
@@ -64,7 +143,7 @@ static int prepare(ackbox *ab, const ackbox_msg *m, abx_fresh **out, char *errst
 			                  "publish: header %zu has no name or a NULL value", i);
 			return ACKBOX_ERR_INVALID;
 		}
-		if (abx_trace_header_check(&m->headers[i], errstr, errstr_size) != 0)
+		if (trace_header_check(&m->headers[i], errstr, errstr_size) != 0)
 			return ACKBOX_ERR_INVALID;
 	}
 	/* What the transport could never send is refused now, not stored to

@@ -138,9 +138,6 @@ int abx_health(struct ackbox *ab, char *errstr, size_t errstr_size);
 /* Counts a send to topic (relay thread only). */
 void abx_stats_sent(abx_stats *s, const char *topic);
 
-/* A "traceparent" or "tracestate" header must be W3C Trace Context; other
- * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
-int abx_trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size);
 
 /* ---- secrets (secret.c) ---- */
 /* For a URL key: "env:NAME" or "file:PATH" become *out, the URL they hold
