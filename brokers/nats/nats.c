@@ -705,11 +705,9 @@ static int nats_send(void *vctx, const ackbox_tx_msg *m)
 	char why[512];
 	int full;
 
-	/* validate ran at publish, but not on rows stored without it, and the
-	 * server's max_payload may be smaller than when it did: the server
-	 * answers an oversized publish by closing the connection */
-	if (abx_nats_check(m, atomic_load(&c->max_payload), why, sizeof(why)))
-		return refuse(c, m, why);
+	/* No abx_nats_check() here: the relay calls validate() on this thread
+	 * just before every send, with the max_payload of this connection (the
+	 * server answers an oversized publish by closing the connection). */
 	pthread_mutex_lock(&c->mtx);
 	full = c->connected && c->count >= (size_t)c->window;
 	s = c->connected ? NATS_OK : NATS_CONNECTION_CLOSED;

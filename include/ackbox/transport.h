@@ -199,9 +199,11 @@ typedef struct ackbox_transport_ops {
 	 * No I/O, no reports.
 	 *
 	 * The core calls it before a message is stored (ackbox_publish fails
-	 * and nothing is stored) and again before each send of a row stored
+	 * and nothing is stored) and again on the relay thread just before
+	 * every send(), so send() need not repeat it: that catches a row stored
 	 * without the check (an older version, another process without a
-	 * transport): a row that fails it is marked FAILED at once.
+	 * transport) and a limit learned since (a server with a smaller
+	 * max_payload). A row that fails it is marked FAILED at once.
 	 *
 	 * Threading: called on publisher threads, concurrently with every
 	 * other op and with itself. It may read only what open() set, or
