@@ -40,6 +40,12 @@ static void entry_free(abx_relay *r, entry *e)
 	assert(!e->key_held); /* released when it became WAITING or DONE */
 	abx_map_del(&r->by_id, abx_id_key(&e->id));
 	abx_entry_drop_data(r, e);
+	if (e->pooled && r->nfree_entries < POOL_MAX) {
+		e->next = r->free_entries;
+		r->free_entries = e;
+		r->nfree_entries++;
+		return;
+	}
 	free(e); /* the topic lives in the same allocation */
 }
 
@@ -54,9 +60,20 @@ void abx_entry_maybe_free(abx_relay *r, entry *e)
 entry *abx_entry_new(abx_relay *r, abx_fresh *data, int attempts, uint64_t lease)
 {
 	size_t tl = strlen(data->topic) + 1;
-	entry *e = calloc(1, sizeof(*e) + tl);
-	if (!e)
-		return NULL;
+	bool pooled = tl <= ENTRY_TOPIC_MAX;
+	entry *e;
+	if (pooled && r->free_entries) {
+		e = r->free_entries;
+		r->free_entries = e->next;
+		r->nfree_entries--;
+	} else {
+		/* not calloc: glibc's calloc skips the per-thread cache */
+		e = malloc(sizeof(*e) + (pooled ? ENTRY_TOPIC_MAX : tl));
+		if (!e)
+			return NULL;
+	}
+	memset(e, 0, sizeof(*e));
+	e->pooled = pooled;
 	e->topic = memcpy(e + 1, data->topic, tl);
 	if (abx_map_put(&r->by_id, abx_id_key(&data->id), e) != 0) {
 		free(e);
@@ -199,8 +216,45 @@ void abx_tok_drop(abx_relay *r, tok *t)
 	if (e->cur_token == t->token)
 		e->cur_token = 0;
 	e->refs--;
-	free(t);
+	if (r->nfree_toks < POOL_MAX) {
+		t->next = r->free_toks;
+		r->free_toks = t;
+		r->nfree_toks++;
+	} else {
+		free(t);
+	}
 	abx_entry_maybe_free(r, e);
+}
+
+/* A token from the pool or malloc, zeroed; NULL when out of memory. */
+tok *abx_tok_alloc(abx_relay *r)
+{
+	tok *t = r->free_toks;
+	if (t) {
+		r->free_toks = t->next;
+		r->nfree_toks--;
+	} else if (!(t = malloc(sizeof(*t)))) {
+		return NULL;
+	}
+	memset(t, 0, sizeof(*t));
+	return t;
+}
+
+void abx_pools_free(abx_relay *r)
+{
+	entry *e, *en;
+	tok *t, *tn;
+	for (e = r->free_entries; e; e = en) {
+		en = e->next;
+		free(e);
+	}
+	for (t = r->free_toks; t; t = tn) {
+		tn = t->next;
+		free(t);
+	}
+	r->free_entries = NULL;
+	r->free_toks = NULL;
+	r->nfree_entries = r->nfree_toks = 0;
 }
 
 /*

@@ -379,7 +379,7 @@ static void send_ready(abx_relay *r, int64_t now)
 			abx_entry_maybe_free(r, e);
 			continue;
 		}
-		t = calloc(1, sizeof(*t));
+		t = abx_tok_alloc(r);
 		if (!t) {
 			free(hs);
 			unsend(r, e);

@@ -206,6 +206,7 @@ static void relay_free(abx_relay *r)
 			free(e);
 		}
 	}
+	abx_pools_free(r);
 	abx_map_fini(&r->by_id);
 	abx_map_fini(&r->tokens);
 	abx_map_fini(&r->key_holder);
