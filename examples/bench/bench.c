@@ -1057,20 +1057,6 @@ static double median_field(const bench_result *res, int n, const char *mode, siz
 }
 #define MEDIAN_OF(res, n, mode, field) median_field(res, n, mode, offsetof(bench_result, field))
 
-/* The median over rounds of one mode's figure (rate when durable is false). */
-static double median_of(const bench_result *res, int n, const char *mode, bool durable)
-{
-	double v[256];
-	int k = 0;
-	for (int i = 0; i < n && k < 256; i++)
-		if (strcmp(res[i].mode, mode) == 0 && res[i].ok)
-			v[k++] = durable ? res[i].durable_rate : res[i].rate;
-	if (!k)
-		return -1;
-	qsort(v, (size_t)k, sizeof(double), cmp_dbl);
-	return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
-}
-
 /* ------------------------------------------------------------------ */
 /* main                                                                 */
 /* ------------------------------------------------------------------ */
@@ -1428,11 +1414,11 @@ int main(int argc, char **argv)
 	}
 
 	/* summary and sanity */
-	double raw = median_of(res, nres, "raw", false);
+	double raw = MEDIAN_OF(res, nres, "raw", rate);
 	const char *rmode = o.drain ? "drain" : o.store_only ? "store-only" : "reliable";
-	double rel = median_of(res, nres, rmode, false);
-	double durable = median_of(res, nres, rmode, true);
-	double hand = median_of(res, nres, "handwritten", false);
+	double rel = MEDIAN_OF(res, nres, rmode, rate);
+	double durable = MEDIAN_OF(res, nres, rmode, durable_rate);
+	double hand = MEDIAN_OF(res, nres, "handwritten", rate);
 	double per_commit = MEDIAN_OF(res, nres, rmode, per_commit);
 	double commit_rate = MEDIAN_OF(res, nres, "handwritten", commit_rate);
 	/* Window 1 (a target of docs/performance.md): reliable against the lower
