@@ -43,14 +43,13 @@ static int all_zero(const char *p, size_t n)
 }
 
 /*
- * W3C Trace Context travels as the headers "traceparent" and "tracestate"
- * (each transport puts headers where its ecosystem reads them: the AMQP
- * headers table, Kafka headers, MQTT 5 user properties). A malformed one is
- * refused at publish rather than dropped: a trace that silently breaks at
- * the outbox is worse than an error the developer sees at once.
+ * A "traceparent" or "tracestate" header must be W3C Trace Context; other
+ * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. The two travel as
+ * headers (each transport puts headers where its ecosystem reads them: the
+ * AMQP headers table, Kafka headers, MQTT 5 user properties). A malformed
+ * one is refused at publish rather than dropped: a trace that silently
+ * breaks at the outbox is worse than an error the developer sees at once.
  */
-/* A "traceparent" or "tracestate" header must be W3C Trace Context; other
- * headers pass. 0 or ACKBOX_ERR_INVALID with errstr. */
 static int trace_header_check(const ackbox_header *h, char *errstr, size_t errstr_size)
 {
 	const char *v = h->value;

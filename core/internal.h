@@ -138,7 +138,6 @@ int abx_health(struct ackbox *ab, char *errstr, size_t errstr_size);
 /* Counts a send to topic (relay thread only). */
 void abx_stats_sent(abx_stats *s, const char *topic);
 
-
 /* ---- secrets (secret.c) ---- */
 /* For a URL key: "env:NAME" or "file:PATH" become *out, the URL they hold
  * (free with abx_secret_free); any other value leaves *out NULL. 0 or
