@@ -11,9 +11,11 @@
  * Brokers must be on loopback unless --allow-remote is given.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -233,6 +235,86 @@ static double broker_cpu_s(int pid)
 	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		return -1;
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* ------------------------------------------------------------------ */
+/* --pin-broker: the bench on one CPU, the broker on another            */
+/* ------------------------------------------------------------------ */
+
+static int pinned_pid;
+static cpu_set_t pinned_was; /* the broker's affinity before, restored at exit */
+
+/* Sets the affinity of every thread of pid; 0 or -1 with errno. */
+static int pin_threads(int pid, const cpu_set_t *set)
+{
+	char path[64];
+	struct dirent *d;
+	int n = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	DIR *dir = opendir(path);
+	if (!dir)
+		return -1;
+	while ((d = readdir(dir)) != NULL) {
+		int tid = atoi(d->d_name);
+		if (tid > 0 && sched_setaffinity(tid, sizeof(*set), set) == 0)
+			n++;
+	}
+	closedir(dir);
+	return n ? 0 : -1;
+}
+
+static void unpin_broker(void)
+{
+	if (pinned_pid)
+		pin_threads(pinned_pid, &pinned_was);
+}
+
+/*
+ * Runs this process (every thread it starts from now on) on the first CPU
+ * it may use and every thread of the broker on the second, as if the broker
+ * had a host of its own: then what the client side costs cannot take CPU
+ * time from the broker. The broker's threads get their affinity back at
+ * exit (threads it starts meanwhile inherit from the thread that starts
+ * them). Call before any thread starts.
+ */
+static int pin_broker(int broker_pid, char *shown, size_t shown_size)
+{
+	cpu_set_t mine, one;
+	int cpus[2], k = 0;
+	if (sched_getaffinity(0, sizeof(mine), &mine) != 0) {
+		fprintf(stderr, "ackbox-bench: --pin-broker: sched_getaffinity: %s\n", strerror(errno));
+		return -1;
+	}
+	for (int i = 0; i < CPU_SETSIZE && k < 2; i++)
+		if (CPU_ISSET(i, &mine))
+			cpus[k++] = i;
+	if (k < 2) {
+		fprintf(stderr, "ackbox-bench: --pin-broker needs two CPUs, this process may use %d\n", k);
+		return -1;
+	}
+	if (sched_getaffinity(broker_pid, sizeof(pinned_was), &pinned_was) != 0) {
+		fprintf(stderr, "ackbox-bench: --pin-broker: broker pid %d: %s\n", broker_pid,
+		        strerror(errno));
+		return -1;
+	}
+	CPU_ZERO(&one);
+	CPU_SET(cpus[1], &one);
+	if (pin_threads(broker_pid, &one) != 0) {
+		fprintf(stderr, "ackbox-bench: --pin-broker: cannot move the threads of pid %d: %s\n",
+		        broker_pid, strerror(errno));
+		return -1;
+	}
+	pinned_pid = broker_pid;
+	atexit(unpin_broker);
+	CPU_ZERO(&one);
+	CPU_SET(cpus[0], &one);
+	if (sched_setaffinity(0, sizeof(one), &one) != 0) {
+		fprintf(stderr, "ackbox-bench: --pin-broker: sched_setaffinity: %s\n", strerror(errno));
+		return -1;
+	}
+	snprintf(shown, shown_size, "bench on CPU %d, broker pid %d on CPU %d", cpus[0], broker_pid,
+	         cpus[1]);
+	return 0;
 }
 
 static void usage_begin(usage *u, int broker_pid)
@@ -1098,6 +1180,9 @@ static void usage_text(FILE *f)
 	        "                      messages' reports before the next (with --window 1: one\n"
 	        "                      message at a time, as raw and hand-written do)\n"
 	        "  --broker-pid PID    also report the broker process's CPU time per round\n"
+	        "  --pin-broker        with --broker-pid: run the bench on one CPU and every\n"
+	        "                      thread of the broker on another (as if the broker had a\n"
+	        "                      host of its own; restored at exit)\n"
 	        "  --poll-sleep-us N   diagnostic: the report thread calls ackbox_poll(ab, 0) and\n"
 	        "                      sleeps N us when nothing came (default: ackbox_poll(ab, 50))\n"
 	        "  --max-seconds S     abort a round that takes longer (default 120)\n"
@@ -1193,6 +1278,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 			NUM(o->max_seconds, 1, 86400);
 		} else if (strcmp(a, "--broker-pid") == 0) {
 			NUM(o->broker_pid, 1, 1 << 30);
+		} else if (strcmp(a, "--pin-broker") == 0) {
+			o->pin_broker = true;
 		} else if (strcmp(a, "--rate") == 0) {
 			NUM(o->rate, 1, 100000000);
 		} else if (strcmp(a, "--latency-file") == 0) {
@@ -1248,6 +1335,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 	}
 	if (!o->transport) {
 		usage_text(stderr);
+		return -1;
+	}
+	if (o->pin_broker && (!o->broker_pid || o->broker_pid == (int)getpid())) {
+		fprintf(stderr, "ackbox-bench: --pin-broker needs --broker-pid of another process\n");
 		return -1;
 	}
 	if (o->drain && !o->store_dir) {
@@ -1309,6 +1400,8 @@ int main(int argc, char **argv)
 
 	if (parse_args(argc, argv, &o) != 0)
 		return 2;
+	if (o.pin_broker && pin_broker(o.broker_pid, o.pinned, sizeof(o.pinned)) != 0)
+		return 1;
 	bt = transport_of(&o);
 	if (bt && bt->setup && bt->setup(&o) != 0)
 		return 1;
@@ -1344,6 +1437,8 @@ int main(int argc, char **argv)
 		       o.rounds);
 		if (o.keys)
 			printf(", %zu key(s)", o.keys);
+		if (o.pinned[0])
+			printf("; pinned: %s", o.pinned);
 		if (!o.no_handwritten)
 			printf("; handwritten: %zu msgs, window 1", o.handwritten_count);
 		putchar('\n');
@@ -1498,6 +1593,8 @@ int main(int argc, char **argv)
 		json_str(o.shown);
 		printf(",\"scheme\":");
 		json_str(o.scheme);
+		printf(",\"pinned\":");
+		json_str(o.pinned);
 		printf(",\"count\":%zu,\"size\":%zu,\"window\":%d,\"threads\":%d,\"rounds\":%d,"
 		       "\"keys\":%zu,\"handwritten_count\":%zu,\"results\":[",
 		       o.count, o.size, o.window, o.threads, o.rounds, o.keys,

@@ -37,6 +37,8 @@ typedef struct bench_opts {
 	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE, as given */
 	int nsets;
 	int broker_pid;
+	bool pin_broker;   /* --pin-broker: the bench on one CPU, the broker on another */
+	char pinned[96];   /* what --pin-broker did, for the output */
 	int poll_sleep_us; /* 0: the poll thread blocks in ackbox_poll(ab, 50) */
 	size_t rate;       /* --rate: offered msgs/s, open loop; 0: as fast as the window allows */
 	const char *latency_file; /* --latency-file: latency distributions written here */
