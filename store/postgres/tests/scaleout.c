@@ -5,11 +5,15 @@
  * a lease expired (--kill-one: a relay SIGKILLed mid-run, whose leased rows
  * the others take over once retry.timeout passes).
  *
- *   pg_scaleout --pg postgres://u@h:p/db --amqp amqp://u:p@h:p
+ *   pg_scaleout --pg postgres://u@h:p/db (--amqp amqp://u:p@h:p |
+ *               --kafka kafka://host:port | --loopback)
  *               [--messages N] [--relays R] [--payload BYTES] [--window W]
- *               [--lease MS] [--kill-one] [--quiet] [--loopback]
+ *               [--lease MS] [--kill-one] [--quiet]
  *
- * --loopback replaces RabbitMQ by the in-process loopback broker (each relay
+ * --kafka relays to a Kafka cluster instead (brokers/kafka/tests/kafka-mock.sh:
+ * librdkafka's mock cluster in a process of its own) and counts what arrived
+ * with a librdkafka consumer of its own (built when the Kafka transport is).
+ * --loopback replaces the broker by the in-process loopback broker (each relay
  * reports the indices it delivered): what the store costs, without a broker.
  * Prints one line "relays=R messages=N seconds=S msg_per_s=X delivered=D
  * duplicates=U missing=M ..." and exits 0 only if the checks hold.
@@ -34,15 +38,18 @@
 #include <ackbox/ackbox.h>
 
 #include "ackbox_loopback.h"
+#ifdef SCALEOUT_KAFKA
+#include <librdkafka/rdkafka.h>
+#endif
 
 #define MAX_RELAYS 32
 
 static struct {
-	const char *pg, *amqp;
+	const char *pg, *amqp, *kafka;
 	long messages;
 	int relays, payload, window, kill_one, quiet, loopback;
 	long lease_ms;
-} opt = {NULL, NULL, 20000, 4, 64, 512, 0, 0, 0, 10000};
+} opt = {NULL, NULL, NULL, 20000, 4, 64, 512, 0, 0, 0, 10000};
 
 static char store_url[1024], queue[64], schema[64];
 static pid_t children[MAX_RELAYS]; /* the parent's relays, killed if it gives up */
@@ -151,6 +158,86 @@ static long drain(amqp_connection_state_t conn, unsigned *counts, long *bad)
 	}
 	return got;
 }
+
+#ifdef SCALEOUT_KAFKA
+/*
+ * Reads the topic from the beginning of every partition up to the high
+ * watermarks it had once the relays were done, with a consumer of its own,
+ * and counts each message index. Returns the number read.
+ */
+static long kafka_drain(unsigned *counts, long *bad)
+{
+	char err[512], bs[512];
+	const rd_kafka_metadata_t *md = NULL;
+	rd_kafka_conf_t *kc = rd_kafka_conf_new();
+	long expect = 0, got = 0;
+	double deadline;
+	snprintf(bs, sizeof(bs), "%s", opt.kafka + strlen("kafka://"));
+	bs[strcspn(bs, "/?")] = '\0';
+	if (rd_kafka_conf_set(kc, "bootstrap.servers", bs, err, sizeof(err)) != RD_KAFKA_CONF_OK ||
+	    rd_kafka_conf_set(kc, "group.id", "ackbox-scaleout-check", err, sizeof(err)) !=
+	        RD_KAFKA_CONF_OK ||
+	    rd_kafka_conf_set(kc, "enable.auto.commit", "false", err, sizeof(err)) != RD_KAFKA_CONF_OK)
+		die("kafka consumer conf: %s", err);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, err, sizeof(err));
+	if (!rk)
+		die("kafka consumer: %s", err);
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, queue, NULL);
+	rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+	if (e || md->topic_cnt != 1 || md->topics[0].err)
+		die("kafka metadata of %s: %s", queue,
+		    rd_kafka_err2str(e ? e : md->topic_cnt ? md->topics[0].err : RD_KAFKA_RESP_ERR_UNKNOWN));
+	int parts = md->topics[0].partition_cnt;
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(parts);
+	for (int p = 0; p < parts; p++) {
+		int64_t lo, hi;
+		int32_t id = md->topics[0].partitions[p].id;
+		if ((e = rd_kafka_query_watermark_offsets(rk, queue, id, &lo, &hi, 10000)) != 0)
+			die("kafka watermarks of %s [%d]: %s", queue, (int)id, rd_kafka_err2str(e));
+		/* the mock cluster keeps a few MB per partition and drops the
+		 * oldest beyond that: what it dropped cannot be checked */
+		if (lo > 0)
+			die("kafka: %s [%d] starts at offset %lld: the cluster dropped its oldest "
+			    "messages (the mock keeps a few MB per partition); use fewer or smaller "
+			    "messages", queue, (int)id, (long long)lo);
+		expect += hi;
+		rd_kafka_topic_partition_list_add(list, queue, id)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	}
+	rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	if ((e = rd_kafka_assign(rk, list)) != 0)
+		die("kafka assign: %s", rd_kafka_err2str(e));
+	rd_kafka_topic_partition_list_destroy(list);
+	*bad = 0;
+	deadline = now_s() + 120;
+	while (got < expect) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
+		if (now_s() > deadline)
+			die("consuming: %ld of %ld messages in 120 s", got, expect);
+		if (!m)
+			continue;
+		if (m->err) {
+			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				die("consuming: %s", rd_kafka_message_errstr(m));
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		char idx[16] = "";
+		size_t l = m->len < 8 ? m->len : 8;
+		memcpy(idx, m->payload, l);
+		long i = strtol(idx, NULL, 10);
+		if (l == 8 && i >= 0 && i < opt.messages)
+			counts[i]++;
+		else
+			(*bad)++;
+		rd_kafka_message_destroy(m);
+		got++;
+	}
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	return got;
+}
+#endif
 
 static void no_notice(void *arg, const char *msg)
 {
@@ -298,7 +385,7 @@ static void relay_main(int idx, int gate_fd, int result_fd)
 		snprintf(buf, sizeof(buf), "loopback://relay%d", idx);
 		set(c, "transport.url", buf);
 	} else {
-		set(c, "transport.url", opt.amqp);
+		set(c, "transport.url", opt.kafka ? opt.kafka : opt.amqp);
 	}
 	snprintf(buf, sizeof(buf), "%ldms", opt.lease_ms);
 	set(c, "retry.timeout", buf);
@@ -338,7 +425,7 @@ static void relay_main(int idx, int gate_fd, int result_fd)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: pg_scaleout --pg URL (--amqp URL | --loopback) [--messages N] "
+	fprintf(stderr, "usage: pg_scaleout --pg URL (--amqp URL | --kafka URL | --loopback) [--messages N] "
 	                "[--relays R] [--payload BYTES] [--window W] [--lease MS] [--kill-one] "
 	                "[--quiet]\n");
 	exit(2);
@@ -358,6 +445,8 @@ int main(int argc, char **argv)
 			opt.pg = argv[++i];
 		else if (!strcmp(a, "--amqp") && v)
 			opt.amqp = argv[++i];
+		else if (!strcmp(a, "--kafka") && v)
+			opt.kafka = argv[++i];
 		else if (!strcmp(a, "--messages") && v)
 			opt.messages = atol(argv[++i]);
 		else if (!strcmp(a, "--relays") && v)
@@ -377,7 +466,15 @@ int main(int argc, char **argv)
 		else
 			usage();
 	}
-	if (!opt.pg || (!opt.amqp && !opt.loopback) || opt.messages < 1 || opt.relays < 1 || opt.relays > MAX_RELAYS ||
+	if (!!opt.amqp + !!opt.kafka + !!opt.loopback != 1)
+		usage();
+#ifndef SCALEOUT_KAFKA
+	if (opt.kafka)
+		die("--kafka: this pg_scaleout was built without the Kafka transport");
+#endif
+	if (opt.kafka && strncmp(opt.kafka, "kafka://", 8) != 0)
+		die("--kafka %s: expected kafka://host:port", opt.kafka);
+	if (!opt.pg || opt.messages < 1 || opt.relays < 1 || opt.relays > MAX_RELAYS ||
 	    opt.payload < 8 || opt.window < 1 || (opt.kill_one && (opt.relays < 2 || opt.loopback)))
 		usage();
 	snprintf(schema, sizeof(schema), "scaleout_%d", (int)getpid());
@@ -385,7 +482,7 @@ int main(int argc, char **argv)
 	snprintf(store_url, sizeof(store_url), "%s?schema=%s", opt.pg, schema);
 
 	amqp_connection_state_t conn;
-	if (!opt.loopback) {
+	if (opt.amqp) {
 		conn = amqp_open_conn();
 		queue_declare(conn);
 		amqp_queue_purge(conn, 1, amqp_cstring_bytes(queue));
@@ -458,7 +555,11 @@ int main(int argc, char **argv)
 	}
 
 	/* what the broker holds, counted independently */
-	if (!opt.loopback) {
+#ifdef SCALEOUT_KAFKA
+	if (opt.kafka)
+		delivered = kafka_drain(counts, &bad);
+#endif
+	if (opt.amqp) {
 		conn = amqp_open_conn();
 		delivered = drain(conn, counts, &bad);
 		amqp_queue_delete(conn, 1, amqp_cstring_bytes(queue), 0, 0);
@@ -485,7 +586,7 @@ int main(int argc, char **argv)
 	printf("transport=%s relays=%d messages=%ld payload=%d seconds=%.2f msg_per_s=%.0f "
 	       "delivered=%ld duplicates=%ld missing=%ld foreign=%ld acked_reports=%ld killed=%s "
 	       "expired_leases=%ld dups_outside_expired=%ld per_relay=",
-	       opt.loopback ? "loopback" : "amqp", opt.relays, opt.messages, opt.payload, secs,
+	       opt.loopback ? "loopback" : opt.kafka ? "kafka" : "amqp", opt.relays, opt.messages, opt.payload, secs,
 	       opt.messages / secs, delivered, dups, missing, bad, sum_acked,
 	       opt.kill_one ? "relay0" : "none", n_expired, dups_outside);
 	for (int i = 0; i < opt.relays; i++)
