@@ -425,9 +425,9 @@ static void relay_main(int idx, int gate_fd, int result_fd)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: pg_scaleout --pg URL (--amqp URL | --kafka URL | --loopback) [--messages N] "
-	                "[--relays R] [--payload BYTES] [--window W] [--lease MS] [--kill-one] "
-	                "[--quiet]\n");
+	fprintf(stderr, "usage: pg_scaleout --pg URL (--amqp URL | --kafka URL | --loopback) "
+	                "[--messages N] [--relays R] [--payload BYTES] [--window W] [--lease MS] "
+	                "[--kill-one] [--quiet]\n");
 	exit(2);
 }
 
@@ -586,8 +586,8 @@ int main(int argc, char **argv)
 	printf("transport=%s relays=%d messages=%ld payload=%d seconds=%.2f msg_per_s=%.0f "
 	       "delivered=%ld duplicates=%ld missing=%ld foreign=%ld acked_reports=%ld killed=%s "
 	       "expired_leases=%ld dups_outside_expired=%ld per_relay=",
-	       opt.loopback ? "loopback" : opt.kafka ? "kafka" : "amqp", opt.relays, opt.messages, opt.payload, secs,
-	       opt.messages / secs, delivered, dups, missing, bad, sum_acked,
+	       opt.loopback ? "loopback" : opt.kafka ? "kafka" : "amqp", opt.relays, opt.messages,
+	       opt.payload, secs, opt.messages / secs, delivered, dups, missing, bad, sum_acked,
 	       opt.kill_one ? "relay0" : "none", n_expired, dups_outside);
 	for (int i = 0; i < opt.relays; i++)
 		printf(i ? ",%ld" : "%ld", acked[i]);
