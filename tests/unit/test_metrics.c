@@ -47,13 +47,21 @@ static ackbox *open_kv(const char *broker, const char *const *kv)
 	return ab;
 }
 
+/*
+ * n messages in ONE publish call: the relay gets them together and sends
+ * them in one pass, so a scripted NACK of the first cannot be followed by
+ * its resend before the others reach the broker (one publish call each
+ * let a slow flush under load do that, and the resend took the second
+ * scripted NACK: one message FAILED instead of two nacked once).
+ */
 static void publish_to(ackbox *ab, const char *topic, int n)
 {
 	char err[256];
-	for (int i = 0; i < n; i++) {
-		ackbox_msg m = {.topic = topic, .payload = "x", .payload_len = 1};
-		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
-	}
+	ackbox_msg m[64];
+	cr_assert_leq(n, 64);
+	for (int i = 0; i < n; i++)
+		m[i] = (ackbox_msg){.topic = topic, .payload = "x", .payload_len = 1};
+	cr_assert_eq(ackbox_publish_batch(ab, m, (size_t)n, NULL, err, sizeof(err)), 0, "%s", err);
 }
 
 static ackbox_stats stats(ackbox *ab)
@@ -121,7 +129,7 @@ Test(metrics, counters_match_what_happened)
 	cr_assert_eq(s.pending.sending + s.pending.retrying, 0);
 	cr_assert_eq(s.oldest_pending_age_ms, 0);
 	cr_assert_eq(s.publish_durable.count, 40);
-	cr_assert_eq(s.store_commits, 40, "one thread, one message per call: a commit each");
+	cr_assert_eq(s.store_commits, 3, "one thread, three publish calls: a commit each");
 	cr_assert_eq(s.publish_ack.count, 39);
 	uint64_t in_buckets = 0;
 	for (int i = 0; i <= ACKBOX_HIST_BUCKETS; i++)
@@ -139,7 +147,7 @@ Test(metrics, counters_match_what_happened)
 	cr_assert_eq(sample(t, "ackbox_acked_messages_total{messaging_system=\"loopback\"}"), 39);
 	cr_assert_eq(sample(t, "ackbox_failed_messages_total{messaging_system=\"loopback\"}"), 1);
 	cr_assert_eq(sample(t, "ackbox_published_messages_total"), 40);
-	cr_assert_eq(sample(t, "ackbox_store_commits_total"), 40);
+	cr_assert_eq(sample(t, "ackbox_store_commits_total"), 3);
 	cr_assert_eq(sample(t, "messaging_client_operation_duration_seconds_count{messaging_system="
 	                       "\"loopback\",messaging_operation_name=\"publish\"}"),
 	             39);
