@@ -21,9 +21,12 @@
 
 
 #define SCHEMA_NAME "ackbox-outbox"
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: packed batches */
 #define PAGE 64        /* rows per list page */
 #define SWEEP 1000     /* ids per recover/requeue/purge script call */
+#define PACK_MIN 4     /* fewer messages are written as rows */
+#define PACK_MAX_BYTES (16u << 20) /* so are larger batches: one value stays modest */
+#define UNPACK_STEP 16 /* batches per script call when unpacking them all */
 
 /*
  * The layout, every key under the hash tag {P} (P = ?prefix=, default
@@ -49,6 +52,31 @@
  *                 last ACKBOX_HISTORY_MAX notes "at_ms:outcome:code:text",
  *                 oldest first; written by the script that changes the
  *                 message, deleted with its hash. Absent: no history (yet)
+ *
+ * Packed batches (layout version 2): an insert of PACK_MIN or more messages
+ * (not under per-key order) writes them as one value instead of a row each,
+ * "packed until touched":
+ *
+ *   {P}:b:<bseq>  hash: data (the members: each a MessagePack array of the
+ *                 nine strings lua_insert takes per message), ids (their
+ *                 ids' text, IDLEN each, to name them when data is damaged),
+ *                 n, live (members not yet acked), bytes (their payloads'),
+ *                 owner, due (the lowest of the members'), created (the same),
+ *                 taken (when recovery made it due: its members are then)
+ *   {P}:bg:<bseq> string: a bit per member (LSB first) the holder acked
+ *   {P}:bdue      zset of bseqs by due; {P}:bcreated zset of bseqs by created
+ *   {P}:bn        string: the live members of every batch (counted as SENDING)
+ *   {P}:bseq      string: the last bseq given out
+ *
+ * Only the inserting handle knows a batch's members (an in-memory map, id ->
+ * batch and index), and only its acks of messages it holds from the insert
+ * (lease 0) stay in the batch: they set the member's bit and lower live;
+ * the batch goes with its last member. Anything else first unpacks the
+ * batch (UNPACK): its members that are not acked become rows exactly as an
+ * insert of them would have written (state SENDING, lease 0), so every
+ * other script works on rows alone. A claim unpacks the batches that are
+ * due, a change other than an ack unpacks its member's batch, and list,
+ * get, force and installing per-key order unpack every batch first.
  *
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
@@ -114,6 +142,119 @@ static const char *const field_name[F_COUNT] = {
 	"  end\n"                                                                                  \
 	"end\n"
 
+#define ZCHUNK "4000" /* arguments per unpack(): Lua's C stack allows ~8000 */
+#define IDLEN_TEXT "36" /* an id's text, without its NUL */
+_Static_assert(ACKBOX_ID_STRLEN == 37, "IDLEN_TEXT must be the length of an id's text");
+
+/*
+ * ADD_ROWS writes rows as an insert does: each r = {id, created, due, topic,
+ * flags, key, ct, headers, payload [, reason]}, flags three '0'/'1' (key,
+ * content type, headers present). A row with a reason is written FAILED
+ * with it (a packed member whose bytes are damaged). Each index set gets
+ * its members in one ZADD per ZCHUNK: a redis.call costs more than the work
+ * of a member (Redis's INFO commandstats, docs/stores/redis.md).
+ */
+#define LUA_ROWS                                                                                   \
+	"local function zadd(k, t)\n"                                                              \
+	"  for s = 1, #t, " ZCHUNK " do\n"                                                         \
+	"    redis.call('ZADD', k, unpack(t, s, math.min(s + " ZCHUNK " - 1, #t)))\n"              \
+	"  end\n"                                                                                  \
+	"end\n"                                                                                    \
+	"local function ADD_ROWS(rows, owner, now)\n"                                              \
+	"  local zdue, zcreated, z0, z2, zall, zfailed, bytes = {}, {}, {}, {}, {}, {}, 0\n"      \
+	"  for _, r in ipairs(rows) do\n"                                                          \
+	"    local id, created, due, flags, payload, why = r[1], r[2], r[3], r[5], r[9], r[10]\n"  \
+	"    local h = {'state', why and '2' or '0', 'attempts', '0', 'created', created,\n"      \
+	"               'updated', why and now or created, 'due', due, 'topic', r[4],\n"          \
+	"               'payload', payload, 'last_code', '0', 'lease', '0', 'owner', owner,\n"    \
+	"               'plen', tostring(#payload)}\n"                                             \
+	"    if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = r[6] end\n"     \
+	"    if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = r[7] end\n"      \
+	"    if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = r[8] end\n" \
+	"    if why then h[#h + 1] = 'last_error'; h[#h + 1] = why end\n"                         \
+	"    redis.call('HSET', MP .. id, unpack(h))\n"                                           \
+	"    bytes = bytes + #payload\n"                                                           \
+	"    zall[#zall + 1] = 0; zall[#zall + 1] = id\n"                                          \
+	"    if why then\n"                                                                        \
+	"      z2[#z2 + 1] = 0; z2[#z2 + 1] = id\n"                                                \
+	"      zfailed[#zfailed + 1] = now; zfailed[#zfailed + 1] = id\n"                          \
+	"      ord_failed(id)\n"                                                                   \
+	"    else\n"                                                                               \
+	"      z0[#z0 + 1] = 0; z0[#z0 + 1] = id\n"                                                \
+	"      zdue[#zdue + 1] = due; zdue[#zdue + 1] = id\n"                                      \
+	"      zcreated[#zcreated + 1] = created; zcreated[#zcreated + 1] = id\n"                  \
+	"      ord_insert(id, string.sub(flags, 1, 1) == '1' and r[6] or nil, due)\n"            \
+	"    end\n"                                                                                \
+	"  end\n"                                                                                  \
+	"  zadd(K_DUE, zdue); zadd(K_CREATED, zcreated); zadd(SK(0), z0); zadd(SK(2), z2)\n"      \
+	"  zadd(K_ALL, zall); zadd(K_FAILED, zfailed)\n"                                           \
+	"  redis.call('INCRBY', K_BYTES, bytes)\n"                                                 \
+	"end\n"
+
+/*
+ * UNPACK turns a packed batch into rows: its members not acked (bit clear
+ * in {P}:bg:<bseq>) as the insert of them would have written them, due at
+ * their own due (or, when recovery took the batch, then). The members are
+ * read one at a time: one that does not parse (nine strings, its id as in
+ * ids), and every one after damage that stops the reading, becomes a
+ * FAILED row naming the damage, with an empty payload; one whose id cannot
+ * be told either is lost with its bytes, counted in LOST for the caller.
+ * Returns the rows written.
+ */
+#define LUA_PACKED                                                                                 \
+	"local K_BDUE, K_BCREATED, K_BN = BASE .. 'bdue', BASE .. 'bcreated', BASE .. 'bn'\n"     \
+	"local BP, BG = BASE .. 'b:', BASE .. 'bg:'\n"                                             \
+	"local IDLEN, LOST = " IDLEN_TEXT ", 0\n"                                                   \
+	"local function member_ok(r, id)\n"                                                        \
+	"  if type(r) ~= 'table' or #r ~= 9 then return false end\n"                               \
+	"  for f = 1, 9 do if type(r[f]) ~= 'string' then return false end end\n"                 \
+	"  return r[1] == id and #r[5] == 3 and tonumber(r[2]) ~= nil and tonumber(r[3]) ~= nil\n" \
+	"end\n"                                                                                    \
+	"local function UNPACK(bseq, now)\n"                                                       \
+	"  local bk = BP .. bseq\n"                                                                \
+	"  local h = redis.call('HMGET', bk, 'data', 'ids', 'n', 'owner', 'live', 'bytes', 'taken')\n" \
+	"  redis.call('ZREM', K_BDUE, bseq); redis.call('ZREM', K_BCREATED, bseq)\n"              \
+	"  local gone = redis.call('GET', BG .. bseq) or ''\n"                                     \
+	"  redis.call('DEL', bk, BG .. bseq)\n"                                                    \
+	"  if not h[3] then return 0 end\n"                                                        \
+	"  redis.call('DECRBY', K_BN, tonumber(h[5]) or 0)\n"                                      \
+	"  redis.call('DECRBY', K_BYTES, tonumber(h[6]) or 0)\n"                                   \
+	"  local n, ids, bdue = tonumber(h[3]) or 0, h[2] or '', tonumber(h[7])\n"                 \
+	"  local m, off, data, bad = {}, 0, h[1] or '', n + 1\n"                                  \
+	"  for i = 1, n do\n"                                                                      \
+	"    local ok, o, v\n"                                                                     \
+	"    if off >= 0 then ok, o, v = pcall(cmsgpack.unpack_one, data, off) end\n"             \
+	"    if not ok or type(v) ~= 'table' or #v ~= 9 then bad = i; break end\n"               \
+	"    m[i], off = v, o\n"                                                                   \
+	"  end\n"                                                                                  \
+	"  local named = (#ids == n * IDLEN)\n"                                                    \
+	"  local rows = {}\n"                                                                      \
+	"  for i = 1, n do\n"                                                                      \
+	"    local byte = string.byte(gone, math.floor((i - 1) / 8) + 1) or 0\n"                  \
+	"    if math.floor(byte / 2 ^ ((i - 1) % 8)) % 2 == 0 then\n"                             \
+	"      local r = m[i]\n"                                                                   \
+	"      local id = named and string.sub(ids, (i - 1) * IDLEN + 1, i * IDLEN)\n"             \
+	"                 or (type(r) == 'table' and r[1])\n"                                      \
+	"      if type(id) ~= 'string' or #id ~= IDLEN then\n"                                     \
+	"        LOST = LOST + 1\n"                                                                \
+	"      elseif member_ok(r, id) then\n"                                                     \
+	"        if bdue and tonumber(r[3]) > bdue then r[3] = h[7] end\n"                         \
+	"        rows[#rows + 1] = r\n"                                                            \
+	"      else\n"                                                                             \
+	"        local why = 'stored bytes damaged: member ' .. i .. ' of ' .. n ..\n"            \
+	"                    ' of packed batch ' .. bseq .. ' does not parse'\n"                  \
+	"        if i > bad then\n"                                                               \
+	"          why = 'stored bytes damaged: member ' .. i .. ' of ' .. n .. ' of packed batch ' ..\n" \
+	"                bseq .. ' cannot be read past the damage at member ' .. bad\n"           \
+	"        end\n"                                                                            \
+	"        rows[#rows + 1] = {id, now, now, '', '000', '', '', '', '', why}\n"               \
+	"      end\n"                                                                              \
+	"    end\n"                                                                                \
+	"  end\n"                                                                                  \
+	"  ADD_ROWS(rows, h[4] or '', now)\n"                                                      \
+	"  return #rows\n"                                                                         \
+	"end\n"
+
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -132,11 +273,13 @@ static const char *const field_name[F_COUNT] = {
 	"local function SK(st) return KEYS[4 + tonumber(st)] end\n"                                \
 	"local F = {'state','attempts','created','updated','due','topic','key','ct','headers',"   \
 	"'payload','last_error','last_code','lease','plen'}\n"                                    \
-	LUA_ORDER
+	LUA_ORDER LUA_ROWS LUA_PACKED
 
 /* ARGV: MP, schema, version, create ('1' or '0'). Reads the meta hash, or
  * creates it if asked ('!none' if it is missing and not created); refuses
- * keys of another type. */
+ * keys of another type. An older version of the layout is raised to this
+ * one (version 1 is version 2 without batches), so that an older ackbox,
+ * which would not see the batches, refuses the prefix from then on. */
 static const char lua_open[] =
     "local t = redis.call('TYPE', KEYS[1])['ok']\n"
     "if t == 'hash' then\n"
@@ -148,6 +291,11 @@ static const char lua_open[] =
     "    redis.call('SET', KEYS[9], sum)\n"
     "  end\n"
     "  local m = redis.call('HMGET', KEYS[1], 'schema', 'version')\n"
+    "  local v = tonumber(m[2] or '')\n"
+    "  if m[1] == ARGV[2] and v and v >= 1 and v < tonumber(ARGV[3]) then\n"
+    "    redis.call('HSET', KEYS[1], 'version', ARGV[3])\n"
+    "    m[2] = ARGV[3]\n"
+    "  end\n"
     "  return {m[1] or '', m[2] or ''}\n"
     "elseif t ~= 'none' then return {'!type', KEYS[1], t} end\n"
     "for i = 2, #KEYS do\n"
@@ -165,11 +313,10 @@ static const char lua_open[] =
  * index sets, the byte count and the check take one call per ZCHUNK members:
  * a redis.call costs more than the work of a member (Redis's INFO
  * commandstats, docs/stores/redis.md). */
-#define ZCHUNK "4000" /* arguments per unpack(): Lua's C stack allows ~8000 */
 static const char lua_insert[] = LUA_PRELUDE
     "local n = tonumber(ARGV[2])\n"
     "local owner = ARGV[3 + n * 9]\n"
-    "local seen, keys = {}, {}\n"
+    "local seen, keys, rows = {}, {}, {}\n"
     "local function dup(id)\n"
     "  return redis.error_reply('DUPLICATE message ' .. id .. ' is already stored')\n"
     "end\n"
@@ -178,6 +325,7 @@ static const char lua_insert[] = LUA_PRELUDE
     "  if seen[id] then return dup(id) end\n"
     "  seen[id] = true\n"
     "  keys[i + 1] = MP .. id\n"
+    "  rows[i + 1] = {unpack(ARGV, 3 + i * 9, 11 + i * 9)}\n"
     "end\n"
     "for s = 1, n, " ZCHUNK " do\n"
     "  local e = math.min(s + " ZCHUNK " - 1, n)\n"
@@ -187,34 +335,37 @@ static const char lua_insert[] = LUA_PRELUDE
     "    end\n"
     "  end\n"
     "end\n"
-    "local zdue, zcreated, zstate, bytes = {}, {}, {}, 0\n"
-    "for i = 0, n - 1 do\n"
-    "  local b = 3 + i * 9\n"
-    "  local id, created, due, flags = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4]\n"
-    "  local h = {'state', '0', 'attempts', '0', 'created', created, 'updated', created,\n"
-    "             'due', due, 'topic', ARGV[b + 3], 'payload', ARGV[b + 8],\n"
-    "             'last_code', '0', 'lease', '0', 'owner', owner,\n"
-    "             'plen', tostring(#ARGV[b + 8])}\n"
-    "  if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = ARGV[b + 5] end\n"
-    "  if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = ARGV[b + 6] end\n"
-    "  if string.sub(flags, 3, 3) == '1' then h[#h + 1] = 'headers'; h[#h + 1] = ARGV[b + 7] end\n"
-    "  redis.call('HSET', keys[i + 1], unpack(h))\n"
-    "  bytes = bytes + #ARGV[b + 8]\n"
-    "  zdue[2 * i + 1] = due; zdue[2 * i + 2] = id\n"
-    "  zcreated[2 * i + 1] = created; zcreated[2 * i + 2] = id\n"
-    "  zstate[2 * i + 1] = 0; zstate[2 * i + 2] = id\n"
-    "  ord_insert(id, string.sub(flags, 1, 1) == '1' and ARGV[b + 5] or nil, due)\n"
-    "end\n"
-    "local function zadd(k, t)\n"
-    "  for s = 1, #t, " ZCHUNK " do redis.call('ZADD', k, unpack(t, s, math.min(s + " ZCHUNK " - 1, #t))) end\n"
-    "end\n"
-    "zadd(K_DUE, zdue); zadd(K_CREATED, zcreated); zadd(SK(0), zstate); zadd(K_ALL, zstate)\n"
-    "redis.call('INCRBY', K_BYTES, bytes)\n"
+    "ADD_ROWS(rows, owner, nil)\n"
     "return n\n";
 
+/* ARGV: MP, n, due (the lowest), created (the lowest), payload bytes,
+ * owner, ids (their text, concatenated), data (the members). A packed
+ * batch (see the layout); its bseq, or -1 under per-key order (the caller
+ * writes rows instead: a key's order lives in the rows). No id check: the
+ * ids are new (the core makes them), and a batch's members are no keys. */
+static const char lua_insert_packed[] = LUA_PRELUDE
+    "if ORD then return -1 end\n"
+    "local bseq = redis.call('INCR', BASE .. 'bseq')\n"
+    "redis.call('HSET', BP .. bseq, 'data', ARGV[8], 'ids', ARGV[7], 'n', ARGV[2],\n"
+    "           'live', ARGV[2], 'bytes', ARGV[5], 'owner', ARGV[6], 'due', ARGV[3],\n"
+    "           'created', ARGV[4])\n"
+    "redis.call('ZADD', K_BDUE, ARGV[3], bseq)\n"
+    "redis.call('ZADD', K_BCREATED, ARGV[4], bseq)\n"
+    "redis.call('INCRBY', K_BN, ARGV[2])\n"
+    "redis.call('INCRBY', K_BYTES, ARGV[5])\n"
+    "return bseq\n";
+
 /* ARGV: MP, now, lease_until, limit, owner, mode ('o': ordered, from
- * {P}:ready). Returns id, fields, id, fields, ... */
+ * {P}:ready). First unpacks the batches that are due (until they gave
+ * limit rows). Returns {{id, fields, id, fields, ...}, {bseq unpacked, ...},
+ * members lost with damaged bytes}. */
 static const char lua_claim[] = LUA_PRELUDE
+    "local unpacked, got = {}, 0\n"
+    "for _, b in ipairs(redis.call('ZRANGEBYSCORE', K_BDUE, '-inf', ARGV[2], 'LIMIT', 0, 64)) do\n"
+    "  if got >= tonumber(ARGV[4]) then break end\n"
+    "  got = got + UNPACK(b, ARGV[2])\n"
+    "  unpacked[#unpacked + 1] = b\n"
+    "end\n"
     "local from = (ARGV[6] == 'o') and K_READY or K_DUE\n"
     "local ids = redis.call('ZRANGEBYSCORE', from, '-inf', ARGV[2],\n"
     "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
@@ -234,93 +385,152 @@ static const char lua_claim[] = LUA_PRELUDE
     "    if ORD then redis.call('ZREM', K_READY, id) end\n"
     "  end\n"
     "end\n"
-    "return out\n";
+    "return {out, unpacked, LOST}\n";
 
-/* ARGV: MP, now, n, then per change: kind id lease attempts due has_error error code
- * note ('' for none). A change applies only if the row exists and carries the
- * same lease; its note is added only if it applied (a NOTE change, kind 5,
- * applies to a pending row and changes nothing else). */
+/*
+ * ARGV: MP, now, then the holder's batches: nb, and per batch: bseq, its
+ * acked bits, live, bytes (both after this call), unpack ('1': a change
+ * below needs its members as rows), k, then the k ids this call acks; then
+ * the rows' changes: n, and per change: kind id lease attempts due
+ * has_error error code note ('' for none).
+ *
+ * A batch that is gone (unpacked by someone else) takes its acks as rows'
+ * deletes under lease 0: rows unpacked and untouched since, or nothing. A
+ * change to a row applies only if the row exists and carries the same
+ * lease; its note is added only if it applied (a NOTE change, kind 5,
+ * applies to a pending row and changes nothing else). Returns {changes
+ * applied, bseq gone, ...}.
+ */
 static const char lua_apply[] = LUA_PRELUDE
-    "local now, n, done = ARGV[2], tonumber(ARGV[3]), 0\n"
-    "for i = 0, n - 1 do\n"
-    "  local b = 4 + i * 9\n"
-    "  local kind, id = ARGV[b], ARGV[b + 1]\n"
+    "local now, done, gone = ARGV[2], 0, {}\n"
+    "local function change(kind, id, lease, attempts, due, has_error, err, code, note)\n"
     "  local k = MP .. id\n"
     "  local cur = redis.call('HMGET', k, 'state', 'lease', 'key')\n"
     "  local st = cur[1]\n"
-    "  local before = done\n"
-    "  if st and cur[2] == ARGV[b + 2] then\n"
-    "    if kind == '1' then\n"
-    "      FORGET(k)\n"
-    "      redis.call('DEL', k, HP .. id)\n"
-    "      ord_gone(id, cur[3] or nil)\n"
-    "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
-    "      redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
-    "      redis.call('ZREM', K_FAILED, id)\n"
-    "      done = done + 1\n"
-    "    elseif st ~= '2' and (kind == '2' or kind == '3') then\n"
-    "      local to = (kind == '2') and '1' or '2'\n"
-    "      redis.call('HSET', k, 'state', to, 'attempts', ARGV[b + 3], 'last_code', ARGV[b + 7],\n"
-    "                 'updated', now)\n"
-    "      if ARGV[b + 5] == '1' then redis.call('HSET', k, 'last_error', ARGV[b + 6])\n"
-    "      else redis.call('HDEL', k, 'last_error') end\n"
-    "      if st ~= to then redis.call('ZREM', SK(st), id); redis.call('ZADD', SK(to), 0, id) end\n"
-    "      if kind == '2' then\n"
-    "        redis.call('HSET', k, 'due', ARGV[b + 4])\n"
-    "        redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
-    "        ord_due(id, cur[3] or nil, ARGV[b + 4], false)\n"
-    "      else\n"
-    "        redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
-    "        redis.call('ZADD', K_FAILED, now, id)\n"
-    "        ord_failed(id)\n"
-    "      end\n"
-    "      done = done + 1\n"
-    "    elseif st ~= '2' and kind == '4' then\n"
-    "      redis.call('HSET', k, 'due', ARGV[b + 4])\n"
-    "      redis.call('ZADD', K_DUE, ARGV[b + 4], id)\n"
-    "      ord_due(id, cur[3] or nil, ARGV[b + 4], false)\n"
-    "      done = done + 1\n"
-    "    elseif st ~= '2' and kind == '5' then\n"
-    "      done = done + 1\n"
-    "    end\n"
-    "    if done > before and kind ~= '1' and ARGV[b + 8] ~= '' then NOTE(id, ARGV[b + 8]) end\n"
+    "  if not st or cur[2] ~= lease then return 0 end\n"
+    "  if kind == '1' then\n"
+    "    FORGET(k)\n"
+    "    redis.call('DEL', k, HP .. id)\n"
+    "    ord_gone(id, cur[3] or nil)\n"
+    "    redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "    redis.call('ZREM', SK(st), id); redis.call('ZREM', K_ALL, id)\n"
+    "    redis.call('ZREM', K_FAILED, id)\n"
+    "    return 1\n"
     "  end\n"
+    "  if st == '2' then return 0 end\n"
+    "  if kind == '2' or kind == '3' then\n"
+    "    local to = (kind == '2') and '1' or '2'\n"
+    "    redis.call('HSET', k, 'state', to, 'attempts', attempts, 'last_code', code,\n"
+    "               'updated', now)\n"
+    "    if has_error == '1' then redis.call('HSET', k, 'last_error', err)\n"
+    "    else redis.call('HDEL', k, 'last_error') end\n"
+    "    if st ~= to then redis.call('ZREM', SK(st), id); redis.call('ZADD', SK(to), 0, id) end\n"
+    "    if kind == '2' then\n"
+    "      redis.call('HSET', k, 'due', due)\n"
+    "      redis.call('ZADD', K_DUE, due, id)\n"
+    "      ord_due(id, cur[3] or nil, due, false)\n"
+    "    else\n"
+    "      redis.call('ZREM', K_DUE, id); redis.call('ZREM', K_CREATED, id)\n"
+    "      redis.call('ZADD', K_FAILED, now, id)\n"
+    "      ord_failed(id)\n"
+    "    end\n"
+    "  elseif kind == '4' then\n"
+    "    redis.call('HSET', k, 'due', due)\n"
+    "    redis.call('ZADD', K_DUE, due, id)\n"
+    "    ord_due(id, cur[3] or nil, due, false)\n"
+    "  elseif kind ~= '5' then\n"
+    "    return 0\n"
+    "  end\n"
+    "  if note ~= '' then NOTE(id, note) end\n"
+    "  return 1\n"
     "end\n"
-    "return done\n";
+    "local p = 4\n"
+    "for _ = 1, tonumber(ARGV[3]) do\n"
+    "  local bseq, live, bytes, k = ARGV[p], ARGV[p + 2], ARGV[p + 3], tonumber(ARGV[p + 5])\n"
+    "  local bk = BP .. bseq\n"
+    "  local cur = redis.call('HMGET', bk, 'live', 'bytes')\n"
+    "  if cur[1] then\n"
+    "    redis.call('DECRBY', K_BN, tonumber(cur[1]) - tonumber(live))\n"
+    "    redis.call('DECRBY', K_BYTES, tonumber(cur[2]) - tonumber(bytes))\n"
+    "    if live == '0' then\n"
+    "      redis.call('DEL', bk, BG .. bseq)\n"
+    "      redis.call('ZREM', K_BDUE, bseq); redis.call('ZREM', K_BCREATED, bseq)\n"
+    "    else\n"
+    "      redis.call('HSET', bk, 'live', live, 'bytes', bytes)\n"
+    "      redis.call('SET', BG .. bseq, ARGV[p + 1])\n"
+    "      if ARGV[p + 4] == '1' then UNPACK(bseq, now) end\n"
+    "    end\n"
+    "    done = done + k\n"
+    "  else\n"
+    "    for i = 1, k do done = done + change('1', ARGV[p + 5 + i], '0') end\n"
+    "    gone[#gone + 1] = bseq\n"
+    "  end\n"
+    "  p = p + 6 + k\n"
+    "end\n"
+    "local n = tonumber(ARGV[p])\n"
+    "for i = 0, n - 1 do\n"
+    "  local b = p + 1 + i * 9\n"
+    "  done = done + change(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],\n"
+    "                       ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8])\n"
+    "end\n"
+    "return {done, unpack(gone)}\n";
 
-/* ARGV: MP, now, offset, count. Rows leased into the future (due later
- * than now), with their owners: id, owner, id, owner, ... */
+/* ARGV: MP, now, offset, count, what ('m': rows, 'b': packed batches).
+ * Those leased into the future (due later than now), with their owners:
+ * id (or bseq), owner, ... */
 static const char lua_recover[] = LUA_PRELUDE
-    "local ids = redis.call('ZRANGEBYSCORE', K_DUE, '(' .. ARGV[2], '+inf',\n"
+    "local z, pre = K_DUE, MP\n"
+    "if ARGV[5] == 'b' then z, pre = K_BDUE, BP end\n"
+    "local ids = redis.call('ZRANGEBYSCORE', z, '(' .. ARGV[2], '+inf',\n"
     "                       'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))\n"
     "local out = {}\n"
     "for _, id in ipairs(ids) do\n"
     "  out[#out + 1] = id\n"
-    "  out[#out + 1] = redis.call('HGET', MP .. id, 'owner') or ''\n"
+    "  out[#out + 1] = redis.call('HGET', pre .. id, 'owner') or ''\n"
     "end\n"
     "return out\n";
 
-/* ARGV: MP, now, then id, owner pairs: each row still leased into the
- * future and still of that owner becomes due now. Returns the count. */
+/* ARGV: MP, now, what ('m' or 'b', as lua_recover), then id (or bseq),
+ * owner pairs: each still leased into the future and still of that owner
+ * becomes due now (a batch's members with it, when it is unpacked).
+ * Returns the count. */
 static const char lua_take[] = LUA_PRELUDE
     "local now, n = tonumber(ARGV[2]), 0\n"
-    "for i = 3, #ARGV, 2 do\n"
-    "  local k = MP .. ARGV[i]\n"
+    "local z, pre = K_DUE, MP\n"
+    "if ARGV[3] == 'b' then z, pre = K_BDUE, BP end\n"
+    "for i = 4, #ARGV, 2 do\n"
+    "  local k = pre .. ARGV[i]\n"
     "  local cur = redis.call('HMGET', k, 'owner', 'due')\n"
     "  if cur[2] and (cur[1] or '') == ARGV[i + 1] and tonumber(cur[2]) > now then\n"
     "    redis.call('HSET', k, 'due', ARGV[2])\n"
-    "    redis.call('ZADD', K_DUE, ARGV[2], ARGV[i])\n"
-    "    if ORD then redis.call('ZADD', K_READY, 'XX', ARGV[2], ARGV[i]) end\n"
+    "    if z == K_BDUE then redis.call('HSET', k, 'taken', ARGV[2]) end\n"
+    "    redis.call('ZADD', z, ARGV[2], ARGV[i])\n"
+    "    if ORD and z == K_DUE then redis.call('ZADD', K_READY, 'XX', ARGV[2], ARGV[i]) end\n"
     "    n = n + 1\n"
     "  end\n"
     "end\n"
     "return n\n";
 
-/* A consistent snapshot: sending, retrying, failed, oldest created (or nil). */
+/* A consistent snapshot: sending (rows and packed members), retrying,
+ * failed, oldest created (or nil; a batch counts from its oldest member
+ * until it is gone). */
 static const char lua_counts[] = LUA_PRELUDE
-    "local o = redis.call('ZRANGE', K_CREATED, 0, 0, 'WITHSCORES')\n"
-    "return {redis.call('ZCARD', SK(0)), redis.call('ZCARD', SK(1)), redis.call('ZCARD', SK(2)),\n"
-    "        o[2] or false}\n";
+    "local o = redis.call('ZRANGE', K_CREATED, 0, 0, 'WITHSCORES')[2]\n"
+    "local ob = redis.call('ZRANGE', K_BCREATED, 0, 0, 'WITHSCORES')[2]\n"
+    "if ob and (not o or tonumber(ob) < tonumber(o)) then o = ob end\n"
+    "local bn = tonumber(redis.call('GET', K_BN) or '0')\n"
+    "return {redis.call('ZCARD', SK(0)) + bn, redis.call('ZCARD', SK(1)),\n"
+    "        redis.call('ZCARD', SK(2)), o or false}\n";
+
+/* Rows or batches due now or later: has_pending. */
+static const char lua_pending[] = LUA_PRELUDE
+    "return redis.call('ZCARD', K_DUE) + redis.call('ZCARD', K_BDUE)\n";
+
+/* ARGV: MP, now, max. Unpacks up to max batches; returns how many. */
+static const char lua_unpack[] = LUA_PRELUDE
+    "local bs = redis.call('ZRANGE', K_BDUE, 0, tonumber(ARGV[3]) - 1)\n"
+    "for _, b in ipairs(bs) do UNPACK(b, ARGV[2]) end\n"
+    "return {#bs, LOST}\n";
 
 /* ARGV: MP, set ('0','1','2' or 'all'), start ('-' or '(id'), count. Returns id, fields, ... */
 static const char lua_page[] = LUA_PRELUDE
@@ -460,16 +670,19 @@ static const char lua_blocked[] = LUA_PRELUDE
 
 /* Messages in every state and their payload bytes (the backlog bound). */
 static const char lua_usage[] = LUA_PRELUDE
-    "return {redis.call('ZCARD', K_ALL), tonumber(redis.call('GET', K_BYTES) or '0')}\n";
+    "return {redis.call('ZCARD', K_ALL) + tonumber(redis.call('GET', K_BN) or '0'),\n"
+    "        tonumber(redis.call('GET', K_BYTES) or '0')}\n";
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
-       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED, SC_COUNT };
+       SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED,
+       SC_INSERT_PACKED, SC_PENDING, SC_UNPACK, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {
     [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
     [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
     [SC_PAGE] = lua_page,       [SC_REQUEUE] = lua_requeue, [SC_PURGE] = lua_purge,
     [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_DAMAGED] = lua_damaged,
     [SC_USAGE] = lua_usage,     [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
+    [SC_INSERT_PACKED] = lua_insert_packed, [SC_PENDING] = lua_pending, [SC_UNPACK] = lua_unpack,
 };
 
 typedef struct rd_ctx {
@@ -489,7 +702,31 @@ typedef struct rd_ctx {
 	int ordered;            /* delivery.order=key: claims from {P}:ready */
 	int absent; /* no {P}:meta yet (store.create=insert): the first insert writes it */
 	char owner[256]; /* this handle, as messages name their relay (owner_name) */
+	/* the packed batches this handle inserted and still holds members of,
+	 * and the map of those members: id -> batch, index */
+	struct rd_batch *batches;
+	struct rd_slot *slots;
+	size_t cap_slots, nslots;
 } rd_ctx;
+
+/* A packed batch this handle inserted (see the layout). */
+typedef struct rd_batch {
+	struct rd_batch *prev, *next;
+	char bseq[24];
+	uint32_t n, live;      /* members; those not yet acked */
+	uint64_t bytes;        /* the payload bytes of those */
+	uint32_t k;            /* acks of it in the apply being built */
+	int touched, unpack;   /* in the apply being built */
+	ackbox_id *ids;        /* n */
+	uint32_t *plen;        /* n */
+	uint8_t gone[];        /* a bit per member, LSB first: acked */
+} rd_batch;
+
+typedef struct rd_slot {
+	ackbox_id id;
+	rd_batch *b; /* NULL: an empty slot */
+	uint32_t idx;
+} rd_slot;
 
 static const ackbox_prop rd_props[] = {
 	{"connect_timeout", ACKBOX_PROP_DURATION, "5s", 1, 600000, NULL,
@@ -1032,12 +1269,163 @@ static int owner_gone(const rd_ctx *c, const char *o)
 }
 
 /* ------------------------------------------------------------------ */
+/* The packed batches this handle holds                                 */
+/* ------------------------------------------------------------------ */
+
+/* The id map: open addressing, linear probing, backward-shift delete. */
+static size_t id_hash(const ackbox_id *id)
+{
+	uint64_t h = 0;
+	for (int i = 0; i < 16; i++)
+		h = (h ^ id->b[i]) * 0x100000001b3ULL;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return (size_t)h;
+}
+
+static rd_slot *map_find(rd_ctx *c, const ackbox_id *id)
+{
+	size_t mask = c->cap_slots - 1;
+	if (!c->nslots)
+		return NULL;
+	for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+		rd_slot *sl = &c->slots[i];
+		if (!sl->b)
+			return NULL;
+		if (memcmp(sl->id.b, id->b, 16) == 0)
+			return sl;
+	}
+}
+
+static void map_put_slot(rd_slot *slots, size_t cap, const ackbox_id *id, rd_batch *b,
+                         uint32_t idx)
+{
+	size_t mask = cap - 1, i = id_hash(id) & mask;
+	while (slots[i].b)
+		i = (i + 1) & mask;
+	slots[i].id = *id;
+	slots[i].b = b;
+	slots[i].idx = idx;
+}
+
+/* Room for `more` entries at a load of at most one half. */
+static int map_reserve(rd_ctx *c, size_t more)
+{
+	size_t cap = c->cap_slots ? c->cap_slots : 1024;
+	rd_slot *ns;
+	while ((c->nslots + more) * 2 > cap)
+		cap *= 2;
+	if (cap == c->cap_slots)
+		return 0;
+	ns = calloc(cap, sizeof(*ns));
+	if (!ns)
+		return ACKBOX_ERR_NOMEM;
+	for (size_t i = 0; i < c->cap_slots; i++)
+		if (c->slots[i].b)
+			map_put_slot(ns, cap, &c->slots[i].id, c->slots[i].b, c->slots[i].idx);
+	free(c->slots);
+	c->slots = ns;
+	c->cap_slots = cap;
+	return 0;
+}
+
+static void map_del(rd_ctx *c, rd_slot *sl)
+{
+	size_t mask = c->cap_slots - 1, i = (size_t)(sl - c->slots), j = i;
+	c->slots[i].b = NULL;
+	c->nslots--;
+	for (;;) {
+		size_t home;
+		j = (j + 1) & mask;
+		if (!c->slots[j].b)
+			return;
+		home = id_hash(&c->slots[j].id) & mask;
+		/* j's entry may move to the hole at i unless its home lies in (i, j] */
+		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+			c->slots[i] = c->slots[j];
+			c->slots[j].b = NULL;
+			i = j;
+		}
+	}
+}
+
+static int gone_bit(const rd_batch *b, uint32_t idx)
+{
+	return (b->gone[idx / 8] >> (idx % 8)) & 1;
+}
+
+/* Forgets a batch: this handle no longer holds any of its members as packed
+ * (all acked, unpacked, or gone from the store). */
+static void batch_drop(rd_ctx *c, rd_batch *b)
+{
+	for (uint32_t i = 0; i < b->n; i++) {
+		rd_slot *sl;
+		if (gone_bit(b, i))
+			continue;
+		sl = map_find(c, &b->ids[i]);
+		if (sl && sl->b == b)
+			map_del(c, sl);
+	}
+	if (b->prev)
+		b->prev->next = b->next;
+	else
+		c->batches = b->next;
+	if (b->next)
+		b->next->prev = b->prev;
+	free(b->ids);
+	free(b->plen);
+	free(b);
+}
+
+static void batch_drop_named(rd_ctx *c, const char *bseq)
+{
+	for (rd_batch *b = c->batches; b; b = b->next) {
+		if (strcmp(b->bseq, bseq) == 0) {
+			batch_drop(c, b);
+			return;
+		}
+	}
+}
+
+static void batches_free(rd_ctx *c)
+{
+	while (c->batches)
+		batch_drop(c, c->batches);
+	free(c->slots);
+	c->slots = NULL;
+	c->cap_slots = c->nslots = 0;
+}
+
+/* A MessagePack str 32 (any bytes: the server's cmsgpack reads them back as
+ * a string). */
+static char *mp_str(char *p, const void *v, size_t len)
+{
+	*p++ = (char)0xdb;
+	*p++ = (char)(len >> 24);
+	*p++ = (char)(len >> 16);
+	*p++ = (char)(len >> 8);
+	*p++ = (char)len;
+	if (len)
+		memcpy(p, v, len);
+	return p + len;
+}
+
+static char *mp_i64(char *p, int64_t x)
+{
+	char t[24];
+	int l = snprintf(t, sizeof(t), "%" PRId64, x);
+	return mp_str(p, t, (size_t)l);
+}
+
+/* ------------------------------------------------------------------ */
 /* Open and close                                                       */
 /* ------------------------------------------------------------------ */
 
 static void rd_close(void *vctx)
 {
 	rd_ctx *c = vctx;
+	batches_free(c);
 	if (c->rc)
 		redisFree(c->rc);
 	free(c->host);
@@ -1284,6 +1672,8 @@ static int check_schema(rd_ctx *c, int create, char *errstr, size_t errstr_size)
 	return rc;
 }
 
+static int unpack_all(rd_ctx *c, char *errstr, size_t errstr_size);
+
 /*
  * delivery.order=key on a store that does not keep per-key order yet:
  * builds the key sets and {P}:ready a page at a time (two passes), so no
@@ -1302,6 +1692,10 @@ static int order_install(rd_ctx *c, char *errstr, size_t errstr_size)
 	freeReplyObject(r);
 	if (have)
 		return 0;
+	/* a key's order lives in rows: batches written unordered are unpacked */
+	rc = unpack_all(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	for (int pass = 1; pass <= 2; pass++) {
 		char start[ACKBOX_ID_STRLEN + 2] = "-";
 		for (;;) {
@@ -1379,6 +1773,116 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 /* The operations                                                       */
 /* ------------------------------------------------------------------ */
 
+/*
+ * Writes recs as one packed batch and remembers its members. 0, 1 if the
+ * store keeps per-key order (the caller writes rows), or an error. The
+ * batch's memory is taken first: once the server has the batch, nothing
+ * can fail here.
+ */
+static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char *errstr,
+                         size_t errstr_size)
+{
+	size_t size = 0, bytes = 0;
+	int64_t due = INT64_MAX, created = INT64_MAX;
+	char *data, *p, *idtext, nbuf[24];
+	rd_batch *b;
+	args a;
+	redisReply *r;
+	int rc;
+
+	for (size_t i = 0; i < n; i++) {
+		const ackbox_store_rec *w = &recs[i];
+		size += 1 + 9 * 5 + (ACKBOX_ID_STRLEN - 1) + 2 * 20 + strlen(w->topic) + 3 + w->key_len +
+		        (w->content_type ? strlen(w->content_type) : 0) + w->headers_len +
+		        w->payload_len;
+		bytes += w->payload_len;
+		if (w->due_ms < due)
+			due = w->due_ms;
+		if (w->created_ms < created)
+			created = w->created_ms;
+	}
+	data = malloc(size);
+	idtext = malloc(n * ACKBOX_ID_STRLEN);
+	b = calloc(1, sizeof(*b) + (n + 7) / 8);
+	if (b) {
+		b->ids = malloc(n * sizeof(*b->ids));
+		b->plen = malloc(n * sizeof(*b->plen));
+	}
+	if (!data || !idtext || !b || !b->ids || !b->plen || map_reserve(c, n) != 0 ||
+	    args_init(&a, SCRIPT_HEAD + 7, 5) != 0) {
+		free(data);
+		free(idtext);
+		if (b) {
+			free(b->ids);
+			free(b->plen);
+		}
+		free(b);
+		return ACKBOX_ERR_NOMEM;
+	}
+	/* the members, one after the other: each an array of the nine strings
+	 * lua_insert takes (read back one at a time, so that damage loses only
+	 * the members from it on) */
+	p = data;
+	for (size_t i = 0; i < n; i++) {
+		const ackbox_store_rec *w = &recs[i];
+		char flags[3] = {w->key_len ? '1' : '0', w->content_type ? '1' : '0',
+		                 w->headers_len ? '1' : '0'};
+		char *id = idtext + i * (ACKBOX_ID_STRLEN - 1);
+		char tmp[ACKBOX_ID_STRLEN];
+		ackbox_id_format(&w->id, tmp);
+		memcpy(id, tmp, ACKBOX_ID_STRLEN - 1);
+		*p++ = (char)0x99; /* fixarray of 9 */
+		p = mp_str(p, id, ACKBOX_ID_STRLEN - 1);
+		p = mp_i64(p, w->created_ms);
+		p = mp_i64(p, w->due_ms);
+		p = mp_str(p, w->topic, strlen(w->topic));
+		p = mp_str(p, flags, 3);
+		p = mp_str(p, w->key, w->key_len);
+		p = mp_str(p, w->content_type ? w->content_type : "",
+		           w->content_type ? strlen(w->content_type) : 0);
+		p = mp_str(p, w->headers, w->headers_len);
+		p = mp_str(p, w->payload, w->payload_len);
+		b->ids[i] = w->id;
+		b->plen[i] = (uint32_t)w->payload_len;
+	}
+	args_script(c, &a, SC_INSERT_PACKED);
+	args_u64(&a, n);
+	args_i64(&a, due);
+	args_i64(&a, created);
+	args_u64(&a, bytes);
+	args_str(&a, c->owner);
+	args_bin(&a, idtext, n * (ACKBOX_ID_STRLEN - 1));
+	args_bin(&a, data, (size_t)(p - data));
+	rc = run_script(c, &a, SC_INSERT_PACKED, "insert", &r, errstr, errstr_size);
+	args_fini(&a);
+	free(data);
+	free(idtext);
+	if (rc == 0 && num(r) < 0)
+		rc = 1;
+	if (rc == 0) {
+		snprintf(nbuf, sizeof(nbuf), "%" PRId64, num(r));
+		memcpy(b->bseq, nbuf, sizeof(b->bseq));
+		b->n = b->live = (uint32_t)n;
+		b->bytes = bytes;
+		for (size_t i = 0; i < n; i++)
+			map_put_slot(c->slots, c->cap_slots, &b->ids[i], b, (uint32_t)i);
+		c->nslots += n;
+		b->next = c->batches;
+		if (c->batches)
+			c->batches->prev = b;
+		c->batches = b;
+		b = NULL;
+	}
+	if (r)
+		freeReplyObject(r);
+	if (b) {
+		free(b->ids);
+		free(b->plen);
+		free(b);
+	}
+	return rc;
+}
+
 static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *errstr,
                      size_t errstr_size)
 {
@@ -1401,6 +1905,16 @@ static int rd_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 		if (rc)
 			return rc;
 		c->absent = 0;
+	}
+	if (n >= PACK_MIN && !c->ordered) {
+		size_t bytes = 0;
+		for (size_t i = 0; i < n; i++)
+			bytes += recs[i].payload_len + recs[i].headers_len + recs[i].key_len;
+		if (bytes <= PACK_MAX_BYTES) {
+			rc = insert_packed(c, recs, n, errstr, errstr_size);
+			if (rc != 1)
+				return rc;
+		}
 	}
 	ids = malloc(n * sizeof(*ids));
 	flags = malloc(n * sizeof(*flags));
@@ -1492,12 +2006,22 @@ static const ackbox_attempt *note_of(const ackbox_store_change *ch, const ackbox
 	return notes && notes[i].at_ms && ch[i].kind != ACKBOX_CHANGE_DELETE ? &notes[i] : NULL;
 }
 
+/*
+ * Changes split in two: acks (lease 0) of members of batches this handle
+ * holds stay in their batch (its bits and live count); everything else is
+ * a change to a row, and a member's other change first asks its batch to
+ * be unpacked (in the same script, before the rows' changes). A change
+ * under a claim's lease (non-zero) cannot be to a packed member: the claim
+ * unpacked its batch, which this handle then forgets.
+ */
 static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *notes,
                           size_t n, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
 	char (*ids)[ACKBOX_ID_STRLEN];
 	char (*enc)[NOTE_SIZE] = NULL;
+	rd_batch **touched, **of; /* the batches in this call; per change, its batch if an ack */
+	size_t nb = 0, npacked = 0;
 	args a;
 	redisReply *r;
 	int rc;
@@ -1508,18 +2032,77 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	if (rc)
 		return rc;
 	ids = malloc(n * sizeof(*ids));
+	of = calloc(n, sizeof(*of));
+	touched = malloc(n * sizeof(*touched));
 	if (notes)
 		enc = malloc(n * sizeof(*enc));
-	if (!ids || (notes && !enc) || args_init(&a, SCRIPT_HEAD + 2 + 9 * n, 2 + 5 * n) != 0) {
+	if (!ids || !of || !touched || (notes && !enc)) {
 		free(ids);
+		free(of);
+		free(touched);
 		free(enc);
 		return ACKBOX_ERR_NOMEM;
 	}
+	for (size_t i = 0; i < n; i++) {
+		rd_slot *sl = c->nslots ? map_find(c, &ch[i].id) : NULL;
+		rd_batch *b;
+		ackbox_id_format(&ch[i].id, ids[i]);
+		if (!sl)
+			continue;
+		b = sl->b;
+		if (ch[i].lease != 0) {
+			/* claimed, so that claim unpacked its batch */
+			for (size_t j = 0; j < nb; j++)
+				if (touched[j] == b)
+					b = NULL;
+			if (b)
+				batch_drop(c, b);
+			else
+				map_del(c, sl);
+			continue;
+		}
+		if (!b->touched) {
+			b->touched = 1;
+			b->k = 0;
+			b->unpack = 0;
+			touched[nb++] = b;
+		}
+		if (ch[i].kind == ACKBOX_CHANGE_DELETE) {
+			b->gone[sl->idx / 8] |= (uint8_t)(1u << (sl->idx % 8));
+			b->live--;
+			b->bytes -= b->plen[sl->idx];
+			b->k++;
+			of[i] = b;
+			npacked++;
+			map_del(c, sl);
+		} else {
+			b->unpack = 1;
+		}
+	}
+	r = NULL;
+	if (args_init(&a, SCRIPT_HEAD + 3 + 6 * nb + npacked + 9 * n, 3 + 3 * nb + 5 * n) != 0) {
+		rc = ACKBOX_ERR_NOMEM;
+		goto out;
+	}
 	args_script(c, &a, SC_APPLY);
 	args_i64(&a, ackbox_wall_ms());
-	args_u64(&a, n);
+	args_u64(&a, nb);
+	for (size_t j = 0; j < nb; j++) {
+		rd_batch *b = touched[j];
+		args_str(&a, b->bseq);
+		args_bin(&a, b->gone, (b->n + 7) / 8);
+		args_u64(&a, b->live);
+		args_u64(&a, b->bytes);
+		args_str(&a, b->unpack ? "1" : "0");
+		args_u64(&a, b->k);
+		for (size_t i = 0; i < n; i++)
+			if (of[i] == b)
+				args_str(&a, ids[i]);
+	}
+	args_u64(&a, n - npacked);
 	for (size_t i = 0; i < n; i++) {
-		ackbox_id_format(&ch[i].id, ids[i]);
+		if (of[i])
+			continue;
 		args_i64(&a, ch[i].kind);
 		args_str(&a, ids[i]);
 		args_u64(&a, ch[i].lease);
@@ -1538,18 +2121,45 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	/* one script: the notes are written with their changes, atomically */
 	rc = run_script(c, &a, SC_APPLY, "state change", &r, errstr, errstr_size);
 	args_fini(&a);
+out:
+	/* Whatever the outcome, this handle is done with the batches it emptied
+	 * or had unpacked, and with those the server no longer has. After a
+	 * failed call that may be early: acks that did not reach the batch are
+	 * sent again when it is due (duplicates, never a loss). */
+	for (size_t j = 0; j < nb; j++) {
+		touched[j]->touched = 0;
+		if (touched[j]->live == 0 || touched[j]->unpack) {
+			batch_drop(c, touched[j]);
+			touched[j] = NULL;
+		}
+	}
+	if (r) {
+		for (size_t e = 1; r->type == REDIS_REPLY_ARRAY && e < r->elements; e++)
+			if (is_str(r->element[e]))
+				batch_drop_named(c, r->element[e]->str);
+		freeReplyObject(r);
+	}
 	free(ids);
+	free(of);
+	free(touched);
 	free(enc);
-	if (rc)
-		return rc;
-	freeReplyObject(r);
-	return 0;
+	return rc;
 }
 
 static int rd_apply(void *vctx, const ackbox_store_change *ch, size_t n, char *errstr,
                     size_t errstr_size)
 {
 	return rd_apply_noted(vctx, ch, NULL, n, errstr, errstr_size);
+}
+
+/* Members of damaged batches that could not even be named. */
+static void log_lost(rd_ctx *c, int64_t lost)
+{
+	if (lost > 0)
+		ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis",
+		                 "%s: %" PRId64 " message(s) of a damaged packed batch could not be "
+		                 "read, not even their ids: they are lost with the batch's bytes",
+		                 c->where, lost);
 }
 
 /* Rows a claim leased but the callback did not take are given back. */
@@ -1600,11 +2210,50 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	args_fini(&a);
 	if (rc)
 		return rc;
-	rc = walk_rows(c, r, cb, opaque, 1, &consumed, &stop, errstr, errstr_size);
-	if (rc >= 0 && consumed < r->elements / 2)
-		release_rest(c, r, consumed, now_ms);
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(r);
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply to a claim", c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	/* the batches it unpacked are rows now, under this claim's leases */
+	for (size_t i = 0; c->batches && i < r->element[1]->elements; i++)
+		if (is_str(r->element[1]->element[i]))
+			batch_drop_named(c, r->element[1]->element[i]->str);
+	log_lost(c, num(r->element[2]));
+	rc = walk_rows(c, r->element[0], cb, opaque, 1, &consumed, &stop, errstr, errstr_size);
+	if (rc >= 0 && consumed < r->element[0]->elements / 2)
+		release_rest(c, r->element[0], consumed, now_ms);
 	freeReplyObject(r);
 	return rc;
+}
+
+/* Unpacks every packed batch (whoever holds it): for list, get, force and
+ * installing per-key order, which work on rows. UNPACK_STEP batches per
+ * script call, so that no call blocks the server for long. */
+static int unpack_all(rd_ctx *c, char *errstr, size_t errstr_size)
+{
+	for (;;) {
+		args a;
+		redisReply *r;
+		int64_t k;
+		int rc = args_init(&a, SCRIPT_HEAD + 2, 2);
+		if (rc)
+			return rc;
+		args_script(c, &a, SC_UNPACK);
+		args_i64(&a, ackbox_wall_ms());
+		args_u64(&a, UNPACK_STEP);
+		rc = run_script(c, &a, SC_UNPACK, "unpacking batches", &r, errstr, errstr_size);
+		args_fini(&a);
+		if (rc)
+			return rc;
+		k = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? num(r->element[0]) : 0;
+		if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+			log_lost(c, num(r->element[1]));
+		freeReplyObject(r);
+		if (k < UNPACK_STEP)
+			return 0;
+	}
 }
 
 /* Runs a sweeping script (recover, requeue all, purge) until a call looks at
@@ -1678,8 +2327,11 @@ static int rd_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb,
 	return n;
 }
 
+static int recover_some(rd_ctx *c, int64_t now_ms, const char *what, char *errstr,
+                        size_t errstr_size);
+
 /*
- * Crash recovery at open: of the rows leased into the future, those of this
+ * Crash recovery at open: of the rows (and packed batches) leased into the future, those of this
  * handle, of no owner, or of a relay whose process is gone become due now;
  * those of a live relay (another publisher on this prefix) stay its own,
  * and those of one this process cannot check are taken by the claims once
@@ -1689,31 +2341,43 @@ static int rd_blocked_keys(void *vctx, size_t limit, ackbox_store_blocked_cb cb,
 static int rd_recover(void *vctx, int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
-	int64_t skipped = 0;
 	int rc = ready(c, errstr, errstr_size);
+	for (const char *what = "m"; rc == 0 && what; what = what[0] == 'm' ? "b" : NULL)
+		rc = recover_some(c, now_ms, what, errstr, errstr_size);
+	return rc;
+}
+
+/* rd_recover for rows (what "m") or packed batches ("b"). */
+static int recover_some(rd_ctx *c, int64_t now_ms, const char *what, char *errstr,
+                        size_t errstr_size)
+{
+	int64_t skipped = 0;
+	int rc = 0;
 	while (rc == 0) {
 		args a, t;
 		redisReply *r, *tr;
 		size_t k, take = 0;
-		rc = args_init(&a, SCRIPT_HEAD + 3, 3);
+		rc = args_init(&a, SCRIPT_HEAD + 4, 3);
 		if (rc)
 			return rc;
 		args_script(c, &a, SC_RECOVER);
 		args_i64(&a, now_ms);
 		args_i64(&a, skipped);
 		args_u64(&a, SWEEP);
+		args_str(&a, what);
 		rc = run_script(c, &a, SC_RECOVER, "recovery", &r, errstr, errstr_size);
 		args_fini(&a);
 		if (rc)
 			return rc;
 		k = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
-		rc = args_init(&t, SCRIPT_HEAD + 1 + 2 * k, 1);
+		rc = args_init(&t, SCRIPT_HEAD + 2 + 2 * k, 1);
 		if (rc) {
 			freeReplyObject(r);
 			return rc;
 		}
 		args_script(c, &t, SC_TAKE);
 		args_i64(&t, now_ms);
+		args_str(&t, what);
 		for (size_t i = 0; i < k; i++) {
 			const redisReply *id = r->element[2 * i], *ow = r->element[2 * i + 1];
 			if (!is_str(id) || !is_str(ow) || !owner_gone(c, ow->str))
@@ -1799,10 +2463,15 @@ static int rd_has_pending(void *vctx, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
 	redisReply *r;
-	const char *av[2] = {"ZCARD", c->keys[K_DUE]};
+	args a;
 	int rc = ready(c, errstr, errstr_size);
-	if (rc == 0)
-		rc = simple(c, "checking for pending rows", &r, errstr, errstr_size, 2, av);
+	if (rc)
+		return rc;
+	if (args_init(&a, SCRIPT_HEAD, 0) != 0)
+		return ACKBOX_ERR_NOMEM;
+	args_script(c, &a, SC_PENDING);
+	rc = run_script(c, &a, SC_PENDING, "checking for pending rows", &r, errstr, errstr_size);
+	args_fini(&a);
 	if (rc)
 		return rc;
 	rc = num(r) > 0;
@@ -1821,6 +2490,8 @@ static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 		return 0;
 	snprintf(set, sizeof(set), "%d", state < 0 ? 0 : state);
 	rc = ready(c, errstr, errstr_size);
+	if (rc == 0 && (state < 0 || state == ACKBOX_MSG_SENDING))
+		rc = unpack_all(c, errstr, errstr_size); /* packed members are SENDING */
 	if (rc)
 		return rc;
 	/* Page by id (ZRANGEBYLEX from the last id seen): rows deleted meanwhile
@@ -1856,10 +2527,9 @@ static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 	return total;
 }
 
-static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
-                  char *errstr, size_t errstr_size)
+static int get_once(rd_ctx *c, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
+                    char *errstr, size_t errstr_size)
 {
-	rd_ctx *c = vctx;
 	char idstr[ACKBOX_ID_STRLEN], *key = NULL;
 	redisReply *r, idr;
 	ackbox_store_row row;
@@ -1896,6 +2566,25 @@ static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 	if (rc == 1) {
 		ackbox_errstr_set(errstr, errstr_size, "no message %s in %s", idstr, c->where);
 		return ACKBOX_ERR_NOT_FOUND;
+	}
+	return rc;
+}
+
+/* A row, or else a packed member: then every batch is unpacked (which one
+ * holds the id only its inserting handle knows) and the row read. */
+static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
+                  char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	int rc = get_once(c, id, cb, opaque, errstr, errstr_size);
+	if (rc == ACKBOX_ERR_NOT_FOUND) {
+		char err[512];
+		rc = unpack_all(c, err, sizeof(err));
+		if (rc) {
+			ackbox_errstr_set(errstr, errstr_size, "%s", err);
+			return rc;
+		}
+		rc = get_once(c, id, cb, opaque, errstr, errstr_size);
 	}
 	return rc;
 }
@@ -1947,10 +2636,9 @@ static int rd_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 	return sweep(c, SC_PURGE, "purge", older_than_ms, NULL, errstr, errstr_size);
 }
 
-static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *note,
-                          int64_t now_ms, char *errstr, size_t errstr_size)
+static int force_once(rd_ctx *c, const ackbox_store_change *ch, const ackbox_attempt *note,
+                      int64_t now_ms, char *errstr, size_t errstr_size)
 {
-	rd_ctx *c = vctx;
 	char idstr[ACKBOX_ID_STRLEN], enc[NOTE_SIZE] = "";
 	args a;
 	redisReply *r;
@@ -1987,6 +2675,24 @@ static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		return ACKBOX_ERR_NOT_FOUND;
 	}
 	return 1;
+}
+
+/* As rd_get: a packed member is forced once every batch is unpacked. */
+static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *note,
+                          int64_t now_ms, char *errstr, size_t errstr_size)
+{
+	rd_ctx *c = vctx;
+	int rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
+	if (rc == ACKBOX_ERR_NOT_FOUND) {
+		char err[512];
+		rc = unpack_all(c, err, sizeof(err));
+		if (rc) {
+			ackbox_errstr_set(errstr, errstr_size, "%s", err);
+			return rc;
+		}
+		rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
+	}
+	return rc;
 }
 
 static int rd_force(void *vctx, const ackbox_store_change *ch, int64_t now_ms, char *errstr,

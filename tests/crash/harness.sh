@@ -58,7 +58,9 @@
 #   CRASH_N (messages per trial, 5000), CRASH_OUTAGE_S (30),
 #   CRASH_RESULTS (file to append result lines to),
 #   CRASH_CONTINUE=1 (a trial that lost messages is recorded and the next
-#   one runs; the exit status is still non-zero at the end); the adapter may
+#   one runs; the exit status is still non-zero at the end),
+#   CRASH_STORE_URL (a redis://HOST:PORT/DB server for the stores, a prefix
+#   per trial; default: a SQLite file per trial); the adapter may
 #   read more (AMQP: CRASH_AMQP_DECLARE, AMQP_DRAIN).
 # A losing trial keeps its files (store, ledger, what publish said, what the
 # broker said) in a directory it names.
@@ -78,6 +80,26 @@ outage=${CRASH_OUTAGE_S:-30}
 size=32
 [ -f "$envfile" ] || { echo "harness: broker fixture did not start ($envfile missing)" >&2; exit 1; }
 [ -f "$adapter" ] || { echo "harness: no crash adapter $adapter" >&2; exit 1; }
+store_base=${CRASH_STORE_URL:-}
+case "$store_base" in
+'') ;;
+redis://*)
+  command -v redis-cli > /dev/null || { echo "harness: CRASH_STORE_URL needs redis-cli" >&2; exit 1; }
+  redis-cli -u "$store_base" ping | grep -q PONG ||
+    { echo "harness: no redis answers at $store_base" >&2; exit 1; } ;;
+*) echo "harness: CRASH_STORE_URL must be redis://HOST:PORT/DB, not $store_base" >&2; exit 1 ;;
+esac
+store_tag=${store_base:+ store=redis}
+store_url() { # trial
+  if [ -n "$store_base" ]; then echo "$store_base?prefix=crash_${mode}_$$_$1"
+  else echo "sqlite://$work/outbox-$1.db"; fi
+}
+# whether trial's store exists yet (its file; its meta hash, written by the first insert)
+store_exists() { # trial
+  if [ -n "$store_base" ]; then
+    [ "$(redis-cli -u "$store_base" exists "{crash_${mode}_$$_$1}:meta")" = 1 ]
+  else [ -e "$work/outbox-$1.db" ]; fi
+}
 # shellcheck disable=SC1090
 . "$envfile"
 base=${ACKBOX_TEST_TMP:-/tmp}
@@ -141,7 +163,7 @@ check_trial() { # trial topic store ledger
   lost=$(comm -23 "$want" <(sort -u "$got") | wc -l)
   dups=$((received - distinct))
   extra=$(awk -v n="$n" '$1 !~ /^[0-9]+$/ || $1 < 1 || $1 > n' "$got" | wc -l)
-  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}${crash_tag:+ $crash_tag} trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
+  local line="broker=$broker mode=$mode${CRASH_POINT:+:$CRASH_POINT}${crash_tag:+ $crash_tag}$store_tag trial=$i n=$n accepted=$accepted received=$received lost=$lost duplicates=$dups sending=$sending retrying=$retrying failed=$failed"
   [ -s "$work/queue-after-restart-$i" ] &&
     line+=" confirmed_before_kill>=$(cat "$work/confirmed-before-kill-$i") after_restart=$(head -1 "$work/queue-after-restart-$i")"
   if declare -F trial_note >/dev/null; then line="$line$(trial_note "$i")"; fi
@@ -185,7 +207,7 @@ if declare -F crash_prepare > /dev/null; then
 fi
 for i in $(seq 1 "$trials"); do
   topic="crash_${mode}_$$_$i"
-  store="sqlite://$work/outbox-$i.db"
+  store=$(store_url "$i")
   ledger="$work/ledger-$i"
   : > "$ledger"
   trial_sets=()
@@ -211,7 +233,7 @@ for i in $(seq 1 "$trials"); do
     # from the launch, as before).
     if [ "${CRASH_KILL_FROM:-store}" = store ]; then
       deadline=$((SECONDS + 30))
-      until [ -e "$work/outbox-$i.db" ] || ! kill -0 "$pub" 2>/dev/null || [ $SECONDS -ge $deadline ]; do
+      until store_exists "$i" || ! kill -0 "$pub" 2>/dev/null || [ $SECONDS -ge $deadline ]; do
         sleep 0.005
       done
     fi
@@ -224,12 +246,12 @@ for i in $(seq 1 "$trials"); do
     kill -9 "$pub" 2>/dev/null || true
     wait "$pub" 2>/dev/null || true
     log "trial $i: publish killed after ${delay}s with $(awk '{s += $2 - $1 + 1} END {print s + 0}' "$ledger") accepted"
-    if [ ! -e "$work/outbox-$i.db" ]; then
+    if ! store_exists "$i"; then
       # killed before it created its store: then it cannot have accepted anything
       [ ! -s "$ledger" ] || fail "trial $i: a ledger but no store file"
       log "trial $i: killed before the store existed; nothing accepted, nothing to deliver"
       [ -n "${CRASH_RESULTS:-}" ] &&
-        echo "broker=$broker mode=$mode trial=$i n=$n accepted=0 received=0 lost=0 duplicates=0 no_store=1" >> "$CRASH_RESULTS"
+        echo "broker=$broker mode=$mode$store_tag trial=$i n=$n accepted=0 received=0 lost=0 duplicates=0 no_store=1" >> "$CRASH_RESULTS"
       totals_trials=$((totals_trials + 1))
       continue
     fi

@@ -11,7 +11,9 @@
 # network fault; the exit status is 1 if anything failed.
 #   run-full.sh [BUILD_DIR]   (default build, configured by scripts/test.sh)
 # RUN_BROKERS ("amqp mqtt kafka") and RUN_MODES ("kill9 outage point
-# netfault") pick a part. On a shared machine, run it at low priority:
+# netfault") pick a part; RUN_STORE=redis keeps every trial's store on a
+# private redis-server (default: a SQLite file each). On a shared machine,
+# run it at low priority:
 # nice -n 19 bash ...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +40,7 @@ fixture() { # broker
   amqp) echo brokers/amqp/tests/rabbitmq.sh ;;
   mqtt) echo brokers/mqtt/tests/mosquitto.sh ;;
   kafka) echo brokers/kafka/tests/kafka-mock.sh ;;
+  redis) echo store/redis/tests/redis.sh ;;
   *) echo "run-full: unknown broker $1" >&2; exit 2 ;;
   esac
 }
@@ -52,6 +55,15 @@ stop_all() {
   rm -rf "$fx"
 }
 trap stop_all EXIT
+# RUN_STORE=redis: every trial's store on one private redis-server (a prefix each)
+if [ "${RUN_STORE:-sqlite}" = redis ]; then
+  bash store/redis/tests/redis.sh start "$fx/redis" > /dev/null
+  started+=("redis")
+  CRASH_STORE_URL="$(. "$fx/redis/env" && echo "$REDIS_URL")/0"
+  export CRASH_STORE_URL
+elif [ "${RUN_STORE:-sqlite}" != sqlite ]; then
+  echo "run-full: RUN_STORE is sqlite or redis, not $RUN_STORE" >&2; exit 2
+fi
 start() { # broker dir-name [verb]
   if [ "$1" = kafka ]; then
     bash "$(fixture kafka)" "${3:-start}" "$fx/$2" "${KAFKA_MOCK_CLUSTER:?}"

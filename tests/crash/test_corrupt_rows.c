@@ -1,10 +1,10 @@
 /*
  * test_corrupt_rows.c - stored rows whose bytes were damaged after they were
  * written, in each store: a truncated payload, a header blob that does not
- * parse, and store-specific damage (SQLite: a packed batch cut short, Redis:
- * a state field that does not parse). Each damaged message must end FAILED
- * with a reason naming the damage, never be sent, and the relay must deliver
- * every other message. Through the public API with the loopback transport;
+ * parse, and store-specific damage (SQLite and Redis: a packed batch cut
+ * short or garbled; Redis: a state field that does not parse). Each damaged
+ * message must end FAILED with a reason naming the damage, never be sent,
+ * and the relay must deliver every other message. Through the public API with the loopback transport;
  * the damage is done with the store's own client (sqlite3, hiredis, libpq).
  *
  * Built once per store: CORRUPT_STORE is 1 (SQLite), 2 (Redis) or 3
@@ -358,6 +358,74 @@ Test(corrupt, packed_batch_cut_mid_member_fails_it_and_the_rest_is_unreadable)
 #endif
 
 #if CORRUPT_STORE == 2
+/* Runs `lua` with KEYS[1] the test's one packed batch ({P}:b:1); it returns 1. */
+static void batch_eval(const char *lua)
+{
+	redisContext *r = redisConnect("127.0.0.1", atoi(tu_fixture("redis", "REDIS_PORT")));
+	char key[128];
+	cr_assert(r && !r->err, "redis: %s", r ? r->errstr : "out of memory");
+	snprintf(key, sizeof(key), "{%s}:b:1", unique);
+	redisReply *rep = redisCommand(r, "EVAL %s 1 %s", lua, key);
+	cr_assert(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1, "redis: %s",
+	          rep && rep->str ? rep->str : "no batch {P}:b:1 (was it packed?)");
+	freeReplyObject(rep);
+	redisFree(r);
+}
+
+Test(corrupt, packed_batch_cut_in_its_last_payload_fails_that_member)
+{
+	ackbox_id ids[6];
+	seen s = {0};
+	ackbox_loopback *lb;
+	store_unsent(ids, 6, -1);
+	batch_eval("local d = redis.call('HGET', KEYS[1], 'data')\n"
+	           "if not d then return 0 end\n"
+	           "redis.call('HSET', KEYS[1], 'data', string.sub(d, 1, #d - 20))\n"
+	           "return 1");
+	ackbox *ab = relay_all(&s, &lb);
+	assert_failed(ab, &ids[5], "member 6 of 6 of packed batch 1 does not parse");
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 1, "member %d", i + 1);
+	cr_assert_eq(ackbox_loopback_count_id(lb, &ids[5]), 0);
+	assert_counts(ab, 1);
+	ackbox_destroy(ab);
+}
+
+Test(corrupt, packed_batch_that_does_not_parse_fails_every_member_by_its_id)
+{
+	ackbox_id ids[6];
+	seen s = {0};
+	ackbox_loopback *lb;
+	store_unsent(ids, 6, -1);
+	batch_eval("if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+	           "redis.call('HSET', KEYS[1], 'data', 'not a batch')\n"
+	           "return 1");
+	ackbox *ab = relay_all(&s, &lb);
+	assert_failed(ab, &ids[0], "member 1 of 6 of packed batch 1 does not parse");
+	for (int i = 1; i < 6; i++)
+		assert_failed(ab, &ids[i], "cannot be read past the damage at member 1");
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 0, "member %d was sent", i + 1);
+	assert_counts(ab, 6);
+	ackbox_destroy(ab);
+}
+
+Test(corrupt, packed_batch_with_damaged_ids_is_read_by_the_ids_in_its_members)
+{
+	ackbox_id ids[6];
+	seen s = {0};
+	ackbox_loopback *lb;
+	store_unsent(ids, 6, -1);
+	batch_eval("if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+	           "redis.call('HSET', KEYS[1], 'ids', 'cut')\n"
+	           "return 1");
+	ackbox *ab = relay_all(&s, &lb);
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(ackbox_loopback_count_id(lb, &ids[i]), 1, "member %d", i + 1);
+	assert_counts(ab, 0);
+	ackbox_destroy(ab);
+}
+
 Test(corrupt, a_state_that_does_not_parse_fails_the_message)
 {
 	ackbox_id ids[3];
