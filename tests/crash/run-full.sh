@@ -25,9 +25,10 @@ tools="$build/crash-tools.env"
 export AMQP_DRAIN CRASH_CONTINUE=1
 export CRASH_TRIALS=${CRASH_TRIALS:-100} CRASH_OUTAGE_TRIALS=${CRASH_OUTAGE_TRIALS:-100}
 export CRASH_OUTAGE_S=${CRASH_OUTAGE_S:-2}
-export ACKBOX_TEST_TMP=${ACKBOX_TEST_TMP:-$PWD/$build/testtmp}
-export CRASH_RESULTS=${CRASH_RESULTS:-$PWD/$build/crash-results.txt}
-export NETFAULT_RESULTS=${NETFAULT_RESULTS:-$PWD/$build/netfault-results.txt}
+case "$build" in /*) abs=$build ;; *) abs=$PWD/$build ;; esac
+export ACKBOX_TEST_TMP=${ACKBOX_TEST_TMP:-$abs/testtmp}
+export CRASH_RESULTS=${CRASH_RESULTS:-$abs/crash-results.txt}
+export NETFAULT_RESULTS=${NETFAULT_RESULTS:-$abs/netfault-results.txt}
 netfault_trials=${NETFAULT_TRIALS:-0}
 read -r -a netfault_scenarios <<< "${NETFAULT_SCENARIOS:-reset blackhole latency latency-start trickle unreachable}"
 times=${RUN_FULL_TIMES:-$build/run-full-times.txt}
