@@ -579,8 +579,9 @@ static int due_after(const ackbox_stored *m, void *opaque)
 }
 
 /* A relay in a child process whose broker never confirms: 6 messages in
- * flight under a 60 s lease; it reports, then waits to be killed. */
-static pid_t child_relay(void)
+ * flight under a 60 s lease (published one by one: rows; or in one call: a
+ * packed batch); it reports, then waits to be killed. */
+static pid_t child_relay(int packed)
 {
 	int up[2];
 	char ready;
@@ -590,7 +591,7 @@ static pid_t child_relay(void)
 	cr_assert(pid >= 0);
 	if (pid == 0) {
 		ackbox_loopback *lb = ackbox_loopback_get("child");
-		ackbox_msg m = {.topic = "child", .payload = "c", .payload_len = 1};
+		ackbox_msg m[6];
 		char err[512];
 		ackbox *ab;
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -598,7 +599,11 @@ static pid_t child_relay(void)
 		if (ackbox_new(&ab, relay_conf("child", "60s"), err, sizeof(err)) != 0)
 			_exit(2);
 		for (int i = 0; i < 6; i++)
-			if (ackbox_publish(ab, &m, NULL, err, sizeof(err)) != 0)
+			m[i] = (ackbox_msg){.topic = "child", .payload = "c", .payload_len = 1};
+		if (packed && ackbox_publish_batch(ab, m, 6, NULL, err, sizeof(err)) != 0)
+			_exit(3);
+		for (int i = 0; !packed && i < 6; i++)
+			if (ackbox_publish(ab, &m[i], NULL, err, sizeof(err)) != 0)
 				_exit(3);
 		while (ackbox_loopback_received(lb) < 6)
 			ackbox_poll(ab, 5);
@@ -613,13 +618,13 @@ static pid_t child_relay(void)
 	return pid;
 }
 
-Test(redis, recovery_leaves_a_live_relays_leases_and_takes_a_killed_ones)
+static void live_and_killed_relay(int packed)
 {
 	ackbox_loopback *lb = ackbox_loopback_get("parent");
 	ackbox *ab;
 	int64_t v[2];
 	char err[512] = "";
-	pid_t pid = child_relay();
+	pid_t pid = child_relay(packed);
 	int status;
 
 	cr_assert_eq(ackbox_new(&ab, relay_conf("parent", "2s"), err, sizeof(err)), 0, "%s", err);
@@ -638,6 +643,18 @@ Test(redis, recovery_leaves_a_live_relays_leases_and_takes_a_killed_ones)
 	          ackbox_loopback_received(lb));
 	cr_assert_eq(ackbox_flush(ab, 10000), 0);
 	ackbox_destroy(ab);
+}
+
+Test(redis, recovery_leaves_a_live_relays_leases_and_takes_a_killed_ones)
+{
+	live_and_killed_relay(0);
+}
+
+/* The same with the six in one packed batch: listing unpacks it (the live
+ * relay's leases stay), recovery takes a dead owner's batch at once. */
+Test(redis, recovery_leaves_a_live_relays_packed_batch_and_takes_a_killed_ones)
+{
+	live_and_killed_relay(1);
 }
 
 Test(redis, keys_stay_under_the_prefix_and_acked_rows_leave_nothing)
@@ -676,6 +693,79 @@ Test(redis, keys_stay_under_the_prefix_and_acked_rows_leave_nothing)
 	cr_assert(bytes->type == REDIS_REPLY_STRING && strcmp(bytes->str, "0") == 0,
 	          "{prefix}:bytes is 0 once all is acked");
 	freeReplyObject(bytes);
+	redisFree(r);
+}
+
+/* A batch of 20 is one hash: no key per message, and nothing of it once acked. */
+Test(redis, a_packed_batch_is_one_key_and_leaves_nothing_once_acked)
+{
+	redisContext *r = connect_to(fixture_port());
+	ackbox *ab;
+	ackbox_msg m[20];
+	ackbox_counts k;
+	char err[512] = "", pattern[128];
+	ackbox_conf *c = ackbox_conf_new();
+	int outside = 0;
+
+	snprintf(pattern, sizeof(pattern), "*%s*", prefix);
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "log.level", "error");
+	ackbox_loopback_set_up(ackbox_loopback_get("packed"), 0);
+	TU_SET(c, "transport.url", "loopback://packed");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 20; i++)
+		m[i] = (ackbox_msg){.topic = "orders", .payload = "xyz", .payload_len = 3};
+	cr_assert_eq(ackbox_publish_batch(ab, m, 20, NULL, err, sizeof(err)), 0, "%s", err);
+	/* meta, bytes, bseq, bn, bdue, bcreated and the batch */
+	cr_assert_eq(count_keys(r, pattern, &outside), 7);
+	cr_assert_eq(outside, 0, "every key carries the {prefix}: hash tag");
+	redisReply *t = cmd(r, "HGET {%s}:b:1 n", prefix);
+	cr_assert(t->type == REDIS_REPLY_STRING && strcmp(t->str, "20") == 0, "{prefix}:b:1 holds 20");
+	freeReplyObject(t);
+	cr_assert_eq(ackbox_counts_get(ab, &k, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(k.sending, 20, "packed members count as SENDING");
+	t = cmd(r, "GET {%s}:bytes", prefix);
+	cr_assert(t->type == REDIS_REPLY_STRING && strcmp(t->str, "60") == 0, "bytes %s",
+	          t->str ? t->str : "?");
+	freeReplyObject(t);
+	ackbox_loopback_set_up(ackbox_loopback_get("packed"), 1);
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	cr_assert_eq(ackbox_counts_get(ab, &k, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(k.sending + k.retrying + k.failed, 0);
+	ackbox_destroy(ab);
+	cr_assert_eq(count_keys(r, pattern, NULL), 4,
+	             "meta, bytes, bn and bseq are left once all is acked");
+	t = cmd(r, "MGET {%s}:bytes {%s}:bn", prefix, prefix);
+	cr_assert(t->type == REDIS_REPLY_ARRAY && t->elements == 2 &&
+	              strcmp(t->element[0]->str, "0") == 0 && strcmp(t->element[1]->str, "0") == 0,
+	          "bytes and bn are 0 once all is acked");
+	freeReplyObject(t);
+	redisFree(r);
+}
+
+/* A prefix written by the layout before packed batches (version 1) opens,
+ * keeps its rows and is raised to version 2, which an older ackbox refuses. */
+Test(redis, a_version_1_prefix_is_raised_to_2_and_keeps_its_rows)
+{
+	redisContext *r = connect_to(fixture_port());
+	ackbox *ab;
+	ackbox_msg m = {.topic = "orders", .payload = "x", .payload_len = 1};
+	ackbox_counts k;
+	char err[512] = "";
+
+	cr_assert_eq(open_handle(&ab, url, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(ab);
+	freeReplyObject(cmd(r, "HSET {%s}:meta version 1", prefix));
+	cr_assert_eq(open_handle(&ab, url, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+	redisReply *v = cmd(r, "HGET {%s}:meta version", prefix);
+	cr_assert(v->type == REDIS_REPLY_STRING && strcmp(v->str, "2") == 0, "version %s",
+	          v->str ? v->str : "?");
+	freeReplyObject(v);
+	cr_assert_eq(ackbox_counts_get(ab, &k, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(k.sending, 3, "the version 1 rows are kept");
+	ackbox_destroy(ab);
 	redisFree(r);
 }
 
