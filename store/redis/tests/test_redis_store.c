@@ -798,7 +798,7 @@ Test(redis, restart_of_redis_keeps_every_row, .timeout = 180)
 	store s = {0}, s2 = {0};
 	char err[512] = "", u[256];
 	int64_t now = ackbox_wall_ms();
-	ackbox_store_rec more;
+	ackbox_store_rec more[7];
 	dump before, after;
 	int rc;
 
@@ -821,21 +821,26 @@ Test(redis, restart_of_redis_keeps_every_row, .timeout = 180)
 	cr_assert_str_eq(after.text, before.text, "every row, state and byte as before");
 	free(after.text);
 
-	/* SIGKILL right after an acknowledged insert: appendfsync always kept it */
-	memset(&more, 0, sizeof(more));
-	ackbox_id_new(&more.id);
-	more.created_ms = now;
-	more.due_ms = now;
-	more.topic = "last";
-	more.payload = "acknowledged";
-	more.payload_len = 12;
-	cr_assert_eq(s.ops->insert(s.ctx, &more, 1, err, sizeof(err)), 0, "%s", err);
+	/* SIGKILL right after acknowledged inserts (a row, then a packed batch of
+	 * six): appendfsync always kept them */
+	memset(more, 0, sizeof(more));
+	for (int i = 0; i < 7; i++) {
+		ackbox_id_new(&more[i].id);
+		more[i].created_ms = now;
+		more[i].due_ms = now;
+		more[i].topic = "last";
+		more[i].payload = "acknowledged";
+		more[i].payload_len = 12;
+	}
+	cr_assert_eq(s.ops->insert(s.ctx, &more[0], 1, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(s.ops->insert(s.ctx, &more[1], 6, err, sizeof(err)), 0, "%s", err);
 	srv_run(&priv[0], "kill", NULL);
 	srv_run(&priv[0], "restart", NULL);
 	st_close(&s);
 	cr_assert_eq(st_open(&s2, u, err, sizeof(err)), 0, "%s", err);
 	after = take_dump(&s2);
-	cr_assert_eq(after.rows, 601, "the last acknowledged insert survived kill -9");
+	cr_assert_eq(after.rows, 607, "the last acknowledged inserts survived kill -9 (%d rows)",
+	             after.rows);
 	cr_assert_eq(strncmp(after.text, before.text, before.len), 0, "and so did the rest");
 	st_close(&s2);
 	free(after.text);
