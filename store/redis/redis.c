@@ -2067,15 +2067,14 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 			b->unpack = 0;
 			touched[nb++] = b;
 		}
-		if (ch[i].kind == ACKBOX_CHANGE_DELETE) {
+		if (ch[i].kind == ACKBOX_CHANGE_DELETE && !gone_bit(b, sl->idx)) {
 			b->gone[sl->idx / 8] |= (uint8_t)(1u << (sl->idx % 8));
 			b->live--;
 			b->bytes -= b->plen[sl->idx];
 			b->k++;
 			of[i] = b;
 			npacked++;
-			map_del(c, sl);
-		} else {
+		} else if (ch[i].kind != ACKBOX_CHANGE_DELETE) {
 			b->unpack = 1;
 		}
 	}
@@ -2122,16 +2121,32 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	rc = run_script(c, &a, SC_APPLY, "state change", &r, errstr, errstr_size);
 	args_fini(&a);
 out:
-	/* Whatever the outcome, this handle is done with the batches it emptied
-	 * or had unpacked, and with those the server no longer has. After a
-	 * failed call that may be early: acks that did not reach the batch are
-	 * sent again when it is due (duplicates, never a loss). */
-	for (size_t j = 0; j < nb; j++) {
+	for (size_t j = 0; j < nb; j++)
 		touched[j]->touched = 0;
-		if (touched[j]->live == 0 || touched[j]->unpack) {
-			batch_drop(c, touched[j]);
-			touched[j] = NULL;
+	if (rc) {
+		/* The core tries the same changes again: undo this call's acks, so
+		 * that they count once. (The batch's fields are absolute, so a call
+		 * that was applied although its reply was lost is applied again to
+		 * the same effect.) */
+		for (size_t i = 0; i < n; i++) {
+			rd_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
+			if (!sl)
+				continue;
+			of[i]->gone[sl->idx / 8] &= (uint8_t) ~(1u << (sl->idx % 8));
+			of[i]->live++;
+			of[i]->bytes += of[i]->plen[sl->idx];
 		}
+	} else {
+		/* done with the acked members, with the batches emptied or
+		 * unpacked, and with those the server no longer has */
+		for (size_t i = 0; i < n; i++) {
+			rd_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
+			if (sl)
+				map_del(c, sl);
+		}
+		for (size_t j = 0; j < nb; j++)
+			if (touched[j]->live == 0 || touched[j]->unpack)
+				batch_drop(c, touched[j]);
 	}
 	if (r) {
 		for (size_t e = 1; r->type == REDIS_REPLY_ARRAY && e < r->elements; e++)

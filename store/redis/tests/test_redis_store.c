@@ -847,20 +847,23 @@ Test(redis, restart_of_redis_keeps_every_row, .timeout = 180)
 	free(before.text);
 }
 
-Test(redis, relay_rides_out_a_redis_restart, .timeout = 180)
+/* Publishes 300 messages around a restart of redis, `per_call` a call
+ * (1: rows; 20: packed batches), then lets the broker confirm them all. */
+static void ride_out_a_restart(const char *name, int per_call)
 {
 	ackbox *ab;
-	ackbox_loopback *lb = ackbox_loopback_get("ride");
+	ackbox_loopback *lb = ackbox_loopback_get(name);
 	ackbox_conf *c = ackbox_conf_new();
-	ackbox_msg m = {0};
+	ackbox_msg m = {0}, mm[20];
 	ackbox_counts n;
-	char err[512] = "", u[256];
+	char err[512] = "", u[256], t[64];
 	int published = 0;
 
 	srv_start(&priv[0], NULL);
-	snprintf(u, sizeof(u), "redis://127.0.0.1:%d?prefix=ride", priv[0].port);
+	snprintf(u, sizeof(u), "redis://127.0.0.1:%d?prefix=%s", priv[0].port, name);
+	snprintf(t, sizeof(t), "loopback://%s", name);
 	TU_SET(c, "store.url", u);
-	TU_SET(c, "transport.url", "loopback://ride");
+	TU_SET(c, "transport.url", t);
 	TU_SET(c, "log.level", "error");
 	TU_SET(c, "store.poll_interval", "50ms");
 	TU_SET(c, "retry.timeout", "1s");
@@ -869,18 +872,32 @@ Test(redis, relay_rides_out_a_redis_restart, .timeout = 180)
 	m.topic = "orders";
 	m.payload = "x";
 	m.payload_len = 1;
-	for (int i = 0; i < 200; i++, published++)
-		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 20; i++)
+		mm[i] = m;
+	for (; published < 200; published += per_call)
+		cr_assert_eq(ackbox_publish_batch(ab, mm, (size_t)per_call, NULL, err, sizeof(err)), 0,
+		             "%s", err);
 	srv_run(&priv[0], "term", NULL);
-	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_STORE,
-	             "a publish while redis is down fails, it is never acknowledged");
+	cr_assert_eq(ackbox_publish_batch(ab, mm, (size_t)per_call, NULL, err, sizeof(err)),
+	             ACKBOX_ERR_STORE, "a publish while redis is down fails, it is never acknowledged");
 	srv_run(&priv[0], "restart", NULL);
-	for (int i = 0; i < 100; i++, published++)
-		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	for (; published < 300; published += per_call)
+		cr_assert_eq(ackbox_publish_batch(ab, mm, (size_t)per_call, NULL, err, sizeof(err)), 0,
+		             "%s", err);
 	ackbox_loopback_set_up(lb, 1);
 	cr_assert_eq(ackbox_flush(ab, 30000), 0, "everything acked after the restart");
 	cr_assert_eq(ackbox_loopback_distinct(lb), (size_t)published);
 	cr_assert_eq(ackbox_counts_get(ab, &n, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(n.sending + n.retrying + n.failed, 0);
 	ackbox_destroy(ab);
+}
+
+Test(redis, relay_rides_out_a_redis_restart, .timeout = 180)
+{
+	ride_out_a_restart("ride", 1);
+}
+
+Test(redis, relay_rides_out_a_redis_restart_with_packed_batches, .timeout = 180)
+{
+	ride_out_a_restart("ridepacked", 20);
 }
