@@ -58,8 +58,9 @@
  * "packed until touched":
  *
  *   {P}:b:<bseq>  hash: data (the members: each a MessagePack array of the
- *                 nine strings lua_insert takes per message), ids (their
- *                 ids' text, IDLEN each, to name them when data is damaged),
+ *                 nine strings lua_insert takes per message, but the id in
+ *                 its 16 bytes), ids (the members' ids, 16 bytes each, to
+ *                 name them when data is damaged),
  *                 n, live (members not yet acked), bytes (their payloads'),
  *                 owner, due (the lowest of the members'), created (the same),
  *                 taken (when recovery made it due: its members are then)
@@ -143,8 +144,7 @@ static const char *const field_name[F_COUNT] = {
 	"end\n"
 
 #define ZCHUNK "4000" /* arguments per unpack(): Lua's C stack allows ~8000 */
-#define IDLEN_TEXT "36" /* an id's text, without its NUL */
-_Static_assert(ACKBOX_ID_STRLEN == 37, "IDLEN_TEXT must be the length of an id's text");
+_Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an id's text");
 
 /*
  * ADD_ROWS writes rows as an insert does: each r = {id, created, due, topic,
@@ -204,7 +204,12 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "IDLEN_TEXT must be the length of an id's
 #define LUA_PACKED                                                                                 \
 	"local K_BDUE, K_BCREATED, K_BN = BASE .. 'bdue', BASE .. 'bcreated', BASE .. 'bn'\n"     \
 	"local BP, BG = BASE .. 'b:', BASE .. 'bg:'\n"                                             \
-	"local IDLEN, LOST = " IDLEN_TEXT ", 0\n"                                                   \
+	"local LOST = 0\n"                                                                          \
+	"local function TEXT_ID(b)\n"                                                              \
+	"  local h = string.gsub(b, '.', function(ch) return string.format('%02x', string.byte(ch)) end)\n" \
+	"  return string.sub(h, 1, 8) .. '-' .. string.sub(h, 9, 12) .. '-' .. string.sub(h, 13, 16)\n" \
+	"         .. '-' .. string.sub(h, 17, 20) .. '-' .. string.sub(h, 21, 32)\n"               \
+	"end\n"                                                                                    \
 	"local function member_ok(r, id)\n"                                                        \
 	"  if type(r) ~= 'table' or #r ~= 9 then return false end\n"                               \
 	"  for f = 1, 9 do if type(r[f]) ~= 'string' then return false end end\n"                 \
@@ -227,18 +232,19 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "IDLEN_TEXT must be the length of an id's
 	"    if not ok or type(v) ~= 'table' or #v ~= 9 then bad = i; break end\n"               \
 	"    m[i], off = v, o\n"                                                                   \
 	"  end\n"                                                                                  \
-	"  local named = (#ids == n * IDLEN)\n"                                                    \
+	"  local named = (#ids == n * 16)\n"                                                       \
 	"  local rows = {}\n"                                                                      \
 	"  for i = 1, n do\n"                                                                      \
 	"    local byte = string.byte(gone, math.floor((i - 1) / 8) + 1) or 0\n"                  \
 	"    if math.floor(byte / 2 ^ ((i - 1) % 8)) % 2 == 0 then\n"                             \
 	"      local r = m[i]\n"                                                                   \
-	"      local id = named and string.sub(ids, (i - 1) * IDLEN + 1, i * IDLEN)\n"             \
+	"      local id = named and string.sub(ids, (i - 1) * 16 + 1, i * 16)\n"                   \
 	"                 or (type(r) == 'table' and r[1])\n"                                      \
-	"      if type(id) ~= 'string' or #id ~= IDLEN then\n"                                     \
+	"      if type(id) ~= 'string' or #id ~= 16 then\n"                                        \
 	"        LOST = LOST + 1\n"                                                                \
 	"      elseif member_ok(r, id) then\n"                                                     \
 	"        if bdue and tonumber(r[3]) > bdue then r[3] = h[7] end\n"                         \
+	"        r[1] = TEXT_ID(id)\n"                                                             \
 	"        rows[#rows + 1] = r\n"                                                            \
 	"      else\n"                                                                             \
 	"        local why = 'stored bytes damaged: member ' .. i .. ' of ' .. n ..\n"            \
@@ -247,7 +253,7 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "IDLEN_TEXT must be the length of an id's
 	"          why = 'stored bytes damaged: member ' .. i .. ' of ' .. n .. ' of packed batch ' ..\n" \
 	"                bseq .. ' cannot be read past the damage at member ' .. bad\n"           \
 	"        end\n"                                                                            \
-	"        rows[#rows + 1] = {id, now, now, '', '000', '', '', '', '', why}\n"               \
+	"        rows[#rows + 1] = {TEXT_ID(id), now, now, '', '000', '', '', '', '', why}\n"      \
 	"      end\n"                                                                              \
 	"    end\n"                                                                                \
 	"  end\n"                                                                                  \
@@ -339,7 +345,7 @@ static const char lua_insert[] = LUA_PRELUDE
     "return n\n";
 
 /* ARGV: MP, n, due (the lowest), created (the lowest), payload bytes,
- * owner, ids (their text, concatenated), data (the members). A packed
+ * owner, ids (16 bytes each), data (the members). A packed
  * batch (see the layout); its bseq, or -1 under per-key order (the caller
  * writes rows instead: a key's order lives in the rows). No id check: the
  * ids are new (the core makes them), and a batch's members are no keys. */
@@ -1397,15 +1403,26 @@ static void batches_free(rd_ctx *c)
 	c->cap_slots = c->nslots = 0;
 }
 
-/* A MessagePack str 32 (any bytes: the server's cmsgpack reads them back as
- * a string). */
+/* A MessagePack str, its header as short as the length allows (any bytes:
+ * the server's cmsgpack reads them back as a string). At most 5 + len. */
 static char *mp_str(char *p, const void *v, size_t len)
 {
-	*p++ = (char)0xdb;
-	*p++ = (char)(len >> 24);
-	*p++ = (char)(len >> 16);
-	*p++ = (char)(len >> 8);
-	*p++ = (char)len;
+	if (len < 32) {
+		*p++ = (char)(0xa0 | len);
+	} else if (len < 256) {
+		*p++ = (char)0xd9;
+		*p++ = (char)len;
+	} else if (len < 65536) {
+		*p++ = (char)0xda;
+		*p++ = (char)(len >> 8);
+		*p++ = (char)len;
+	} else {
+		*p++ = (char)0xdb;
+		*p++ = (char)(len >> 24);
+		*p++ = (char)(len >> 16);
+		*p++ = (char)(len >> 8);
+		*p++ = (char)len;
+	}
 	if (len)
 		memcpy(p, v, len);
 	return p + len;
@@ -1784,7 +1801,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 {
 	size_t size = 0, bytes = 0;
 	int64_t due = INT64_MAX, created = INT64_MAX;
-	char *data, *p, *idtext, nbuf[24];
+	char *data, *p, *idbin, nbuf[24];
 	rd_batch *b;
 	args a;
 	redisReply *r;
@@ -1792,7 +1809,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 
 	for (size_t i = 0; i < n; i++) {
 		const ackbox_store_rec *w = &recs[i];
-		size += 1 + 9 * 5 + (ACKBOX_ID_STRLEN - 1) + 2 * 20 + strlen(w->topic) + 3 + w->key_len +
+		size += 1 + 9 * 5 + 16 + 2 * 20 + strlen(w->topic) + 3 + w->key_len +
 		        (w->content_type ? strlen(w->content_type) : 0) + w->headers_len +
 		        w->payload_len;
 		bytes += w->payload_len;
@@ -1802,16 +1819,16 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 			created = w->created_ms;
 	}
 	data = malloc(size);
-	idtext = malloc(n * ACKBOX_ID_STRLEN);
+	idbin = malloc(n * 16);
 	b = calloc(1, sizeof(*b) + (n + 7) / 8);
 	if (b) {
 		b->ids = malloc(n * sizeof(*b->ids));
 		b->plen = malloc(n * sizeof(*b->plen));
 	}
-	if (!data || !idtext || !b || !b->ids || !b->plen || map_reserve(c, n) != 0 ||
+	if (!data || !idbin || !b || !b->ids || !b->plen || map_reserve(c, n) != 0 ||
 	    args_init(&a, SCRIPT_HEAD + 7, 5) != 0) {
 		free(data);
-		free(idtext);
+		free(idbin);
 		if (b) {
 			free(b->ids);
 			free(b->plen);
@@ -1827,12 +1844,9 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 		const ackbox_store_rec *w = &recs[i];
 		char flags[3] = {w->key_len ? '1' : '0', w->content_type ? '1' : '0',
 		                 w->headers_len ? '1' : '0'};
-		char *id = idtext + i * (ACKBOX_ID_STRLEN - 1);
-		char tmp[ACKBOX_ID_STRLEN];
-		ackbox_id_format(&w->id, tmp);
-		memcpy(id, tmp, ACKBOX_ID_STRLEN - 1);
+		memcpy(idbin + i * 16, w->id.b, 16);
 		*p++ = (char)0x99; /* fixarray of 9 */
-		p = mp_str(p, id, ACKBOX_ID_STRLEN - 1);
+		p = mp_str(p, w->id.b, 16);
 		p = mp_i64(p, w->created_ms);
 		p = mp_i64(p, w->due_ms);
 		p = mp_str(p, w->topic, strlen(w->topic));
@@ -1851,12 +1865,12 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 	args_i64(&a, created);
 	args_u64(&a, bytes);
 	args_str(&a, c->owner);
-	args_bin(&a, idtext, n * (ACKBOX_ID_STRLEN - 1));
+	args_bin(&a, idbin, n * 16);
 	args_bin(&a, data, (size_t)(p - data));
 	rc = run_script(c, &a, SC_INSERT_PACKED, "insert", &r, errstr, errstr_size);
 	args_fini(&a);
 	free(data);
-	free(idtext);
+	free(idbin);
 	if (rc == 0 && num(r) < 0)
 		rc = 1;
 	if (rc == 0) {
