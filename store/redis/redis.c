@@ -160,13 +160,13 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an i
 	"    redis.call('ZADD', k, unpack(t, s, math.min(s + " ZCHUNK " - 1, #t)))\n"              \
 	"  end\n"                                                                                  \
 	"end\n"                                                                                    \
-	"local function ADD_ROWS(rows, owner, now)\n"                                              \
+	"local function ADD_ROWS(rows, owner, now, lease)\n"                                       \
 	"  local zdue, zcreated, z0, z2, zall, zfailed, bytes = {}, {}, {}, {}, {}, {}, 0\n"      \
 	"  for _, r in ipairs(rows) do\n"                                                          \
 	"    local id, created, due, flags, payload, why = r[1], r[2], r[3], r[5], r[9], r[10]\n"  \
 	"    local h = {'state', why and '2' or '0', 'attempts', '0', 'created', created,\n"      \
 	"               'updated', why and now or created, 'due', due, 'topic', r[4],\n"          \
-	"               'payload', payload, 'last_code', '0', 'lease', '0', 'owner', owner,\n"    \
+	"               'payload', payload, 'last_code', '0', 'lease', lease or '0', 'owner', owner,\n" \
 	"               'plen', tostring(#payload)}\n"                                             \
 	"    if string.sub(flags, 1, 1) == '1' then h[#h + 1] = 'key'; h[#h + 1] = r[6] end\n"     \
 	"    if string.sub(flags, 2, 2) == '1' then h[#h + 1] = 'ct'; h[#h + 1] = r[7] end\n"      \
@@ -193,8 +193,9 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an i
 
 /*
  * UNPACK turns a packed batch into rows: its members not acked (bit clear
- * in {P}:bg:<bseq>) as the insert of them would have written them, due at
- * their own due (or, when recovery took the batch, then). The members are
+ * in {P}:bg:<bseq>) as the insert of them would have written them, but
+ * under the batch's lease and, once a claim or recovery took the batch,
+ * due when that said (taken). The members are
  * read one at a time: one that does not parse (nine strings, its id as in
  * ids), and every one after damage that stops the reading, becomes a
  * FAILED row naming the damage, with an empty payload; one whose id cannot
@@ -217,14 +218,15 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an i
 	"end\n"                                                                                    \
 	"local function UNPACK(bseq, now)\n"                                                       \
 	"  local bk = BP .. bseq\n"                                                                \
-	"  local h = redis.call('HMGET', bk, 'data', 'ids', 'n', 'owner', 'live', 'bytes', 'taken')\n" \
+	"  local h = redis.call('HMGET', bk, 'data', 'ids', 'n', 'owner', 'live', 'bytes', 'taken',\n" \
+	"                       'lease')\n"                                                        \
 	"  redis.call('ZREM', K_BDUE, bseq); redis.call('ZREM', K_BCREATED, bseq)\n"              \
 	"  local gone = redis.call('GET', BG .. bseq) or ''\n"                                     \
 	"  redis.call('DEL', bk, BG .. bseq)\n"                                                    \
 	"  if not h[3] then return 0 end\n"                                                        \
 	"  redis.call('DECRBY', K_BN, tonumber(h[5]) or 0)\n"                                      \
 	"  redis.call('DECRBY', K_BYTES, tonumber(h[6]) or 0)\n"                                   \
-	"  local n, ids, bdue = tonumber(h[3]) or 0, h[2] or '', tonumber(h[7])\n"                 \
+	"  local n, ids = tonumber(h[3]) or 0, h[2] or ''\n"                                       \
 	"  local m, off, data, bad = {}, 0, h[1] or '', n + 1\n"                                  \
 	"  for i = 1, n do\n"                                                                      \
 	"    local ok, o, v\n"                                                                     \
@@ -243,7 +245,7 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an i
 	"      if type(id) ~= 'string' or #id ~= 16 then\n"                                        \
 	"        LOST = LOST + 1\n"                                                                \
 	"      elseif member_ok(r, id) then\n"                                                     \
-	"        if bdue and tonumber(r[3]) > bdue then r[3] = h[7] end\n"                         \
+	"        if h[7] then r[3] = h[7] end\n"                                                   \
 	"        r[1] = TEXT_ID(id)\n"                                                             \
 	"        rows[#rows + 1] = r\n"                                                            \
 	"      else\n"                                                                             \
@@ -257,7 +259,7 @@ _Static_assert(ACKBOX_ID_STRLEN == 37, "TEXT_ID writes the 36 characters of an i
 	"      end\n"                                                                              \
 	"    end\n"                                                                                \
 	"  end\n"                                                                                  \
-	"  ADD_ROWS(rows, h[4] or '', now)\n"                                                      \
+	"  ADD_ROWS(rows, h[4] or '', now, h[8])\n"                                                \
 	"  return #rows\n"                                                                         \
 	"end\n"
 
@@ -362,20 +364,35 @@ static const char lua_insert_packed[] = LUA_PRELUDE
     "return bseq\n";
 
 /* ARGV: MP, now, lease_until, limit, owner, mode ('o': ordered, from
- * {P}:ready). First unpacks the batches that are due (until they gave
- * limit rows). Returns {{id, fields, id, fields, ...}, {bseq unpacked, ...},
- * members lost with damaged bytes}. */
+ * {P}:ready). Due packed batches first, whole, until they hold half the
+ * limit (one may overshoot it): each takes a new lease, as a row does, and
+ * is handed back as {bseq, lease, n, data, ids, acked bits}; then rows up
+ * to the rest of the limit. Returns {{id, fields, id, fields, ...},
+ * {batch, ...}}. */
 static const char lua_claim[] = LUA_PRELUDE
-    "local unpacked, got = {}, 0\n"
-    "for _, b in ipairs(redis.call('ZRANGEBYSCORE', K_BDUE, '-inf', ARGV[2], 'LIMIT', 0, 64)) do\n"
-    "  if got >= tonumber(ARGV[4]) then break end\n"
-    "  got = got + UNPACK(b, ARGV[2])\n"
-    "  unpacked[#unpacked + 1] = b\n"
+    "local batches, got, limit = {}, 0, tonumber(ARGV[4])\n"
+    "if ARGV[6] ~= 'o' then\n"
+    "  for _, b in ipairs(redis.call('ZRANGEBYSCORE', K_BDUE, '-inf', ARGV[2], 'LIMIT', 0, 16)) do\n"
+    "    if got > 0 and got >= limit / 2 then break end\n"
+    "    local bk = BP .. b\n"
+    "    local h = redis.call('HMGET', bk, 'n', 'live', 'data', 'ids')\n"
+    "    if h[1] then\n"
+    "      local lease = redis.call('HINCRBY', bk, 'lease', 1)\n"
+    "      redis.call('HSET', bk, 'due', ARGV[3], 'taken', ARGV[3], 'owner', ARGV[5])\n"
+    "      redis.call('ZADD', K_BDUE, ARGV[3], b)\n"
+    "      batches[#batches + 1] = {b, tostring(lease), h[1], h[3] or '', h[4] or '',\n"
+    "                               redis.call('GET', BG .. b) or ''}\n"
+    "      got = got + (tonumber(h[2]) or 0)\n"
+    "    else\n"
+    "      redis.call('ZREM', K_BDUE, b); redis.call('ZREM', K_BCREATED, b)\n"
+    "    end\n"
+    "  end\n"
     "end\n"
+    "local out = {}\n"
+    "if got >= limit then return {out, batches} end\n"
     "local from = (ARGV[6] == 'o') and K_READY or K_DUE\n"
     "local ids = redis.call('ZRANGEBYSCORE', from, '-inf', ARGV[2],\n"
-    "                       'LIMIT', 0, tonumber(ARGV[4]))\n"
-    "local out = {}\n"
+    "                       'LIMIT', 0, limit - got)\n"
     "for _, id in ipairs(ids) do\n"
     "  local k = MP .. id\n"
     "  if redis.call('EXISTS', k) == 1 then\n"
@@ -391,17 +408,27 @@ static const char lua_claim[] = LUA_PRELUDE
     "    if ORD then redis.call('ZREM', K_READY, id) end\n"
     "  end\n"
     "end\n"
-    "return {out, unpacked, LOST}\n";
+    "return {out, batches}\n";
+
+/* ARGV: MP, now, bseq. A claimed batch whose data does not read: its
+ * members become rows now (damaged ones FAILED), due now. Returns {rows,
+ * members lost}. */
+static const char lua_unpack_one[] = LUA_PRELUDE
+    "if redis.call('EXISTS', BP .. ARGV[3]) == 1 then\n"
+    "  redis.call('HSET', BP .. ARGV[3], 'taken', ARGV[2])\n"
+    "end\n"
+    "return {UNPACK(ARGV[3], ARGV[2]), LOST}\n";
 
 /*
- * ARGV: MP, now, then the holder's batches: nb, and per batch: bseq, its
- * acked bits, live, bytes (both after this call), unpack ('1': a change
- * below needs its members as rows), k, then the k ids this call acks; then
- * the rows' changes: n, and per change: kind id lease attempts due
- * has_error error code note ('' for none).
+ * ARGV: MP, now, then the holder's batches: nb, and per batch: bseq, the
+ * lease it holds it under, its acked bits, live, bytes (both after this
+ * call), unpack ('1': a change below needs its members as rows), k, then
+ * the k ids this call acks; then the rows' changes: n, and per change: kind
+ * id lease attempts due has_error error code note ('' for none).
  *
- * A batch that is gone (unpacked by someone else) takes its acks as rows'
- * deletes under lease 0: rows unpacked and untouched since, or nothing. A
+ * A batch that is gone (unpacked), or that another claim took (another
+ * lease), takes its acks as rows' deletes under the lease given: rows
+ * unpacked under it and untouched since, or nothing. A
  * change to a row applies only if the row exists and carries the same
  * lease; its note is added only if it applied (a NOTE change, kind 5,
  * applies to a pending row and changes nothing else). Returns {changes
@@ -452,10 +479,11 @@ static const char lua_apply[] = LUA_PRELUDE
     "end\n"
     "local p = 4\n"
     "for _ = 1, tonumber(ARGV[3]) do\n"
-    "  local bseq, live, bytes, k = ARGV[p], ARGV[p + 2], ARGV[p + 3], tonumber(ARGV[p + 5])\n"
+    "  local bseq, lease = ARGV[p], ARGV[p + 1]\n"
+    "  local live, bytes, k = ARGV[p + 3], ARGV[p + 4], tonumber(ARGV[p + 6])\n"
     "  local bk = BP .. bseq\n"
-    "  local cur = redis.call('HMGET', bk, 'live', 'bytes')\n"
-    "  if cur[1] then\n"
+    "  local cur = redis.call('HMGET', bk, 'live', 'bytes', 'lease')\n"
+    "  if cur[1] and (cur[3] or '0') == lease then\n"
     "    redis.call('DECRBY', K_BN, tonumber(cur[1]) - tonumber(live))\n"
     "    redis.call('DECRBY', K_BYTES, tonumber(cur[2]) - tonumber(bytes))\n"
     "    if live == '0' then\n"
@@ -463,15 +491,15 @@ static const char lua_apply[] = LUA_PRELUDE
     "      redis.call('ZREM', K_BDUE, bseq); redis.call('ZREM', K_BCREATED, bseq)\n"
     "    else\n"
     "      redis.call('HSET', bk, 'live', live, 'bytes', bytes)\n"
-    "      redis.call('SET', BG .. bseq, ARGV[p + 1])\n"
-    "      if ARGV[p + 4] == '1' then UNPACK(bseq, now) end\n"
+    "      redis.call('SET', BG .. bseq, ARGV[p + 2])\n"
+    "      if ARGV[p + 5] == '1' then UNPACK(bseq, now) end\n"
     "    end\n"
     "    done = done + k\n"
     "  else\n"
-    "    for i = 1, k do done = done + change('1', ARGV[p + 5 + i], '0') end\n"
+    "    for i = 1, k do done = done + change('1', ARGV[p + 6 + i], lease) end\n"
     "    gone[#gone + 1] = bseq\n"
     "  end\n"
-    "  p = p + 6 + k\n"
+    "  p = p + 7 + k\n"
     "end\n"
     "local n = tonumber(ARGV[p])\n"
     "for i = 0, n - 1 do\n"
@@ -681,7 +709,7 @@ static const char lua_usage[] = LUA_PRELUDE
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
        SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED,
-       SC_INSERT_PACKED, SC_PENDING, SC_UNPACK, SC_COUNT };
+       SC_INSERT_PACKED, SC_PENDING, SC_UNPACK, SC_UNPACK_ONE, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {
     [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
     [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
@@ -689,6 +717,7 @@ static const char *const scripts[SC_COUNT] = {
     [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_DAMAGED] = lua_damaged,
     [SC_USAGE] = lua_usage,     [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
     [SC_INSERT_PACKED] = lua_insert_packed, [SC_PENDING] = lua_pending, [SC_UNPACK] = lua_unpack,
+    [SC_UNPACK_ONE] = lua_unpack_one,
 };
 
 typedef struct rd_ctx {
@@ -719,6 +748,7 @@ typedef struct rd_ctx {
 typedef struct rd_batch {
 	struct rd_batch *prev, *next;
 	char bseq[24];
+	uint64_t lease;        /* the batch's lease this handle holds it under (0: inserted) */
 	uint32_t n, live;      /* members; those not yet acked */
 	uint64_t bytes;        /* the payload bytes of those */
 	uint32_t k;            /* acks of it in the apply being built */
@@ -1791,10 +1821,11 @@ static int rd_open(void *vctx, const ackbox_url *url, const ackbox_conf *conf, a
 /* ------------------------------------------------------------------ */
 
 /*
- * Writes recs as one packed batch and remembers its members. 0, 1 if the
- * store keeps per-key order (the caller writes rows), or an error. The
- * batch's memory is taken first: once the server has the batch, nothing
- * can fail here.
+ * Writes recs as one packed batch; if they are leased to this handle (due
+ * later: its relay has them in memory), remembers its members. 0, 1 if it
+ * cannot be a batch (the caller writes rows: per-key order, or more than
+ * one due), or an error. The batch's memory is taken first: once the
+ * server has the batch, nothing can fail here.
  */
 static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char *errstr,
                          size_t errstr_size)
@@ -1802,6 +1833,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 	size_t size = 0, bytes = 0;
 	int64_t due = INT64_MAX, created = INT64_MAX;
 	char *data, *p, *idbin, nbuf[24];
+	int held;
 	rd_batch *b;
 	args a;
 	redisReply *r;
@@ -1809,6 +1841,8 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 
 	for (size_t i = 0; i < n; i++) {
 		const ackbox_store_rec *w = &recs[i];
+		if (w->due_ms != recs[0].due_ms)
+			return 1; /* one due for all: a claim takes the batch whole */
 		size += 1 + 9 * 5 + 16 + 2 * 20 + strlen(w->topic) + 3 + w->key_len +
 		        (w->content_type ? strlen(w->content_type) : 0) + w->headers_len +
 		        w->payload_len;
@@ -1818,6 +1852,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 		if (w->created_ms < created)
 			created = w->created_ms;
 	}
+	held = due > ackbox_wall_ms(); /* else the relay claims it from the store */
 	data = malloc(size);
 	idbin = malloc(n * 16);
 	b = calloc(1, sizeof(*b) + (n + 7) / 8);
@@ -1825,7 +1860,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 		b->ids = malloc(n * sizeof(*b->ids));
 		b->plen = malloc(n * sizeof(*b->plen));
 	}
-	if (!data || !idbin || !b || !b->ids || !b->plen || map_reserve(c, n) != 0 ||
+	if (!data || !idbin || !b || !b->ids || !b->plen || (held && map_reserve(c, n) != 0) ||
 	    args_init(&a, SCRIPT_HEAD + 7, 5) != 0) {
 		free(data);
 		free(idbin);
@@ -1873,7 +1908,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 	free(idbin);
 	if (rc == 0 && num(r) < 0)
 		rc = 1;
-	if (rc == 0) {
+	if (rc == 0 && held) {
 		snprintf(nbuf, sizeof(nbuf), "%" PRId64, num(r));
 		memcpy(b->bseq, nbuf, sizeof(b->bseq));
 		b->n = b->live = (uint32_t)n;
@@ -2064,8 +2099,11 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		if (!sl)
 			continue;
 		b = sl->b;
-		if (ch[i].lease != 0) {
-			/* claimed, so that claim unpacked its batch */
+		if (ch[i].lease < b->lease)
+			continue; /* from before this handle took the batch anew: fenced off */
+		if (ch[i].lease > b->lease) {
+			/* a later lease: the batch this handle holds is gone (its
+			 * members were unpacked and claimed as rows) */
 			for (size_t j = 0; j < nb; j++)
 				if (touched[j] == b)
 					b = NULL;
@@ -2093,7 +2131,7 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		}
 	}
 	r = NULL;
-	if (args_init(&a, SCRIPT_HEAD + 3 + 6 * nb + npacked + 9 * n, 3 + 3 * nb + 5 * n) != 0) {
+	if (args_init(&a, SCRIPT_HEAD + 3 + 7 * nb + npacked + 9 * n, 3 + 4 * nb + 5 * n) != 0) {
 		rc = ACKBOX_ERR_NOMEM;
 		goto out;
 	}
@@ -2103,6 +2141,7 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 	for (size_t j = 0; j < nb; j++) {
 		rd_batch *b = touched[j];
 		args_str(&a, b->bseq);
+		args_u64(&a, b->lease);
 		args_bin(&a, b->gone, (b->n + 7) / 8);
 		args_u64(&a, b->live);
 		args_u64(&a, b->bytes);
@@ -2213,6 +2252,217 @@ static void release_rest(rd_ctx *c, const redisReply *r, size_t from, int64_t no
 	free(ch);
 }
 
+/* Reads the MessagePack str at *off (any header mp_str writes); 0, or -1
+ * if the bytes there are not one. */
+static int mp_get_str(const unsigned char *d, size_t len, size_t *off, const char **v,
+                      size_t *vlen)
+{
+	size_t o = *off, l, hl;
+	unsigned t;
+	if (o >= len)
+		return -1;
+	t = d[o++];
+	if ((t & 0xe0) == 0xa0) {
+		l = t & 0x1f;
+		hl = 0;
+	} else if (t == 0xd9 || t == 0xda || t == 0xdb) {
+		hl = t == 0xd9 ? 1 : t == 0xda ? 2 : 4;
+		if (len - o < hl)
+			return -1;
+		l = 0;
+		for (size_t k = 0; k < hl; k++)
+			l = l << 8 | d[o + k];
+	} else {
+		return -1;
+	}
+	o += hl;
+	if (l > len - o)
+		return -1;
+	*v = (const char *)d + o;
+	*vlen = l;
+	*off = o + l;
+	return 0;
+}
+
+/* A member: the nine strings, in the order insert_packed writes them. */
+enum { PM_ID, PM_CREATED, PM_DUE, PM_TOPIC, PM_FLAGS, PM_KEY, PM_CT, PM_HEADERS, PM_PAYLOAD,
+       PM_COUNT };
+typedef struct pm {
+	const char *v[PM_COUNT];
+	size_t len[PM_COUNT];
+} pm;
+
+static int64_t pm_num(const pm *m, int f)
+{
+	char t[24];
+	snprintf(t, sizeof(t), "%.*s", (int)(m->len[f] < 23 ? m->len[f] : 23), m->v[f]);
+	return strtoll(t, NULL, 10);
+}
+
+/* Reads member k at *off: 0, or -1 if its bytes do not parse (or name
+ * another id than ids, the batch's ids field if it is whole, says). */
+static int pm_get(const unsigned char *d, size_t len, size_t *off, const char *ids, uint32_t k,
+                  pm *m)
+{
+	if (*off >= len || d[*off] != 0x99)
+		return -1;
+	(*off)++;
+	for (int f = 0; f < PM_COUNT; f++)
+		if (mp_get_str(d, len, off, &m->v[f], &m->len[f]) != 0)
+			return -1;
+	if (m->len[PM_ID] != 16 || m->len[PM_FLAGS] != 3 || !m->len[PM_CREATED] || !m->len[PM_DUE])
+		return -1;
+	if (ids && memcmp(ids + (size_t)k * 16, m->v[PM_ID], 16) != 0)
+		return -1;
+	return 0;
+}
+
+/* A claimed batch whose bytes do not read: the server unpacks it (the
+ * damaged members FAILED, the rest rows due now, claimed as rows). */
+static int unpack_one(rd_ctx *c, const char *bseq, char *errstr, size_t errstr_size)
+{
+	args a;
+	redisReply *r;
+	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
+	if (rc)
+		return rc;
+	args_script(c, &a, SC_UNPACK_ONE);
+	args_i64(&a, ackbox_wall_ms());
+	args_str(&a, bseq);
+	rc = run_script(c, &a, SC_UNPACK_ONE, "unpacking a damaged batch", &r, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+		log_lost(c, num(r->element[1]));
+	freeReplyObject(r);
+	return 0;
+}
+
+/*
+ * Hands out the members of a batch the claim took, b = {bseq, lease, n,
+ * data, ids, acked bits}, but those acked, and holds it under its new
+ * lease: their acks then set its bits as the publisher's would (a batch
+ * this handle held before is held anew). The whole batch is read before a
+ * member is handed out, so that damage hands out none: the server unpacks
+ * it instead. Returns the rows handed out, or an error.
+ */
+static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t lease_until_ms,
+                      ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
+                      size_t errstr_size)
+{
+	const redisReply *const *e;
+	const unsigned char *d;
+	const char *ids;
+	size_t len, off = 0, tlen = 0;
+	uint32_t n, k, handed = 0;
+	rd_batch *mine;
+	char *tbuf;
+	int rc;
+
+	(void)now_ms;
+	if (b->type != REDIS_REPLY_ARRAY || b->elements != 6)
+		return 0;
+	e = (const redisReply *const *)b->element;
+	for (int f = 0; f < 6; f++)
+		if (!is_str(e[f]))
+			return 0;
+	n = (uint32_t)strtoul(e[2]->str, NULL, 10);
+	d = (const unsigned char *)e[3]->str;
+	len = e[3]->len;
+	ids = e[4]->len == (size_t)n * 16 ? e[4]->str : NULL;
+	/* read it all first */
+	for (k = 0; k < n; k++) {
+		pm m;
+		if (pm_get(d, len, &off, ids, k, &m) != 0)
+			break;
+		if (m.len[PM_TOPIC] + m.len[PM_CT] + 2 > tlen)
+			tlen = m.len[PM_TOPIC] + m.len[PM_CT] + 2;
+	}
+	if (k < n || n == 0) {
+		rc = unpack_one(c, e[0]->str, errstr, errstr_size);
+		return rc < 0 ? rc : 0;
+	}
+	batch_drop_named(c, e[0]->str); /* held before: its acks went with the old lease */
+	mine = calloc(1, sizeof(*mine) + (n + 7) / 8);
+	tbuf = malloc(tlen ? tlen : 1);
+	if (mine) {
+		mine->ids = malloc(n * sizeof(*mine->ids));
+		mine->plen = malloc(n * sizeof(*mine->plen));
+	}
+	if (!mine || !tbuf || !mine->ids || !mine->plen || map_reserve(c, n) != 0) {
+		if (mine) {
+			free(mine->ids);
+			free(mine->plen);
+		}
+		free(mine);
+		free(tbuf);
+		return ACKBOX_ERR_NOMEM; /* the batch is claimed again when its lease runs out */
+	}
+	snprintf(mine->bseq, sizeof(mine->bseq), "%s", e[0]->str);
+	mine->lease = strtoull(e[1]->str, NULL, 10);
+	mine->n = n;
+	for (k = 0; k < n && k / 8 < e[5]->len; k++)
+		if ((unsigned char)e[5]->str[k / 8] >> (k % 8) & 1)
+			mine->gone[k / 8] |= (uint8_t)(1u << (k % 8));
+	mine->next = c->batches;
+	if (c->batches)
+		c->batches->prev = mine;
+	c->batches = mine;
+	off = 0;
+	for (k = 0; k < n; k++) {
+		pm m;
+		pm_get(d, len, &off, ids, k, &m);
+		memcpy(mine->ids[k].b, m.v[PM_ID], 16);
+		mine->plen[k] = (uint32_t)m.len[PM_PAYLOAD];
+		if (gone_bit(mine, k))
+			continue;
+		mine->live++;
+		mine->bytes += m.len[PM_PAYLOAD];
+		if (!map_find(c, &mine->ids[k])) {
+			map_put_slot(c->slots, c->cap_slots, &mine->ids[k], mine, k);
+			c->nslots++;
+		}
+	}
+	off = 0;
+	for (k = 0; k < n && !*stop; k++) {
+		ackbox_store_row row;
+		pm m;
+		pm_get(d, len, &off, ids, k, &m);
+		if (gone_bit(mine, k))
+			continue;
+		memset(&row, 0, sizeof(row));
+		row.id = mine->ids[k];
+		row.state = ACKBOX_MSG_SENDING;
+		row.created_ms = row.updated_ms = pm_num(&m, PM_CREATED);
+		row.due_ms = lease_until_ms;
+		memcpy(tbuf, m.v[PM_TOPIC], m.len[PM_TOPIC]);
+		tbuf[m.len[PM_TOPIC]] = '\0';
+		row.topic = tbuf;
+		if (m.v[PM_FLAGS][0] == '1') {
+			row.key = m.v[PM_KEY];
+			row.key_len = m.len[PM_KEY];
+		}
+		if (m.v[PM_FLAGS][1] == '1') {
+			char *ct = tbuf + m.len[PM_TOPIC] + 1;
+			memcpy(ct, m.v[PM_CT], m.len[PM_CT]);
+			ct[m.len[PM_CT]] = '\0';
+			row.content_type = ct;
+		}
+		if (m.v[PM_FLAGS][2] == '1') {
+			row.headers = m.v[PM_HEADERS];
+			row.headers_len = m.len[PM_HEADERS];
+		}
+		row.payload = m.len[PM_PAYLOAD] ? m.v[PM_PAYLOAD] : "";
+		row.payload_len = m.len[PM_PAYLOAD];
+		row.lease = mine->lease;
+		handed++;
+		*stop = cb(&row, opaque);
+	}
+	free(tbuf);
+	return (int)handed;
+}
+
 static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
                     ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size)
 {
@@ -2220,7 +2470,7 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	args a;
 	redisReply *r;
 	size_t consumed = 0;
-	int rc, stop = 0;
+	int rc, stop = 0, n;
 
 	if (limit == 0)
 		return 0;
@@ -2239,22 +2489,32 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	args_fini(&a);
 	if (rc)
 		return rc;
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
 	    r->element[0]->type != REDIS_REPLY_ARRAY || r->element[1]->type != REDIS_REPLY_ARRAY) {
 		freeReplyObject(r);
 		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply to a claim", c->where);
 		return ACKBOX_ERR_STORE;
 	}
-	/* the batches it unpacked are rows now, under this claim's leases */
-	for (size_t i = 0; c->batches && i < r->element[1]->elements; i++)
-		if (is_str(r->element[1]->element[i]))
-			batch_drop_named(c, r->element[1]->element[i]->str);
-	log_lost(c, num(r->element[2]));
+	n = 0;
+	for (size_t i = 0; i < r->element[1]->elements && !stop; i++) {
+		int got = hand_batch(c, r->element[1]->element[i], now_ms, lease_until_ms, cb, opaque,
+		                     &stop, errstr, errstr_size);
+		if (got < 0) {
+			freeReplyObject(r);
+			return got;
+		}
+		n += got;
+	}
+	if (stop) {
+		/* the rows it took stay leased until lease_until_ms */
+		freeReplyObject(r);
+		return n;
+	}
 	rc = walk_rows(c, r->element[0], cb, opaque, 1, &consumed, &stop, errstr, errstr_size);
 	if (rc >= 0 && consumed < r->element[0]->elements / 2)
 		release_rest(c, r->element[0], consumed, now_ms);
 	freeReplyObject(r);
-	return rc;
+	return rc < 0 ? rc : rc + n;
 }
 
 /* Unpacks every packed batch (whoever holds it): for list, get, force and
