@@ -54,30 +54,32 @@
  *                 message, deleted with its hash. Absent: no history (yet)
  *
  * Packed batches (layout version 2): an insert of PACK_MIN or more messages
- * (not under per-key order) writes them as one value instead of a row each,
- * "packed until touched":
+ * with one due (not under per-key order) writes them as one value instead
+ * of a row each, "packed until touched":
  *
  *   {P}:b:<bseq>  hash: data (the members: each a MessagePack array of the
  *                 nine strings lua_insert takes per message, but the id in
  *                 its 16 bytes), ids (the members' ids, 16 bytes each, to
- *                 name them when data is damaged),
- *                 n, live (members not yet acked), bytes (their payloads'),
- *                 owner, due (the lowest of the members'), created (the same),
- *                 taken (when recovery made it due: its members are then)
+ *                 name them when data is damaged), n, live (members not yet
+ *                 acked), bytes (their payloads'), owner, lease (0 at
+ *                 insert, incremented by every claim of the batch), due,
+ *                 created, taken (when the last claim or recovery made its
+ *                 members due: unpacked rows are then)
  *   {P}:bg:<bseq> string: a bit per member (LSB first) the holder acked
  *   {P}:bdue      zset of bseqs by due; {P}:bcreated zset of bseqs by created
  *   {P}:bn        string: the live members of every batch (counted as SENDING)
  *   {P}:bseq      string: the last bseq given out
  *
- * Only the inserting handle knows a batch's members (an in-memory map, id ->
- * batch and index), and only its acks of messages it holds from the insert
- * (lease 0) stay in the batch: they set the member's bit and lower live;
- * the batch goes with its last member. Anything else first unpacks the
- * batch (UNPACK): its members that are not acked become rows exactly as an
- * insert of them would have written (state SENDING, lease 0), so every
- * other script works on rows alone. A claim unpacks the batches that are
- * due, a change other than an ack unpacks its member's batch, and list,
- * get, force and installing per-key order unpack every batch first.
+ * A batch is held, under its lease, by the handle that inserted it (if its
+ * relay has the messages in memory) or by the last that claimed it (a
+ * claim takes a due batch whole): only that handle knows the members (an
+ * in-memory map, id -> batch and index), and only its acks under that
+ * lease stay in the batch: they set the member's bit and lower live; the
+ * batch goes with its last member. Anything else first unpacks the batch
+ * (UNPACK): its members that are not acked become rows as an insert of
+ * them would have written, under the batch's lease, so every other script
+ * works on rows alone. A change other than an ack unpacks its member's
+ * batch; list, get, force and installing per-key order unpack every batch.
  *
  * Ids are the canonical text form: time-ordered, so lexicographic order is
  * id order. The lease is a per-message counter that every claim increments;
