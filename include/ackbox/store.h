@@ -141,7 +141,7 @@ typedef struct ackbox_store_ops {
 	 * FAILED oldest row holds back every later row of its key, and the next
 	 * one becomes claimable only once the oldest is deleted. Rows without a
 	 * key are claimed as above. insert() must then keep every row visible to
-	 * this rule (SQLite does not pack batches).
+	 * this rule (SQLite and Redis do not pack batches then).
 	 */
 	int (*claim)(void *ctx, int64_t now_ms, int64_t lease_until_ms, size_t limit,
 	             ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size);
