@@ -2868,15 +2868,8 @@ static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void 
 {
 	rd_ctx *c = vctx;
 	int rc = get_once(c, id, cb, opaque, errstr, errstr_size);
-	if (rc == ACKBOX_ERR_NOT_FOUND) {
-		char err[512];
-		rc = unpack_all(c, err, sizeof(err));
-		if (rc) {
-			ackbox_errstr_set(errstr, errstr_size, "%s", err);
-			return rc;
-		}
+	if (rc == ACKBOX_ERR_NOT_FOUND && (rc = unpack_all(c, errstr, errstr_size)) == 0)
 		rc = get_once(c, id, cb, opaque, errstr, errstr_size);
-	}
 	return rc;
 }
 
@@ -2974,15 +2967,8 @@ static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 {
 	rd_ctx *c = vctx;
 	int rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
-	if (rc == ACKBOX_ERR_NOT_FOUND) {
-		char err[512];
-		rc = unpack_all(c, err, sizeof(err));
-		if (rc) {
-			ackbox_errstr_set(errstr, errstr_size, "%s", err);
-			return rc;
-		}
+	if (rc == ACKBOX_ERR_NOT_FOUND && (rc = unpack_all(c, errstr, errstr_size)) == 0)
 		rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
-	}
 	return rc;
 }
 
