@@ -2058,12 +2058,13 @@ static const ackbox_attempt *note_of(const ackbox_store_change *ch, const ackbox
 }
 
 /*
- * Changes split in two: acks (lease 0) of members of batches this handle
- * holds stay in their batch (its bits and live count); everything else is
- * a change to a row, and a member's other change first asks its batch to
- * be unpacked (in the same script, before the rows' changes). A change
- * under a claim's lease (non-zero) cannot be to a packed member: the claim
- * unpacked its batch, which this handle then forgets.
+ * Changes split in two: acks of members of batches this handle holds,
+ * under the lease it holds them by, stay in their batch (its bits and live
+ * count); everything else is a change to a row, and a member's other
+ * change first asks its batch to be unpacked (in the same script, before
+ * the rows' changes). A change under an older lease is fenced off as a
+ * row's; one under a newer lease means the batch was unpacked and its
+ * rows claimed, so this handle forgets the batch.
  */
 static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbox_attempt *notes,
                           size_t n, char *errstr, size_t errstr_size)
