@@ -2350,7 +2350,7 @@ static int unpack_one(rd_ctx *c, const char *bseq, char *errstr, size_t errstr_s
  * member is handed out, so that damage hands out none: the server unpacks
  * it instead. Returns the rows handed out, or an error.
  */
-static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t lease_until_ms,
+static int hand_batch(rd_ctx *c, const redisReply *b, int64_t lease_until_ms,
                       ackbox_store_row_cb cb, void *opaque, int *stop, char *errstr,
                       size_t errstr_size)
 {
@@ -2361,15 +2361,17 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t le
 	uint32_t n, k, handed = 0;
 	rd_batch *mine;
 	char *tbuf;
-	int rc;
+	int rc, shaped;
 
-	(void)now_ms;
-	if (b->type != REDIS_REPLY_ARRAY || b->elements != 6)
-		return 0;
+	shaped = b->type == REDIS_REPLY_ARRAY && b->elements == 6;
+	for (size_t f = 0; shaped && f < 6; f++)
+		shaped = is_str(b->element[f]);
+	if (!shaped) {
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply to a claim (a batch)",
+		                  c->where);
+		return ACKBOX_ERR_STORE;
+	}
 	e = (const redisReply *const *)b->element;
-	for (int f = 0; f < 6; f++)
-		if (!is_str(e[f]))
-			return 0;
 	n = (uint32_t)strtoul(e[2]->str, NULL, 10);
 	d = (const unsigned char *)e[3]->str;
 	len = e[3]->len;
@@ -2383,6 +2385,10 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t le
 			tlen = m.len[PM_TOPIC] + m.len[PM_CT] + 2;
 	}
 	if (k < n || n == 0) {
+		ackbox_store_log(c->conf, ACKBOX_LOG_ERROR, "redis",
+		                 "%s: packed batch %s cannot be read from member %u of %u on: it is "
+		                 "unpacked, its damaged members FAILED, the others sent as rows",
+		                 c->where, e[0]->str, k + 1, n);
 		rc = unpack_one(c, e[0]->str, errstr, errstr_size);
 		return rc < 0 ? rc : 0;
 	}
@@ -2412,8 +2418,11 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t le
 	if (c->batches)
 		c->batches->prev = mine;
 	c->batches = mine;
+	/* every member is held (a member the callback did not take stays
+	 * leased until lease_until_ms); those taken are handed out */
 	off = 0;
 	for (k = 0; k < n; k++) {
+		ackbox_store_row row;
 		pm m;
 		pm_get(d, len, &off, ids, k, &m);
 		memcpy(mine->ids[k].b, m.v[PM_ID], 16);
@@ -2426,13 +2435,7 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t now_ms, int64_t le
 			map_put_slot(c->slots, c->cap_slots, &mine->ids[k], mine, k);
 			c->nslots++;
 		}
-	}
-	off = 0;
-	for (k = 0; k < n && !*stop; k++) {
-		ackbox_store_row row;
-		pm m;
-		pm_get(d, len, &off, ids, k, &m);
-		if (gone_bit(mine, k))
+		if (*stop)
 			continue;
 		memset(&row, 0, sizeof(row));
 		row.id = mine->ids[k];
@@ -2500,8 +2503,8 @@ static int rd_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 	}
 	n = 0;
 	for (size_t i = 0; i < r->element[1]->elements && !stop; i++) {
-		int got = hand_batch(c, r->element[1]->element[i], now_ms, lease_until_ms, cb, opaque,
-		                     &stop, errstr, errstr_size);
+		int got = hand_batch(c, r->element[1]->element[i], lease_until_ms, cb, opaque, &stop,
+		                     errstr, errstr_size);
 		if (got < 0) {
 			freeReplyObject(r);
 			return got;

@@ -626,8 +626,18 @@ static void live_and_killed_relay(int packed)
 	char err[512] = "";
 	pid_t pid = child_relay(packed);
 	int status;
+	redisContext *r = connect_to(fixture_port());
+	redisReply *x = cmd(r, "EXISTS {%s}:b:1", prefix);
 
+	cr_assert_eq(x->integer, packed, "the child's six are %s", packed ? "one batch" : "rows");
+	freeReplyObject(x);
+	redisFree(r);
 	cr_assert_eq(ackbox_new(&ab, relay_conf("parent", "2s"), err, sizeof(err)), 0, "%s", err);
+	/* opening recovered nothing of the live relay's: its batch is still one key */
+	x = cmd(r = connect_to(fixture_port()), "EXISTS {%s}:b:1", prefix);
+	cr_assert_eq(x->integer, packed);
+	freeReplyObject(x);
+	redisFree(r);
 	v[0] = tu_wall_ms() + 30000;
 	v[1] = 0;
 	cr_assert_eq(ackbox_list(ab, -1, 0, due_after, v, err, sizeof(err)), 6, "%s", err);
