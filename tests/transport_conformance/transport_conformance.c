@@ -601,6 +601,7 @@ Test(transport, exactly_one_outcome_per_token)
  */
 typedef struct cutter {
 	pthread_t th;
+	int waiting;    /* it waits for a send (cutter_start returns once it does) */
 	long in_flight; /* unanswered when the cut began; 0: none came in time */
 	int rc;
 	char err[512];
@@ -614,6 +615,8 @@ static void *cutter_main(void *arg)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 10 * TU_SLOW;
 	pthread_mutex_lock(&L.mtx);
+	c->waiting = 1;
+	pthread_cond_broadcast(&L.sending);
 	while (L.inflight == 0 && rc == 0)
 		rc = pthread_cond_timedwait(&L.sending, &L.mtx, &ts);
 	c->in_flight = L.inflight;
@@ -621,6 +624,17 @@ static void *cutter_main(void *arg)
 	if (c->in_flight > 0)
 		c->rc = A->cut(A->opaque, c->err, sizeof(c->err));
 	return NULL;
+}
+
+/* Starts the cutter and returns once it waits for a send: a thread that
+ * starts late on a loaded machine would find every publish answered. */
+static void cutter_start(cutter *c)
+{
+	cr_assert_eq(pthread_create(&c->th, NULL, cutter_main, c), 0);
+	pthread_mutex_lock(&L.mtx);
+	while (!c->waiting)
+		pthread_cond_wait(&L.sending, &L.mtx);
+	pthread_mutex_unlock(&L.mtx);
 }
 
 /*
@@ -647,7 +661,7 @@ Test(transport, disconnect_mid_stream_resends_without_burning)
 		cutter c = {.rc = 0};
 		bool cut = part == 1 || part == 2;
 		if (cut)
-			cr_assert_eq(pthread_create(&c.th, NULL, cutter_main, &c), 0);
+			cutter_start(&c);
 		publish_range(ab, "tc_cut", part * (N / 4), N / 4, ids + part * (N / 4));
 		if (cut) {
 			pthread_join(c.th, NULL);
