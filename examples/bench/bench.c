@@ -812,6 +812,16 @@ static long idmap_find(const idmap *m, const ackbox_id *id)
 	return -1;
 }
 
+/* The store.url of a --set, NULL if none (then the store is DIR/bench.db). */
+static const char *store_url_set(const bench_opts *o)
+{
+	const char *url = NULL;
+	for (int i = 0; i < o->nsets; i++)
+		if (strncmp(o->sets[i], "store.url=", 10) == 0)
+			url = o->sets[i] + 10;
+	return url;
+}
+
 static ackbox *open_ackbox(const bench_opts *o, const char *dir, reliable *b, bench_result *r)
 {
 	char err[512], val[1200];
@@ -1171,7 +1181,8 @@ static void usage_text(FILE *f)
 	        "                      removed at exit); files in DIR are kept after the run\n"
 	        "  --store-only        broker unreachable: time only the publish calls (durable\n"
 	        "                      msg/s, p50/p99 publish->durable, RSS); no raw mode\n"
-	        "  --drain             open --store-dir's store and time until its backlog is acked\n"
+	        "  --drain             open --store-dir's store (or --set store.url's) and time\n"
+	        "                      until its backlog is acked\n"
 	        "  --handwritten-count N   messages per hand-written round (default min(count,\n"
 	        "                      10000); --smoke min(count, 200))\n"
 	        "  --raw-only, --reliable-only, --handwritten-only   run one mode\n"
@@ -1199,15 +1210,20 @@ static void usage_text(FILE *f)
 }
 
 /* o->shown: o->url without its password, for everything the bench prints. */
-static void url_shown(bench_opts *o)
+/* url with the password of its user:password@ part shown as ***, into out. */
+static void redacted(const char *url, char *out, size_t n)
 {
-	const char *auth = strstr(o->url, "://") ? strstr(o->url, "://") + 3 : o->url;
+	const char *auth = strstr(url, "://") ? strstr(url, "://") + 3 : url;
 	const char *at = strchr(auth, '@'), *colon = strchr(auth, ':');
 	if (at && colon && colon < at && !memchr(auth, '/', (size_t)(at - auth)))
-		snprintf(o->shown, sizeof(o->shown), "%.*s***%s", (int)(colon + 1 - o->url), o->url,
-		         at);
+		snprintf(out, n, "%.*s***%s", (int)(colon + 1 - url), url, at);
 	else
-		snprintf(o->shown, sizeof(o->shown), "%s", o->url);
+		snprintf(out, n, "%s", url);
+}
+
+static void url_shown(bench_opts *o)
+{
+	redacted(o->url, o->shown, sizeof(o->shown));
 }
 
 static int parse_size(const char *s, size_t *out)
@@ -1341,9 +1357,18 @@ static int parse_args(int argc, char **argv, bench_opts *o)
 		fprintf(stderr, "ackbox-bench: --pin-broker needs --broker-pid of another process\n");
 		return -1;
 	}
-	if (o->drain && !o->store_dir) {
-		fprintf(stderr, "ackbox-bench: --drain needs --store-dir\n");
+	if (o->drain && !o->store_dir && !store_url_set(o)) {
+		fprintf(stderr, "ackbox-bench: --drain needs --store-dir (a SQLite store) or "
+		                "--set store.url=URL\n");
 		return -1;
+	}
+	if (o->drain) {
+		/* the first round empties the store: there is nothing for a second */
+		if (o->rounds_given && o->rounds > 1) {
+			fprintf(stderr, "ackbox-bench: --drain runs one round (it empties the store)\n");
+			return -1;
+		}
+		o->rounds = 1;
 	}
 	if (o->smoke) {
 		if (!o->count_given)
@@ -1424,8 +1449,13 @@ int main(int argc, char **argv)
 		return 1;
 
 	if (!o.json && o.drain) {
-		printf("ackbox-bench %s: %s, draining the backlog of %s/bench.db\n", ackbox_version(),
-		       o.shown, dir);
+		char store[1200];
+		if (store_url_set(&o))
+			redacted(store_url_set(&o), store, sizeof(store));
+		else
+			snprintf(store, sizeof(store), "%s/bench.db", dir);
+		printf("ackbox-bench %s: %s, draining the backlog of %s\n", ackbox_version(), o.shown,
+		       store);
 	} else if (!o.json) {
 		printf("ackbox-bench %s: %s, %zu msgs x %zu B, window %d%s, %d thread(s)%s, %d "
 		       "round(s)",
