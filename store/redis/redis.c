@@ -17,6 +17,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <ackbox/idmap.h>
 #include <ackbox/store.h>
 
 
@@ -742,8 +743,7 @@ typedef struct rd_ctx {
 	/* the packed batches this handle inserted and still holds members of,
 	 * and the map of those members: id -> batch, index */
 	struct rd_batch *batches;
-	struct rd_slot *slots;
-	size_t cap_slots, nslots;
+	ackbox_idmap map; /* a member's id -> (its rd_batch, its index) */
 } rd_ctx;
 
 /* A packed batch this handle inserted (see the layout). */
@@ -759,12 +759,6 @@ typedef struct rd_batch {
 	uint32_t *plen;        /* n */
 	uint8_t gone[];        /* a bit per member, LSB first: acked */
 } rd_batch;
-
-typedef struct rd_slot {
-	ackbox_id id;
-	rd_batch *b; /* NULL: an empty slot */
-	uint32_t idx;
-} rd_slot;
 
 static const ackbox_prop rd_props[] = {
 	{"connect_timeout", ACKBOX_PROP_DURATION, "5s", 1, 600000, NULL,
@@ -1310,83 +1304,11 @@ static int owner_gone(const rd_ctx *c, const char *o)
 /* The packed batches this handle holds                                 */
 /* ------------------------------------------------------------------ */
 
-/* The id map: open addressing, linear probing, backward-shift delete. */
-static size_t id_hash(const ackbox_id *id)
-{
-	uint64_t h = 0;
-	for (int i = 0; i < 16; i++)
-		h = (h ^ id->b[i]) * 0x100000001b3ULL;
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdULL;
-	h ^= h >> 33;
-	return (size_t)h;
-}
-
-static rd_slot *map_find(rd_ctx *c, const ackbox_id *id)
-{
-	size_t mask = c->cap_slots - 1;
-	if (!c->nslots)
-		return NULL;
-	for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
-		rd_slot *sl = &c->slots[i];
-		if (!sl->b)
-			return NULL;
-		if (memcmp(sl->id.b, id->b, 16) == 0)
-			return sl;
-	}
-}
-
-static void map_put_slot(rd_slot *slots, size_t cap, const ackbox_id *id, rd_batch *b,
-                         uint32_t idx)
-{
-	size_t mask = cap - 1, i = id_hash(id) & mask;
-	while (slots[i].b)
-		i = (i + 1) & mask;
-	slots[i].id = *id;
-	slots[i].b = b;
-	slots[i].idx = idx;
-}
-
-/* Room for `more` entries at a load of at most one half. */
-static int map_reserve(rd_ctx *c, size_t more)
-{
-	size_t cap = c->cap_slots ? c->cap_slots : 1024;
-	rd_slot *ns;
-	while ((c->nslots + more) * 2 > cap)
-		cap *= 2;
-	if (cap == c->cap_slots)
-		return 0;
-	ns = calloc(cap, sizeof(*ns));
-	if (!ns)
-		return ACKBOX_ERR_NOMEM;
-	for (size_t i = 0; i < c->cap_slots; i++)
-		if (c->slots[i].b)
-			map_put_slot(ns, cap, &c->slots[i].id, c->slots[i].b, c->slots[i].idx);
-	free(c->slots);
-	c->slots = ns;
-	c->cap_slots = cap;
-	return 0;
-}
-
-static void map_del(rd_ctx *c, rd_slot *sl)
-{
-	size_t mask = c->cap_slots - 1, i = (size_t)(sl - c->slots), j = i;
-	c->slots[i].b = NULL;
-	c->nslots--;
-	for (;;) {
-		size_t home;
-		j = (j + 1) & mask;
-		if (!c->slots[j].b)
-			return;
-		home = id_hash(&c->slots[j].id) & mask;
-		/* j's entry may move to the hole at i unless its home lies in (i, j] */
-		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-			c->slots[i] = c->slots[j];
-			c->slots[j].b = NULL;
-			i = j;
-		}
-	}
-}
+/* The id map is ackbox/idmap.h's. */
+#define map_find(c, id) ackbox_idmap_find(&(c)->map, (id))
+#define map_reserve(c, more) ackbox_idmap_reserve(&(c)->map, (more))
+#define map_put(c, id, b, idx) ackbox_idmap_put(&(c)->map, (id), (b), (idx))
+#define map_del(c, sl) ackbox_idmap_del(&(c)->map, (sl))
 
 static int gone_bit(const rd_batch *b, uint32_t idx)
 {
@@ -1398,11 +1320,11 @@ static int gone_bit(const rd_batch *b, uint32_t idx)
 static void batch_drop(rd_ctx *c, rd_batch *b)
 {
 	for (uint32_t i = 0; i < b->n; i++) {
-		rd_slot *sl;
+		ackbox_idmap_slot *sl;
 		if (gone_bit(b, i))
 			continue;
 		sl = map_find(c, &b->ids[i]);
-		if (sl && sl->b == b)
+		if (sl && sl->owner == b)
 			map_del(c, sl);
 	}
 	if (b->prev)
@@ -1430,9 +1352,7 @@ static void batches_free(rd_ctx *c)
 {
 	while (c->batches)
 		batch_drop(c, c->batches);
-	free(c->slots);
-	c->slots = NULL;
-	c->cap_slots = c->nslots = 0;
+	ackbox_idmap_free(&c->map);
 }
 
 /* A MessagePack str, its header as short as the length allows (any bytes:
@@ -1916,8 +1836,7 @@ static int insert_packed(rd_ctx *c, const ackbox_store_rec *recs, size_t n, char
 		b->n = b->live = (uint32_t)n;
 		b->bytes = bytes;
 		for (size_t i = 0; i < n; i++)
-			map_put_slot(c->slots, c->cap_slots, &b->ids[i], b, (uint32_t)i);
-		c->nslots += n;
+			map_put(c, &b->ids[i], b, (uint32_t)i);
 		b->next = c->batches;
 		if (c->batches)
 			c->batches->prev = b;
@@ -2096,12 +2015,12 @@ static int rd_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		return ACKBOX_ERR_NOMEM;
 	}
 	for (size_t i = 0; i < n; i++) {
-		rd_slot *sl = c->nslots ? map_find(c, &ch[i].id) : NULL;
+		ackbox_idmap_slot *sl = c->map.n ? map_find(c, &ch[i].id) : NULL;
 		rd_batch *b;
 		ackbox_id_format(&ch[i].id, ids[i]);
 		if (!sl)
 			continue;
-		b = sl->b;
+		b = sl->owner;
 		if (ch[i].lease < b->lease)
 			continue; /* from before this handle took the batch anew: fenced off */
 		if (ch[i].lease > b->lease) {
@@ -2185,7 +2104,7 @@ out:
 		 * that was applied although its reply was lost is applied again to
 		 * the same effect.) */
 		for (size_t i = 0; i < n; i++) {
-			rd_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
+			ackbox_idmap_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
 			if (!sl)
 				continue;
 			of[i]->gone[sl->idx / 8] &= (uint8_t) ~(1u << (sl->idx % 8));
@@ -2196,7 +2115,7 @@ out:
 		/* done with the acked members, with the batches emptied or
 		 * unpacked, and with those the server no longer has */
 		for (size_t i = 0; i < n; i++) {
-			rd_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
+			ackbox_idmap_slot *sl = of[i] ? map_find(c, &ch[i].id) : NULL;
 			if (sl)
 				map_del(c, sl);
 		}
@@ -2431,10 +2350,8 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t lease_until_ms,
 			continue;
 		mine->live++;
 		mine->bytes += m.len[PM_PAYLOAD];
-		if (!map_find(c, &mine->ids[k])) {
-			map_put_slot(c->slots, c->cap_slots, &mine->ids[k], mine, k);
-			c->nslots++;
-		}
+		if (!map_find(c, &mine->ids[k]))
+			map_put(c, &mine->ids[k], mine, k);
 		if (*stop)
 			continue;
 		memset(&row, 0, sizeof(row));

@@ -51,12 +51,6 @@ struct sq_batch {
 	uint8_t gone[]; /* a bit per member: acked or moved out */
 };
 
-struct sq_slot {
-	ackbox_id id;
-	sq_batch *b; /* NULL: empty slot */
-	uint32_t idx;
-};
-
 static const char *const pk_sql[PK_COUNT] = {
     [PK_INSERT] = "INSERT INTO ackbox_batch(due_ms, created_ms, n, data, lease)"
                   " VALUES(?1, ?2, ?3, ?4, ?5)",
@@ -81,87 +75,11 @@ static const char *const pk_sql[PK_COUNT] = {
     [PK_FENCE] = "UPDATE ackbox_outbox SET lease = ?1 WHERE id = ?2",
 };
 
-/* ------------------------------------------------------------------ */
-/* The id map (open addressing, linear probing, backward-shift delete)  */
-/* ------------------------------------------------------------------ */
-
-static size_t id_hash(const ackbox_id *id)
-{
-	uint64_t h = sq_get64(id->b + 8) ^ sq_get64(id->b);
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdULL;
-	h ^= h >> 33;
-	return (size_t)h;
-}
-
-static sq_slot *map_find(sq_ctx *c, const ackbox_id *id)
-{
-	size_t mask = c->cap_slots - 1;
-	if (!c->nslots)
-		return NULL;
-	for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
-		sq_slot *s = &c->slots[i];
-		if (!s->b)
-			return NULL;
-		if (memcmp(s->id.b, id->b, 16) == 0)
-			return s;
-	}
-}
-
-static void map_put(sq_ctx *c, const ackbox_id *id, sq_batch *b, uint32_t idx)
-{
-	size_t mask = c->cap_slots - 1;
-	size_t i = id_hash(id) & mask;
-	while (c->slots[i].b)
-		i = (i + 1) & mask;
-	c->slots[i].id = *id;
-	c->slots[i].b = b;
-	c->slots[i].idx = idx;
-	c->nslots++;
-}
-
-/* Makes room for `more` entries at a load of at most one half. */
-static int map_reserve(sq_ctx *c, size_t more)
-{
-	size_t cap = c->cap_slots ? c->cap_slots : 64, old = c->cap_slots;
-	sq_slot *olds = c->slots;
-	while (2 * (c->nslots + more) > cap)
-		cap *= 2;
-	if (cap == old)
-		return 0;
-	c->slots = calloc(cap, sizeof(*c->slots));
-	if (!c->slots) {
-		c->slots = olds;
-		return -1;
-	}
-	c->cap_slots = cap;
-	c->nslots = 0;
-	for (size_t i = 0; i < old; i++)
-		if (olds[i].b)
-			map_put(c, &olds[i].id, olds[i].b, olds[i].idx);
-	free(olds);
-	return 0;
-}
-
-static void map_del(sq_ctx *c, sq_slot *s)
-{
-	size_t mask = c->cap_slots - 1, i = (size_t)(s - c->slots), j = i;
-	c->slots[i].b = NULL;
-	c->nslots--;
-	/* shift back the entries of the run after i that belong before it */
-	for (;;) {
-		size_t home;
-		j = (j + 1) & mask;
-		if (!c->slots[j].b)
-			return;
-		home = id_hash(&c->slots[j].id) & mask;
-		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-			c->slots[i] = c->slots[j];
-			c->slots[j].b = NULL;
-			i = j;
-		}
-	}
-}
+/* The id map is ackbox/idmap.h's: a member's id -> (its sq_batch, its index). */
+#define map_find(c, id) ackbox_idmap_find(&(c)->map, (id))
+#define map_reserve(c, more) ackbox_idmap_reserve(&(c)->map, (more))
+#define map_put(c, id, b, idx) ackbox_idmap_put(&(c)->map, (id), (b), (idx))
+#define map_del(c, s) ackbox_idmap_del(&(c)->map, (s))
 
 /* ------------------------------------------------------------------ */
 /* Batches in memory                                                    */
@@ -196,9 +114,9 @@ static void batch_unlink(sq_ctx *c, sq_batch *b)
  * map holds only members that are not gone, so none once live is 0. */
 static void batch_forget(sq_ctx *c, sq_batch *b)
 {
-	for (size_t i = 0; i < c->cap_slots && b->live; i++)
-		if (c->slots[i].b == b)
-			map_del(c, &c->slots[i--]);
+	for (size_t i = 0; i < c->map.cap && b->live; i++)
+		if (c->map.slots[i].owner == b)
+			map_del(c, &c->map.slots[i--]);
 	batch_unlink(c, b);
 }
 
@@ -318,9 +236,9 @@ void sq_pack_inserted(sq_ctx *c, int committed)
 		return;
 	}
 	/* rolled back: forget its members */
-	for (size_t i = 0; i < c->cap_slots; i++)
-		if (c->slots[i].b == b)
-			map_del(c, &c->slots[i--]);
+	for (size_t i = 0; i < c->map.cap; i++)
+		if (c->map.slots[i].owner == b)
+			map_del(c, &c->map.slots[i--]);
 	free(b);
 }
 
@@ -470,14 +388,14 @@ static int move_out(sq_ctx *c, sq_batch *b, uint32_t idx, const ackbox_store_cha
 int sq_pack_change(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char *errstr,
                    size_t errstr_size)
 {
-	sq_slot *s = map_find(c, &ch->id);
+	ackbox_idmap_slot *s = map_find(c, &ch->id);
 	sq_batch *b;
 	uint32_t idx;
 	int rc;
 
 	if (!s)
 		return 0;
-	b = s->b;
+	b = s->owner;
 	idx = s->idx;
 	if (ch->kind != ACKBOX_CHANGE_DELETE) {
 		rc = move_out(c, b, idx, ch, now_ms, errstr, errstr_size);
@@ -744,8 +662,8 @@ int sq_pack_claim(sq_ctx *c, int64_t now_ms, int64_t lease_until_ms, size_t budg
 			if (skip[k / 8] >> (k % 8) & 1) {
 				/* held already, but moved out or forced elsewhere meanwhile */
 				if (!(mine->gone[k / 8] >> (k % 8) & 1)) {
-					sq_slot *s = map_find(c, &m.id);
-					if (s && s->b == mine)
+					ackbox_idmap_slot *s = map_find(c, &m.id);
+					if (s && s->owner == mine)
 						map_del(c, s);
 					set_bit(mine, k);
 					mine->live--;
@@ -907,11 +825,11 @@ static int find_in_next(sq_ctx *c, int64_t after, const ackbox_id *id, pk_found 
 static int find_member(sq_ctx *c, const ackbox_id *id, pk_found *f, char *errstr,
                        size_t errstr_size)
 {
-	sq_slot *s = map_find(c, id);
+	ackbox_idmap_slot *s = map_find(c, id);
 	int64_t after = 0, seen;
 	int rc;
 	if (s) {
-		rc = find_in_next(c, s->b->bseq - 1, id, f, &seen, errstr, errstr_size);
+		rc = find_in_next(c, ((sq_batch *)s->owner)->bseq - 1, id, f, &seen, errstr, errstr_size);
 		if (rc)
 			return rc;
 	}
@@ -978,8 +896,8 @@ int sq_pack_force(sq_ctx *c, const ackbox_store_change *ch, int64_t now_ms, char
 	 */
 	mine = batch_find(c, f.r.bseq);
 	if (rc == 0 && mine && mine->n == f.r.n && !(mine->gone[f.idx / 8] >> (f.idx % 8) & 1)) {
-		sq_slot *s = map_find(c, &f.m.id);
-		if (s && s->b == mine)
+		ackbox_idmap_slot *s = map_find(c, &f.m.id);
+		if (s && s->owner == mine)
 			map_del(c, s);
 		set_bit(mine, f.idx);
 		mine->live--;
@@ -1186,7 +1104,7 @@ void sq_pack_close(sq_ctx *c)
 	while (c->batches)
 		batch_unlink(c, c->batches);
 	free(c->fresh);
-	free(c->slots);
+	ackbox_idmap_free(&c->map);
 }
 
 int sq_pack_holds(sq_ctx *c, const ackbox_id *id)

@@ -1211,7 +1211,7 @@ static int sq_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		return sq_error(c->db, rc, c->path, "begin", errstr, errstr_size);
 	/* Changes for packed members first, in order; a member that moves out
 	 * (a retry) is a row by the time a later change for it comes below. */
-	if (c->nslots) {
+	if (c->map.n) {
 		done = calloc(n, 1);
 		if (!done) {
 			rollback(c);

@@ -10,6 +10,7 @@
 
 #include <sqlite3.h>
 
+#include <ackbox/idmap.h>
 #include <ackbox/store.h>
 
 enum {
@@ -55,7 +56,6 @@ enum {
 };
 
 typedef struct sq_batch sq_batch;
-typedef struct sq_slot sq_slot;
 
 /* store.create: when a missing store (file, or ackbox's tables in it) is made */
 typedef enum sq_create {
@@ -104,8 +104,7 @@ typedef struct sq_ctx {
 
 	/* packed batches this instance wrote and still has members of */
 	sqlite3_stmt *pk[PK_COUNT];
-	sq_slot *slots; /* open addressing: member id -> batch, index */
-	size_t cap_slots, nslots;
+	ackbox_idmap map; /* member id -> (its sq_batch, its index) */
 	sq_batch *batches; /* doubly linked */
 	sq_batch *fresh;   /* written by the open transaction, kept if it commits */
 
