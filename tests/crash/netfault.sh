@@ -23,7 +23,9 @@
 # NETFAULT_SETS (extra --set KEY=VALUE words for publish; default: the keys
 # that notice a silent connection, see below), NETFAULT_RESULTS (file to
 # append result lines to), AMQP_DRAIN (brokers/amqp/tests/amqp-drain), NETFAULT_KEEP=1
-# (keep the files: the proxy log, what publish wrote, with times).
+# (keep the files: the proxy log, what publish wrote, with times),
+# CRASH_STORE_URL (a redis://HOST:PORT/DB server for the stores, a prefix per
+# scenario, as tests/crash/harness.sh takes it; default: a SQLite file each).
 #
 # Each scenario must end with every accepted message received (lost 0), the
 # publish summary "acked=N failed=0", nothing left pending and nothing
@@ -62,6 +64,18 @@ fail() { keep=1; echo "netfault $broker: FAIL: $*" >&2; exit 1; }
 set -E
 trap 'fail "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 log() { echo "netfault $broker: $*"; }
+store_base=${CRASH_STORE_URL:-}
+case "$store_base" in
+'') ;;
+redis://*)
+  command -v redis-cli > /dev/null || fail "CRASH_STORE_URL needs redis-cli"
+  redis-cli -u "$store_base" ping | grep -q PONG || fail "no redis answers at $store_base" ;;
+*) fail "CRASH_STORE_URL must be redis://HOST:PORT/DB, not $store_base" ;;
+esac
+store_url() { # scenario
+  if [ -n "$store_base" ]; then echo "$store_base?prefix=netfault_${1}_$$"
+  else echo "sqlite://$work/$1.db"; fi
+}
 
 case "$broker" in
 amqp)
@@ -191,7 +205,8 @@ held_fault() {
 
 results=()
 run() { # scenario
-  local sc=$1 count=$n topic="netfault_${1}_$$" store="sqlite://$work/$1.db" ledger="$work/$1.ledger"
+  local sc=$1 count=$n topic="netfault_${1}_$$" store ledger="$work/$1.ledger"
+  store=$(store_url "$sc")
   local started=$SECONDS
   [ "$sc" = trickle ] && count=$(( n < 300 ? n : 300 ))
   [ "$sc" = latency-start ] && count=$(( n < 500 ? n : 500 ))
@@ -275,7 +290,7 @@ run() { # scenario
   fi
   local key_val="" k
   for k in "${extra[@]}"; do case "$k" in "$detect_key="*) key_val=${k#*=} ;; esac; done
-  local line="broker=$broker scenario=$sc n=$count accepted=$accepted received=$received lost=$lost duplicates=$dups failed=$failed pending=$pending seconds=$((SECONDS - started))${t0:+ noticed_s=$detect $detect_key=${key_val:-default}}"
+  local line="broker=$broker scenario=$sc n=$count accepted=$accepted received=$received lost=$lost duplicates=$dups failed=$failed pending=$pending seconds=$((SECONDS - started))${store_base:+ store=redis}${t0:+ noticed_s=$detect $detect_key=${key_val:-default}}"
   log "$line"
   [ -n "${NETFAULT_RESULTS:-}" ] && echo "$line" >> "$NETFAULT_RESULTS"
   results+=("$line")
