@@ -18,6 +18,7 @@
 #include <hiredis/hiredis.h>
 
 #include <ackbox/idmap.h>
+#include <ackbox/rowmerge.h>
 #include <ackbox/store.h>
 
 
@@ -569,6 +570,35 @@ static const char lua_unpack[] = LUA_PRELUDE
     "for _, b in ipairs(bs) do UNPACK(b, ARGV[2]) end\n"
     "return {#bs, LOST}\n";
 
+/* ARGV: MP. Every batch's bseq, oldest first: list and get read the batches
+ * one at a time after it (batch_read), never unpacking them. */
+static const char lua_batches[] = LUA_PRELUDE
+    "return redis.call('ZRANGE', K_BCREATED, 0, -1)\n";
+
+/* ARGV: MP, bseq[, id]. {n, data, ids, taken, lease, acked bits} of a
+ * batch, or false if it is gone (acked or unpacked since) or, given an id
+ * (16 bytes), its whole ids field does not name it. */
+static const char lua_batch_read[] = LUA_PRELUDE
+    "local h = redis.call('HMGET', BP .. ARGV[2], 'n', 'data', 'ids', 'taken', 'lease')\n"
+    "if not h[1] then return false end\n"
+    "local want, ids = ARGV[3], h[3] or ''\n"
+    "if want and #want == 16 and #ids == (tonumber(h[1]) or -1) * 16 then\n"
+    "  local p, hit = 1, false\n"
+    "  while not hit do\n"
+    "    local i = string.find(ids, want, p, true)\n"
+    "    if not i then return false end\n"
+    "    hit = (i - 1) % 16 == 0\n"
+    "    p = i + 1\n"
+    "  end\n"
+    "end\n"
+    "return {h[1], h[2] or '', h[3] or '', h[4] or '', h[5] or '0',\n"
+    "        redis.call('GET', BG .. ARGV[2]) or ''}\n";
+
+/* ARGV: MP, now, bseq. Unpacks that batch (force of one of its members). */
+static const char lua_unpack_named[] = LUA_PRELUDE
+    "local n = UNPACK(ARGV[3], ARGV[2])\n"
+    "return {n, LOST}\n";
+
 /* ARGV: MP, set ('0','1','2' or 'all'), start ('-' or '(id'), count. Returns id, fields, ... */
 static const char lua_page[] = LUA_PRELUDE
     "local key = (ARGV[2] == 'all') and K_ALL or SK(ARGV[2])\n"
@@ -712,7 +742,8 @@ static const char lua_usage[] = LUA_PRELUDE
 
 enum { SC_OPEN, SC_INSERT, SC_CLAIM, SC_APPLY, SC_RECOVER, SC_COUNTS, SC_PAGE, SC_REQUEUE,
        SC_PURGE, SC_FORCE, SC_TAKE, SC_DAMAGED, SC_USAGE, SC_ORDER_BUILD, SC_BLOCKED,
-       SC_INSERT_PACKED, SC_PENDING, SC_UNPACK, SC_UNPACK_ONE, SC_COUNT };
+       SC_INSERT_PACKED, SC_PENDING, SC_UNPACK, SC_UNPACK_ONE, SC_BATCHES, SC_BATCH_READ,
+       SC_UNPACK_NAMED, SC_COUNT };
 static const char *const scripts[SC_COUNT] = {
     [SC_OPEN] = lua_open,       [SC_INSERT] = lua_insert,   [SC_CLAIM] = lua_claim,
     [SC_APPLY] = lua_apply,     [SC_RECOVER] = lua_recover, [SC_COUNTS] = lua_counts,
@@ -720,7 +751,8 @@ static const char *const scripts[SC_COUNT] = {
     [SC_FORCE] = lua_force,     [SC_TAKE] = lua_take,       [SC_DAMAGED] = lua_damaged,
     [SC_USAGE] = lua_usage,     [SC_ORDER_BUILD] = lua_order_build, [SC_BLOCKED] = lua_blocked,
     [SC_INSERT_PACKED] = lua_insert_packed, [SC_PENDING] = lua_pending, [SC_UNPACK] = lua_unpack,
-    [SC_UNPACK_ONE] = lua_unpack_one,
+    [SC_UNPACK_ONE] = lua_unpack_one, [SC_BATCHES] = lua_batches,
+    [SC_BATCH_READ] = lua_batch_read, [SC_UNPACK_NAMED] = lua_unpack_named,
 };
 
 typedef struct rd_ctx {
@@ -2239,19 +2271,57 @@ static int pm_get(const unsigned char *d, size_t len, size_t *off, const char *i
 	return 0;
 }
 
-/* A claimed batch whose bytes do not read: the server unpacks it (the
- * damaged members FAILED, the rest rows due now, claimed as rows). */
-static int unpack_one(rd_ctx *c, const char *bseq, char *errstr, size_t errstr_size)
+/* The row member m is (SENDING, as its unpacked row would be), due at
+ * due_ms under lease. tbuf holds its topic and content type: room for
+ * both and two NULs. The row points into m's bytes and tbuf. */
+static void member_row(const pm *m, int64_t due_ms, uint64_t lease, char *tbuf,
+                       ackbox_store_row *row)
+{
+	memset(row, 0, sizeof(*row));
+	memcpy(row->id.b, m->v[PM_ID], 16);
+	row->state = ACKBOX_MSG_SENDING;
+	row->created_ms = row->updated_ms = pm_num(m, PM_CREATED);
+	row->due_ms = due_ms;
+	memcpy(tbuf, m->v[PM_TOPIC], m->len[PM_TOPIC]);
+	tbuf[m->len[PM_TOPIC]] = '\0';
+	row->topic = tbuf;
+	if (m->v[PM_FLAGS][0] == '1') {
+		row->key = m->v[PM_KEY];
+		row->key_len = m->len[PM_KEY];
+	}
+	if (m->v[PM_FLAGS][1] == '1') {
+		char *ct = tbuf + m->len[PM_TOPIC] + 1;
+		memcpy(ct, m->v[PM_CT], m->len[PM_CT]);
+		ct[m->len[PM_CT]] = '\0';
+		row->content_type = ct;
+	}
+	if (m->v[PM_FLAGS][2] == '1') {
+		row->headers = m->v[PM_HEADERS];
+		row->headers_len = m->len[PM_HEADERS];
+	}
+	row->payload = m->len[PM_PAYLOAD] ? m->v[PM_PAYLOAD] : "";
+	row->payload_len = m->len[PM_PAYLOAD];
+	row->lease = lease;
+}
+
+/* Unpacks the batch bseq with script `which`: SC_UNPACK_ONE, a claimed
+ * batch whose bytes do not read (the damaged members FAILED, the rest rows
+ * due now, claimed as rows), or SC_UNPACK_NAMED, the batch of a member
+ * being forced (whoever holds it). */
+static int unpack_batch(rd_ctx *c, int which, const char *bseq, char *errstr,
+                        size_t errstr_size)
 {
 	args a;
 	redisReply *r;
 	int rc = args_init(&a, SCRIPT_HEAD + 2, 1);
 	if (rc)
 		return rc;
-	args_script(c, &a, SC_UNPACK_ONE);
+	args_script(c, &a, which);
 	args_i64(&a, ackbox_wall_ms());
 	args_str(&a, bseq);
-	rc = run_script(c, &a, SC_UNPACK_ONE, "unpacking a damaged batch", &r, errstr, errstr_size);
+	rc = run_script(c, &a, which,
+	                which == SC_UNPACK_ONE ? "unpacking a damaged batch" : "unpacking a batch",
+	                &r, errstr, errstr_size);
 	args_fini(&a);
 	if (rc)
 		return rc;
@@ -2308,7 +2378,7 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t lease_until_ms,
 		                 "%s: packed batch %s cannot be read from member %u of %u on: it is "
 		                 "unpacked, its damaged members FAILED, the others sent as rows",
 		                 c->where, e[0]->str, k + 1, n);
-		rc = unpack_one(c, e[0]->str, errstr, errstr_size);
+		rc = unpack_batch(c, SC_UNPACK_ONE, e[0]->str, errstr, errstr_size);
 		return rc < 0 ? rc : 0;
 	}
 	batch_drop_named(c, e[0]->str); /* held before: its acks went with the old lease */
@@ -2354,31 +2424,7 @@ static int hand_batch(rd_ctx *c, const redisReply *b, int64_t lease_until_ms,
 			map_put(c, &mine->ids[k], mine, k);
 		if (*stop)
 			continue;
-		memset(&row, 0, sizeof(row));
-		row.id = mine->ids[k];
-		row.state = ACKBOX_MSG_SENDING;
-		row.created_ms = row.updated_ms = pm_num(&m, PM_CREATED);
-		row.due_ms = lease_until_ms;
-		memcpy(tbuf, m.v[PM_TOPIC], m.len[PM_TOPIC]);
-		tbuf[m.len[PM_TOPIC]] = '\0';
-		row.topic = tbuf;
-		if (m.v[PM_FLAGS][0] == '1') {
-			row.key = m.v[PM_KEY];
-			row.key_len = m.len[PM_KEY];
-		}
-		if (m.v[PM_FLAGS][1] == '1') {
-			char *ct = tbuf + m.len[PM_TOPIC] + 1;
-			memcpy(ct, m.v[PM_CT], m.len[PM_CT]);
-			ct[m.len[PM_CT]] = '\0';
-			row.content_type = ct;
-		}
-		if (m.v[PM_FLAGS][2] == '1') {
-			row.headers = m.v[PM_HEADERS];
-			row.headers_len = m.len[PM_HEADERS];
-		}
-		row.payload = m.len[PM_PAYLOAD] ? m.v[PM_PAYLOAD] : "";
-		row.payload_len = m.len[PM_PAYLOAD];
-		row.lease = mine->lease;
+		member_row(&m, lease_until_ms, mine->lease, tbuf, &row);
 		handed++;
 		*stop = cb(&row, opaque);
 	}
@@ -2691,32 +2737,216 @@ static int rd_has_pending(void *vctx, char *errstr, size_t errstr_size)
 	return rc;
 }
 
+/* ------------------------------------------------------------------ */
+/* Reading packed batches as they are (list, get, force)                */
+/* ------------------------------------------------------------------ */
+
+/* Every batch's bseq, oldest first: *out is an array reply. */
+static int batch_names(rd_ctx *c, redisReply **out, char *errstr, size_t errstr_size)
+{
+	args a;
+	int rc = args_init(&a, SCRIPT_HEAD, 0);
+	if (rc)
+		return rc;
+	args_script(c, &a, SC_BATCHES);
+	rc = run_script(c, &a, SC_BATCHES, "listing packed batches", out, errstr, errstr_size);
+	args_fini(&a);
+	if (rc == 0 && (*out)->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(*out);
+		*out = NULL;
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply listing packed batches",
+		                  c->where);
+		return ACKBOX_ERR_STORE;
+	}
+	return rc;
+}
+
+/* The batch bseq as {n, data, ids, taken, lease, acked bits} (*out), or
+ * *out NULL if it is gone (acked, or unpacked, since it was named) or, with
+ * want, its ids field does not name want. */
+static int batch_read(rd_ctx *c, const char *bseq, const ackbox_id *want, redisReply **out,
+                      char *errstr, size_t errstr_size)
+{
+	args a;
+	int rc = args_init(&a, SCRIPT_HEAD + 2, 0), shaped;
+	if (rc)
+		return rc;
+	args_script(c, &a, SC_BATCH_READ);
+	args_str(&a, bseq);
+	if (want)
+		args_bin(&a, want->b, 16);
+	rc = run_script(c, &a, SC_BATCH_READ, "reading a packed batch", out, errstr, errstr_size);
+	args_fini(&a);
+	if (rc)
+		return rc;
+	if ((*out)->type == REDIS_REPLY_NIL) {
+		freeReplyObject(*out);
+		*out = NULL;
+		return 0;
+	}
+	shaped = (*out)->type == REDIS_REPLY_ARRAY && (*out)->elements == 6;
+	for (size_t f = 0; shaped && f < 6; f++)
+		shaped = is_str((*out)->element[f]);
+	if (!shaped) {
+		freeReplyObject(*out);
+		*out = NULL;
+		ackbox_errstr_set(errstr, errstr_size, "%s: unexpected reply reading packed batch %s",
+		                  c->where, bseq);
+		return ACKBOX_ERR_STORE;
+	}
+	return 0;
+}
+
+/* The members of every batch not acked, batch by batch oldest first, as the
+ * rows they would be unpacked into; nothing is written. Not a snapshot: a
+ * batch acked or unpacked meanwhile is skipped (then its members are rows). */
+typedef struct rd_pack_iter {
+	rd_ctx *c;
+	redisReply *names; /* batch_names */
+	size_t next;       /* the next name to read */
+	redisReply *cur;   /* the batch being read (batch_read), NULL between */
+	const char *bseq;
+	uint32_t n, k;     /* members; the next to read */
+	size_t off;        /* of member k in the data */
+	int64_t taken;     /* a claim's lease end, 0 if none */
+	uint64_t lease;
+	char *tbuf;        /* the row's topic and content type */
+	size_t tcap;
+	ackbox_store_row row;
+	char damaged[24];  /* the last batch that could not be read, "" if none */
+	const ackbox_id *want; /* get: only batches whose ids field names it */
+} rd_pack_iter;
+
+static void pack_iter_fini(rd_pack_iter *it)
+{
+	if (it->names)
+		freeReplyObject(it->names);
+	if (it->cur)
+		freeReplyObject(it->cur);
+	free(it->tbuf);
+	memset(it, 0, sizeof(*it));
+}
+
+/* The next member, valid until the next call; NULL at the end or on an
+ * error (*rc). A batch that cannot be read is skipped from where it stops
+ * parsing, with a warning: the claim that takes it unpacks it. */
+static const ackbox_store_row *pack_iter_next(rd_pack_iter *it, int *rc, char *errstr,
+                                              size_t errstr_size)
+{
+	*rc = 0;
+	for (;;) {
+		while (it->cur && it->k < it->n) {
+			const redisReply *const *e = (const redisReply *const *)it->cur->element;
+			const char *ids = e[2]->len == (size_t)it->n * 16 ? e[2]->str : NULL;
+			uint32_t k = it->k++;
+			size_t need;
+			pm m;
+			if (pm_get((const unsigned char *)e[1]->str, e[1]->len, &it->off, ids, k, &m) != 0) {
+				ackbox_store_log(it->c->conf, ACKBOX_LOG_WARN, "redis",
+				                 "%s: packed batch %s cannot be read from member %u of %u "
+				                 "on: those are not listed (the claim that takes the batch "
+				                 "unpacks it, its damaged members FAILED)",
+				                 it->c->where, it->bseq, k + 1, it->n);
+				snprintf(it->damaged, sizeof(it->damaged), "%s", it->bseq);
+				it->k = it->n;
+				break;
+			}
+			if (k / 8 < e[5]->len && ((unsigned char)e[5]->str[k / 8] >> (k % 8) & 1))
+				continue; /* acked */
+			need = m.len[PM_TOPIC] + m.len[PM_CT] + 2;
+			if (need > it->tcap) {
+				char *t = realloc(it->tbuf, need);
+				if (!t) {
+					*rc = ACKBOX_ERR_NOMEM;
+					return NULL;
+				}
+				it->tbuf = t;
+				it->tcap = need;
+			}
+			member_row(&m, it->taken ? it->taken : pm_num(&m, PM_DUE), it->lease, it->tbuf,
+			           &it->row);
+			return &it->row;
+		}
+		if (it->cur) {
+			freeReplyObject(it->cur);
+			it->cur = NULL;
+		}
+		if (!it->names || it->next >= it->names->elements)
+			return NULL;
+		if (!is_str(it->names->element[it->next])) {
+			it->next++;
+			continue;
+		}
+		it->bseq = it->names->element[it->next++]->str;
+		*rc = batch_read(it->c, it->bseq, it->want, &it->cur, errstr, errstr_size);
+		if (*rc)
+			return NULL;
+		if (!it->cur)
+			continue;
+		it->n = (uint32_t)strtoul(it->cur->element[0]->str, NULL, 10);
+		it->taken = strtoll(it->cur->element[3]->str, NULL, 10);
+		it->lease = strtoull(it->cur->element[4]->str, NULL, 10);
+		it->k = 0;
+		it->off = 0;
+	}
+}
+
+static const ackbox_store_row *pack_iter_next_v(void *it, int *rc, char *errstr,
+                                                size_t errstr_size)
+{
+	return pack_iter_next(it, rc, errstr, errstr_size);
+}
+
+/*
+ * Rows paged by id, and the members of packed batches (SENDING) merged in as
+ * they are read: listing writes nothing, however large the backlog.
+ */
 static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
                    char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
 	char set[4], start[ACKBOX_ID_STRLEN + 2] = "-";
-	int total = 0, rc;
+	size_t want = limit && limit < PAGE ? limit : PAGE;
+	rd_pack_iter it;
+	ackbox_rowmerge m;
+	int rc;
 
 	if (state > ACKBOX_MSG_FAILED)
 		return 0;
 	snprintf(set, sizeof(set), "%d", state < 0 ? 0 : state);
 	rc = ready(c, errstr, errstr_size);
-	if (rc == 0 && (state < 0 || state == ACKBOX_MSG_SENDING))
-		rc = unpack_all(c, errstr, errstr_size); /* packed members are SENDING */
 	if (rc)
 		return rc;
+	memset(&it, 0, sizeof(it));
+	it.c = c;
+	memset(&m, 0, sizeof(m));
+	m.next_fn = pack_iter_next_v;
+	m.src = &it;
+	m.limit = limit;
+	m.cb = cb;
+	m.opaque = opaque;
+	m.errstr = errstr;
+	m.errstr_size = errstr_size;
+	/* packed members are SENDING (batch_names left out: it.names NULL, none) */
+	if (state < 0 || state == ACKBOX_MSG_SENDING)
+		rc = batch_names(c, &it.names, errstr, errstr_size);
+	if (rc == 0)
+		rc = ackbox_rowmerge_start(&m);
+	if (rc) {
+		pack_iter_fini(&it);
+		return rc;
+	}
 	/* Page by id (ZRANGEBYLEX from the last id seen): rows deleted meanwhile
 	 * do not shift the pages. */
 	for (;;) {
 		args a;
 		redisReply *r;
-		size_t want = PAGE, consumed = 0, got;
+		size_t consumed = 0, got;
 		int stop = 0;
-		if (limit && limit - (size_t)total < want)
-			want = limit - (size_t)total;
-		if (args_init(&a, SCRIPT_HEAD + 3, 1) != 0)
-			return ACKBOX_ERR_NOMEM;
+		if (args_init(&a, SCRIPT_HEAD + 3, 1) != 0) {
+			rc = ACKBOX_ERR_NOMEM;
+			break;
+		}
 		args_script(c, &a, SC_PAGE);
 		args_str(&a, state < 0 ? "all" : set);
 		args_str(&a, start);
@@ -2724,19 +2954,62 @@ static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 		rc = run_script(c, &a, SC_PAGE, "list", &r, errstr, errstr_size);
 		args_fini(&a);
 		if (rc)
-			return rc;
-		rc = walk_rows(c, r, cb, opaque, 0, &consumed, &stop, errstr, errstr_size);
+			break;
+		rc = walk_rows(c, r, ackbox_rowmerge_cb, &m, 0, &consumed, &stop, errstr,
+		               errstr_size);
 		got = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
 		if (rc >= 0 && got)
 			snprintf(start, sizeof(start), "(%s", r->element[2 * (got - 1)]->str);
 		freeReplyObject(r);
-		if (rc < 0)
-			return rc;
-		total += rc;
-		if (stop || got < want || (limit && (size_t)total >= limit))
+		if (rc < 0 || stop || m.stop || got < want)
 			break;
 	}
-	return total;
+	if (rc >= 0)
+		ackbox_rowmerge_before(&m, NULL);
+	pack_iter_fini(&it);
+	if (m.rc)
+		return m.rc;
+	return rc < 0 ? rc : (int)m.emitted;
+}
+
+/* Which batch holds id as a member not acked: its bseq (into bseq) and the
+ * member as a row (to cb, if not NULL). 0, ACKBOX_ERR_NOT_FOUND, or an
+ * error. Reads every batch's ids field until it is found; writes nothing. */
+static int find_member(rd_ctx *c, const ackbox_id *id, char *bseq, size_t bseq_size,
+                       ackbox_store_row_cb cb, void *opaque, char *errstr, size_t errstr_size)
+{
+	rd_pack_iter it;
+	const ackbox_store_row *row;
+	char idstr[ACKBOX_ID_STRLEN];
+	int rc;
+
+	memset(&it, 0, sizeof(it));
+	it.c = c;
+	it.want = id;
+	rc = batch_names(c, &it.names, errstr, errstr_size);
+	while (rc == 0 && (row = pack_iter_next(&it, &rc, errstr, errstr_size)) != NULL) {
+		if (memcmp(row->id.b, id->b, 16) != 0)
+			continue;
+		snprintf(bseq, bseq_size, "%s", it.bseq);
+		if (cb)
+			cb(row, opaque);
+		pack_iter_fini(&it);
+		return 0;
+	}
+	ackbox_id_format(id, idstr);
+	if (rc == 0 && it.damaged[0]) {
+		/* it may be one of the members that could not be read */
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "no readable message %s in %s: packed batch %s is damaged (the "
+		                  "claim that takes it unpacks it, its damaged members FAILED)",
+		                  idstr, c->where, it.damaged);
+		rc = ACKBOX_ERR_STORE_CORRUPT;
+	}
+	pack_iter_fini(&it);
+	if (rc)
+		return rc;
+	ackbox_errstr_set(errstr, errstr_size, "no message %s in %s", idstr, c->where);
+	return ACKBOX_ERR_NOT_FOUND;
 }
 
 static int get_once(rd_ctx *c, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
@@ -2782,15 +3055,16 @@ static int get_once(rd_ctx *c, const ackbox_id *id, ackbox_store_row_cb cb, void
 	return rc;
 }
 
-/* A row, or else a packed member: then every batch is unpacked (which one
- * holds the id only its inserting handle knows) and the row read. */
+/* A row, or else a packed member, read where it is (which batch holds the
+ * id only its inserting handle knows: the batches are searched). */
 static int rd_get(void *vctx, const ackbox_id *id, ackbox_store_row_cb cb, void *opaque,
                   char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	char bseq[ACKBOX_ID_STRLEN];
 	int rc = get_once(c, id, cb, opaque, errstr, errstr_size);
-	if (rc == ACKBOX_ERR_NOT_FOUND && (rc = unpack_all(c, errstr, errstr_size)) == 0)
-		rc = get_once(c, id, cb, opaque, errstr, errstr_size);
+	if (rc == ACKBOX_ERR_NOT_FOUND)
+		rc = find_member(c, id, bseq, sizeof(bseq), cb, opaque, errstr, errstr_size);
 	return rc;
 }
 
@@ -2887,8 +3161,12 @@ static int rd_force_noted(void *vctx, const ackbox_store_change *ch, const ackbo
                           int64_t now_ms, char *errstr, size_t errstr_size)
 {
 	rd_ctx *c = vctx;
+	char bseq[ACKBOX_ID_STRLEN];
 	int rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
-	if (rc == ACKBOX_ERR_NOT_FOUND && (rc = unpack_all(c, errstr, errstr_size)) == 0)
+	/* a packed member: its batch (only that one) becomes rows first */
+	if (rc == ACKBOX_ERR_NOT_FOUND &&
+	    (rc = find_member(c, &ch->id, bseq, sizeof(bseq), NULL, NULL, errstr, errstr_size)) == 0 &&
+	    (rc = unpack_batch(c, SC_UNPACK_NAMED, bseq, errstr, errstr_size)) == 0)
 		rc = force_once(c, ch, note, now_ms, errstr, errstr_size);
 	return rc;
 }

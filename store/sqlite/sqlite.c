@@ -24,6 +24,7 @@
 
 #include <sqlite3.h>
 
+#include <ackbox/rowmerge.h>
 #include <ackbox/sqlite.h>
 #include <ackbox/store.h>
 
@@ -1473,39 +1474,10 @@ static int iterate(sq_ctx *c, sqlite3_stmt *s, ackbox_store_row_cb cb, void *opa
 	return n;
 }
 
-typedef struct list_merge {
-	sq_pack_iter it;
-	const ackbox_store_row *next; /* the next packed member, NULL when none are left */
-	size_t limit, emitted;
-	ackbox_store_row_cb cb;
-	void *opaque;
-	int stop, rc;
-	char *errstr;
-	size_t errstr_size;
-} list_merge;
-
-/* Emits packed members whose id sorts before `before` (all if NULL). */
-static void merge_packed(list_merge *m, const ackbox_id *before)
+static const ackbox_store_row *pack_iter_next_v(void *it, int *rc, char *errstr,
+                                                size_t errstr_size)
 {
-	while (!m->stop && m->next && (!m->limit || m->emitted < m->limit) &&
-	       (!before || memcmp(m->next->id.b, before->b, 16) < 0)) {
-		m->emitted++;
-		m->stop = m->cb(m->next, m->opaque);
-		m->next = sq_pack_iter_next(&m->it, &m->rc, m->errstr, m->errstr_size);
-		if (m->rc)
-			m->stop = 1;
-	}
-}
-
-static int merge_cb(const ackbox_store_row *row, void *opaque)
-{
-	list_merge *m = opaque;
-	merge_packed(m, &row->id);
-	if (m->stop || (m->limit && m->emitted >= m->limit))
-		return 1;
-	m->emitted++;
-	m->stop = m->cb(row, m->opaque);
-	return m->stop || (m->limit && m->emitted >= m->limit);
+	return sq_pack_iter_next(it, rc, errstr, errstr_size);
 }
 
 static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, void *opaque,
@@ -1513,25 +1485,25 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 {
 	sq_ctx *c = vctx;
 	sqlite3_stmt *s;
-	list_merge m;
+	sq_pack_iter it;
+	ackbox_rowmerge m;
 	int rc;
 
 	if (c->absent)
 		return 0;
+	sq_pack_iter_init(c, &it);
 	memset(&m, 0, sizeof(m));
-	sq_pack_iter_init(c, &m.it);
+	m.next_fn = pack_iter_next_v;
+	m.src = &it;
 	m.limit = limit;
 	m.cb = cb;
 	m.opaque = opaque;
 	m.errstr = errstr;
 	m.errstr_size = errstr_size;
 	/* packed members are SENDING; they are merged in by id, a batch at a time */
-	if (state < 0 || state == ACKBOX_MSG_SENDING) {
-		m.next = sq_pack_iter_next(&m.it, &m.rc, errstr, errstr_size);
-		if (m.rc) {
-			sq_pack_iter_fini(&m.it);
-			return m.rc;
-		}
+	if ((state < 0 || state == ACKBOX_MSG_SENDING) && ackbox_rowmerge_start(&m) != 0) {
+		sq_pack_iter_fini(&it);
+		return m.rc;
 	}
 	rc = sqlite3_prepare_v2(c->db,
 	                        /* by id: a member moved out of a batch gets a later seq */
@@ -1541,15 +1513,15 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 	                                    "state = ?1 ORDER BY id LIMIT ?2",
 	                        -1, &s, NULL);
 	if (rc != SQLITE_OK) {
-		sq_pack_iter_fini(&m.it);
+		sq_pack_iter_fini(&it);
 		return sq_error(c->db, rc, c->path, "list", errstr, errstr_size);
 	}
 	sqlite3_bind_int(s, 1, state);
 	sqlite3_bind_int64(s, 2, limit ? (sqlite3_int64)limit : -1);
-	rc = iterate(c, s, merge_cb, &m, "list", errstr, errstr_size);
+	rc = iterate(c, s, ackbox_rowmerge_cb, &m, "list", errstr, errstr_size);
 	if (rc >= 0)
-		merge_packed(&m, NULL);
-	sq_pack_iter_fini(&m.it);
+		ackbox_rowmerge_before(&m, NULL);
+	sq_pack_iter_fini(&it);
 	if (m.rc)
 		return m.rc;
 	return rc < 0 ? rc : (int)m.emitted;

@@ -391,6 +391,41 @@ Test(corrupt, packed_batch_cut_in_its_last_payload_fails_that_member)
 	ackbox_destroy(ab);
 }
 
+static int count_cb(const ackbox_stored *m, void *o)
+{
+	(void)m;
+	(*(int *)o)++;
+	return 0;
+}
+
+/* Listing and showing read a packed batch where it is: a damaged one is
+ * listed up to the damage, and showing a member past it names the batch. */
+Test(corrupt, a_damaged_packed_batch_is_listed_up_to_the_damage)
+{
+	ackbox_id ids[6];
+	ackbox *ab;
+	ackbox_conf *c = ackbox_conf_new();
+	char err[512] = "";
+	int n = 0, shown = 0;
+	store_unsent(ids, 6, -1);
+	batch_eval("local d = redis.call('HGET', KEYS[1], 'data')\n"
+	           "if not d then return 0 end\n"
+	           "redis.call('HSET', KEYS[1], 'data', string.sub(d, 1, #d - 20))\n"
+	           "return 1");
+	TU_SET(c, "store.url", url); /* no transport: an operator's handle */
+	TU_SET(c, "log.level", "error");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_list(ab, -1, 0, count_cb, &n, err, sizeof(err)), 5, "%s", err);
+	cr_assert_eq(n, 5, "the five readable members are listed");
+	cr_assert_eq(ackbox_show(ab, &ids[2], count_cb, &shown, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(shown, 1);
+	cr_assert_eq(ackbox_show(ab, &ids[5], count_cb, &shown, err, sizeof(err)),
+	             ACKBOX_ERR_STORE_CORRUPT);
+	cr_assert(strstr(err, "packed batch 1 is damaged"), "%s", err);
+	ackbox_destroy(ab);
+	batch_eval("return redis.call('EXISTS', KEYS[1])"); /* still packed: nothing was written */
+}
+
 Test(corrupt, packed_batch_that_does_not_parse_fails_every_member_by_its_id)
 {
 	ackbox_id ids[6];

@@ -642,6 +642,10 @@ static void live_and_killed_relay(int packed)
 	v[1] = 0;
 	cr_assert_eq(ackbox_list(ab, -1, 0, due_after, v, err, sizeof(err)), 6, "%s", err);
 	cr_assert_eq(v[1], 6, "recovery at open left the live relay's 60 s leases alone");
+	x = cmd(r = connect_to(fixture_port()), "EXISTS {%s}:b:1", prefix);
+	cr_assert_eq(x->integer, packed, "listing left the batch as it was");
+	freeReplyObject(x);
+	redisFree(r);
 	cr_assert_eq(ackbox_loopback_received(lb), 0, "and sent none of its messages");
 	ackbox_destroy(ab);
 
@@ -660,8 +664,8 @@ Test(redis, recovery_leaves_a_live_relays_leases_and_takes_a_killed_ones)
 	live_and_killed_relay(0);
 }
 
-/* The same with the six in one packed batch: listing unpacks it (the live
- * relay's leases stay), recovery takes a dead owner's batch at once. */
+/* The same with the six in one packed batch: listing reads it as it is (the
+ * live relay's lease shows), recovery takes a dead owner's batch at once. */
 Test(redis, recovery_leaves_a_live_relays_packed_batch_and_takes_a_killed_ones)
 {
 	live_and_killed_relay(1);
@@ -750,6 +754,103 @@ Test(redis, a_packed_batch_is_one_key_and_leaves_nothing_once_acked)
 	              strcmp(t->element[0]->str, "0") == 0 && strcmp(t->element[1]->str, "0") == 0,
 	          "bytes and bn are 0 once all is acked");
 	freeReplyObject(t);
+	redisFree(r);
+}
+
+typedef struct seen {
+	ackbox_id ids[64];
+	char payload[64][8];
+	int n, sending;
+} seen;
+
+static int seen_cb(const ackbox_stored *m, void *opaque)
+{
+	seen *s = opaque;
+	if (s->n < 64) {
+		s->ids[s->n] = m->id;
+		snprintf(s->payload[s->n], sizeof(s->payload[0]), "%.*s", (int)m->payload_len,
+		         (const char *)m->payload);
+	}
+	s->n++;
+	s->sending += m->state == ACKBOX_MSG_SENDING;
+	return 0;
+}
+
+/* list and show read packed batches where they are: both batches stay one
+ * key each. A forced member (ackbox_fail) turns its own batch into rows,
+ * and only that one. */
+Test(redis, list_and_show_read_packed_batches_and_fail_unpacks_only_its_batch)
+{
+	redisContext *r = connect_to(fixture_port());
+	ackbox *ab;
+	ackbox_msg m[6], one = {.topic = "orders", .payload = "r0", .payload_len = 2};
+	ackbox_id a[6], b[6], row;
+	ackbox_counts k;
+	seen all = {0}, some = {0}, shown = {0};
+	char err[512] = "", pay[6][8];
+	ackbox_conf *c = ackbox_conf_new();
+	redisReply *x;
+
+	TU_SET(c, "store.url", url);
+	TU_SET(c, "log.level", "error");
+	ackbox_loopback_set_up(ackbox_loopback_get("lister"), 0);
+	TU_SET(c, "transport.url", "loopback://lister");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 6; i++) {
+		snprintf(pay[i], sizeof(pay[i]), "a%d", i);
+		m[i] = (ackbox_msg){.topic = "orders", .payload = pay[i], .payload_len = 2};
+	}
+	cr_assert_eq(ackbox_publish_batch(ab, m, 6, a, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_publish(ab, &one, &row, err, sizeof(err)), 0, "%s", err);
+	for (int i = 0; i < 6; i++)
+		pay[i][0] = 'b';
+	cr_assert_eq(ackbox_publish_batch(ab, m, 6, b, err, sizeof(err)), 0, "%s", err);
+
+	cr_assert_eq(ackbox_list(ab, -1, 0, seen_cb, &all, err, sizeof(err)), 13, "%s", err);
+	cr_assert_eq(all.n, 13);
+	cr_assert_eq(all.sending, 13);
+	/* in id order: the first batch, the row, the second batch */
+	for (int i = 0; i < 6; i++) {
+		cr_assert(memcmp(&all.ids[i], &a[i], sizeof(a[i])) == 0, "member %d of the first", i);
+		cr_assert(memcmp(&all.ids[7 + i], &b[i], sizeof(b[i])) == 0, "member %d of the second",
+		          i);
+		cr_assert_eq(all.payload[i][0], 'a');
+		cr_assert_eq(all.payload[7 + i][0], 'b');
+	}
+	cr_assert(memcmp(&all.ids[6], &row, sizeof(row)) == 0, "the row between them");
+	cr_assert_str_eq(all.payload[6], "r0");
+	cr_assert_eq(ackbox_list(ab, ACKBOX_MSG_SENDING, 4, seen_cb, &some, err, sizeof(err)), 4,
+	             "%s", err);
+	cr_assert(memcmp(&some.ids[3], &a[3], sizeof(a[3])) == 0, "a limit counts members too");
+	cr_assert_eq(ackbox_show(ab, &b[4], seen_cb, &shown, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(shown.n, 1);
+	cr_assert_str_eq(shown.payload[0], "b4");
+	x = cmd(r, "EXISTS {%s}:b:1 {%s}:b:2", prefix, prefix);
+	cr_assert_eq(x->integer, 2, "listing and showing left both batches packed");
+	freeReplyObject(x);
+	x = cmd(r, "ZCARD {%s}:all", prefix);
+	cr_assert_eq(x->integer, 1, "and wrote no row: the one row is the single publish");
+	freeReplyObject(x);
+
+	cr_assert_eq(ackbox_fail(ab, &b[2], "by hand", err, sizeof(err)), 1, "%s", err);
+	x = cmd(r, "EXISTS {%s}:b:1 {%s}:b:2", prefix, prefix);
+	cr_assert_eq(x->integer, 1, "failing b[2] unpacked its own batch only");
+	freeReplyObject(x);
+	x = cmd(r, "EXISTS {%s}:b:1", prefix);
+	cr_assert_eq(x->integer, 1, "the first batch is still packed");
+	freeReplyObject(x);
+	cr_assert_eq(ackbox_counts_get(ab, &k, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(k.failed, 1);
+	cr_assert_eq(k.sending, 12);
+	ackbox_loopback_set_up(ackbox_loopback_get("lister"), 1);
+	cr_assert_eq(ackbox_flush(ab, 20000), 0);
+	/* the relay had all thirteen in memory: the failed one may go out once */
+	cr_assert_geq(ackbox_loopback_received(ackbox_loopback_get("lister")), 12,
+	              "the other twelve are delivered");
+	cr_assert_eq(ackbox_counts_get(ab, &k, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(k.sending + k.retrying, 0, "nothing is left pending");
+	cr_assert_eq(k.failed, 1, "the failed one stays FAILED");
+	ackbox_destroy(ab);
 	redisFree(r);
 }
 
