@@ -1209,7 +1209,6 @@ static void usage_text(FILE *f)
 			fprintf(f, "  %s\n", bench_transports[i]->url_help);
 }
 
-/* o->shown: o->url without its password, for everything the bench prints. */
 /* url with the password of its user:password@ part shown as ***, into out. */
 static void redacted(const char *url, char *out, size_t n)
 {
@@ -1221,6 +1220,7 @@ static void redacted(const char *url, char *out, size_t n)
 		snprintf(out, n, "%s", url);
 }
 
+/* o->shown: o->url without its password, for everything the bench prints. */
 static void url_shown(bench_opts *o)
 {
 	redacted(o->url, o->shown, sizeof(o->shown));
