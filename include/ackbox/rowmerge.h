@@ -3,10 +3,11 @@
  * order with rows the store keeps elsewhere and reads one at a time (the
  * SQLite and Redis stores' packed batches), by id, up to a limit.
  *
- * Use: fill `next_fn`, `src`, `limit`, `cb`, `opaque`, `errstr` and
- * `errstr_size`, call ackbox_rowmerge_start; pass ackbox_rowmerge_cb and the
- * merge as the query's row callback; then ackbox_rowmerge_before(m, NULL)
- * for what is left. `emitted` is list()'s result unless `rc` is non-zero.
+ * Use: ackbox_rowmerge_init, then ackbox_rowmerge_start (left out, the merge
+ * has no rows of src: a state packed rows are never in); pass
+ * ackbox_rowmerge_cb and the merge as the query's row callback; then
+ * ackbox_rowmerge_before(m, NULL) for what is left. `emitted` is list()'s
+ * result unless `rc` is non-zero.
  *
  * Header-only: every function is static inline, nothing here is part of
  * libackbox's ABI. Ownership: the merge owns nothing; `src` is the
@@ -41,6 +42,22 @@ typedef struct ackbox_rowmerge {
 	size_t emitted;
 	int stop, rc;
 } ackbox_rowmerge;
+
+/** Fills m: src read through next_fn, rows handed to list()'s cb and opaque
+ *  up to limit (0: no limit), errors written to errstr. */
+static inline void ackbox_rowmerge_init(ackbox_rowmerge *m, ackbox_rowmerge_next_fn next_fn,
+                                        void *src, size_t limit, ackbox_store_row_cb cb,
+                                        void *opaque, char *errstr, size_t errstr_size)
+{
+	memset(m, 0, sizeof(*m));
+	m->next_fn = next_fn;
+	m->src = src;
+	m->limit = limit;
+	m->cb = cb;
+	m->opaque = opaque;
+	m->errstr = errstr;
+	m->errstr_size = errstr_size;
+}
 
 /** Reads src's first row. 0, or src's error (also in m->rc). */
 static inline int ackbox_rowmerge_start(ackbox_rowmerge *m)

@@ -2919,14 +2919,7 @@ static int rd_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 		return rc;
 	memset(&it, 0, sizeof(it));
 	it.c = c;
-	memset(&m, 0, sizeof(m));
-	m.next_fn = pack_iter_next_v;
-	m.src = &it;
-	m.limit = limit;
-	m.cb = cb;
-	m.opaque = opaque;
-	m.errstr = errstr;
-	m.errstr_size = errstr_size;
+	ackbox_rowmerge_init(&m, pack_iter_next_v, &it, limit, cb, opaque, errstr, errstr_size);
 	/* packed members are SENDING (batch_names left out: it.names NULL, none) */
 	if (state < 0 || state == ACKBOX_MSG_SENDING)
 		rc = batch_names(c, &it.names, errstr, errstr_size);

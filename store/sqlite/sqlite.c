@@ -1492,14 +1492,7 @@ static int sq_list(void *vctx, int state, size_t limit, ackbox_store_row_cb cb, 
 	if (c->absent)
 		return 0;
 	sq_pack_iter_init(c, &it);
-	memset(&m, 0, sizeof(m));
-	m.next_fn = pack_iter_next_v;
-	m.src = &it;
-	m.limit = limit;
-	m.cb = cb;
-	m.opaque = opaque;
-	m.errstr = errstr;
-	m.errstr_size = errstr_size;
+	ackbox_rowmerge_init(&m, pack_iter_next_v, &it, limit, cb, opaque, errstr, errstr_size);
 	/* packed members are SENDING; they are merged in by id, a batch at a time */
 	if ((state < 0 || state == ACKBOX_MSG_SENDING) && ackbox_rowmerge_start(&m) != 0) {
 		sq_pack_iter_fini(&it);
