@@ -369,9 +369,10 @@ Test(sm, late_confirm_of_an_earlier_attempt_acks_once)
 	seen s = {0};
 	ackbox *ab = open_handle("late", &s, "retry.max_attempts", "10");
 	ackbox_loopback *lb = ackbox_loopback_get("late");
-	/* attempt 1 is confirmed after 700 ms (past retry.timeout = 300 ms);
-	 * attempt 2's confirm is lost; so only the late confirm can ack */
-	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, 700);
+	/* attempt 1 is confirmed after 1200 ms (past retry.timeout = 300 ms,
+	 * with room for a held-up relay thread to resend first); attempt 2's
+	 * confirm is lost; so only the late confirm can ack */
+	ackbox_loopback_script(lb, ACKBOX_LB_CONFIRM, 1, 1200);
 	ackbox_loopback_set_default(lb, ACKBOX_LB_DROP, 0);
 	ackbox_id id = publish_one(ab, "x");
 	cr_assert_eq(ackbox_flush(ab, 10000), 0);
@@ -389,13 +390,15 @@ Test(sm, late_confirm_of_an_earlier_attempt_acks_once)
 /*
  * Timing of the tests below. The first answer comes LATE_MS after the
  * send, past retry.timeout, so the core gives up on that attempt and
- * resends (backoff 10-20 ms here) well before the late answer is due.
+ * resends (backoff 10-20 ms here) well before the late answer is due: 700
+ * ms before, room for the relay thread to be held up that long (ThreadSanitizer
+ * beside the other tests on two cores held it up more than 150 ms).
  * An answer scheduled AFTER_LATE_MS after a send made once an attempt has
  * timed out comes at least 100 ms after that attempt's late answer.
  */
 #define LATE_TIMEOUT "300ms"
 #define LATE_TIMEOUT_MS 300
-#define LATE_MS 450
+#define LATE_MS 1000
 #define AFTER_LATE_MS (LATE_MS - LATE_TIMEOUT_MS + 100)
 
 /*
