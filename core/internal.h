@@ -121,6 +121,7 @@ typedef struct abx_stats {
 	atomic_uint_least64_t commits; /* group commits that reached the disk */
 	atomic_int_least64_t state_since_ms; /* mono ms of the last connect or disconnect */
 	atomic_bool store_stuck;            /* the relay's last apply failed */
+	atomic_bool claim_stuck;            /* the relay's last claim failed */
 	abx_hist durable, ack;
 	abx_dest dests[ABX_MAX_DESTINATIONS];
 	atomic_int ndests;

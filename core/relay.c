@@ -249,39 +249,73 @@ static void check_timeouts(abx_relay *r, int64_t now)
 	}
 }
 
+/* Records a claimed row (taken by take_claimed once the claim succeeded). */
 static int claim_cb(const ackbox_store_row *row, void *opaque)
 {
 	abx_relay *r = opaque;
 	entry *e = abx_map_get(&r->by_id, abx_id_key(&row->id));
-	abx_fresh *f;
+	struct abx_claimed *c;
 
-	if (e && memcmp(&e->id, &row->id, sizeof(row->id)) == 0) {
-		/* the claim renewed our lease: later changes must carry the new
-		 * one, or a fencing store skips them and the row is sent again */
-		e->lease = row->lease;
-		if (e->state != E_WAITING)
-			return 0; /* already queued or in flight here */
-		f = abx_fresh_from_row(row);
-		if (!f)
+	if (r->nclaimed == r->cap_claimed) {
+		size_t ncap = r->cap_claimed ? 2 * r->cap_claimed : 256;
+		struct abx_claimed *n = realloc(r->claimed, ncap * sizeof(*n));
+		if (!n)
+			return 1; /* stop here: the rest stay due */
+		r->claimed = n;
+		r->cap_claimed = ncap;
+	}
+	c = &r->claimed[r->nclaimed];
+	c->id = row->id;
+	c->attempts = row->attempts;
+	c->lease = row->lease;
+	c->data = NULL;
+	if (!(e && memcmp(&e->id, &row->id, sizeof(row->id)) == 0 && e->state != E_WAITING)) {
+		c->data = abx_fresh_from_row(row);
+		if (!c->data)
 			return 1;
-		e->data = f;
-		e->attempts = row->attempts;
-		e->lease = row->lease;
+	}
+	r->nclaimed++;
+	return 0;
+}
+
+/* The claim that recorded r->claimed succeeded: queue its rows. */
+static void take_claimed(abx_relay *r)
+{
+	for (size_t i = 0; i < r->nclaimed; i++) {
+		struct abx_claimed *c = &r->claimed[i];
+		entry *e = abx_map_get(&r->by_id, abx_id_key(&c->id));
+		if (e && memcmp(&e->id, &c->id, sizeof(c->id)) == 0) {
+			/* the claim renewed our lease: later changes must carry the
+			 * new one, or a fencing store skips them and the row is sent
+			 * again */
+			e->lease = c->lease;
+			if (e->state != E_WAITING || !c->data) {
+				abx_fresh_free(c->data); /* already queued or in flight here */
+				continue;
+			}
+			e->data = c->data;
+			e->attempts = c->attempts;
+		} else {
+			e = abx_entry_new(r, c->data, c->attempts, c->lease);
+			if (!e) {
+				/* out of memory: the row stays leased to us and comes
+				 * back when the lease runs out (a duplicate at worst) */
+				abx_fresh_free(c->data);
+				continue;
+			}
+		}
 		if (abx_order_admit(r, e))
 			abx_enqueue_claimed(r, e);
-		return 0;
 	}
-	f = abx_fresh_from_row(row);
-	if (!f)
-		return 1;
-	e = abx_entry_new(r, f, row->attempts, row->lease);
-	if (!e) {
-		abx_fresh_free(f);
-		return 1;
-	}
-	if (abx_order_admit(r, e))
-		abx_enqueue_claimed(r, e);
-	return 0;
+	r->nclaimed = 0;
+}
+
+/* The claim that recorded r->claimed failed: its rows stay in the store. */
+static void drop_claimed(abx_relay *r)
+{
+	for (size_t i = 0; i < r->nclaimed; i++)
+		abx_fresh_free(r->claimed[i].data);
+	r->nclaimed = 0;
 }
 
 static void claim_due(abx_relay *r, int64_t now)
@@ -300,6 +334,11 @@ static void claim_due(abx_relay *r, int64_t now)
 	                         ackbox_wall_ms() + ab->retry_timeout_ms, room, claim_cb, r, err,
 	                         sizeof(err));
 	abx_store_unlock(ab);
+	if (n < 0)
+		drop_claimed(r);
+	else
+		take_claimed(r);
+	atomic_store(&ab->stats.claim_stuck, n < 0);
 	if (n < 0) {
 		/* a store outage (a database restart) repeats every poll interval:
 		 * log a new error at once, the same one at most every 10 s */

@@ -225,6 +225,7 @@ static void relay_free(abx_relay *r)
 		free(r->change_texts[i]);
 		free((char *)r->notes[i].text);
 	}
+	free(r->claimed);
 	free(r->changes);
 	free(r->change_texts);
 	free(r->notes);

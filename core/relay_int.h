@@ -224,6 +224,17 @@ struct abx_relay {
 	int connect_errors;   /* connect() failures since the last success */
 	int64_t next_connect_at;
 	char last_claim_error[256];
+	/* rows of the claim under way, taken only once it returned: a claim
+	 * that fails rolled its leases back (the rows it handed out before the
+	 * failure are claimable again), and sending them would repeat them at
+	 * every claim (a disk full under the COMMIT) */
+	struct abx_claimed {
+		ackbox_id id;
+		abx_fresh *data; /* NULL: the entry is already queued or in flight */
+		int attempts;
+		uint64_t lease;
+	} *claimed;
+	size_t nclaimed, cap_claimed;
 	int64_t next_claim_log_at;
 	int64_t next_claim_at;
 	abx_heap retry_at; /* mono ms when each retry set here is claimable */

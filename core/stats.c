@@ -275,6 +275,11 @@ int abx_health(ackbox *ab, char *errstr, size_t errstr_size)
 		                  "store: the relay's last state changes were refused (see the log)");
 		return ACKBOX_ERR_STORE;
 	}
+	if (atomic_load(&ab->stats.claim_stuck)) {
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "store: the relay cannot claim due messages (see the log)");
+		return ACKBOX_ERR_STORE;
+	}
 	if (ab->relay && !abx_relay_connected(ab->relay)) {
 		int64_t down = ackbox_mono_ms() - LOAD(ab->stats.state_since_ms);
 		int64_t max = abx_conf_int(ab->conf, "health.disconnected_max");

@@ -581,7 +581,7 @@ ACKBOX_API int ackbox_metrics_text(ackbox *ab, char **out, size_t *out_len, char
 
 /**
  * 0 if healthy: the store answers and takes changes (the relay's last
- * apply, if any, succeeded), and the transport (if any) is connected or was
+ * claim and last apply, if any, succeeded), and the transport (if any) is connected or was
  * disconnected less than health.disconnected_max ago. Otherwise
  * ACKBOX_ERR_STORE or ACKBOX_ERR_TRANSPORT with errstr saying why. Any thread.
  */

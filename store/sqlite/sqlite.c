@@ -248,18 +248,23 @@ static int begin(sq_ctx *c, int relaxed)
 	return run(c, ST_BEGIN);
 }
 
-static int commit(sq_ctx *c)
-{
-	int rc = run(c, ST_COMMIT);
-	if (rc != SQLITE_OK)
-		run(c, ST_ROLLBACK);
-	return rc;
-}
-
 static void rollback(sq_ctx *c)
 {
 	if (!sqlite3_get_autocommit(c->db))
 		run(c, ST_ROLLBACK);
+}
+
+/* 0, or the ackbox error naming why the COMMIT failed (in errstr, read
+ * before the transaction is rolled back: SQLite may have rolled it back
+ * itself, SQLITE_FULL, and a ROLLBACK then fails with its own message). */
+static int commit(sq_ctx *c, char *errstr, size_t errstr_size)
+{
+	int rc = run(c, ST_COMMIT);
+	if (rc == SQLITE_OK)
+		return 0;
+	rc = sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rollback(c);
+	return rc;
 }
 
 /*
@@ -947,10 +952,10 @@ static int sq_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 			return rc;
 		}
 	}
-	rc = commit(c);
-	sq_pack_inserted(c, rc == SQLITE_OK);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	sq_pack_inserted(c, rc == 0);
+	if (rc)
+		return rc;
 	if (split)
 		c->need_sync = 1;
 	return 0;
@@ -1179,9 +1184,9 @@ rows:
 		}
 		nb += (size_t)rc;
 	}
-	rc = commit(c);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	return (int)(nb + rows);
 }
 
@@ -1304,9 +1309,9 @@ static int sq_apply_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		rollback(c);
 		return rc;
 	}
-	rc = commit(c);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	return 0;
 }
 
@@ -1353,9 +1358,9 @@ static int sq_recover_now(sq_ctx *c, int64_t now_ms, char *errstr, size_t errstr
 		rollback(c);
 		return rc;
 	}
-	rc = commit(c);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	return 0;
 }
 
@@ -1606,9 +1611,9 @@ static int sq_requeue(void *vctx, const ackbox_id *ids, size_t n, int64_t now_ms
 		total += sqlite3_changes(c->db);
 	}
 	sqlite3_finalize(s);
-	rc = commit(c);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	return total;
 }
 
@@ -1637,8 +1642,8 @@ static int sq_purge(void *vctx, int64_t older_than_ms, char *errstr, size_t errs
 		rollback(c);
 		return rc;
 	}
-	if ((hist = commit(c)) != SQLITE_OK)
-		return sq_error(c->db, hist, c->path, "commit", errstr, errstr_size);
+	if ((hist = commit(c, errstr, errstr_size)) != 0)
+		return hist;
 	return rc;
 }
 
@@ -1712,9 +1717,9 @@ static int sq_force_noted(void *vctx, const ackbox_store_change *ch, const ackbo
 		rollback(c);
 		return done;
 	}
-	rc = commit(c);
-	if (rc != SQLITE_OK)
-		return sq_error(c->db, rc, c->path, "commit", errstr, errstr_size);
+	rc = commit(c, errstr, errstr_size);
+	if (rc)
+		return rc;
 	return 1;
 }
 

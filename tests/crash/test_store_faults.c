@@ -128,6 +128,65 @@ Test(faults, full_disk_is_a_clear_error_and_keeps_what_was_accepted)
 	ackbox_destroy(ab);
 }
 
+/*
+ * A relay whose claims fail (the disk filled after the messages were stored:
+ * the claim's lease update cannot be written) sends nothing: the rows a
+ * failed claim read are not leased, and sending them made every claim send
+ * them again (1 300 stored messages became 50 000 publishes in 20 s). Health
+ * says the store refuses the relay; once space returns each is delivered.
+ */
+Test(faults, a_relay_on_a_full_disk_sends_nothing_until_space_returns)
+{
+	enum { N = 300, BATCH = 100 };
+	seen s = {0};
+	ackbox *ab;
+	char err[512], filler[1200];
+	static char block[4096];
+	cr_assert_eq(mount("ackbox-faults", dir, "tmpfs", 0, "size=4m"), 0,
+	             "cannot mount a 4 MiB tmpfs at %s (%s): this test needs root", dir,
+	             strerror(errno));
+	ackbox_loopback *lb = ackbox_loopback_get("full-relay");
+	ackbox_loopback_set_up(lb, 0); /* nothing is claimed while it is down */
+	cr_assert_eq(open_handle("full-relay", NULL, &ab, err, sizeof(err)), 0, "%s", err);
+	for (int b = 0; b < N / BATCH; b++) {
+		ackbox_msg m[BATCH];
+		for (int i = 0; i < BATCH; i++)
+			m[i] = (ackbox_msg){.topic = "orders", .payload = "x", .payload_len = 1};
+		cr_assert_eq(ackbox_publish_batch(ab, m, BATCH, NULL, err, sizeof(err)), 0, "%s", err);
+	}
+	ackbox_destroy(ab);
+	/* a relay that holds none of them in memory: only a claim gives them */
+	cr_assert_eq(open_handle("full-relay", &s, &ab, err, sizeof(err)), 0, "%s", err);
+	/* fill the disk to the last byte */
+	snprintf(filler, sizeof(filler), "%s/filler", dir);
+	FILE *f = fopen(filler, "w");
+	cr_assert(f);
+	setvbuf(f, NULL, _IONBF, 0);
+	while (fwrite(block, 1, sizeof(block), f) == sizeof(block)) {
+	}
+	while (fwrite(block, 1, 1, f) == 1) {
+	}
+	fclose(f);
+	ackbox_loopback_set_up(lb, 1);
+	cr_assert(TU_WAIT_UNTIL(ackbox_health(ab, err, sizeof(err)) == ACKBOX_ERR_STORE, 10000),
+	          "health names the store while claims fail");
+	cr_assert(strstr(err, "claim"), "health says why: %s", err);
+	/* more failed claims (every poll interval): still nothing sent */
+	cr_assert_eq(ackbox_poll(ab, 500), 0);
+	cr_assert_eq(ackbox_loopback_received(lb), 0, "%zu sends of rows no claim leased",
+	             ackbox_loopback_received(lb));
+	cr_assert_eq(counts(ab).sending, (uint64_t)N, "all still stored");
+	/* space comes back: each is delivered, once */
+	cr_assert_eq(unlink(filler), 0);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, N);
+	cr_assert_eq(s.failed, 0);
+	cr_assert_eq(ackbox_loopback_distinct(lb), (size_t)N);
+	cr_assert_eq(ackbox_loopback_received(lb), (size_t)N, "no message sent twice");
+	cr_assert_eq(ackbox_health(ab, err, sizeof(err)), 0, "healthy again: %s", err);
+	ackbox_destroy(ab);
+}
+
 Test(faults, file_deleted_while_open_refuses_further_publishes)
 {
 	seen s = {0};

@@ -136,6 +136,13 @@ int cli_relay(cli_args *a)
 		       cli_rate(t.acked, el));
 		fflush(stdout);
 	}
+	/* messages left because the store refuses the relay (a disk full, a
+	 * damaged file) are a store error, not a broker's */
+	if (code == EXIT_ALL_GOOD && pending &&
+	    ackbox_health(ab, err, sizeof(err)) == ACKBOX_ERR_STORE) {
+		cli_say("%s", err);
+		code = EXIT_STORE;
+	}
 	if (code == EXIT_ALL_GOOD && cli_stop_signal) {
 		const char *sig = cli_stop_signal == SIGINT ? "SIGINT" : "SIGTERM";
 		if (pending)
