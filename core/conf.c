@@ -79,7 +79,8 @@ static const ackbox_prop core_props[] = {
 	 "of it. Keeps a just-restarted broker (RabbitMQ recovering its queues, say) from failing "
 	 "messages in a burst of quick attempts."},
 	{"retry.backoff.max", ACKBOX_PROP_DURATION, "30s", 0, MS_DAY, NULL,
-	 "Cap of the resend and reconnect backoff."},
+	 "Cap of the resend and reconnect backoff (a reconnect waits at least 50 ms, whatever "
+	 "it says)."},
 	{"delivery.order", ACKBOX_PROP_ENUM, "none", 0, 0, "none|key",
 	 "key: messages that share a key (ackbox_msg.key, whatever the topic) reach the broker "
 	 "first in publish order, one at a time per key; a FAILED message holds back its key until "

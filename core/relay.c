@@ -33,6 +33,16 @@ int64_t abx_backoff_ms(abx_relay *r, int n)
 	return abx_backoff(r->ab->backoff_initial_ms, r->ab->backoff_max_ms, n, rng_next(r));
 }
 
+/* The wait before the n-th reconnect: the backoff, but never under
+ * RECONNECT_MIN_MS (retry.backoff.max=0 made a loop of connects to a broker
+ * that is down, a core's worth of CPU). */
+#define RECONNECT_MIN_MS 50
+static int64_t reconnect_wait_ms(abx_relay *r, int n)
+{
+	int64_t ms = abx_backoff_ms(r, n);
+	return ms < RECONNECT_MIN_MS ? RECONNECT_MIN_MS : ms;
+}
+
 /* The connection is up (connect() returned 0, or CONNECTED was reported). */
 void abx_on_connected(abx_relay *r, int64_t now)
 {
@@ -120,7 +130,7 @@ void abx_on_disconnected(abx_relay *r, const char *why, int code)
 	else
 		r->flaps++;
 	r->connect_failures = r->flaps;
-	r->next_connect_at = now + abx_backoff_ms(r, ++r->connect_failures);
+	r->next_connect_at = now + reconnect_wait_ms(r, ++r->connect_failures);
 }
 
 static void handle_event(abx_relay *r, const tx_ev *ev)
@@ -530,7 +540,7 @@ static void take_inbox(abx_relay *r)
 
 static void try_connect(abx_relay *r, int64_t now)
 {
-	char err[256] = "";
+	char err[512] = "";
 	int rc = r->ops->connect(r->tx_ctx, (int)r->ab->connect_timeout_ms, err, sizeof(err));
 	bool first = r->first_wanted;
 	if (first) {
@@ -565,7 +575,7 @@ static void try_connect(abx_relay *r, int64_t now)
 		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_errors,
 		        err);
 	snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
-	r->next_connect_at = ackbox_mono_ms() + abx_backoff_ms(r, r->connect_failures);
+	r->next_connect_at = ackbox_mono_ms() + reconnect_wait_ms(r, r->connect_failures);
 	ABX_UNUSED(now);
 }
 

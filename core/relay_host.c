@@ -320,7 +320,7 @@ int abx_relay_start(struct ackbox *ab, char *errstr, size_t errstr_size)
 	}
 	r->thread_started = true;
 	if (wait_first) {
-		char err[256];
+		char err[512];
 		int result;
 		pthread_mutex_lock(&r->in_mtx);
 		while (r->first_result == 0)

@@ -157,7 +157,7 @@ struct abx_relay {
 	 * first connect (under in_mtx) */
 	bool first_wanted;
 	int first_result; /* 0 pending, 1 connected, -1 failed */
-	char first_error[256];
+	char first_error[512]; /* a connect error with its hint (a wrong password...) */
 	pthread_cond_t first_cond;
 	size_t ack_wake; /* queued acks that wake the relay (see ACK_WAKE_MAX) */
 	int wake_fd;
@@ -255,7 +255,7 @@ struct abx_relay {
 	int64_t first_change_at; /* when the oldest queued change was queued */
 	int64_t last_apply_at;   /* when changes were last applied */
 	bool apply_stuck;        /* the store refused the last apply */
-	char last_connect_error[256];
+	char last_connect_error[512];
 
 	/* delivery.order=key (order.c) */
 	abx_map key_holder;  /* key hash -> the entry holding the key */
