@@ -259,7 +259,9 @@ ACKBOX_API void ackbox_conf_destroy(ackbox_conf *conf);
 /**
  * Sets one key. The key is checked against the core's property table and
  * the tables of every built plugin (keys "<scheme>.<name>"); URLs are parsed
- * and their scheme checked here, so a typo fails now, not at open.
+ * and their scheme checked here, so a typo in the scheme or the URL's shape
+ * fails now. What only the plugin reads (its query parameters, a list of
+ * hosts) is checked by ackbox_new(), also ACKBOX_ERR_BAD_URL.
  * Returns 0, ACKBOX_ERR_UNKNOWN_KEY, ACKBOX_ERR_BAD_VALUE, ACKBOX_ERR_BAD_URL,
  * ACKBOX_ERR_UNKNOWN_SCHEME or ACKBOX_ERR_NOT_BUILT, with errstr naming the
  * key and the reason. On error the configuration is unchanged.
