@@ -223,6 +223,11 @@ expect 0 bench --help
 grep -q "usage: ackbox-bench" "$tmp/out" || fail "ackbox bench --help: $(cat "$tmp/out" "$tmp/err")"
 expect 0 help bench
 grep -q "ackbox-bench" "$tmp/out" || fail "ackbox help bench: $(cat "$tmp/out")"
+expect 2 help nosuch
+grep -q "unknown command 'nosuch'" "$tmp/err" || fail "ackbox help nosuch: $(cat "$tmp/err")"
+expect 2 --version extra
+expect 2 status --store "sqlite://$tmp/none.db" --json --openmetrics
+grep -q "one output format" "$tmp/err" || fail "status --json --openmetrics: $(cat "$tmp/err")"
 rc=0
 ACKBOX_BENCH="$tmp/no-bench" "$cli" bench --help >"$tmp/out" 2>"$tmp/err" || rc=$?
 [ "$rc" = 2 ] || fail "a missing benchmark exited $rc, expected 2"

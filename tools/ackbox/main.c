@@ -43,7 +43,8 @@ const cli_command cli_commands[CMD_COUNT] = {
          "                       + retry.backoff.max) + transport.connect_timeout + 5 s)\n"},
     [CMD_RELAY] =
         {"relay", cli_relay, 0, false, "deliver what the store holds (a service)",
-         "ackbox relay --store URL --transport URL [--until-empty] [--max-seconds S]",
+         "ackbox relay --store URL --transport URL [--until-empty] [--max-seconds S]\n"
+         "             [--metrics-listen HOST:PORT]",
          "Delivers every due message in the store (left by a process that died,\n"
          "written with the transactional entry point, or requeued). Runs until\n"
          "SIGTERM/SIGINT or --max-seconds, then prints one line on stdout:\n"
@@ -51,18 +52,24 @@ const cli_command cli_commands[CMD_COUNT] = {
          "and, stopped by a signal, a line on stderr saying how many messages it leaves\n"
          "in the store. The store must exist. Fails fast (exit 4) if the broker is\n"
          "unreachable. Exit 0 when nothing is left pending or FAILED, 4 when messages\n"
-         "are still pending (they stay stored for the next relay), else 1 when FAILED\n"
-         "messages are in the store.\n"
+         "are still pending (they stay stored for the next relay), 3 when they are\n"
+         "pending because the store refuses the relay (a disk full, a damaged file),\n"
+         "else 1 when FAILED messages are in the store.\n"
          "\n"
          "  --until-empty        exit once nothing is sending or retrying\n"
-         "  --max-seconds S      stop after S seconds\n"},
+         "  --max-seconds S      stop after S seconds\n"
+         "  --metrics-listen HOST:PORT\n"
+         "                       serve GET /metrics (Prometheus text) and GET /healthz\n"
+         "                       (200 ok, or 503 and why) on HOST:PORT, an IPv4 address\n"},
     [CMD_STATUS] = {"status", cli_status, 0, false, "counts by state, age of the oldest pending",
-                    "ackbox status --store URL [--json]",
+                    "ackbox status --store URL [--json | --openmetrics]",
                     "Counts stored messages by state and shows the age of the oldest pending\n"
                     "one, and the keys a FAILED message blocks (delivery.order=key). Exit 1 if\n"
                     "any message is FAILED. Never creates or changes a store.\n"
                     "\n"
-                    "  --json               one JSON object instead of text\n"},
+                    "  --json               one JSON object instead of text\n"
+                    "  --openmetrics        the metrics relay --metrics-listen serves, once\n"
+                    "                       (Prometheus text; not with --json)\n"},
     [CMD_LIST] = {"list", cli_list, 0, false, "stored messages with attempts and last error",
                   "ackbox list --store URL [--state sending|retrying|failed] [--limit N] [--json]",
                   "Lists stored messages, oldest first: id, state, attempts, timestamps, topic\n"
@@ -163,7 +170,20 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
-		if (argc > 2 && strcmp(argv[1], "help") == 0 && (cmd = find_command(argv[2])) >= 0) {
+		bool help_cmd = strcmp(argv[1], "help") == 0;
+		if (argc > 3 || (argc > 2 && !help_cmd)) {
+			fprintf(stderr, "ackbox: '%s' takes %s; '%s' is one too many (see 'ackbox --help')\n",
+			        argv[1], help_cmd ? "one command name" : "nothing after it",
+			        argv[help_cmd ? 3 : 2]);
+			return EXIT_USAGE;
+		}
+		if (argc > 2) {
+			cmd = find_command(argv[2]);
+			if (cmd < 0) {
+				fprintf(stderr, "ackbox: unknown command '%s' (see 'ackbox --help')\n",
+				        argv[2]);
+				return EXIT_USAGE;
+			}
 			cli_print_cmd_help((cli_cmd)cmd);
 			return EXIT_ALL_GOOD;
 		}
@@ -171,6 +191,11 @@ int main(int argc, char **argv)
 		return EXIT_ALL_GOOD;
 	}
 	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+		if (argc > 2) {
+			fprintf(stderr, "ackbox: '%s' takes nothing after it, got '%s'\n", argv[1],
+			        argv[2]);
+			return EXIT_USAGE;
+		}
 		printf("ackbox %s\n", ackbox_version());
 		return EXIT_ALL_GOOD;
 	}

@@ -57,7 +57,10 @@ int cli_status(cli_args *a)
 	char err[512], when[48], age[32];
 	int64_t now;
 	blocked bl;
-	int brc, rc = cli_open_admin(a, &ab);
+	int brc, rc;
+	if (a->given[OPT_OPENMETRICS] && a->given[OPT_JSON])
+		return cli_usage_error("--openmetrics and --json: one output format at a time");
+	rc = cli_open_admin(a, &ab);
 	if (rc)
 		return rc;
 	if (a->given[OPT_OPENMETRICS]) {
