@@ -761,6 +761,21 @@ static int connect_error(pg_ctx *c, char *errstr, size_t errstr_size)
 		*o++ = *in;
 	}
 	*o = '\0';
+	/* A parameter libpq refuses before it connects (connect_timeout=abc,
+	 * sslmode=maybe, port 99999: "invalid integer value ...", "invalid
+	 * sslmode value ...", "invalid port number ..."; some after "connection
+	 * to server at ... failed: ") is a malformed URL, not a store that
+	 * cannot be reached. */
+	{
+		const char *inv = strncmp(msg, "invalid ", 8) == 0 ? msg : strstr(msg, "failed: invalid ");
+		if (inv && inv != msg)
+			inv += strlen("failed: ");
+		if (inv && (strstr(inv, " value") || strstr(inv, "port number") ||
+		            strstr(inv, "connection option"))) {
+			ackbox_errstr_set(errstr, errstr_size, "store.url: %s", inv);
+			return ACKBOX_ERR_BAD_URL;
+		}
+	}
 	ackbox_errstr_set(errstr, errstr_size, "cannot connect to postgres at %s: %s", c->where,
 	                  msg);
 	return ACKBOX_ERR_STORE;

@@ -8,6 +8,9 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +20,26 @@
 struct cli_metrics {
 	struct MHD_Daemon *d;
 	ackbox *ab;
+	atomic_bool started; /* MHD's own log lines are ours to print from now on */
 };
+
+/* libmicrohttpd's error log: while it starts, its lines are left out (a port
+ * in use printed "Failed to bind to port 0", the port it was given as 0 with
+ * the address); the one line cli_metrics_start says names the address. Later
+ * lines go to stderr like every other line of the CLI. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	struct cli_metrics *m = cls;
+	char line[256];
+	size_t n;
+	if (!atomic_load(&m->started))
+		return;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	n = strlen(line);
+	while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	cli_say("metrics server: %s", line);
+}
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, enum MHD_ResponseMemoryMode mode)
@@ -105,7 +127,8 @@ int cli_metrics_start(const char *listen, ackbox *ab, cli_metrics **out)
 	m->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	                        on_request, m, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 	                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-	                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+	                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+	                        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m, MHD_OPTION_END);
 	if (!m->d) {
 		free(m);
 		cli_say("--metrics-listen %s: cannot listen there (in use, or not an address of "
@@ -113,6 +136,7 @@ int cli_metrics_start(const char *listen, ackbox *ab, cli_metrics **out)
 		        listen);
 		return EXIT_USAGE;
 	}
+	atomic_store(&m->started, true);
 	*out = m;
 	return EXIT_ALL_GOOD;
 }

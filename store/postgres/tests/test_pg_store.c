@@ -654,6 +654,16 @@ Test(pg, unreachable_server_is_a_clear_error)
 	rc = handle_open(&ab, url, NULL, NULL, NULL, err, sizeof(err));
 	cr_assert_eq(rc, ACKBOX_ERR_BAD_URL, "%s", err);
 	cr_assert(strstr(err, "sslmdoe"), "%s", err);
+	/* a value libpq refuses before connecting is a malformed URL too */
+	snprintf(url, sizeof(url), "%s?connect_timeout=abc", pg_url);
+	rc = handle_open(&ab, url, NULL, NULL, NULL, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_BAD_URL, "%s", err);
+	cr_assert(strstr(err, "store.url: invalid integer value \"abc\""), "%s", err);
+	cr_assert(strstr(err, "connect_timeout"), "%s", err);
+	snprintf(url, sizeof(url), "%s?sslmode=maybe", pg_url);
+	rc = handle_open(&ab, url, NULL, NULL, NULL, err, sizeof(err));
+	cr_assert_eq(rc, ACKBOX_ERR_BAD_URL, "%s", err);
+	cr_assert(strstr(err, "sslmode"), "%s", err);
 	snprintf(url, sizeof(url), "%s?schema=drop%%20table", pg_url);
 	rc = handle_open(&ab, url, NULL, NULL, NULL, err, sizeof(err));
 	cr_assert_eq(rc, ACKBOX_ERR_BAD_URL, "%s", err);
