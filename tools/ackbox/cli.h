@@ -180,6 +180,9 @@ void cli_json_message(const ackbox_stored *m, bool full);
 void cli_json_time_fields(const char *name, int64_t ms);
 /* Text if it is readable UTF-8, else a hex dump of the first bytes. */
 void cli_print_bytes_human(const void *p, size_t len, size_t max);
+/* As cli_print_bytes_human, after a label on the same line: bytes that are
+ * not text say so there, and their dump starts on the next line. */
+void cli_print_bytes_inline(const void *p, size_t len, size_t max);
 /* s with control characters escaped (ackbox_escape) in buf, or "-" for NULL. */
 const char *cli_esc(const char *s, char *buf, size_t size);
 

@@ -381,13 +381,28 @@ void cli_json_message(const ackbox_stored *m, bool full)
 	putchar('}');
 }
 
+/* Valid UTF-8 without control characters other than newline, tab, CR. */
+static bool bytes_are_text(const unsigned char *s, size_t len)
+{
+	if (!utf8_valid(s, len))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (s[i] < 0x20 && s[i] != '\n' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+void cli_print_bytes_inline(const void *p, size_t len, size_t max)
+{
+	if (!bytes_are_text(p, len))
+		printf("%zu bytes, not text:\n", len);
+	cli_print_bytes_human(p, len, max);
+}
+
 void cli_print_bytes_human(const void *p, size_t len, size_t max)
 {
 	const unsigned char *s = p;
-	bool text = utf8_valid(p, len);
-	for (size_t i = 0; text && i < len; i++)
-		if (s[i] < 0x20 && s[i] != '\n' && s[i] != '\t' && s[i] != '\r')
-			text = false;
+	bool text = bytes_are_text(s, len);
 	if (text) {
 		fwrite(s, 1, len < max ? len : max, stdout);
 		if (len > max)

@@ -12,9 +12,27 @@
 
 #include "cli.h"
 
+/* FAILED/DROPPED messages named on stderr: at most FAILURES_SHOWN in each
+ * FAILURES_WINDOW_MS (a relay runs for days: a broker that refuses a whole
+ * backlog must not flood the log with a line per message). */
+#define FAILURES_SHOWN 10
+#define FAILURES_WINDOW_MS 60000
+
 typedef struct tally {
 	uint64_t acked, failed;
+	int64_t window_start;
+	unsigned shown, hidden; /* in the current window */
 } tally;
+
+/* Says how many were left out of the window now ending, if any. */
+static void failures_window_end(tally *t)
+{
+	if (t->hidden)
+		cli_say("%u more message(s) FAILED or DROPPED (not shown: at most %d are named "
+		        "in %d s); see 'ackbox list --state failed'",
+		        t->hidden, FAILURES_SHOWN, FAILURES_WINDOW_MS / 1000);
+	t->shown = t->hidden = 0;
+}
 
 /* Runs on the main thread, from ackbox_poll/ackbox_flush. */
 static void on_report(const ackbox_report *r, void *opaque)
@@ -26,6 +44,16 @@ static void on_report(const ackbox_report *r, void *opaque)
 		return;
 	}
 	t->failed++;
+	int64_t now = ackbox_mono_ms();
+	if (now - t->window_start >= FAILURES_WINDOW_MS) {
+		failures_window_end(t);
+		t->window_start = now;
+	}
+	if (t->shown == FAILURES_SHOWN) {
+		t->hidden++;
+		return;
+	}
+	t->shown++;
 	ackbox_id_format(&r->id, id);
 	cli_say("message %s to '%s' %s: %s", id, r->topic,
 	        r->state == ACKBOX_MSG_DROPPED ? "DROPPED" : "FAILED", r->reason);
@@ -78,7 +106,7 @@ int cli_relay(cli_args *a)
 	ackbox_conf *conf;
 	ackbox *ab;
 	ackbox_counts c0, c1 = {0};
-	tally t = {0, 0};
+	tally t = {0};
 	cli_progress pg;
 	char err[512];
 	int64_t start, deadline = INT64_MAX;
@@ -121,6 +149,7 @@ int cli_relay(cli_args *a)
 	while (ackbox_poll(ab, empty ? 100 : 0) > 0) {
 	}
 	cli_progress_end(&pg);
+	failures_window_end(&t);
 	if (ackbox_counts_get(ab, &c1, err, sizeof(err)) == 0) {
 		counted = true;
 		pending = c1.sending + c1.retrying;

@@ -71,13 +71,13 @@ static int show_one(const ackbox_stored *m, void *opaque)
 	print_history(m);
 	if (m->key && m->key_len) {
 		printf("key           ");
-		cli_print_bytes_human(m->key, m->key_len, 256);
+		cli_print_bytes_inline(m->key, m->key_len, 256);
 	}
 	if (m->content_type)
 		printf("content type  %s\n", cli_esc(m->content_type, buf, sizeof(buf)));
 	for (size_t i = 0; i < m->header_count; i++) {
 		printf("header        %s: ", cli_esc(m->headers[i].name, buf, sizeof(buf)));
-		cli_print_bytes_human(m->headers[i].value, m->headers[i].value_len, 256);
+		cli_print_bytes_inline(m->headers[i].value, m->headers[i].value_len, 256);
 	}
 	printf("payload       %zu bytes\n", m->payload_len);
 	if (m->payload_len)
