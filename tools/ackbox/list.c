@@ -68,8 +68,10 @@ int cli_list(cli_args *a)
 	rc = ackbox_list(ab, state, p.limit ? p.limit + 1 : 0, list_row, &p, err, sizeof(err));
 	ackbox_destroy(ab);
 	if (rc < 0) {
+		/* the array is left open: a pipeline (| jq) that ignores the exit
+		 * code must fail too, not take the rows so far for the whole list */
 		if (p.json)
-			puts("]");
+			putchar('\n');
 		cli_say("%s", err);
 		return cli_exit_for(rc);
 	}
