@@ -23,10 +23,28 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <ackbox/kafka.h>
 #include <ackbox/transport.h>
 
 /* OpenTelemetry messaging.system for the metrics */
 #define SYSTEM_NAME "kafka"
+
+/*
+ * What a record costs on the wire besides its key, value and headers, as
+ * counted against message.max.bytes. librdkafka 2.0.2 refuses a message in
+ * rd_kafka_producev when key + value + headers + RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD
+ * (36: the record's length, attributes, timestamp and offset deltas, key and
+ * value lengths and header count, each varint at its widest) exceeds its
+ * message.max.bytes. A broker checks the whole record batch against its own
+ * message.max.bytes (max.message.bytes of the topic), and the batch adds a
+ * 61-byte header (RD_KAFKAP_MSGSET_V2_SIZE). Counting both means that a
+ * message ackbox accepts also fits a broker whose limit is the producer's.
+ */
+#define RECORD_OVERHEAD 36
+#define BATCH_HEADER 61
+#define WIRE_OVERHEAD (RECORD_OVERHEAD + BATCH_HEADER)
+
+#define CONTENT_TYPE_HEADER "content-type"
 
 typedef struct kafka_ctx {
 	ackbox_tx_host *host;
@@ -36,6 +54,7 @@ typedef struct kafka_ctx {
 	rd_kafka_queue_t *mainq;
 	int pipefd[2]; /* librdkafka writes a byte when its main queue fills */
 	int window;
+	size_t max_msg_bytes; /* librdkafka's message.max.bytes, set by open() */
 	atomic_int fatal;
 	char fatal_reason[512];
 	/* librdkafka said every broker is down (ALL_BROKERS_DOWN): the
@@ -217,6 +236,75 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 	ackbox_tx_log(c->host, l, "librdkafka %s: %s", fac, buf);
 }
 
+/* ---- configuration librdkafka refuses only as a whole ---- */
+
+static void quiet_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	(void)rk;
+	(void)level;
+	(void)fac;
+	(void)buf;
+}
+
+/*
+ * rd_kafka_new refused the configuration (why): settings that conflict,
+ * such as acks=1 with enable.idempotence=true, which rd_kafka_conf_set
+ * cannot see one key at a time. A configuration error, not an unreachable
+ * cluster. librdkafka names the properties in backquotes; they are named
+ * back as the kafka.* keys that set them.
+ */
+static int conf_refused(const rd_kafka_conf_t *rc, const char *why, char *errstr,
+                        size_t errstr_size)
+{
+	char keys[256] = "", name[128];
+	size_t kl = 0;
+	for (const char *p = strchr(why, '`'), *e; p && (e = strchr(p + 1, '`'));
+	     p = strchr(e + 1, '`')) {
+		size_t n = (size_t)(e - p - 1), vl = 0;
+		int w;
+		if (n == 0 || n >= sizeof(name))
+			continue;
+		memcpy(name, p + 1, n);
+		name[n] = '\0';
+		/* values are quoted too (`all`): name only what is a property */
+		if (rd_kafka_conf_get(rc, name, NULL, &vl) != RD_KAFKA_CONF_OK)
+			continue;
+		w = snprintf(keys + kl, sizeof(keys) - kl, "%skafka.%s", kl ? ", " : "", name);
+		if (w < 0 || (size_t)w >= sizeof(keys) - kl)
+			break;
+		kl += (size_t)w;
+	}
+	ackbox_errstr_set(errstr, errstr_size, "%s: librdkafka refuses these settings together: %s",
+	                  kl ? keys : "kafka.*", why);
+	return ACKBOX_ERR_BAD_VALUE;
+}
+
+/*
+ * Makes and destroys a producer of the configuration, so that settings
+ * librdkafka refuses only in rd_kafka_new are refused by ackbox_new (CLI
+ * exit 2), instead of every connect failing as if no broker answered. It
+ * has no bootstrap.servers (connect() adds them), so it opens no socket, and
+ * it logs nothing: the real producer logs librdkafka's warnings once.
+ */
+static int conf_check(kafka_ctx *c, char *errstr, size_t errstr_size)
+{
+	char why[512];
+	rd_kafka_conf_t *rc = rd_kafka_conf_dup(c->conf);
+	rd_kafka_t *rk;
+	int rc_err;
+	if (!rc)
+		return ACKBOX_ERR_NOMEM;
+	rd_kafka_conf_set_log_cb(rc, quiet_log);
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, why, sizeof(why));
+	if (!rk) {
+		rc_err = conf_refused(rc, why, errstr, errstr_size);
+		rd_kafka_conf_destroy(rc); /* rd_kafka_new keeps it only on success */
+		return rc_err;
+	}
+	rd_kafka_destroy(rk);
+	return 0;
+}
+
 /* ---- the ops ---- */
 
 struct set_ctx {
@@ -239,6 +327,18 @@ static void pass_key(const char *key, const char *value, void *opaque)
 	if (strcmp(name, "bootstrap.servers") == 0 || strcmp(name, "metadata.broker.list") == 0) {
 		ackbox_errstr_set(s->errstr, s->errstr_size,
 		                  "%s: put the brokers in transport.url (kafka://host:port,host:port)",
+		                  key);
+		s->rc_err = ACKBOX_ERR_BAD_VALUE;
+		return;
+	}
+	if (strcmp(name, "transactional.id") == 0) {
+		/* librdkafka would take it, and then refuse every message sent
+		 * outside a transaction (_STATE: Erroneous state) */
+		ackbox_errstr_set(s->errstr, s->errstr_size,
+		                  "%s: ackbox does not use Kafka transactions, and a transactional "
+		                  "producer refuses every message sent outside one; leave it unset "
+		                  "(enable.idempotence already keeps librdkafka's retries free of "
+		                  "duplicates)",
 		                  key);
 		s->rc_err = ACKBOX_ERR_BAD_VALUE;
 		return;
@@ -371,8 +471,9 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 	s.rc = c->conf;
 	c->window = atoi(conf(c, "kafka.window"));
 
-	/* ackbox's defaults first, then whatever the application set */
-	rd_kafka_conf_set(c->conf, "bootstrap.servers", c->bootstrap, NULL, 0);
+	/* ackbox's defaults first, then whatever the application set. The
+	 * template has no bootstrap.servers: connect() adds them to each
+	 * producer's copy, so that conf_check's producer connects nowhere */
 	if (url->user) {
 		/* credentials in the URL mean SASL: PLAIN over plain TCP unless
 		 * kafka.security.protocol / kafka.sasl.mechanisms say otherwise */
@@ -416,9 +517,16 @@ static int open_(kafka_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackb
 		                  buf, retry_ms);
 		return ACKBOX_ERR_BAD_VALUE;
 	}
+	{
+		int rc = conf_check(c, errstr, errstr_size);
+		if (rc)
+			return rc;
+	}
 	bl = sizeof(buf);
 	if (rd_kafka_conf_get(c->conf, "message.max.bytes", buf, &bl) == RD_KAFKA_CONF_OK)
-		info->max_message_size = (size_t)atoll(buf);
+		c->max_msg_bytes = (size_t)atoll(buf);
+	/* the payload alone may not exceed it; validate() counts the rest */
+	info->max_message_size = c->max_msg_bytes;
 	rd_kafka_conf_set_dr_msg_cb(c->conf, on_delivery);
 	rd_kafka_conf_set_error_cb(c->conf, on_error);
 	rd_kafka_conf_set_log_cb(c->conf, on_log);
@@ -471,6 +579,7 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 		drop_producer(c);
 	if (!c->rk) {
 		rd_kafka_conf_t *rc = rd_kafka_conf_dup(c->conf);
+		rd_kafka_conf_set(rc, "bootstrap.servers", c->bootstrap, NULL, 0);
 		if (pipe2(c->pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
 			rd_kafka_conf_destroy(rc);
 			ackbox_errstr_set(errstr, errstr_size, "kafka: pipe: %s", strerror(errno));
@@ -482,9 +591,9 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 			close(c->pipefd[0]);
 			close(c->pipefd[1]);
 			c->pipefd[0] = c->pipefd[1] = -1;
-			ackbox_errstr_set(errstr, errstr_size, "kafka: cannot create a producer: %s",
-			                  why);
-			return ACKBOX_ERR_TRANSPORT;
+			/* open()'s conf_check made one of the same settings, so this
+			 * is not expected; it is a configuration error all the same */
+			return conf_refused(c->conf, why, errstr, errstr_size);
 		}
 		c->mainq = rd_kafka_queue_get_main(c->rk);
 		rd_kafka_queue_io_event_enable(c->mainq, c->pipefd[1], "1", 1);
@@ -533,6 +642,64 @@ static int kafka_connect(void *vctx, int timeout_ms, char *errstr, size_t errstr
 	return 0;
 }
 
+/* Bytes of a length as a zigzag varint, the way librdkafka writes header lengths. */
+static size_t varint_size(size_t len)
+{
+	uint64_t u = (uint64_t)len << 1;
+	size_t n = 1;
+	while (u >= 0x80) {
+		u >>= 7;
+		n++;
+	}
+	return n;
+}
+
+/* One record header serialised: the name's length, the name, the value's, the value. */
+static size_t header_size(size_t name_len, size_t value_len)
+{
+	return varint_size(name_len) + name_len + varint_size(value_len) + value_len;
+}
+
+/* Every header kafka_send() puts on m, serialised: ackbox's own and the message's. */
+static size_t headers_size(const ackbox_tx_msg *m)
+{
+	size_t n = header_size(strlen(ACKBOX_KAFKA_ID_HEADER), strlen(m->id_str));
+	if (m->content_type)
+		n += header_size(strlen(CONTENT_TYPE_HEADER), strlen(m->content_type));
+	for (size_t i = 0; i < m->header_count; i++)
+		n += header_size(strlen(m->headers[i].name), m->headers[i].value_len);
+	return n;
+}
+
+/*
+ * The message as kafka_send() would produce it against message.max.bytes,
+ * counted as librdkafka and a broker count it (WIRE_OVERHEAD): what this
+ * accepts, rd_kafka_producev takes and a broker with the same limit stores.
+ */
+static int check_size(const kafka_ctx *c, const ackbox_tx_msg *m, char *errstr,
+                      size_t errstr_size)
+{
+	size_t hl = headers_size(m), rest = m->key_len + hl + WIRE_OVERHEAD;
+	if (!c->max_msg_bytes || m->payload_len + rest <= c->max_msg_bytes)
+		return 0;
+	if (rest < c->max_msg_bytes)
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "kafka: the message would take %zu bytes (payload %zu, key %zu, "
+		                  "headers %zu with ackbox's own, record and batch overhead %d), over "
+		                  "kafka.message.max.bytes = %zu; with this key and these headers a "
+		                  "payload of at most %zu bytes fits",
+		                  m->payload_len + rest, m->payload_len, m->key_len, hl, WIRE_OVERHEAD,
+		                  c->max_msg_bytes, c->max_msg_bytes - rest);
+	else
+		ackbox_errstr_set(errstr, errstr_size,
+		                  "kafka: the message would take %zu bytes (payload %zu, key %zu, "
+		                  "headers %zu with ackbox's own, record and batch overhead %d), over "
+		                  "kafka.message.max.bytes = %zu; the key and headers alone do not fit",
+		                  m->payload_len + rest, m->payload_len, m->key_len, hl, WIRE_OVERHEAD,
+		                  c->max_msg_bytes);
+	return ACKBOX_ERR_TOO_LARGE;
+}
+
 static int legal_topic_char(unsigned char ch)
 {
 	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -543,13 +710,12 @@ static int legal_topic_char(unsigned char ch)
  * Kafka's rule for topic names (Topic.validate in Kafka's own code): 1 to
  * 249 characters of [a-zA-Z0-9._-], and not "." or "..". A broker refuses
  * any other name (INVALID_TOPIC_EXCEPTION) however often it is resent.
- * Reads nothing of ctx: safe on any thread.
+ * Then the size (check_size). Reads only what open() set: safe on any thread.
  */
 static int kafka_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size_t errstr_size)
 {
 	const char *t = m->topic;
 	size_t n = strlen(t);
-	(void)vctx;
 	if (n == 0) {
 		ackbox_errstr_set(errstr, errstr_size,
 		                  "topic: empty; a Kafka topic has 1 to 249 characters");
@@ -575,7 +741,7 @@ static int kafka_validate(void *vctx, const ackbox_tx_msg *m, char *errstr, size
 			return ACKBOX_ERR_INVALID;
 		}
 	}
-	return 0;
+	return check_size(vctx, m, errstr, errstr_size);
 }
 
 static int kafka_send(void *vctx, const ackbox_tx_msg *m)
@@ -587,9 +753,10 @@ static int kafka_send(void *vctx, const ackbox_tx_msg *m)
 	if (!c->rk || atomic_load(&c->fatal))
 		return ACKBOX_TX_NOT_CONNECTED;
 	hs = rd_kafka_headers_new(m->header_count + 2);
-	rd_kafka_header_add(hs, "ackbox-id", -1, m->id_str, (ssize_t)strlen(m->id_str));
+	/* headers_size() counts these: keep the two in step */
+	rd_kafka_header_add(hs, ACKBOX_KAFKA_ID_HEADER, -1, m->id_str, (ssize_t)strlen(m->id_str));
 	if (m->content_type)
-		rd_kafka_header_add(hs, "content-type", -1, m->content_type, -1);
+		rd_kafka_header_add(hs, CONTENT_TYPE_HEADER, -1, m->content_type, -1);
 	for (size_t i = 0; i < m->header_count; i++)
 		rd_kafka_header_add(hs, m->headers[i].name, -1, m->headers[i].value,
 		                    (ssize_t)m->headers[i].value_len);
@@ -606,8 +773,8 @@ static int kafka_send(void *vctx, const ackbox_tx_msg *m)
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		return ACKBOX_TX_NOT_CONNECTED; /* poll() reports it; connect() starts afresh */
 	{
-		/* the message itself is unacceptable (key and headers over
-		 * message.max.bytes, say): an attempt that failed */
+		/* the message itself is unacceptable: an attempt that failed.
+		 * Not for its size, which validate() checked just before */
 		char why[512], topic[128];
 		ackbox_escape(m->topic, strlen(m->topic), topic, sizeof(topic));
 		snprintf(why, sizeof(why), "librdkafka refused the message for '%s': %s: %s", topic,

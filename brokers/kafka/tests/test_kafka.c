@@ -10,7 +10,9 @@
  * refuses (a produce error injected on the broker that leads only its
  * topic) -> FAILED with Kafka's code and name while the others are acked;
  * topic names Kafka forbids -> refused by ackbox_publish, nothing stored;
- * bad kafka.* keys -> a clear error at ackbox_new.
+ * the largest message the size check accepts -> acked, one byte more ->
+ * refused by ackbox_publish; bad kafka.* keys, settings librdkafka refuses
+ * together and kafka.transactional.id -> a clear error at ackbox_new.
  */
 #include "testutil.h"
 
@@ -479,33 +481,177 @@ Test(kafka, refused_message_fails_with_kafkas_code_and_others_are_acked)
 }
 
 /*
- * A message librdkafka refuses to produce (rd_kafka_producev fails: here
- * its key takes it over message.max.bytes, which the core checks against
- * the payload alone) is an attempt that failed, with librdkafka's code and
- * name: FAILED after retry.max_attempts, never a reconnect or a resend loop.
+ * The size rule at publish: payload + key + headers (ackbox's own
+ * ackbox-id among them, each header with its two length varints) + 97
+ * bytes of record and batch overhead within kafka.message.max.bytes. The
+ * largest payload the check accepts is acked (not FAILED); one byte more is
+ * refused by ackbox_publish with ACKBOX_ERR_TOO_LARGE naming the limit and
+ * the sizes, and nothing is stored. At 2000 with a payload alone that is
+ * 1856 bytes; with a 100-byte key, content type text/plain and a
+ * traceparent, 1664; at librdkafka's default of 1000000, 999856.
+ *
+ * Then librdkafka's own rule, which ackbox's must stay within: a raw
+ * producer with the same limit and the same ackbox-id header takes a
+ * 1917-byte payload and refuses 1918 in rd_kafka_producev (its 36 bytes of
+ * record overhead; the 61 more that ackbox counts are the record batch
+ * header a broker counts against its own limit). The mock cluster has no
+ * per-message limit of its own (it stored a 20 MB record with the
+ * producer's limit raised), so librdkafka's check is the one a test here
+ * can hit.
  */
-Test(kafka, message_librdkafka_refuses_to_produce_fails_as_an_error)
+Test(kafka, largest_payload_the_size_check_accepts_is_delivered_and_one_more_is_refused)
+{
+	static char big[1000001];
+	static const char tp[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	static char key[100];
+	ackbox_header h = {"traceparent", tp, sizeof(tp) - 1};
+	struct {
+		const char *limit; /* NULL: librdkafka's default */
+		int with_key_and_headers;
+		size_t max;
+	} cases[] = {{"2000", 0, 1856}, {"2000", 1, 1664}, {NULL, 0, 999856}};
+	char err[512], want[128];
+	memset(big, 'x', sizeof(big));
+	memset(key, 'k', sizeof(key));
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.size", PARTITIONS, 3), 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		seen s = {0};
+		ackbox_counts n;
+		ackbox_conf *c = make_conf(&s);
+		if (cases[i].limit)
+			TU_SET(c, "kafka.message.max.bytes", cases[i].limit);
+		ackbox *ab = open_ab(c);
+		ackbox_msg m = {.topic = "t.size", .payload = big, .payload_len = cases[i].max};
+		if (cases[i].with_key_and_headers) {
+			m.key = key;
+			m.key_len = sizeof(key);
+			m.content_type = "text/plain";
+			m.headers = &h;
+			m.header_count = 1;
+		}
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "case %zu: %zu: %s", i,
+		             m.payload_len, err);
+		m.payload_len++;
+		err[0] = '\0';
+		cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE,
+		             "case %zu: %zu bytes accepted", i, m.payload_len);
+		snprintf(want, sizeof(want), "kafka.message.max.bytes = %s",
+		         cases[i].limit ? cases[i].limit : "1000000");
+		cr_assert(strstr(err, want), "case %zu: %s", i, err);
+		snprintf(want, sizeof(want), "payload %zu, key %zu", m.payload_len, m.key_len);
+		cr_assert(strstr(err, want), "case %zu: %s", i, err);
+		snprintf(want, sizeof(want), "a payload of at most %zu bytes fits", cases[i].max);
+		cr_assert(strstr(err, want), "case %zu: %s", i, err);
+		cr_log_info("case %zu: %s", i, err);
+		cr_assert_eq(ackbox_flush(ab, 30000), 0);
+		cr_assert_eq(s.failed, 0, "case %zu: %s", i, s.reason);
+		cr_assert_eq(s.acked, 1, "case %zu", i);
+		cr_assert_eq(ackbox_counts_get(ab, &n, NULL, 0), 0);
+		cr_assert_eq(n.sending + n.retrying + n.failed, 0u, "case %zu: the refused one stored", i);
+		ackbox_destroy(ab);
+	}
+
+	/* librdkafka's own rule, 61 bytes beyond ackbox's */
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_set(conf, "bootstrap.servers", url + strlen("kafka://"), err, sizeof(err));
+	rd_kafka_conf_set(conf, "message.max.bytes", "2000", err, sizeof(err));
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	cr_assert(rk, "%s", err);
+	for (size_t len = 1917; len <= 1918; len++) {
+		rd_kafka_headers_t *hs = rd_kafka_headers_new(1);
+		rd_kafka_header_add(hs, "ackbox-id", -1, "00000000-0000-0000-0000-000000000000", 36);
+		rd_kafka_resp_err_t e = rd_kafka_producev(
+		    rk, RD_KAFKA_V_TOPIC("t.size"), RD_KAFKA_V_VALUE(big, len),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hs), RD_KAFKA_V_END);
+		if (e)
+			rd_kafka_headers_destroy(hs);
+		cr_assert_eq(e, len == 1917 ? RD_KAFKA_RESP_ERR_NO_ERROR
+		                            : RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+		             "librdkafka, %zu bytes: %s", len, rd_kafka_err2name(e));
+	}
+	cr_assert_eq(rd_kafka_flush(rk, 30000), 0);
+	rd_kafka_destroy(rk);
+}
+
+/*
+ * A key that takes a message over kafka.message.max.bytes is refused at
+ * publish like a payload (the check counts key and headers). A row stored
+ * under a larger limit (by an earlier handle, as after a restart with a
+ * smaller kafka.message.max.bytes) is FAILED by the relay's check before it
+ * is sent, with the limit in the reason, never sent to be refused by
+ * librdkafka or a broker; the other messages are acked.
+ */
+Test(kafka, message_over_the_limit_stored_earlier_fails_before_it_is_sent)
 {
 	static char key[3000];
 	seen s = {0};
-	char err[256];
+	char err[512];
 	memset(key, 'k', sizeof(key));
+	ackbox_msg m = {.topic = "t.big", .key = key, .key_len = sizeof(key), .payload = "seq:1",
+	                .payload_len = 5};
 	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "transport.url", "kafka://127.0.0.1:1"); /* stored, not sent */
+	TU_SET(c, "transport.connect_timeout", "200ms");
+	ackbox *store_only = open_ab(c);
+	cr_assert_eq(ackbox_publish(store_only, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	ackbox_destroy(store_only);
+
+	c = make_conf(&s);
 	TU_SET(c, "retry.max_attempts", "2");
 	TU_SET(c, "kafka.message.max.bytes", "2000");
 	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.big", 1, 3), 0);
 	ackbox *ab = open_ab(c);
-	ackbox_msg m = {.topic = "t.big", .key = key, .key_len = sizeof(key), .payload = "seq:1",
-	                .payload_len = 5};
-	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), ACKBOX_ERR_TOO_LARGE);
+	cr_assert(strstr(err, "key 3000") && strstr(err, "kafka.message.max.bytes = 2000") &&
+	              strstr(err, "the key and headers alone do not fit"),
+	          "%s", err);
 	publish_range(ab, "t.big", 0, 10);
 	cr_assert_eq(ackbox_flush(ab, 30000), 0);
 	cr_assert_eq(s.failed, 1, "%s", s.reason);
 	cr_assert_eq(s.acked, 10);
-	cr_assert_eq(s.attempts, 2);
-	cr_assert_eq(s.code, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, "code %d: %s", s.code, s.reason);
-	cr_assert(strstr(s.reason, "MSG_SIZE_TOO_LARGE") && strstr(s.reason, "t.big"), "%s",
-	          s.reason);
+	cr_assert(strstr(s.reason, "kafka.message.max.bytes = 2000"), "%s", s.reason);
+	ackbox_destroy(ab);
+}
+
+/*
+ * Settings librdkafka refuses only together, in rd_kafka_new (acks=1 with
+ * the idempotence ackbox turns on), are a configuration error at
+ * ackbox_new: ACKBOX_ERR_BAD_VALUE (CLI exit 2) naming the keys and with
+ * librdkafka's words, not "broker unreachable" from every connect. With
+ * idempotence off, acks=1 opens and delivers. kafka.transactional.id is
+ * refused at ackbox_new: a transactional producer refuses every message
+ * sent outside a transaction, and ackbox uses none.
+ */
+Test(kafka, settings_librdkafka_refuses_together_and_transactional_id_are_refused_at_open)
+{
+	seen s = {0};
+	char err[512];
+	ackbox *ab = NULL;
+	ackbox_conf *c = make_conf(&s);
+	TU_SET(c, "kafka.acks", "1");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE, "%s", err);
+	ackbox_conf_destroy(c);
+	cr_assert(strstr(err, "kafka.acks, kafka.enable.idempotence: ") &&
+	              strstr(err, "`acks` must be set to `all` when `enable.idempotence` is true"),
+	          "%s", err);
+	cr_log_info("acks=1: %s", err);
+
+	c = make_conf(&s);
+	TU_SET(c, "kafka.transactional.id", "abc");
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE, "%s", err);
+	ackbox_conf_destroy(c);
+	cr_assert(strstr(err, "kafka.transactional.id: ") && strstr(err, "transactions"), "%s", err);
+	cr_log_info("transactional.id: %s", err);
+
+	c = make_conf(&s);
+	TU_SET(c, "kafka.acks", "1");
+	TU_SET(c, "kafka.enable.idempotence", "false");
+	cr_assert_eq(rd_kafka_mock_topic_create(mc, "t.acks1", 1, 3), 0);
+	ab = open_ab(c);
+	ackbox_msg m = {.topic = "t.acks1", .payload = "seq:1", .payload_len = 5};
+	cr_assert_eq(ackbox_publish(ab, &m, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ackbox_flush(ab, 30000), 0);
+	cr_assert_eq(s.acked, 1, "%s", s.reason);
 	ackbox_destroy(ab);
 }
 
