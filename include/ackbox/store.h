@@ -133,7 +133,10 @@ typedef struct ackbox_store_ops {
 	 * Claims up to `limit` SENDING/RETRYING rows with due_ms <= now_ms, oldest
 	 * due first, setting their due_ms to lease_until_ms so no other claim
 	 * returns them until then. Calls cb per row; returns the count. Need not
-	 * be durable: a lost lease only makes a row due earlier.
+	 * be durable: a lost lease only makes a row due earlier. On an error
+	 * (negative) the core forgets every row cb was given in this call, so a
+	 * claim may call cb before it writes its leases: rows whose lease was
+	 * rolled back are not sent (they are due again at the next claim).
 	 *
 	 * Per-key order (a store with blocked_keys, opened with the key
 	 * delivery.order=key in conf): a row with a key is returned only if it
