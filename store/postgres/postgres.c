@@ -371,6 +371,7 @@ typedef struct pg_ctx {
 	int has_hist; /* ackbox_attempt exists and its statements are prepared */
 	int ordered;  /* delivery.order=key: ordered claims */
 	int order_installed; /* the store has the per-key order objects: keep them */
+	int held;     /* inserted or claimed rows: they may be leased to us at close */
 	pg_arr arr[N_ARRAYS];
 } pg_ctx;
 
@@ -961,11 +962,33 @@ static int tx_commit(pg_ctx *c, const char *what, char *errstr, size_t errstr_si
 /* Open, schema, close                                                  */
 /* ------------------------------------------------------------------ */
 
+/*
+ * At a clean close, this relay's pending rows (leased or held in memory since
+ * it inserted them) become due now, as recovery at open makes them: another
+ * relay already running, or the next to start, sends them at once instead of
+ * after retry.timeout. Best effort: if it fails they are due when their
+ * leases run out, as after a crash.
+ */
+static void close_handover(pg_ctx *c)
+{
+	char now_b[8], err[256];
+	const char *vals[2] = {now_b, c->relay_id};
+	int lens[2];
+	if (!c->held || !c->relay_id || !c->ready || PQstatus(c->conn) != CONNECTION_OK)
+		return;
+	lens[0] = 8;
+	lens[1] = (int)strlen(c->relay_id);
+	put_be64(now_b, (uint64_t)ackbox_wall_ms());
+	run(c, ST_RECOVER, 2, vals, lens, 1, NULL, "handing rows over at close", err, sizeof(err));
+}
+
 static void pg_close(void *vctx)
 {
 	pg_ctx *c = vctx;
-	if (c->conn)
+	if (c->conn) {
+		close_handover(c);
 		PQfinish(c->conn);
+	}
 	for (int i = 0; i < ST_COUNT; i++)
 		free(c->sql[i]);
 	for (int i = 0; i < N_ARRAYS; i++)
@@ -1498,6 +1521,7 @@ static int pg_insert(void *vctx, const ackbox_store_rec *recs, size_t n, char *e
 
 	if (n == 0)
 		return 0;
+	c->held = 1;
 	for (size_t i = 0; i < n; i++) {
 		if ((rc = check_text(c, "topic", recs[i].topic, errstr, errstr_size)) ||
 		    (rc = check_text(c, "content type", recs[i].content_type, errstr, errstr_size)))
@@ -1710,6 +1734,7 @@ static int pg_claim(void *vctx, int64_t now_ms, int64_t lease_until_ms, size_t l
 
 	if (limit == 0)
 		return 0;
+	c->held = 1;
 	put_be64(now_b, (uint64_t)now_ms);
 	put_be64(until_b, (uint64_t)lease_until_ms);
 	put_be64(lim_b, (uint64_t)(limit > INT32_MAX ? INT32_MAX : limit));

@@ -481,6 +481,45 @@ Test(pg, two_handles_deliver_each_message_once)
 	cr_assert(ra.n > 0 && rb.n > 0, "both relays delivered: %d and %d", ra.n, rb.n);
 }
 
+/*
+ * A relay closed cleanly hands what it held over: its rows become due at
+ * close, so the next relay sends them at once, not after retry.timeout
+ * (30 s here; it took a whole 10 s default before).
+ */
+Test(pg, a_closed_relays_rows_go_to_the_next_relay_at_once)
+{
+	enum { N = 50 };
+	acks rb = {0};
+	ackbox *a, *b = NULL;
+	char err[512] = "";
+	ackbox_loopback *la = ackbox_loopback_get("close-a"), *lbb = ackbox_loopback_get("close-b");
+	ackbox_conf *c;
+
+	/* relay a's broker never confirms: a holds every message (leased, or in
+	 * memory since it inserted them) when it closes */
+	ackbox_loopback_set_default(la, ACKBOX_LB_DROP, 0);
+	ackbox_loopback_set_default(lbb, ACKBOX_LB_CONFIRM, 0);
+	c = ackbox_conf_new();
+	TU_SET(c, "store.url", store_url);
+	TU_SET(c, "transport.url", "loopback://close-a");
+	TU_SET(c, "retry.timeout", "30s");
+	TU_SET(c, "log.level", "error");
+	cr_assert_eq(ackbox_new(&a, c, err, sizeof(err)), 0, "%s", err);
+	publish_n(a, N, "held");
+	cr_assert(TU_WAIT_UNTIL(ackbox_loopback_received(la) == N, 10000), "a sent them: %zu",
+	          ackbox_loopback_received(la));
+	ackbox_destroy(a);
+	long long t0 = tu_mono_ms();
+	cr_assert_eq(handle_open(&b, store_url, "close-b", on_report, &rb, err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ackbox_flush(b, 10000), 0, "the next relay sends them at once");
+	cr_log_info("%d rows a closed relay held, delivered by the next in %lld ms", rb.n,
+	            tu_mono_ms() - t0);
+	cr_assert_eq(rb.n, N);
+	cr_assert_eq(ackbox_loopback_distinct(lbb), N);
+	ackbox_destroy(b);
+}
+
 Test(pg, a_stale_lease_is_fenced_off)
 {
 	inst a, b;
