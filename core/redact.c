@@ -115,7 +115,7 @@ size_t ackbox_url_redact(const char *url, char *out, size_t out_size)
 {
 	char buf[4096];
 	size_t n = 0, len, keep;
-	const char *auth, *auth_end, *at = NULL, *s, *end, *q = NULL;
+	const char *auth, *lim, *at = NULL, *s, *end, *q = NULL;
 
 	if (out && out_size)
 		out[0] = '\0';
@@ -124,24 +124,33 @@ size_t ackbox_url_redact(const char *url, char *out, size_t out_size)
 	/* longer is not a URL anyone types; what is past this is not shown */
 	len = strnlen(url, sizeof(buf) / 2);
 	end = url + len;
-	/* the authority: after "scheme://", or after "scheme:" when the slashes
-	 * are missing (a URL that did not parse may still hold a password) */
-	auth = memmem(url, len, "://", 3);
-	if (auth)
-		auth += 3;
-	else if ((auth = memchr(url, ':', len)) != NULL)
-		auth += 1;
-	else
-		auth = url;
-	auth_end = auth + strcspn(auth, "/?#");
-	if (auth_end > end)
-		auth_end = end;
-	for (s = auth; s < auth_end; s++)
+	/* The user information is what comes before the last '@' ahead of any
+	 * query or fragment. It starts after "scheme://", or, in a URL that did
+	 * not parse but may still hold a password, after the first "//" or ":/"
+	 * (slashes mistyped: "amqp:/u:pw@h", "amqp//u:pw@h") or after
+	 * "scheme:" (no slashes). Its password is what follows its first ':'
+	 * (a '/' in a password, or a port before an '@' in a path, hides more,
+	 * never less). */
+	lim = url + strcspn(url, "?#");
+	if (lim > end)
+		lim = end;
+	for (s = url; s < lim; s++)
 		if (*s == '@')
 			at = s;
 	s = url;
 	if (at) {
-		const char *colon = memchr(auth, ':', (size_t)(at - auth));
+		const char *colon;
+		if ((auth = memmem(url, (size_t)(at - url), "://", 3)) != NULL)
+			auth += 3;
+		else if ((auth = memmem(url, (size_t)(at - url), "//", 2)) != NULL)
+			auth += 2;
+		else if ((auth = memmem(url, (size_t)(at - url), ":/", 2)) != NULL)
+			auth += strspn(auth + 1, "/") + 1;
+		else if ((auth = memchr(url, ':', (size_t)(at - url))) != NULL)
+			auth += 1;
+		else
+			auth = url;
+		colon = auth < at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
 		if (colon) {
 			keep = (size_t)(colon + 1 - url);
 			memcpy(buf, url, keep);

@@ -66,6 +66,13 @@ Test(echo, redact_hides_passwords_and_secret_parameters)
 	cr_assert_str_eq(red("amqp://nobody@h"), "amqp://nobody@h");
 	/* what does not parse is echoed too, and must not carry the password */
 	cr_assert_str_eq(red("amqp:guest:s3cret@h"), "amqp:guest:***@h");
+	/* slashes mistyped: the URL does not parse, the password is still hidden */
+	cr_assert_str_eq(red("amqp:/u:SECRETPW1@localhost:1"), "amqp:/u:***@localhost:1");
+	cr_assert_str_eq(red("amqp//u:SECRETPW1@localhost:1"), "amqp//u:***@localhost:1");
+	cr_assert_str_eq(red("redis:/:SECRETPW1@localhost:1"), "redis:/:***@localhost:1");
+	cr_assert_str_eq(red("postgresql//u:PW@h/db"), "postgresql//u:***@h/db");
+	/* a '/' in the password (not percent-encoded) */
+	cr_assert_eq(strstr(red("amqp://u:pa/ss@h"), "pa/ss"), NULL);
 	cr_assert_str_eq(red("amqp://u:pw@h/\n\x1b[31m"), "amqp://u:***@h/\\n\\x1b[31m");
 	cr_assert_eq(strstr(red("amqp://u:s3cret@h/a@b"), "s3cret"), NULL);
 }
