@@ -37,6 +37,7 @@ int64_t abx_backoff_ms(abx_relay *r, int n)
  * RECONNECT_MIN_MS (retry.backoff.max=0 made a loop of connects to a broker
  * that is down, a core's worth of CPU). */
 #define RECONNECT_MIN_MS 50
+#define CONNECT_LOG_EVERY_MS 60000 /* the same connect error is logged again after this */
 static int64_t reconnect_wait_ms(abx_relay *r, int n)
 {
 	int64_t ms = abx_backoff_ms(r, n);
@@ -570,13 +571,17 @@ static void try_connect(abx_relay *r, int64_t now)
 		abx_blame_release(r);
 	r->connect_failures++;
 	r->connect_errors++;
-	if (r->connect_errors == 1 || strcmp(err, r->last_connect_error) != 0)
+	/* a new cause at once; the same one again every minute, so that a log
+	 * read later still says why nothing goes out */
+	if (r->connect_errors == 1 || strcmp(err, r->last_connect_error) != 0 ||
+	    now >= r->next_connect_log_at) {
 		abx_log(r->ab->conf, ACKBOX_LOG_WARN, "relay",
 		        "cannot connect (attempt %d), messages stay stored: %s", r->connect_errors,
 		        err);
+		r->next_connect_log_at = now + CONNECT_LOG_EVERY_MS;
+	}
 	snprintf(r->last_connect_error, sizeof(r->last_connect_error), "%s", err);
 	r->next_connect_at = ackbox_mono_ms() + reconnect_wait_ms(r, r->connect_failures);
-	ABX_UNUSED(now);
 }
 
 static void wait_for_work(abx_relay *r, int timeout_ms)

@@ -256,6 +256,7 @@ struct abx_relay {
 	int64_t last_apply_at;   /* when changes were last applied */
 	bool apply_stuck;        /* the store refused the last apply */
 	char last_connect_error[512];
+	int64_t next_connect_log_at; /* mono ms: the same connect error is logged again then */
 
 	/* delivery.order=key (order.c) */
 	abx_map key_holder;  /* key hash -> the entry holding the key */
