@@ -214,6 +214,19 @@ grep -q "^  key k1  held by $head_k1, 2 waiting\$" "$tmp/out" ||
 grep -q "key k2" "$tmp/out" && fail "status calls k2 blocked: nothing of k2 FAILED"
 expect 1 status --store "$ord" --json
 [ "$(jq .blocked_keys "$tmp/out")" = 1 ] || fail "status --json: blocked_keys $(jq .blocked_keys "$tmp/out"), not 1"
+# relay --until-empty over a store whose pending messages all wait behind the
+# FAILED one: nothing is left to send, it stops at once (exit 1), saying why
+blk="sqlite://$tmp/blocked.db"
+expect 4 publish --store "$blk" --transport "$nowhere" "${idle[@]}" --set delivery.order=key \
+  --topic t --key k1 --count 3 --stall-seconds 1
+expect 0 list --store "$blk" --json
+expect 0 fail --store "$blk" "$(jq -r '.[0].id' "$tmp/out")"
+t0=$SECONDS
+expect 1 relay --store "$blk" --transport "$nowhere" --set transport.require_connect=false \
+  --set delivery.order=key --until-empty --max-seconds 60
+[ $((SECONDS - t0)) -lt 30 ] || fail "relay --until-empty waited $((SECONDS - t0)) s for blocked keys"
+grep -q "2 message(s) wait behind FAILED messages that block 1 key(s)" "$tmp/err" ||
+  fail "relay --until-empty on blocked keys: $(cat "$tmp/err")"
 expect 0 requeue --store "$ord" "$head_k1"
 expect 0 status --store "$ord" --json
 [ "$(jq .blocked_keys "$tmp/out")" = 0 ] || fail "a requeued head still blocks its key"

@@ -59,14 +59,46 @@ static void on_report(const ackbox_report *r, void *opaque)
 	        r->state == ACKBOX_MSG_DROPPED ? "DROPPED" : "FAILED", r->reason);
 }
 
-/* Relays until a signal, the deadline, or (until_empty) an empty store.
+typedef struct waiting {
+	uint64_t msgs, keys;
+} waiting;
+
+static int on_blocked(const ackbox_blocked_key *b, void *opaque)
+{
+	waiting *w = opaque;
+	w->msgs += b->waiting;
+	w->keys++;
+	return 0;
+}
+
+/* Is everything still pending waiting behind FAILED messages that block
+ * their keys (delivery.order=key)? Then no relay can send it until an
+ * operator requeues or purges those: --until-empty has nothing left to wait
+ * for. Fills *w. */
+static bool all_pending_blocked(ackbox *ab, waiting *w)
+{
+	ackbox_counts c;
+	char err[512];
+	uint64_t pending;
+	memset(w, 0, sizeof(*w));
+	if (ackbox_counts_get(ab, &c, err, sizeof(err)) != 0 || c.failed == 0)
+		return false;
+	pending = c.sending + c.retrying;
+	if (pending == 0 || ackbox_blocked_keys(ab, 0, on_blocked, w, err, sizeof(err)) < 0)
+		return false;
+	return w->msgs >= pending;
+}
+
+/* Relays until a signal, the deadline, or (until_empty) an empty store, or
+ * one whose pending messages all wait behind FAILED ones (*blocked filled).
  * Returns an exit code; *empty says the store was found empty. */
 static int run_until(ackbox *ab, tally *t, bool until_empty, int64_t deadline,
-                     cli_progress *pg, int64_t start, bool *empty)
+                     cli_progress *pg, int64_t start, bool *empty, waiting *blocked)
 {
 	ackbox_counts c;
 	char err[512];
 	int rc;
+	int64_t next_blocked_check = 0;
 	for (;;) {
 		int64_t now = ackbox_mono_ms();
 		int slice = CLI_WAIT_SLICE_MS;
@@ -79,6 +111,12 @@ static int run_until(ackbox *ab, tally *t, bool until_empty, int64_t deadline,
 			if (rc == 0) {
 				*empty = true;
 				return EXIT_ALL_GOOD;
+			}
+			/* at most once a second: it reads the store */
+			if (rc == ACKBOX_ERR_TIMEOUT && ackbox_mono_ms() >= next_blocked_check) {
+				next_blocked_check = ackbox_mono_ms() + 1000;
+				if (all_pending_blocked(ab, blocked))
+					return EXIT_ALL_GOOD;
 			}
 		} else {
 			rc = ackbox_poll(ab, slice);
@@ -114,6 +152,7 @@ int cli_relay(cli_args *a)
 	bool until_empty = a->given[OPT_UNTIL_EMPTY], empty = false, counted = false;
 	cli_metrics *metrics = NULL;
 	uint64_t pending = 0;
+	waiting blocked = {0, 0};
 
 	/* from the start: a service manager may stop it while it opens */
 	cli_catch_stop_signals();
@@ -144,7 +183,7 @@ int cli_relay(cli_args *a)
 	start = ackbox_mono_ms();
 	if (max_seconds > 0)
 		deadline = start + (int64_t)(max_seconds * 1000.0);
-	code = run_until(ab, &t, until_empty, deadline, &pg, start, &empty);
+	code = run_until(ab, &t, until_empty, deadline, &pg, start, &empty, &blocked);
 	/* Reports are released just after their state change: collect the tail. */
 	while (ackbox_poll(ab, empty ? 100 : 0) > 0) {
 	}
@@ -181,6 +220,12 @@ int cli_relay(cli_args *a)
 		else
 			cli_say("stopped by %s: nothing pending left in the store; %" PRIu64 " FAILED",
 			        sig, c1.failed);
+	} else if (code == EXIT_ALL_GOOD && pending && blocked.keys && blocked.msgs >= pending) {
+		cli_say("%" PRIu64 " message(s) wait behind FAILED messages that block %" PRIu64
+		        " key(s) (delivery.order=key): nothing else is left to send; requeue or purge "
+		        "those ('ackbox status' names them)",
+		        pending, blocked.keys);
+		code = EXIT_SOME_FAILED;
 	} else if (code == EXIT_ALL_GOOD && pending && until_empty) {
 		cli_say("%" PRIu64 " message(s) still pending after %.3g s (broker %s); they stay in "
 		        "the store",
