@@ -17,6 +17,7 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
+#include <ackbox/pemfile.h>
 #include <ackbox/transport.h>
 
 /* OpenTelemetry messaging.system for the metrics */
@@ -169,13 +170,9 @@ static int open_(amqp_ctx *c, const ackbox_url *url, ackbox_tx_host *host, ackbo
 		/* a CA file that cannot be read is a configuration error, found
 		 * now (exit 2 from the CLI), not a broker that cannot be reached */
 		const char *ca = conf(c, "amqp.cacert");
-		char shown[256];
-		if (access(ca, R_OK) != 0) {
-			ackbox_escape(ca, strlen(ca), shown, sizeof(shown));
-			ackbox_errstr_set(errstr, errstr_size, "amqp.cacert: cannot read '%s': %s", shown,
-			                  strerror(errno));
-			return ACKBOX_ERR_BAD_VALUE;
-		}
+		int rc = ackbox_pem_file_check("amqp.cacert", ca, errstr, errstr_size);
+		if (rc)
+			return rc;
 		c->cacert = strdup(ca);
 	}
 	c->verify_peer = conf_bool(c, "amqp.verify_peer");

@@ -16,6 +16,7 @@
 #include <MQTTAsync.h>
 
 #include <ackbox/mqtt.h>
+#include <ackbox/pemfile.h>
 #include <ackbox/transport.h>
 
 /* OpenTelemetry messaging.system for the metrics */
@@ -131,13 +132,9 @@ static int open_(void *vctx, const ackbox_url *url, ackbox_tx_host *host, ackbox
 		/* unreadable: a configuration error now (CLI exit 2), not an
 		 * unreachable broker at every connect */
 		const char *ca = conf(c, "mqtt.cafile");
-		char shown[256];
-		if (access(ca, R_OK) != 0) {
-			ackbox_escape(ca, strlen(ca), shown, sizeof(shown));
-			ackbox_errstr_set(errstr, errstr_size, "mqtt.cafile: cannot read '%s': %s", shown,
-			                  strerror(errno));
-			return ACKBOX_ERR_BAD_VALUE;
-		}
+		int rc = ackbox_pem_file_check("mqtt.cafile", ca, errstr, errstr_size);
+		if (rc)
+			return rc;
 		c->cafile = strdup(ca);
 	}
 	ackbox_parse_bool(conf(c, "mqtt.verify"), &b);

@@ -994,4 +994,9 @@ Test(amqp, url_is_strict_and_a_missing_cacert_is_a_configuration_error)
 	        "amqp takes one broker");
 	refused("amqps://u:s3cret@127.0.0.1:1/", "amqp.cacert", "/nonexistent/ca.pem",
 	        ACKBOX_ERR_BAD_VALUE, "amqp.cacert: cannot read '/nonexistent/ca.pem'");
+	/* a directory, or a file that is not PEM: found now too, not at every connect */
+	refused("amqps://u:s3cret@127.0.0.1:1/", "amqp.cacert", "/", ACKBOX_ERR_BAD_VALUE,
+	        "amqp.cacert: '/': it is a directory");
+	refused("amqps://u:s3cret@127.0.0.1:1/", "amqp.cacert", "/proc/self/cmdline",
+	        ACKBOX_ERR_BAD_VALUE, "it holds no PEM certificate");
 }

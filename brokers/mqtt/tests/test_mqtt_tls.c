@@ -306,4 +306,15 @@ Test(mqtt_tls, url_is_strict_and_a_missing_cafile_is_a_configuration_error)
 	cr_assert_neq(strstr(err, "mqtt.cafile: cannot read '/nonexistent/ca.pem'"), NULL, "%s", err);
 	cr_assert_null(strstr(err, env("MQTT_PASSWORD")), "%s", err);
 	ackbox_conf_destroy(c);
+	/* a directory, or a file that is not PEM: found now too, not at every connect */
+	const char *dir[] = {"mqtt.cafile", "/", NULL};
+	c = conf_for(env("MQTTS_URL"), dir, NULL);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE, "%s", err);
+	cr_assert_neq(strstr(err, "mqtt.cafile: '/': it is a directory"), NULL, "%s", err);
+	ackbox_conf_destroy(c);
+	const char *notpem[] = {"mqtt.cafile", "/proc/self/cmdline", NULL};
+	c = conf_for(env("MQTTS_URL"), notpem, NULL);
+	cr_assert_eq(ackbox_new(&ab, c, err, sizeof(err)), ACKBOX_ERR_BAD_VALUE, "%s", err);
+	cr_assert_neq(strstr(err, "it holds no PEM certificate"), NULL, "%s", err);
+	ackbox_conf_destroy(c);
 }
