@@ -153,8 +153,9 @@ static const ackbox_prop nats_props[] = {
 	{"ping_interval", ACKBOX_PROP_DURATION, "30s", 100, 3600000, NULL,
 	 "Client PINGs; two unanswered ones close the connection (a silent peer)."},
 	{"stream", ACKBOX_PROP_STRING, NULL, 0, 0, NULL,
-	 "If set, connect makes sure a file-backed stream of this name exists, capturing "
-	 "nats.stream_subjects (demos and tests; operators usually create streams)."},
+	 "If set, connect creates a file-backed stream of this name capturing "
+	 "nats.stream_subjects when there is none; an existing stream of that name is used as "
+	 "it is, its subjects unchecked (demos and tests; operators usually create streams)."},
 	{"stream_subjects", ACKBOX_PROP_STRING, NULL, 0, 0, NULL,
 	 "Comma-separated subjects (wildcards allowed) of the stream nats.stream creates."},
 	{NULL, 0, NULL, 0, 0, NULL, NULL}};
