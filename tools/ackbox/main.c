@@ -145,6 +145,12 @@ static void print_help(void)
 		printf("  %-9s %s\n", cli_commands[i].name, cli_commands[i].summary);
 	printf("\n"
 	       "Options of every command but bench: --store URL, --set KEY=VALUE, --help.\n"
+	       "  --store URL      sqlite:///abs/path.db, sqlite://rel.db, redis://..., postgres://...\n"
+	       "  --transport URL  amqp[s]://user:pass@host:port/vhost, mqtt[s]://..., kafka://...,\n"
+	       "                   nats://...\n"
+	       "  Either URL may be env:NAME (read from the environment variable NAME) or\n"
+	       "  file:PATH (the first line of a file): a password then stays out of ps.\n"
+	       "  --set KEY=VALUE  any configuration key (docs/configuration.md), repeatable\n"
 	       "\n"
 	       "Exit codes: 0 all good, 1 some messages FAILED, 2 usage or configuration error,\n"
 	       "3 store error (missing, not an ackbox store, corrupt, locked), 4 transport\n"
