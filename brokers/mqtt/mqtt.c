@@ -345,7 +345,8 @@ static void on_connect_fail5(void *context, MQTTAsync_failureData5 *r)
 	else if (is_closed_before_connack(msg))
 		snprintf(why, sizeof(why),
 		         "the broker closed the connection after the MQTT 5 CONNECT without a "
-		         "CONNACK: it may not support MQTT 5 (if so, set mqtt.version=3.1.1)");
+		         "CONNACK: it may not support MQTT 5 (if so, set mqtt.version=3.1.1), or "
+		         "this port may expect TLS (then use mqtts://)");
 	else
 		snprintf(why, sizeof(why), "%s (paho %d: %s)", msg ? msg : "connect failed", code,
 		         paho_error(code));
