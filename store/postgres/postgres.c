@@ -155,6 +155,7 @@ enum {
 	ST_FAIL,
 	ST_RELEASE,
 	ST_RECOVER,
+	ST_HANDOVER,
 	ST_HAS_PENDING,
 	ST_COUNTS,
 	ST_LIST,
@@ -238,9 +239,15 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_RELEASE] = "UPDATE @S.ackbox_outbox t SET due_ms = c.due"
                    " FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS c(id, lease, due)"
                    " WHERE t.id = c.id AND t.lease = c.lease AND t.state < 2",
-    /* only rows this relay (same relay_id) leased or decided last: never another's */
+    /* only rows this relay (same relay_id) leased or decided last, or that a
+     * relay handed over as it closed (no owner; requeued and enqueued rows,
+     * the other ones without, are due already): never another's */
     [ST_RECOVER] = "UPDATE @S.ackbox_outbox SET due_ms = $1::int8"
-                   " WHERE state < 2 AND due_ms > $1::int8 AND lease_owner = $2::text",
+                   " WHERE state < 2 AND due_ms > $1::int8"
+                   " AND (lease_owner = $2::text OR lease_owner IS NULL)",
+    /* a clean close: this relay's pending rows become anyone's (see ST_RECOVER) */
+    [ST_HANDOVER] = "UPDATE @S.ackbox_outbox SET lease_owner = NULL"
+                    " WHERE state < 2 AND lease_owner = $1::text",
     [ST_HAS_PENDING] = "SELECT EXISTS (SELECT 1 FROM @S.ackbox_outbox WHERE state < 2)",
     [ST_COUNTS] = "SELECT count(*) FILTER (WHERE state < 2), count(*) FILTER (WHERE state = 1),"
                   " count(*) FILTER (WHERE state = 2),"
@@ -963,23 +970,22 @@ static int tx_commit(pg_ctx *c, const char *what, char *errstr, size_t errstr_si
 /* ------------------------------------------------------------------ */
 
 /*
- * At a clean close, this relay's pending rows (leased or held in memory since
- * it inserted them) become due now, as recovery at open makes them: another
- * relay already running, or the next to start, sends them at once instead of
- * after retry.timeout. Best effort: if it fails they are due when their
- * leases run out, as after a crash.
+ * At a clean close, this relay's pending rows (leased, or held in memory
+ * since it inserted them) become anyone's, as the SQLite and Redis stores
+ * hand theirs over: the next relay to open makes them due at once (its
+ * recovery), one already running takes them when their leases run out.
+ * Nothing else changes (due_ms stays: reopen_keeps_everything). Best effort:
+ * if it fails they wait for their leases, as after a crash.
  */
 static void close_handover(pg_ctx *c)
 {
-	char now_b[8], err[256];
-	const char *vals[2] = {now_b, c->relay_id};
-	int lens[2];
+	char err[256];
+	const char *vals[1] = {c->relay_id};
+	int lens[1];
 	if (!c->held || !c->relay_id || !c->ready || PQstatus(c->conn) != CONNECTION_OK)
 		return;
-	lens[0] = 8;
-	lens[1] = (int)strlen(c->relay_id);
-	put_be64(now_b, (uint64_t)ackbox_wall_ms());
-	run(c, ST_RECOVER, 2, vals, lens, 1, NULL, "handing rows over at close", err, sizeof(err));
+	lens[0] = (int)strlen(c->relay_id);
+	run(c, ST_HANDOVER, 1, vals, lens, 1, NULL, "handing rows over at close", err, sizeof(err));
 }
 
 static void pg_close(void *vctx)
