@@ -985,7 +985,12 @@ static void close_handover(pg_ctx *c)
 	if (!c->held || !c->relay_id || !c->ready || PQstatus(c->conn) != CONNECTION_OK)
 		return;
 	lens[0] = (int)strlen(c->relay_id);
-	run(c, ST_HANDOVER, 1, vals, lens, 1, NULL, "handing rows over at close", err, sizeof(err));
+	if (run(c, ST_HANDOVER, 1, vals, lens, 1, NULL, "handing rows over at close", err,
+	        sizeof(err)) != 0 && c->conf)
+		ackbox_store_log(c->conf, ACKBOX_LOG_WARN, "postgres",
+		                 "%s; nothing is lost: other relays send this relay's messages when "
+		                 "their leases run out",
+		                 err);
 }
 
 static void pg_close(void *vctx)
